@@ -1,0 +1,218 @@
+"""The whole cuemsg error tree.
+
+```
+CuemsgError
+├── TransportError          network failure; the httpx error stays in __cause__
+│   └── TransportTimeout    also a builtin TimeoutError
+├── CueAPIError             a CueAPI error body: .status .code .message .field
+│   ├── AuthenticationError       401
+│   ├── Forbidden                 403 (e.g. not_execution_owner)
+│   ├── NotFound                  404
+│   ├── Conflict                  409
+│   │   └── ClaimFailed           409 claim_failed
+│   ├── PayloadTooLarge           413
+│   ├── ValidationError           422 (.field names the offending field)
+│   ├── RateLimited               429 (.retry_after, seconds)
+│   └── ServerError               5xx
+├── EnvelopeError           a payload that is not a readable cuemsg envelope
+├── MailboxError
+│   ├── RequestTimeout      no reply before the deadline (also a TimeoutError)
+│   ├── RemoteError         the responder's handler raised (.type, .message)
+│   ├── NoResponder         require_responder=True and no live worker for the task
+│   └── LeaseLost           heartbeat/outcome refused: another worker holds it now
+└── StorageError            server side only
+```
+
+`RetryLater(delay=...)` is raised by a handler to ask for redelivery later:
+control flow, not an error, so it sits outside the tree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AuthenticationError",
+    "ClaimFailed",
+    "Conflict",
+    "CueAPIError",
+    "CuemsgError",
+    "EnvelopeError",
+    "Forbidden",
+    "LeaseLost",
+    "MailboxError",
+    "NoResponder",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RemoteError",
+    "RequestTimeout",
+    "RetryLater",
+    "ServerError",
+    "StorageError",
+    "TransportError",
+    "TransportTimeout",
+    "ValidationError",
+]
+
+
+class CuemsgError(Exception):
+    """Root of every error cuemsg raises."""
+
+
+class TransportError(CuemsgError):
+    """The request never got an HTTP answer (connection refused, reset, ...)."""
+
+
+class TransportTimeout(TransportError, TimeoutError):
+    """The request timed out before an answer arrived."""
+
+
+class CueAPIError(CuemsgError):
+    """The server answered with a CueAPI error body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str,
+        field: str | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.field = field
+        self.body = body or {}
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self.status} {self.code}: {self.message}{where}"
+
+    @staticmethod
+    def from_response(
+        status: int, body: Any, retry_after: float | None = None
+    ) -> CueAPIError:
+        """Build the subclass that fits an HTTP status and a CueAPI error body."""
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            code = str(err.get("code") or "error")
+            message = str(err.get("message") or code)
+            field = err.get("field")
+        else:
+            code, message, field = "http_error", f"HTTP {status}", None
+            if isinstance(body, dict) and "detail" in body:  # FastAPI-style bodies
+                message = str(body["detail"])
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "code": code,
+            "field": str(field) if field is not None else None,
+            "body": body if isinstance(body, dict) else None,
+        }
+        if status == 429:
+            return RateLimited(message, retry_after=retry_after, **kwargs)
+        if status == 409 and code == "claim_failed":
+            return ClaimFailed(message, **kwargs)
+        cls = _BY_STATUS.get(status)
+        if cls is None:
+            cls = ServerError if status >= 500 else CueAPIError
+        return cls(message, **kwargs)
+
+
+class AuthenticationError(CueAPIError):
+    """401: the API key is missing or unknown."""
+
+
+class Forbidden(CueAPIError):
+    """403: e.g. a heartbeat or outcome from a worker that does not hold the lease."""
+
+
+class NotFound(CueAPIError):
+    """404: no such cue, execution or route (or it belongs to another tenant)."""
+
+
+class Conflict(CueAPIError):
+    """409: the request conflicts with the current state."""
+
+
+class ClaimFailed(Conflict):
+    """409 claim_failed: someone else holds the execution, or nothing is claimable."""
+
+
+class PayloadTooLarge(CueAPIError):
+    """413: the request body is over the server's limit."""
+
+
+class ValidationError(CueAPIError):
+    """422: the body is malformed; `field` names the offending field when known."""
+
+
+class RateLimited(CueAPIError):
+    """429: too many requests; wait `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(CueAPIError):
+    """5xx: the server failed."""
+
+
+_BY_STATUS: dict[int, type[CueAPIError]] = {
+    401: AuthenticationError,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    422: ValidationError,
+}
+
+
+class EnvelopeError(CuemsgError):
+    """A payload is not a cuemsg envelope this version can read, or cannot be encoded."""
+
+
+class MailboxError(CuemsgError):
+    """Errors of the Mailbox layer."""
+
+
+class RequestTimeout(MailboxError, TimeoutError):
+    """No reply arrived before the request's deadline."""
+
+    def __init__(self, message: str, *, correlation_id: str | None = None) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+
+
+class RemoteError(MailboxError):
+    """The responder's handler raised; `type` and `message` describe its exception."""
+
+    def __init__(self, type: str, message: str, *, correlation_id: str | None = None) -> None:
+        super().__init__(f"{type}: {message}")
+        self.type = type
+        self.message = message
+        self.correlation_id = correlation_id
+
+
+class NoResponder(MailboxError):
+    """`require_responder=True` and no worker for the task heartbeated recently."""
+
+
+class LeaseLost(MailboxError):
+    """The lease on a message passed to another worker; its ack was not recorded."""
+
+
+class StorageError(CuemsgError):
+    """The embedded server's storage failed (server side only)."""
+
+
+class RetryLater(Exception):  # noqa: N818 - control flow, named for what the handler asks
+    """Raised by a handler: redeliver this message after `delay` seconds."""
+
+    def __init__(self, delay: float = 1.0, reason: str = "") -> None:
+        super().__init__(reason or f"retry in {delay}s")
+        self.delay = delay
+        self.reason = reason

@@ -1,0 +1,220 @@
+"""The storage interface of the embedded server, and the records it keeps.
+
+Every backend (SQLite, PostgreSQL) implements `Storage` and must pass the same
+contract suite (`tests/server/`). Times are UNIX seconds (float, UTC); the app
+renders them as ISO 8601. Methods raise `ApiProblem` for the conflicts the
+contract names, so every backend answers with the same codes.
+
+Execution states (CUEAPI.md):
+
+    pending/retry_ready --claim--> delivering --outcome ok--> success
+    delivering --outcome failed--> failed           (terminal)
+    delivering --lease ran out--> pending           (attempts < max_attempts)
+    delivering --lease ran out--> failed            (attempts >= max_attempts: claim cap)
+    pending --unclaimed past the timeout--> missed  (terminal; 0 = never)
+
+After committing anything that makes work claimable (a fire, a requeued
+lease, a scheduled execution coming due) a backend calls
+`self.notifier.notify(tenant_id, task)` so long-polling claims wake at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from cuemsg.server.notify import Notifier
+
+CLAIMABLE = ("pending", "retry_ready")
+TERMINAL = ("success", "failed", "missed")
+EXECUTION_STATES = ("pending", "retry_ready", "delivering", "success", "failed", "missed")
+CLAIMABLE_LIST_LIMIT = 50
+
+
+class Cue(msgspec.Struct, kw_only=True):
+    id: str
+    tenant_id: str
+    name: str
+    description: str | None = None
+    status: str = "active"
+    transport: str = "worker"
+    schedule: dict[str, Any] | None = None
+    callback: dict[str, Any] | None = None
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    retry: dict[str, Any] = msgspec.field(default_factory=dict)
+    next_run: float | None = None
+    last_run: float | None = None
+    run_count: int = 0
+    fired_count: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def max_attempts(self) -> int:
+        return int(self.retry.get("max_attempts", 3))
+
+
+class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    success: bool
+    result: str | None = None
+    error: str | None = None
+    metadata: dict[str, Any] | None = None
+    recorded_at: float = 0.0
+    worker_id: str | None = None
+
+
+class Execution(msgspec.Struct, kw_only=True):
+    id: str
+    tenant_id: str
+    cue_id: str
+    status: str
+    payload: dict[str, Any]
+    task: str | None
+    agent: str | None
+    scheduled_for: float
+    created_at: float
+    updated_at: float
+    transport: str = "worker"
+    triggered_by: str = "manual_fire"
+    attempts: int = 0
+    max_attempts: int = 3
+    claimed_by_worker: str | None = None
+    claimed_at: float | None = None
+    lease_expires_at: float | None = None
+    outcome: Outcome | None = None
+    cue_name: str | None = None  # filled where a listing needs it
+
+
+class NewFire(msgspec.Struct, kw_only=True):
+    """One validated fire, ready to store (the app resolves the effective payload)."""
+
+    cue_id: str
+    payload_override: dict[str, Any] | None = None
+    merge_strategy: str | None = None  # None means "merge"
+    scheduled_for: float
+    idempotency_key: str | None = None
+    body_hash: str | None = None  # canonical JSON of the fire body, key aside
+
+
+class Worker(msgspec.Struct, kw_only=True):
+    worker_id: str
+    handlers: list[str]
+    last_heartbeat: float
+
+
+def effective_payload(cue_payload: dict[str, Any], fire: NewFire) -> dict[str, Any]:
+    """The payload an execution carries: fixed at fire time (CUEAPI.md, Fire)."""
+    if fire.payload_override is None:
+        return dict(cue_payload)
+    if fire.merge_strategy == "replace":
+        return dict(fire.payload_override)
+    return {**cue_payload, **fire.payload_override}
+
+
+def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The `task` and `agent` a claim filter matches (strings only)."""
+    task = payload.get("task")
+    agent = payload.get("agent")
+    return (task if isinstance(task, str) else None, agent if isinstance(agent, str) else None)
+
+
+class Storage(Protocol):
+    """What the server needs from a backend. All methods are scoped by tenant."""
+
+    notifier: Notifier
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+
+    async def close(self) -> None: ...
+
+    # tenants and keys
+    async def create_tenant(self, tenant_id: str, email: str, key_hash: str, now: float) -> None: ...
+    async def tenant_for_key(self, key_hash: str) -> str | None: ...
+
+    # cues
+    async def create_cue(self, cue: Cue) -> Cue:
+        """Store a new cue; 409 `cue_name_taken` on a duplicate name."""
+
+    async def get_cue(self, tenant_id: str, cue_id: str) -> Cue | None: ...
+    async def list_cues(
+        self, tenant_id: str, *, status: str | None, limit: int, offset: int
+    ) -> tuple[list[Cue], int]: ...
+    async def update_cue(
+        self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
+    ) -> Cue | None:
+        """Apply `changes` (column -> value); None if no such cue; 409 on a taken name."""
+
+    async def delete_cue(self, tenant_id: str, cue_id: str) -> bool: ...
+
+    # fire
+    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
+        """Create one execution per fire in one transaction (all or none).
+
+        404 `cue_not_found` (field `fires[i].cue_id` when batched) if a cue is
+        missing. A repeated `idempotency_key` with the same `body_hash` returns
+        the first execution and creates none; with another body it is 409
+        `idempotency_key_conflict`. Keys older than 24 hours are forgotten.
+        """
+
+    # executions
+    async def get_execution(self, tenant_id: str, execution_id: str) -> Execution | None: ...
+    async def list_executions(
+        self,
+        tenant_id: str,
+        *,
+        cue_id: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[Execution], int]: ...
+    async def list_claimable(
+        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+    ) -> list[Execution]:
+        """Claimable executions of worker cues, oldest first, with `cue_name` set."""
+
+    async def claim(
+        self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
+    ) -> Execution:
+        """Claim one execution atomically; 404 if unknown, 409 `claim_failed` if not claimable."""
+
+    async def claim_next(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> list[Execution]:
+        """Claim up to `limit` oldest claimable executions atomically; [] when none."""
+
+    async def heartbeat(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        worker_id: str | None,
+        now: float,
+        lease_seconds: float,
+    ) -> Execution:
+        """Extend the lease; 404, 403 `not_execution_owner`, 409 `execution_not_claiming`."""
+
+    async def record_outcome(
+        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
+    ) -> Execution:
+        """Write-once outcome; 404, 403, 409 `outcome_already_recorded` / `..._not_claiming`."""
+
+    # workers
+    async def worker_heartbeat(
+        self, tenant_id: str, worker_id: str, handlers: list[str], now: float
+    ) -> None: ...
+    async def list_workers(self, tenant_id: str) -> list[Worker]: ...
+
+    # time-driven transitions (run by the server's sweeper)
+    async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
+        """Requeue expired leases (or fail them past the claim cap), mark long-unclaimed
+        executions `missed`, and notify waiters of work that became claimable,
+        including scheduled executions that came due in (since, now]."""
