@@ -92,9 +92,7 @@ class CueAPIError(CuemsgError):
         return f"{self.status} {self.code}: {self.message}{where}"
 
     @staticmethod
-    def from_response(
-        status: int, body: Any, retry_after: float | None = None
-    ) -> CueAPIError:
+    def from_response(status: int, body: Any, retry_after: float | None = None) -> CueAPIError:
         """Build the subclass that fits an HTTP status and a CueAPI error body."""
         err = body.get("error") if isinstance(body, dict) else None
         if isinstance(err, dict):
@@ -209,7 +207,7 @@ class StorageError(CuemsgError):
     """The embedded server's storage failed (server side only)."""
 
 
-class RetryLater(Exception):  # noqa: N818 - control flow, named for what the handler asks
+class RetryLater(Exception):
     """Raised by a handler: redeliver this message after `delay` seconds."""
 
     def __init__(self, delay: float = 1.0, reason: str = "") -> None:

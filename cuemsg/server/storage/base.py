@@ -20,16 +20,19 @@ lease, a scheduled execution coming due) a backend calls
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Protocol
 
 import msgspec
 
+from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Notifier
 
 CLAIMABLE = ("pending", "retry_ready")
 TERMINAL = ("success", "failed", "missed")
 EXECUTION_STATES = ("pending", "retry_ready", "delivering", "success", "failed", "missed")
 CLAIMABLE_LIST_LIMIT = 50
+IDEMPOTENCY_TTL = 24 * 3600.0  # seconds a fire's idempotency_key is remembered
 
 
 class Cue(msgspec.Struct, kw_only=True):
@@ -119,6 +122,45 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     return (task if isinstance(task, str) else None, agent if isinstance(agent, str) else None)
 
 
+def new_execution_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_lease(execution_id: str, status: str, holder: str | None, worker_id: str | None) -> None:
+    """The heartbeat/outcome rule shared by every backend."""
+    if status != "delivering":
+        raise ApiProblem(
+            409,
+            "execution_not_claiming",
+            f"execution {execution_id!r} is {status}, not delivering",
+        )
+    if worker_id is not None and holder != worker_id:
+        raise ApiProblem(
+            403,
+            "not_execution_owner",
+            f"execution {execution_id!r} is leased to another worker, not {worker_id!r}",
+        )
+
+
+def outcome_already_recorded(execution_id: str) -> ApiProblem:
+    return ApiProblem(
+        409, "outcome_already_recorded", f"execution {execution_id!r} already has an outcome"
+    )
+
+
+def name_taken(name: str) -> ApiProblem:
+    return ApiProblem(409, "cue_name_taken", f"a cue named {name!r} already exists", field="name")
+
+
+def idempotency_conflict(key: str, index: int, count: int) -> ApiProblem:
+    return ApiProblem(
+        409,
+        "idempotency_key_conflict",
+        f"idempotency_key {key!r} was used with a different body",
+        field=f"fires[{index}].idempotency_key" if count > 1 else "idempotency_key",
+    )
+
+
 class Storage(Protocol):
     """What the server needs from a backend. All methods are scoped by tenant."""
 
@@ -129,8 +171,14 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
+    # server metadata (the development key, schema version)
+    async def get_meta(self, key: str) -> str | None: ...
+    async def set_meta(self, key: str, value: str) -> None: ...
+
     # tenants and keys
-    async def create_tenant(self, tenant_id: str, email: str, key_hash: str, now: float) -> None: ...
+    async def create_tenant(
+        self, tenant_id: str, email: str, key_hash: str, now: float
+    ) -> None: ...
     async def tenant_for_key(self, key_hash: str) -> str | None: ...
 
     # cues

@@ -1,0 +1,59 @@
+"""cuemsg: accountable messaging between AI agents on top of CueAPI."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from cuemsg._exceptions import (
+    AuthenticationError,
+    ClaimFailed,
+    Conflict,
+    CueAPIError,
+    CuemsgError,
+    EnvelopeError,
+    Forbidden,
+    LeaseLost,
+    MailboxError,
+    NoResponder,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RemoteError,
+    RequestTimeout,
+    RetryLater,
+    ServerError,
+    StorageError,
+    TransportError,
+    TransportTimeout,
+    ValidationError,
+)
+
+try:
+    __version__ = version("cuemsg")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ClaimFailed",
+    "Conflict",
+    "CueAPIError",
+    "CuemsgError",
+    "EnvelopeError",
+    "Forbidden",
+    "LeaseLost",
+    "MailboxError",
+    "NoResponder",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RemoteError",
+    "RequestTimeout",
+    "RetryLater",
+    "ServerError",
+    "StorageError",
+    "TransportError",
+    "TransportTimeout",
+    "ValidationError",
+    "__version__",
+]

@@ -1,0 +1,111 @@
+"""Run the embedded server in the background, for tests (yours and ours).
+
+```python
+from cuemsg.testing import run_server
+
+with run_server() as srv:          # a fresh :memory: server on a free loopback port
+    client = CueClient(srv.api_key, srv.base_url)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from cuemsg.server.app import create_app
+from cuemsg.server.settings import ServerSettings
+
+__all__ = ["RunningServer", "free_port", "run_server"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    """A server started by `run_server`: where it is and a key to use it."""
+
+    base_url: str
+    api_key: str
+    settings: ServerSettings
+    port: int
+    _server: uvicorn.Server = field(repr=False)
+    _thread: threading.Thread = field(repr=False)
+
+    def new_key(self, email: str = "tenant@example.com") -> str:
+        """Register another tenant; returns its API key."""
+        answer = httpx.post(f"{self.base_url}/v1/auth/register", json={"email": email})
+        answer.raise_for_status()
+        return str(answer.json()["api_key"])
+
+    @property
+    def requests(self) -> int:
+        """Requests the server has answered so far (read from /health)."""
+        return int(httpx.get(f"{self.base_url}/health").json()["requests"])
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def run_server(
+    settings: ServerSettings | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    **overrides: Any,
+) -> Iterator[RunningServer]:
+    """Start uvicorn with the embedded app in a thread; stop it on exit.
+
+    Args:
+        settings: server settings; default a `:memory:` database.
+        host: interface to bind (loopback by default).
+        port: port to bind; default a free one.
+        **overrides: fields of `ServerSettings` to change (e.g. `extensions=False`).
+
+    Yields:
+        A `RunningServer` with `base_url` and a registered `api_key`.
+    """
+    settings = (settings or ServerSettings(db=":memory:")).replace(**overrides)
+    port = port or free_port(host)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=settings.access_log,
+        lifespan="on",
+        loop="asyncio",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn installs signal handlers only in the main thread; in ours it skips them.
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded server did not start on {host}:{port}")
+        time.sleep(0.005)
+    base_url = f"http://{host}:{port}"
+    running = RunningServer(base_url, "", settings, port, server, thread)
+    try:
+        running.api_key = running.new_key("dev@localhost")
+        yield running
+    finally:
+        running.stop()
