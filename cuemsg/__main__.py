@@ -1,0 +1,5 @@
+import sys
+
+from cuemsg.cli import main
+
+sys.exit(main())
