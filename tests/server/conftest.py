@@ -76,6 +76,22 @@ def api_factory(srv: RunningServer) -> Iterator[Callable[[], Api]]:
 
 
 @pytest.fixture
+def api_on(shared_server: Callable[..., RunningServer]) -> Iterator[Callable[..., Api]]:
+    """A fresh tenant on a shared server with these settings (e.g. `lease_seconds=0.3`)."""
+    made: list[Api] = []
+
+    def make(**settings: Any) -> Api:
+        srv = shared_server(**settings)
+        api = Api(srv.base_url, srv.new_key())
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
 def api(api_factory: Callable[[], Api]) -> Api:
     """A fresh tenant on the shared server: tests never see each other's data."""
     return api_factory()
