@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
     AuthenticationError,
@@ -29,8 +30,8 @@ from cuemsg._exceptions import (
 )
 
 try:
-    __version__ = version("cuemsg")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = _version("cuemsg")
+except _PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0"
 
 __all__ = [
