@@ -12,9 +12,8 @@ from cuemsg import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from cuemsg.server.app import create_app, ensure_dev_key, open_storage
+    from cuemsg.server.run import Uvicorn
     from cuemsg.server.settings import ServerSettings
 
     try:
@@ -50,13 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     sys.stdout.flush()
-    uvicorn.run(
+    server = Uvicorn(
         create_app(settings),
         host=host,
         port=args.port,
         log_level="info" if args.access_log else "warning",
         access_log=settings.access_log,
     )
+    server.run()
     return 0
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
 from cuemsg.server.app import create_app
+from cuemsg.server.run import Uvicorn
 from cuemsg.server.settings import ServerSettings
 
 __all__ = ["RunningServer", "free_port", "run_server"]
@@ -43,7 +43,7 @@ class RunningServer:
     api_key: str
     settings: ServerSettings
     port: int
-    _server: uvicorn.Server = field(repr=False)
+    _server: Uvicorn = field(repr=False)
     _thread: threading.Thread = field(repr=False)
 
     def new_key(self, email: str = "tenant@example.com") -> str:
@@ -84,16 +84,9 @@ def run_server(
     settings = (settings or ServerSettings(db=":memory:")).replace(**overrides)
     port = port or free_port(host)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=settings.access_log,
-        lifespan="on",
-        loop="asyncio",
+    server = Uvicorn(
+        app, host=host, port=port, access_log=settings.access_log, lifespan="on", loop="asyncio"
     )
-    server = uvicorn.Server(config)
     # uvicorn installs signal handlers only in the main thread; in ours it skips them.
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

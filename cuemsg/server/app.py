@@ -104,6 +104,12 @@ class Server:
         self._tenants: dict[str, str] = {}  # API key -> tenant id (positive hits only)
         self._windows: dict[str, deque[float]] = {}
         self.extensions = frozenset(settings.extension_names)
+        self.draining = False
+
+    def drain(self) -> None:
+        """Shutdown begins: parked claims answer now instead of waiting on."""
+        self.draining = True
+        self.storage.notifier.close()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -391,7 +397,14 @@ async def claim_next(ctx: Ctx) -> Response:
             if claimed:
                 break
             remaining = deadline - time.monotonic()
-            if waiter is None or remaining <= 0 or not await waiter.wait(remaining):
+            if (
+                waiter is None
+                or remaining <= 0
+                or server.draining
+                or not await waiter.wait(remaining)
+                # A client that hung up must not be handed a message it will never see.
+                or await ctx.request.is_disconnected()
+            ):
                 what = f" for task {body.task!r}" if body.task is not None else ""
                 raise ApiProblem(409, "claim_failed", f"no claimable execution{what}")
         finally:

@@ -272,3 +272,21 @@ def test_rate_limit_answers_429_with_retry_after(api_on: Callable[..., Api]) -> 
     answer = api.http.get("/v1/cues")
     error_of(answer, 429, "rate_limited")
     assert 1 <= int(answer.headers["Retry-After"]) <= 61
+
+
+def test_shutdown_answers_parked_claims_at_once() -> None:
+    with run_server() as srv:
+        api = Api(srv.base_url, srv.api_key)
+        api.cue(payload={"task": "t"})
+        result: dict[str, Any] = {}
+        waiter = threading.Thread(target=lambda: result.update(r=api.claim(task="t", wait=30)))
+        waiter.start()
+        while httpx.get(f"{srv.base_url}/health").json()["waiting_claims"] < 1:
+            time.sleep(0.005)
+        started = time.monotonic()
+        srv.stop()
+        stopped_in = time.monotonic() - started
+        waiter.join(10)
+        api.close()
+    error_of(result["r"], 409, "claim_failed")
+    assert stopped_in < 10  # hang guard: it did not sit out the 30 s wait
