@@ -1,0 +1,781 @@
+"""`CueClient` and `AsyncCueClient`: typed CueAPI clients over httpx.
+
+Both run the same flows (`_flows.py`): requests are built and answers read
+in one place, and the two classes differ only in how they send (`httpx.Client`
+or `httpx.AsyncClient`) and sleep between retries. The resources (`cues`,
+`executions`, `workers`) are thin twins that name a flow and run it.
+
+Example:
+    ```python
+    from cuemsg.cueapi import CueClient
+
+    with CueClient() as client:  # CUEAPI_API_KEY / CUEAPI_BASE_URL from the environment
+        cue = client.cues.create("inbox", payload={"task": "inbox"})
+        client.cues.fire(cue.id, {"text": "hi"}, idempotency_key="msg-1")
+        got = client.executions.claim_next(worker_id="w1", task="inbox", wait=5)
+        if got.claimed:
+            exe = got.executions[0]
+            client.executions.report_outcome(exe.execution_id, worker_id="w1", success=True)
+    ```
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib.metadata
+import os
+import time
+from collections.abc import Generator, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import httpx
+
+from cuemsg._exceptions import CueAPIError
+from cuemsg.cueapi import _flows as flows
+from cuemsg.cueapi import _routes as routes
+from cuemsg.cueapi._errors import MissingAPIKey
+from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES, RetryPolicy
+from cuemsg.cueapi._routes import Call, Send, Step
+from cuemsg.cueapi.models import (
+    Claimable,
+    Claimed,
+    ClaimResult,
+    Cue,
+    CueList,
+    Execution,
+    ExecutionList,
+    FireRequest,
+    FireResult,
+    Heartbeat,
+    Info,
+    OutcomeRequest,
+    OutcomeResult,
+    Worker,
+    WorkerHeartbeat,
+)
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "AsyncCueClient",
+    "CueClient",
+]
+
+_T = TypeVar("_T")
+
+API_KEY_ENV = "CUEAPI_API_KEY"
+BASE_URL_ENV = "CUEAPI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.cueapi.ai"
+DEFAULT_TIMEOUT = 10.0  # seconds, for connect, write, pool and read (a long-poll adds its wait)
+# One pool per client; receivers long-poll, so allow a few idle connections per host.
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+try:
+    _VERSION = importlib.metadata.version("cuemsg")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    _VERSION = "0"
+USER_AGENT = f"cuemsg/{_VERSION}"
+
+
+class _BaseClient:
+    """Configuration, request building and the flow stepping shared by both clients."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str | None,
+        *,
+        timeout: float,
+        max_retries: int,
+        use_extensions: bool,
+    ) -> None:
+        self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout = timeout
+        self.use_extensions = use_extensions
+        self.request_count = 0  # HTTP requests sent, retries included
+        self._st = flows.FlowState(
+            policy=RetryPolicy(max_retries=max_retries),
+            use_extensions=use_extensions,
+            has_key=self._api_key is not None,
+        )
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key sent as `Authorization: Bearer ...` (None: only info/register work)."""
+        return self._api_key
+
+    @api_key.setter
+    def api_key(self, value: str | None) -> None:
+        self._api_key = value or None
+        self._st.has_key = self._api_key is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _request_args(self, call: Call) -> dict[str, Any]:
+        """Keyword arguments of `httpx.Client.build_request` for `call`."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **call.headers}
+        if call.auth:
+            if not self.api_key:
+                raise MissingAPIKey()
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        content = call.content()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        timeout = httpx.Timeout(self.timeout)
+        if call.wait:
+            # A long-poll holds the answer for up to `wait` seconds: read longer than that.
+            timeout = httpx.Timeout(self.timeout, read=self.timeout + call.wait)
+        return {
+            "method": call.method,
+            "url": self.base_url + call.path,
+            "params": call.params or None,
+            "content": content,
+            "headers": headers,
+            "timeout": timeout,
+        }
+
+    @staticmethod
+    def _advance(
+        flow: Generator[Step, Any, _T], value: Any, exc: BaseException | None
+    ) -> tuple[bool, Any]:
+        """Resume `flow`; (True, result) when it finished, else (False, next step)."""
+        try:
+            step = flow.throw(exc) if exc is not None else flow.send(value)
+        except StopIteration as stop:
+            return True, stop.value
+        return False, step
+
+
+class _Resource:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._st: flows.FlowState = client._st
+
+
+# -- sync ---------------------------------------------------------------------------------
+
+
+class CueClient(_BaseClient):
+    """A synchronous CueAPI client (one pooled keep-alive `httpx.Client`).
+
+    Args:
+        api_key: the tenant's key; defaults to `$CUEAPI_API_KEY`. Only
+            `register` and `info` work without one (others raise `MissingAPIKey`).
+        base_url: defaults to `$CUEAPI_BASE_URL`, then `https://api.cueapi.ai`.
+        timeout: seconds for connect, read, write and pool waits; a long-poll
+            claim reads for its `wait` on top of this.
+        max_retries: repeats of a failed request when safe (see `_retry.py`); 0 for none.
+        use_extensions: probe `/v1/info` once and use the embedded server's
+            extensions when listed; False keeps to the plain contract and never probes.
+        http_client: an `httpx.Client` to send with (the caller closes it).
+        transport: an httpx transport for the client made here (e.g. `httpx.MockTransport`).
+
+    Attributes:
+        cues: `Cues` resource. executions: `Executions`. workers: `Workers`.
+        request_count: HTTP requests sent by this client so far, retries included.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        use_extensions: bool = True,
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            use_extensions=use_extensions,
+        )
+        if http_client is not None and transport is not None:
+            raise ValueError("pass http_client= or transport=, not both")
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
+        )
+        self.cues = Cues(self)
+        self.executions = Executions(self)
+        self.workers = Workers(self)
+
+    def __enter__(self) -> CueClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool (unless it came from `http_client=`)."""
+        if self._owns_http:
+            self._http.close()
+
+    def _send(self, call: Call) -> httpx.Response:
+        request = self._http.build_request(**self._request_args(call))
+        self.request_count += 1
+        return self._http.send(request)
+
+    def _run(self, flow: Generator[Step, Any, _T]) -> _T:
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                done, step = self._advance(flow, value, exc)
+                if done:
+                    result: _T = step
+                    return result
+                value, exc = None, None
+                if isinstance(step, Send):
+                    try:
+                        value = self._send(step.call)
+                    except httpx.TransportError as err:
+                        exc = err
+                else:
+                    time.sleep(step.seconds)
+        finally:
+            flow.close()
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The extensions the server lists (probed once, lazily; empty if use_extensions=False)."""
+        return self._run(flows.extensions(self._st))
+
+    def info(self) -> Info:
+        """`GET /v1/info` (no key needed): the server's version and extensions."""
+        return self._run(flows.info(self._st))
+
+    def register(self, email: str) -> dict[str, Any]:
+        """Register a new tenant (no key needed).
+
+        Returns:
+            The answer, with at least `api_key` and `email`.
+        """
+        result: dict[str, Any] = self._run(flows.request(self._st, routes.register(email)))
+        return result
+
+
+class Cues(_Resource):
+    """`client.cues`: create, read, change and fire cues."""
+
+    _client: CueClient
+
+    def create(
+        self,
+        name: str,
+        *,
+        transport: str = "worker",
+        payload: dict[str, Any] | None = None,
+        schedule: dict[str, Any] | None = None,
+        description: str | None = None,
+        retry: dict[str, Any] | None = None,
+        callback: dict[str, Any] | None = None,
+    ) -> Cue:
+        """Create a cue (`POST /v1/cues`).
+
+        Args:
+            name: unique per tenant (a duplicate raises `Conflict` `cue_name_taken`).
+            transport: `"worker"` (claimed by workers) or `"webhook"` (needs `callback`).
+            payload: the cue's payload (`{}` by default on the server).
+            schedule: `{"type": "once", "at": ts}` or
+                `{"type": "recurring", "cron": "...", "timezone": "UTC"}`.
+            description: free text.
+            retry: `{"max_attempts": 1..10, "backoff_minutes": [...]}`.
+            callback: `{"url": ...}` for webhook cues.
+
+        Raises:
+            Conflict: the name is taken. ValidationError: a field is invalid.
+        """
+        call = routes.create_cue(
+            name,
+            transport=transport,
+            payload=payload,
+            schedule=schedule,
+            description=description,
+            retry=retry,
+            callback=callback,
+        )
+        return self._client._run(flows.request_model(self._st, call, Cue))
+
+    def get(self, cue_id: str) -> Cue:
+        """Get one cue. Raises `NotFound` if it does not exist (for this tenant)."""
+        return self._client._run(flows.request_model(self._st, routes.get_cue(cue_id), Cue))
+
+    def list(
+        self, *, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> CueList:
+        """List cues, optionally by `status` (`"active"`, `"paused"`), one page at a time."""
+        call = routes.list_cues(status=status, limit=limit, offset=offset)
+        return self._client._run(flows.request_model(self._st, call, CueList))
+
+    def update(self, cue_id: str, **changes: Any) -> Cue:
+        """Change a cue (`PATCH`): any of name, description, status, schedule, payload, retry."""
+        call = routes.update_cue(cue_id, changes)
+        return self._client._run(flows.request_model(self._st, call, Cue))
+
+    def delete(self, cue_id: str) -> None:
+        """Delete a cue. Raises `NotFound` if it does not exist."""
+        self._client._run(flows.request(self._st, routes.delete_cue(cue_id)))
+
+    def pause(self, cue_id: str) -> Cue:
+        """Set the cue's status to `paused` (manual fires still work)."""
+        return self.update(cue_id, status="paused")
+
+    def resume(self, cue_id: str) -> Cue:
+        """Set the cue's status back to `active`."""
+        return self.update(cue_id, status="active")
+
+    def fire(
+        self,
+        cue_id: str,
+        payload_override: dict[str, Any] | None = None,
+        merge_strategy: str | None = None,
+        *,
+        send_at: datetime | str | float | None = None,
+        idempotency_key: str | None = None,
+    ) -> FireResult:
+        """Fire a cue: make one execution now or at `send_at`.
+
+        Args:
+            cue_id: the cue to fire.
+            payload_override: this execution's payload (merged into the cue's by default).
+            merge_strategy: `"merge"` or `"replace"`; not sent unless given.
+            send_at: when it becomes claimable: a `datetime` (naive = UTC), an ISO
+                8601 string or UNIX seconds; past or None means now.
+            idempotency_key: makes the fire safe to retry: the same key and body
+                within 24 h answer with the first execution. Without a key a fire
+                is never repeated after an ambiguous failure.
+
+        Raises:
+            NotFound: no such cue. Conflict: the key was used with another body.
+        """
+        body = routes.fire_body(
+            payload_override=payload_override,
+            merge_strategy=merge_strategy,
+            send_at=send_at,
+            idempotency_key=idempotency_key,
+        )
+        call = routes.fire(cue_id, body)
+        return self._client._run(flows.request_model(self._st, call, FireResult))
+
+    def fire_many(self, fires: Sequence[FireRequest]) -> builtins.list[FireResult]:
+        """Fire many, in order: `POST /v1/fire` per 100 with `fire.batch`, else one by one.
+
+        With `fire.batch` a chunk is all-or-nothing (a bad item fails it with 422
+        and its index in `field`); without it, the first error is raised and
+        the fires before it stay made.
+        """
+        return self._client._run(flows.fire_many(self._st, fires))
+
+
+class Executions(_Resource):
+    """`client.executions`: list, claim, heartbeat and close executions."""
+
+    _client: CueClient
+
+    def list(
+        self,
+        *,
+        cue_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> ExecutionList:
+        """List executions, optionally of one cue and/or in one status."""
+        call = routes.list_executions(cue_id=cue_id, status=status, limit=limit, offset=offset)
+        return self._client._run(flows.request_model(self._st, call, ExecutionList))
+
+    def get(self, execution_id: str) -> Execution:
+        """Get one execution. Raises `NotFound` if it does not exist."""
+        call = routes.get_execution(execution_id)
+        return self._client._run(flows.request_model(self._st, call, Execution))
+
+    def list_claimable(
+        self, *, task: str | None = None, agent: str | None = None
+    ) -> builtins.list[Claimable]:
+        """Claimable executions (at most 50, oldest first), filtered by the server."""
+        return self._client._run(flows.list_claimable(self._st, task=task, agent=agent))
+
+    def claim(self, execution_id: str, *, worker_id: str) -> Claimed:
+        """Claim one execution by id (one request; payload fields only with `claim.payload`).
+
+        Raises:
+            ClaimFailed: someone else holds it, or it is not claimable.
+        """
+        return self._client._run(flows.claim(self._st, execution_id, worker_id=worker_id))
+
+    def claim_next(
+        self,
+        *,
+        worker_id: str,
+        task: str | None = None,
+        agent: str | None = None,
+        wait: float | None = None,
+        limit: int | None = None,
+    ) -> ClaimResult:
+        """Claim the oldest claimable execution(s), optionally of one task or agent.
+
+        Args:
+            worker_id: this worker's stable name (the same on heartbeat and outcome).
+            task: claim only executions whose payload `task` is this.
+            agent: claim only executions whose payload `agent` is this.
+            wait: seconds to wait for one to arrive (long-poll with `claim.wait`,
+                else polling from 50 ms up to 1 s apart).
+            limit: claim up to this many at once (one request with `claim.many`).
+
+        Returns:
+            `ClaimResult(claimed=True, executions=[...])`, or `claimed=False`
+            with `reason` `"no_executions_for_task"` / `"no_executions"`.
+        """
+        flow = flows.claim_next(
+            self._st, worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit
+        )
+        return self._client._run(flow)
+
+    def heartbeat(self, execution_id: str, *, worker_id: str) -> Heartbeat:
+        """Extend the lease (sends `X-Worker-Id`).
+
+        Raises:
+            Forbidden: another worker holds the lease now.
+            Conflict: the execution is not being delivered (`execution_not_claiming`).
+        """
+        call = routes.heartbeat(execution_id, worker_id=worker_id)
+        return self._client._run(flows.request_model(self._st, call, Heartbeat))
+
+    def report_outcome(
+        self,
+        execution_id: str,
+        *,
+        worker_id: str,
+        success: bool,
+        result: str | None = None,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> OutcomeResult:
+        """Record the outcome, once (sends `X-Worker-Id`; `result`/`error` at most 2000 chars).
+
+        Raises:
+            Conflict: `outcome_already_recorded` or `execution_not_claiming`.
+            Forbidden: the lease passed to another worker.
+        """
+        body = routes.outcome_body(success=success, result=result, error=error, metadata=metadata)
+        call = routes.report_outcome(execution_id, body, worker_id=worker_id)
+        return self._client._run(flows.request_model(self._st, call, OutcomeResult))
+
+    def report_outcomes(
+        self, outcomes: Sequence[OutcomeRequest], *, worker_id: str
+    ) -> builtins.list[OutcomeResult | CueAPIError]:
+        """Record many outcomes; each item's error is returned in its place, not raised.
+
+        One request per 100 with `outcome.batch`, else one per outcome.
+        """
+        return self._client._run(flows.report_outcomes(self._st, outcomes, worker_id=worker_id))
+
+
+class Workers(_Resource):
+    """`client.workers`: worker daemon heartbeats and (embedded server) the worker list."""
+
+    _client: CueClient
+
+    def heartbeat(self, worker_id: str, handlers: Sequence[str]) -> WorkerHeartbeat:
+        """Register a worker daemon and the task handlers it runs."""
+        call = routes.worker_heartbeat(worker_id, list(handlers))
+        return self._client._run(flows.request_model(self._st, call, WorkerHeartbeat))
+
+    def list(self) -> builtins.list[Worker]:
+        """Workers that heartbeated (extension `workers.list`).
+
+        Raises:
+            ExtensionNotAvailable: the server does not list `workers.list`.
+        """
+        return self._client._run(flows.list_workers(self._st))
+
+
+# -- async --------------------------------------------------------------------------------
+
+
+class AsyncCueClient(_BaseClient):
+    """The asynchronous twin of `CueClient` (one pooled `httpx.AsyncClient`).
+
+    Same arguments and resources as `CueClient`; every call is awaited, and
+    `aclose()` / `async with` replace `close()` / `with`. Works on asyncio and trio.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        use_extensions: bool = True,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            api_key,
+            base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            use_extensions=use_extensions,
+        )
+        if http_client is not None and transport is not None:
+            raise ValueError("pass http_client= or transport=, not both")
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
+        )
+        self.cues = AsyncCues(self)
+        self.executions = AsyncExecutions(self)
+        self.workers = AsyncWorkers(self)
+
+    async def __aenter__(self) -> AsyncCueClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (unless it came from `http_client=`)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def _send(self, call: Call) -> httpx.Response:
+        request = self._http.build_request(**self._request_args(call))
+        self.request_count += 1
+        return await self._http.send(request)
+
+    async def _run(self, flow: Generator[Step, Any, _T]) -> _T:
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                done, step = self._advance(flow, value, exc)
+                if done:
+                    result: _T = step
+                    return result
+                value, exc = None, None
+                if isinstance(step, Send):
+                    try:
+                        value = await self._send(step.call)
+                    except httpx.TransportError as err:
+                        exc = err
+                else:
+                    await anyio.sleep(step.seconds)
+        finally:
+            flow.close()
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The extensions probed so far (empty if use_extensions=False).
+
+        Raises:
+            RuntimeError: not probed yet: `await client.load_extensions()` first
+                (any call that needs them probes them too).
+        """
+        if self._st.extensions is None:
+            raise RuntimeError("extensions not probed yet: await client.load_extensions() first")
+        return self._st.extensions
+
+    async def load_extensions(self) -> frozenset[str]:
+        """Probe `/v1/info` once (cached) and return the extensions the server lists."""
+        return await self._run(flows.extensions(self._st))
+
+    async def info(self) -> Info:
+        """See `CueClient.info`."""
+        return await self._run(flows.info(self._st))
+
+    async def register(self, email: str) -> dict[str, Any]:
+        """See `CueClient.register`."""
+        result: dict[str, Any] = await self._run(flows.request(self._st, routes.register(email)))
+        return result
+
+
+class AsyncCues(_Resource):
+    """Async twin of `Cues`."""
+
+    _client: AsyncCueClient
+
+    async def create(
+        self,
+        name: str,
+        *,
+        transport: str = "worker",
+        payload: dict[str, Any] | None = None,
+        schedule: dict[str, Any] | None = None,
+        description: str | None = None,
+        retry: dict[str, Any] | None = None,
+        callback: dict[str, Any] | None = None,
+    ) -> Cue:
+        """See `Cues.create`."""
+        call = routes.create_cue(
+            name,
+            transport=transport,
+            payload=payload,
+            schedule=schedule,
+            description=description,
+            retry=retry,
+            callback=callback,
+        )
+        return await self._client._run(flows.request_model(self._st, call, Cue))
+
+    async def get(self, cue_id: str) -> Cue:
+        """See `Cues.get`."""
+        return await self._client._run(flows.request_model(self._st, routes.get_cue(cue_id), Cue))
+
+    async def list(
+        self, *, status: str | None = None, limit: int | None = None, offset: int | None = None
+    ) -> CueList:
+        """See `Cues.list`."""
+        call = routes.list_cues(status=status, limit=limit, offset=offset)
+        return await self._client._run(flows.request_model(self._st, call, CueList))
+
+    async def update(self, cue_id: str, **changes: Any) -> Cue:
+        """See `Cues.update`."""
+        call = routes.update_cue(cue_id, changes)
+        return await self._client._run(flows.request_model(self._st, call, Cue))
+
+    async def delete(self, cue_id: str) -> None:
+        """See `Cues.delete`."""
+        await self._client._run(flows.request(self._st, routes.delete_cue(cue_id)))
+
+    async def pause(self, cue_id: str) -> Cue:
+        """See `Cues.pause`."""
+        return await self.update(cue_id, status="paused")
+
+    async def resume(self, cue_id: str) -> Cue:
+        """See `Cues.resume`."""
+        return await self.update(cue_id, status="active")
+
+    async def fire(
+        self,
+        cue_id: str,
+        payload_override: dict[str, Any] | None = None,
+        merge_strategy: str | None = None,
+        *,
+        send_at: datetime | str | float | None = None,
+        idempotency_key: str | None = None,
+    ) -> FireResult:
+        """See `Cues.fire`."""
+        body = routes.fire_body(
+            payload_override=payload_override,
+            merge_strategy=merge_strategy,
+            send_at=send_at,
+            idempotency_key=idempotency_key,
+        )
+        call = routes.fire(cue_id, body)
+        return await self._client._run(flows.request_model(self._st, call, FireResult))
+
+    async def fire_many(self, fires: Sequence[FireRequest]) -> builtins.list[FireResult]:
+        """See `Cues.fire_many`."""
+        return await self._client._run(flows.fire_many(self._st, fires))
+
+
+class AsyncExecutions(_Resource):
+    """Async twin of `Executions`."""
+
+    _client: AsyncCueClient
+
+    async def list(
+        self,
+        *,
+        cue_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> ExecutionList:
+        """See `Executions.list`."""
+        call = routes.list_executions(cue_id=cue_id, status=status, limit=limit, offset=offset)
+        return await self._client._run(flows.request_model(self._st, call, ExecutionList))
+
+    async def get(self, execution_id: str) -> Execution:
+        """See `Executions.get`."""
+        call = routes.get_execution(execution_id)
+        return await self._client._run(flows.request_model(self._st, call, Execution))
+
+    async def list_claimable(
+        self, *, task: str | None = None, agent: str | None = None
+    ) -> builtins.list[Claimable]:
+        """See `Executions.list_claimable`."""
+        return await self._client._run(flows.list_claimable(self._st, task=task, agent=agent))
+
+    async def claim(self, execution_id: str, *, worker_id: str) -> Claimed:
+        """See `Executions.claim`."""
+        return await self._client._run(flows.claim(self._st, execution_id, worker_id=worker_id))
+
+    async def claim_next(
+        self,
+        *,
+        worker_id: str,
+        task: str | None = None,
+        agent: str | None = None,
+        wait: float | None = None,
+        limit: int | None = None,
+    ) -> ClaimResult:
+        """See `Executions.claim_next`."""
+        flow = flows.claim_next(
+            self._st, worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit
+        )
+        return await self._client._run(flow)
+
+    async def heartbeat(self, execution_id: str, *, worker_id: str) -> Heartbeat:
+        """See `Executions.heartbeat`."""
+        call = routes.heartbeat(execution_id, worker_id=worker_id)
+        return await self._client._run(flows.request_model(self._st, call, Heartbeat))
+
+    async def report_outcome(
+        self,
+        execution_id: str,
+        *,
+        worker_id: str,
+        success: bool,
+        result: str | None = None,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> OutcomeResult:
+        """See `Executions.report_outcome`."""
+        body = routes.outcome_body(success=success, result=result, error=error, metadata=metadata)
+        call = routes.report_outcome(execution_id, body, worker_id=worker_id)
+        return await self._client._run(flows.request_model(self._st, call, OutcomeResult))
+
+    async def report_outcomes(
+        self, outcomes: Sequence[OutcomeRequest], *, worker_id: str
+    ) -> builtins.list[OutcomeResult | CueAPIError]:
+        """See `Executions.report_outcomes`."""
+        flow = flows.report_outcomes(self._st, outcomes, worker_id=worker_id)
+        return await self._client._run(flow)
+
+
+class AsyncWorkers(_Resource):
+    """Async twin of `Workers`."""
+
+    _client: AsyncCueClient
+
+    async def heartbeat(self, worker_id: str, handlers: Sequence[str]) -> WorkerHeartbeat:
+        """See `Workers.heartbeat`."""
+        call = routes.worker_heartbeat(worker_id, list(handlers))
+        return await self._client._run(flows.request_model(self._st, call, WorkerHeartbeat))
+
+    async def list(self) -> builtins.list[Worker]:
+        """See `Workers.list`."""
+        return await self._client._run(flows.list_workers(self._st))
