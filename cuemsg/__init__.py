@@ -12,9 +12,11 @@ from cuemsg._exceptions import (
     CueAPIError,
     CuemsgError,
     EnvelopeError,
+    ExtensionNotAvailable,
     Forbidden,
     LeaseLost,
     MailboxError,
+    MissingAPIKey,
     NoResponder,
     NotFound,
     PayloadTooLarge,
@@ -28,6 +30,7 @@ from cuemsg._exceptions import (
     TransportTimeout,
     ValidationError,
 )
+from cuemsg.cueapi import AsyncCueClient, CueClient
 
 try:
     __version__ = _version("cuemsg")
@@ -35,15 +38,19 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AsyncCueClient",
     "AuthenticationError",
     "ClaimFailed",
     "Conflict",
     "CueAPIError",
+    "CueClient",
     "CuemsgError",
     "EnvelopeError",
+    "ExtensionNotAvailable",
     "Forbidden",
     "LeaseLost",
     "MailboxError",
+    "MissingAPIKey",
     "NoResponder",
     "NotFound",
     "PayloadTooLarge",

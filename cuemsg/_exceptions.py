@@ -2,6 +2,8 @@
 
 ```
 CuemsgError
+├── MissingAPIKey           no key given and none in CUEAPI_API_KEY (also a ValueError)
+├── ExtensionNotAvailable   a call needs an extension the server does not list
 ├── TransportError          network failure; the httpx error stays in __cause__
 │   └── TransportTimeout    also a builtin TimeoutError
 ├── CueAPIError             a CueAPI error body: .status .code .message .field
@@ -38,9 +40,11 @@ __all__ = [
     "CueAPIError",
     "CuemsgError",
     "EnvelopeError",
+    "ExtensionNotAvailable",
     "Forbidden",
     "LeaseLost",
     "MailboxError",
+    "MissingAPIKey",
     "NoResponder",
     "NotFound",
     "PayloadTooLarge",
@@ -58,6 +62,28 @@ __all__ = [
 
 class CuemsgError(Exception):
     """Root of every error cuemsg raises."""
+
+
+class MissingAPIKey(CuemsgError, ValueError):
+    """No API key: pass `api_key=` or set the `CUEAPI_API_KEY` environment variable."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "no CueAPI key: pass api_key=... or set the CUEAPI_API_KEY environment variable "
+            "(get a key with CueClient(...).register(email))"
+        )
+
+
+class ExtensionNotAvailable(CuemsgError):
+    """The server does not list the extension a call needs (or extensions are off)."""
+
+    def __init__(self, extension: str) -> None:
+        super().__init__(
+            f"the server does not serve the {extension!r} extension "
+            "(or the client was made with use_extensions=False)"
+        )
+        self.extension = extension
 
 
 class TransportError(CuemsgError):
@@ -178,11 +204,27 @@ class MailboxError(CuemsgError):
 
 
 class RequestTimeout(MailboxError, TimeoutError):
-    """No reply arrived before the request's deadline."""
+    """No reply arrived before the request's deadline.
 
-    def __init__(self, message: str, *, correlation_id: str | None = None) -> None:
+    `reason` tells the requester's three failures apart (read from the
+    request's execution): `"no_responder"` (nobody claimed it),
+    `"dead_responder"` (claimed, then the lease ran out with no outcome),
+    `"slow_responder"` (still being handled, or answered after the
+    deadline), or `"unknown"`. `execution_id` is the request's execution.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        correlation_id: str | None = None,
+        reason: str | None = None,
+        execution_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.correlation_id = correlation_id
+        self.reason = reason
+        self.execution_id = execution_id
 
 
 class RemoteError(MailboxError):

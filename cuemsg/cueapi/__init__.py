@@ -9,7 +9,9 @@ from cuemsg._exceptions import (
     Conflict,
     CueAPIError,
     CuemsgError,
+    ExtensionNotAvailable,
     Forbidden,
+    MissingAPIKey,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -18,7 +20,6 @@ from cuemsg._exceptions import (
     TransportTimeout,
     ValidationError,
 )
-from cuemsg.cueapi._errors import ExtensionNotAvailable, MissingAPIKey
 from cuemsg.cueapi._retry import RetryPolicy
 from cuemsg.cueapi.client import (
     API_KEY_ENV,

@@ -15,9 +15,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from cuemsg._exceptions import ClaimFailed, CueAPIError, NotFound
+from cuemsg._exceptions import (
+    ClaimFailed,
+    CueAPIError,
+    ExtensionNotAvailable,
+    MissingAPIKey,
+    NotFound,
+)
 from cuemsg.cueapi import _routes as routes
-from cuemsg.cueapi._errors import ExtensionNotAvailable, MissingAPIKey
 from cuemsg.cueapi._retry import RetryPolicy, send_with_retries
 from cuemsg.cueapi._routes import Call, Sleep, Step
 from cuemsg.cueapi.models import (

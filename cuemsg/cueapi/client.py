@@ -33,10 +33,9 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from cuemsg._exceptions import CueAPIError
+from cuemsg._exceptions import CueAPIError, MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
-from cuemsg.cueapi._errors import MissingAPIKey
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from cuemsg.cueapi._routes import Call, Send, Step
 from cuemsg.cueapi.models import (
