@@ -1,0 +1,341 @@
+"""Client roles: each runs in its own process (see `procs.run_roles`).
+
+A role sets up (connects, opens its inbox), calls `ctx.ready()`, then does
+its bounded work: a count of messages or a duration, and always a deadline.
+It returns a plain dict of numbers (latencies in seconds). Times compared
+across processes are `time.time()` (one clock on one machine); times within
+a process are `time.perf_counter()`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import httpx
+
+from bench.drivers import body, make_driver
+from bench.procs import RoleContext
+
+Result = dict[str, Any]
+
+
+def floor(
+    ctx: RoleContext, *, base_url: str, api_key: str, cue_id: str, duration: float
+) -> Result:
+    """The HTTP floor: sequential `GET /v1/cues/{id}` on one keep-alive connection."""
+    url = f"{base_url}/v1/cues/{cue_id}"
+    latencies: list[float] = []
+    with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
+        for _ in range(50):  # warm the connection and the server's key cache
+            http.get(url).raise_for_status()
+        ctx.ready()
+        start = time.perf_counter()
+        end = start + duration
+        now = start
+        while now < end:
+            answer = http.get(url)
+            answer.raise_for_status()
+            after = time.perf_counter()
+            latencies.append(after - now)
+            now = after
+    return {"latencies": latencies, "elapsed": now - start}
+
+
+def sender(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    to: str,
+    count: int,
+    deadline: float,
+    extensions: bool = True,
+) -> Result:
+    """Send `count` messages to `to`, one after another."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        ctx.ready()
+        start = time.time()
+        sent = 0
+        while sent < count and time.time() - start < deadline:
+            drv.send(to, body(sent))
+            sent += 1
+        return {"sent": sent, "t_start": start, "t_end": time.time(), "label": drv.label}
+    finally:
+        drv.close()
+
+
+def receiver(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    count: int,
+    deadline: float,
+    wait: float = 5.0,
+    extensions: bool = True,
+) -> Result:
+    """Receive and ack `count` messages (or stop at the deadline)."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        ctx.ready()
+        start = time.time()
+        got = 0
+        latencies: list[float] = []
+        t_first = t_last = 0.0
+        while got < count and (left := deadline - (time.time() - start)) > 0:
+            msg = drv.receive(min(wait, left))
+            if msg is None:
+                continue
+            now = time.time()
+            latencies.append(now - drv.body_of(msg)["sent_at"])
+            drv.ack(msg)
+            got += 1
+            t_first = t_first or now
+            t_last = time.time()
+        return {"received": got, "t_first": t_first, "t_last": t_last, "latencies": latencies}
+    finally:
+        drv.close()
+
+
+def cycle(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    count: int,
+    deadline: float,
+    extensions: bool = True,
+) -> Result:
+    """One client, one message at a time: send to itself, receive, ack. Times each cycle."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        for i in range(5):  # warm-up
+            drv.send(drv.address, body(i))
+            msg = drv.receive(5.0)
+            if msg is not None:
+                drv.ack(msg)
+        ctx.ready()
+        start = time.perf_counter()
+        cycles: list[float] = []
+        while len(cycles) < count and time.perf_counter() - start < deadline:
+            t0 = time.perf_counter()
+            drv.send(drv.address, body(len(cycles)))
+            msg = drv.receive(5.0)
+            if msg is None:
+                raise RuntimeError("a message sent to itself did not arrive in 5 s")
+            drv.ack(msg)
+            cycles.append(time.perf_counter() - t0)
+        return {"latencies": cycles, "elapsed": time.perf_counter() - start}
+    finally:
+        drv.close()
+
+
+def paced_sender(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    to: str,
+    count: int,
+    gap: tuple[float, float],
+    deadline: float,
+    extensions: bool = True,
+) -> Result:
+    """Send `count` messages with a random pause (uniform in `gap`) before each.
+
+    The random pauses put the fires at random phases of a polling receiver's cycle.
+    """
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    rng = random.Random(7)
+    try:
+        ctx.ready()
+        start = time.time()
+        sent = 0
+        while sent < count and time.time() - start < deadline:
+            time.sleep(rng.uniform(*gap))
+            drv.send(to, body(sent))
+            sent += 1
+        return {"sent": sent}
+    finally:
+        drv.close()
+
+
+def handler_receiver(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    count: int,
+    deadline: float,
+    poll: float | None,
+    extensions: bool = True,
+) -> Result:
+    """Fire-to-handler latency: long-poll (`poll` None) or poll every `poll` seconds."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        ctx.ready()
+        start = time.time()
+        latencies: list[float] = []
+        while len(latencies) < count and (left := deadline - (time.time() - start)) > 0:
+            msg = drv.receive(min(5.0, left) if poll is None else 0.0)
+            if msg is None:
+                if poll is not None:
+                    time.sleep(min(poll, max(left, 0.0)))
+                continue
+            latencies.append(time.time() - drv.body_of(msg)["sent_at"])
+            drv.ack(msg)
+        return {"latencies": latencies}
+    finally:
+        drv.close()
+
+
+def idle_receiver(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    wait: float,
+    duration: float,
+    extensions: bool = True,
+) -> Result:
+    """Receive on an inbox nobody sends to, for `duration` seconds, `wait` seconds a call."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        ctx.ready()
+        start = time.perf_counter()
+        calls = 0
+        while (left := duration - (time.perf_counter() - start)) > 0.01:
+            drv.receive(min(wait, left))
+            calls += 1
+        return {"elapsed": time.perf_counter() - start, "calls": calls}
+    finally:
+        drv.close()
+
+
+def responder(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    extensions: bool = True,
+) -> Result:
+    """Serve requests (echo the body) until the parent sets `stop`."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        ctx.ready(block=False)
+        served = drv.serve(lambda msg: msg, ctx.stop.is_set)
+        return {"served": served}
+    finally:
+        drv.close()
+
+
+def requester(
+    ctx: RoleContext,
+    *,
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    to: str,
+    count: int,
+    deadline: float,
+    extensions: bool = True,
+) -> Result:
+    """Make `count` requests, one after another; time each round trip."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    try:
+        for i in range(3):  # warm-up (opens the reply stream)
+            drv.request(to, body(i), timeout=10)
+        ctx.ready()
+        start = time.perf_counter()
+        latencies: list[float] = []
+        while len(latencies) < count and time.perf_counter() - start < deadline:
+            t0 = time.perf_counter()
+            drv.request(to, body(len(latencies)), timeout=10)
+            latencies.append(time.perf_counter() - t0)
+        return {"latencies": latencies, "elapsed": time.perf_counter() - start}
+    finally:
+        drv.close()
+
+
+# -- batch paths (raw client: fire.batch, claim.many, outcome.batch) ------------------------
+
+
+def batch_sender(
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    to: str,
+    count: int,
+    batch: int,
+    deadline: float,
+) -> Result:
+    """Send `count` messages in `fire_many` batches of `batch`."""
+    from cuemsg.cueapi import CueClient, FireRequest
+
+    with CueClient(api_key, base_url) as client:
+        client.extensions  # noqa: B018 - probe before the clock starts
+        ctx.ready()
+        start = time.time()
+        sent = 0
+        while sent < count and time.time() - start < deadline:
+            n = min(batch, count - sent)
+            client.cues.fire_many(
+                [FireRequest(cue_id=to, payload_override={"message": body(sent + i)}) for i in range(n)]
+            )
+            sent += n
+        return {"sent": sent, "t_start": start, "t_end": time.time()}
+
+
+def batch_receiver(
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    task: str,
+    count: int,
+    batch: int,
+    deadline: float,
+) -> Result:
+    """Claim up to `batch` at once (`claim_next(limit=)`), ack them in one `report_outcomes`."""
+    from cuemsg.cueapi import CueClient, OutcomeRequest
+
+    worker = f"bench-batch-{task}"
+    with CueClient(api_key, base_url) as client:
+        client.extensions  # noqa: B018
+        ctx.ready()
+        start = time.time()
+        got = 0
+        t_first = t_last = 0.0
+        while got < count and (left := deadline - (time.time() - start)) > 0:
+            res = client.executions.claim_next(
+                worker_id=worker, task=task, wait=min(5.0, left), limit=batch
+            )
+            if not res.claimed:
+                continue
+            t_first = t_first or time.time()
+            client.executions.report_outcomes(
+                [OutcomeRequest(execution_id=e.execution_id, success=True) for e in res.executions],
+                worker_id=worker,
+            )
+            got += len(res.executions)
+            t_last = time.time()
+        return {"received": got, "t_first": t_first, "t_last": t_last}

@@ -1,0 +1,294 @@
+"""The whole run: start each server, run its rows in order, compute the ratios.
+
+A row that fails is kept in the table with the error in its note (and the
+traceback on stderr), and the run goes on: one broken row must not hide
+the others.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import peers, rows
+from bench.drivers import mailbox_available
+from bench.procs import (
+    ServerProc,
+    machine,
+    postgres_problem,
+    postgres_schema,
+    servers,
+    start_server,
+    workdir,
+)
+from bench.report import Ratio, Report, Row
+from bench.rows import Plan
+
+# The row keys (and cases) every run prints, even when one cannot run.
+ROW_KEYS = [
+    "1a", "1b", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "6",
+    "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B",
+]  # fmt: skip
+
+
+class Suite:
+    """Runs the rows of one plan and collects them into a `Report`."""
+
+    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.log = log
+        self.kind = "mailbox"
+        self.report = Report(
+            mode="quick" if plan.quick else "full",
+            date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            machine=machine(),
+        )
+        self.receivers: list[dict[str, Any]] = []
+
+    def add(self, key: str, case: str, make: Callable[[], Row | list[Row]]) -> None:
+        """Run one row; on failure keep a row that says so."""
+        started = time.monotonic()
+        try:
+            made = make()
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            made = Row(key, case, note=f"failed: {type(exc).__name__}: {str(exc)[:200]}")
+        for row in made if isinstance(made, list) else [made]:
+            self.report.rows.append(row)
+            self.log(f"  {row.key:>3} {row.case[:70]:<70} {time.monotonic() - started:5.1f} s")
+
+    def skip(self, keys_cases: list[tuple[str, str]], why: str) -> None:
+        for key, case in keys_cases:
+            self.report.rows.append(Row(key, case, note=f"skipped: {why}"))
+            self.log(f"  {key:>3} skipped: {why}")
+
+    # -- sections -----------------------------------------------------------------------
+
+    def sqlite_extensions(self, wd: Path) -> None:
+        p, k = self.plan, self.kind
+        self.log("SQLite server, extensions on")
+        with servers(lambda: start_server(str(wd / "ext.db"), label="sqlite", workdir=wd)) as [s]:
+            self.add("1a", "HTTP floor, 1 client", lambda: rows.floor(p, s, 1, "1a"))
+            self.add("1b", "HTTP floor, 8 clients", lambda: rows.floor(p, s, 8, "1b"))
+            self.add("2a", "one-way cycle", lambda: rows.cycle(p, s, key="2a", kind=k))
+            self.add("2b", "one-way, 1 pair", lambda: self.one_way([s], "2b", 1, k, "ow1"))
+            self.add("2c", "one-way, 8 pairs", lambda: self.one_way([s], "2c", 8, k, "ow8"))
+            if mailbox_available():
+                self.add("2d", "one-way, 1 pair, raw", lambda: self.one_way([s], "2d", 1, "raw", "raw1"))
+            else:
+                self.report.rows.append(
+                    Row("2d", "one-way, raw client, 1 pair", note="same as 2b: the Mailbox has not landed")
+                )
+            self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
+            self.add("4", "RPC", lambda: rows.rpc(p, s, key="4", kind=k))
+            self.add(
+                "5a",
+                "fire-to-handler, long-poll",
+                lambda: rows.fire_to_handler(p, s, key="5a", kind=k, poll=None, extensions=True),
+            )
+            self.add("6", "idle receiver", lambda: rows.idle(p, s, key="6", kind=k))
+            self.add("9", "memory", lambda: rows.memory(s, self.receivers, "9"))
+
+    def sqlite_plain(self, wd: Path) -> None:
+        p, k = self.plan, self.kind
+        self.log("SQLite server, --no-extensions (plain CueAPI contract)")
+        start = lambda: start_server(  # noqa: E731
+            str(wd / "plain.db"), label="plain", extensions=False, workdir=wd
+        )
+        with servers(start) as [s]:
+            self.add(
+                "3a", "one-way, plain, 1 pair", lambda: self.one_way([s], "3a", 1, k, "pl1", plain=True)
+            )
+            self.add(
+                "3b", "one-way, plain, 8 pairs", lambda: self.one_way([s], "3b", 8, k, "pl8", plain=True)
+            )
+            self.add(
+                "5b",
+                "fire-to-handler, polling",
+                lambda: rows.fire_to_handler(p, s, key="5b", kind=k, poll=1.0, extensions=False),
+            )
+
+    def postgres(self, wd: Path) -> None:
+        cases = [
+            ("7a", "PostgreSQL, 1 replica, one-way 1 pair"),
+            ("7b", "PostgreSQL, 1 replica, one-way 8 pairs"),
+            ("7c", "PostgreSQL, 2 replicas, one-way 1 pair (across replicas)"),
+            ("7d", "PostgreSQL, 2 replicas, one-way 8 pairs (across replicas)"),
+        ]
+        problem = postgres_problem()
+        if problem:
+            self.skip(cases, problem)
+            return
+        k = self.kind
+        for replicas, ((k1, c1), (k8, c8)) in ((1, cases[0:2]), (2, cases[2:4])):
+            self.log(f"PostgreSQL, {replicas} replica(s)")
+            try:
+                with postgres_schema() as url:
+                    first = start_server(url, label="pg1", workdir=wd)
+                    starts: list[Callable[[], ServerProc]] = [lambda: first]
+                    if replicas == 2:
+                        starts.append(
+                            lambda: start_server(url, label="pg2", workdir=wd, key=first.api_key)
+                        )
+                    with servers(*starts) as srvs:
+                        self.add(k1, c1, lambda: self.one_way(srvs, k1, 1, k, f"pg{replicas}-1", case=c1))
+                        self.add(k8, c8, lambda: self.one_way(srvs, k8, 8, k, f"pg{replicas}-8", case=c8))
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                self.skip([(k1, c1), (k8, c8)], f"failed: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def peers(self) -> None:
+        self.log("reference peers")
+        p = self.plan
+        self.add("8a", "NATS", lambda: peers.nats_row("8a", p.peer_calls, p.deadline))
+        self.add("8b", "Redis", lambda: peers.redis_row("8b", p.peer_calls, p.deadline))
+
+    def one_way(
+        self,
+        srvs: list[ServerProc],
+        key: str,
+        pairs: int,
+        kind: str,
+        prefix: str,
+        *,
+        plain: bool = False,
+        case: str | None = None,
+    ) -> Row:
+        per_pair = self.plan.one_pair if pairs == 1 else self.plan.per_pair
+        if plain:
+            # the plain path costs more requests a message: keep its run about as long
+            per_pair = max(10, per_pair // 2)
+        what = "pair" if pairs == 1 else "concurrent pairs"
+        default = f"one-way send -> receive -> ack, {pairs} {what}" + (
+            ", plain contract (list + claim)" if plain else ""
+        )
+        if kind == "raw" and not plain:
+            default += ", raw client"
+        row, receivers = rows.one_way(
+            self.plan,
+            srvs,
+            key=key,
+            case=case or default,
+            pairs=pairs,
+            per_pair=per_pair,
+            kind=kind,
+            extensions=not plain,
+            prefix=prefix,
+        )
+        if key == "2c":
+            self.receivers = receivers
+        return row
+
+    # -- the run ------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        started = time.monotonic()
+        with workdir() as wd:
+            self.sqlite_extensions(wd)
+            self.sqlite_plain(wd)
+            self.postgres(wd)
+        self.peers()
+        self.report.rows.sort(key=lambda r: ROW_KEYS.index(r.key) if r.key in ROW_KEYS else 99)
+        self.report.ratios = ratios(self.report)
+        self.report.duration = time.monotonic() - started
+        return self.report
+
+
+def _get(report: Report, key: str, attr: str) -> float | None:
+    row = report.row(key)
+    value = getattr(row, attr) if row is not None else None
+    return float(value) if value is not None else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(report: Report) -> list[Ratio]:
+    """The targets (with limits) and the informative ratios, from this run's rows."""
+    g = lambda key, attr: _get(report, key, attr)  # noqa: E731
+    floor_p50 = g("1a", "p50")
+    idle = report.row("6")
+    per_wait = None
+    if idle is not None and idle.extra.get("periods"):
+        per_wait = idle.extra["requests"] / idle.extra["periods"]
+    return [
+        Ratio(
+            "T1", "one-way message cost vs 3 floor requests",
+            "p50 of one send -> receive -> ack cycle (2a) / (3 x floor p50 (1a))",
+            _div(g("2a", "p50"), 3 * floor_p50 if floor_p50 else None), 1.5,
+        ),
+        Ratio(
+            "T2", "fire-to-handler vs floor round trips",
+            "fire-to-handler p50 with long-poll (5a) / floor p50 (1a)",
+            _div(g("5a", "p50"), floor_p50), 2.0,
+        ),
+        Ratio(
+            "T3", "idle receiver: requests per wait period",
+            "server requests during the idle run / wait periods elapsed (6)",
+            per_wait, 1.5, note="goal: about 1",
+        ),
+        Ratio(
+            "T4", "HTTP requests per one-way message",
+            "server requests / messages, 1 pair with the extensions (2b)",
+            g("2b", "req_per_msg"), 3.0,
+        ),
+        Ratio(
+            "R1", "what the extensions buy, 1 pair",
+            "msg/s with extensions (2b) / msg/s plain contract (3a)",
+            _div(g("2b", "value"), g("3a", "value")),
+        ),
+        Ratio(
+            "R2", "what the extensions buy, 8 pairs",
+            "msg/s with extensions (2c) / msg/s plain contract (3b)",
+            _div(g("2c", "value"), g("3b", "value")),
+        ),
+        Ratio(
+            "R3", "what batching buys",
+            "msg/s batched (B) / msg/s one at a time (2b)",
+            _div(g("B", "value"), g("2b", "value")),
+        ),
+        Ratio(
+            "R4", "8 pairs vs the server's floor",
+            "msg/s, 8 pairs (2c) x req/msg (2c) / floor req/s, 8 clients (1b)",
+            _div(
+                (g("2c", "value") or 0) * (g("2c", "req_per_msg") or 0) or None, g("1b", "value")
+            ),
+            note="share of the floor's request rate the message path reaches",
+        ),
+        Ratio(
+            "R5", "polling vs long-poll latency",
+            "fire-to-handler p50 polling 1 s (5b) / long-poll (5a)",
+            _div(g("5b", "p50"), g("5a", "p50")),
+        ),
+        Ratio(
+            "R6", "Mailbox overhead over the raw client",
+            "msg/s raw client (2d) / msg/s Mailbox (2b), 1 pair",
+            _div(g("2d", "value"), g("2b", "value")),
+        ),
+        Ratio(
+            "R7", "two PostgreSQL replicas vs one, 8 pairs",
+            "msg/s 2 replicas (7d) / 1 replica (7b)",
+            _div(g("7d", "value"), g("7b", "value")),
+        ),
+        Ratio(
+            "R8", "PostgreSQL vs SQLite, 8 pairs",
+            "msg/s PostgreSQL 1 replica (7b) / SQLite (2c)",
+            _div(g("7b", "value"), g("2c", "value")),
+        ),
+        Ratio(
+            "R9", "cuemsg RPC vs NATS round trip",
+            "RPC p50 (4) / NATS request/reply p50 (8a)",
+            _div(g("4", "p50"), g("8a", "p50")),
+        ),
+        Ratio(
+            "R10", "cuemsg RPC vs Redis lists round trip",
+            "RPC p50 (4) / Redis LPUSH/BRPOP p50 (8b)",
+            _div(g("4", "p50"), g("8b", "p50")),
+        ),
+    ]  # fmt: skip
