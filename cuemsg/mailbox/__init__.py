@@ -1,0 +1,43 @@
+"""Mailboxes: send, receive and request/reply between agents over CueAPI.
+
+`Mailbox` (sync) and `AsyncMailbox` (async) drive one sans-I/O core
+(`_core.py`); see `docs/mailbox.md` for the delivery semantics.
+"""
+
+from cuemsg.mailbox._core import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_POLL_WAIT,
+    DEFAULT_PRESENCE_INTERVAL,
+    DEFAULT_PRESENCE_TTL,
+    DEFAULT_REQUEST_TIMEOUT,
+    MAILBOX_SCHEDULE,
+    REPLY_SUFFIX,
+    Delivery,
+    MailboxStats,
+    Sent,
+)
+from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
+from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.sync import Mailbox, Message
+
+__all__ = [
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_DELIVERIES",
+    "DEFAULT_POLL_WAIT",
+    "DEFAULT_PRESENCE_INTERVAL",
+    "DEFAULT_PRESENCE_TTL",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "MAILBOX_SCHEDULE",
+    "REPLY_SUFFIX",
+    "AsyncMailbox",
+    "AsyncMessage",
+    "DedupeStore",
+    "Delivery",
+    "Mailbox",
+    "MailboxStats",
+    "MemoryDedupe",
+    "Message",
+    "SQLiteDedupe",
+    "Sent",
+]

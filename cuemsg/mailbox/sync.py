@@ -1,0 +1,632 @@
+"""`Mailbox`: the synchronous mailbox, a thin driver of `_core` over `CueClient`.
+
+Heartbeats (lease renewals and worker presence) run in one background
+thread per mailbox, the reply stream of `request()` in another, started on
+first use. `serve(concurrency=N)` runs handlers in a pool of N threads.
+
+Example:
+    ```python
+    from cuemsg import CueClient, Mailbox
+
+    with CueClient() as client, Mailbox.open(client, "planner") as inbox:
+        inbox.send(writer_address, {"goal": "draft the intro"})
+        for msg in inbox.receive(wait=10):
+            print(msg.sender, msg.body)     # acked when the loop moves on
+        answer = inbox.request(writer_address, {"q": "status?"}, timeout=30)
+    ```
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar, cast, overload
+
+from cuemsg._exceptions import MailboxError
+from cuemsg.cueapi import CueClient
+from cuemsg.mailbox._core import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_DELIVERIES,
+    DEFAULT_POLL_WAIT,
+    DEFAULT_PRESENCE_INTERVAL,
+    DEFAULT_PRESENCE_TTL,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_DELAY,
+    AwaitReply,
+    CallHandler,
+    Deliver,
+    Delivery,
+    Drain,
+    Flow,
+    IdleWait,
+    MailboxBase,
+    MailboxConfig,
+    MailboxCore,
+    MailboxInfo,
+    OnError,
+    Op,
+    Sent,
+    Sleep,
+    Spawn,
+    StartReplies,
+    WaitSlots,
+    advance,
+    open_mailbox,
+)
+from cuemsg.mailbox.dedupe import DedupeStore
+
+__all__ = ["Mailbox", "Message"]
+
+log = logging.getLogger("cuemsg.mailbox")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Message(Delivery[T]):
+    """A message received by a `Mailbox`: its body, metadata, and how to settle it.
+
+    Settle it once: `ack()`, `reject(reason)`, `retry_later(delay)` or
+    `reply(body)`. A message left unsettled is acked when the `receive()`
+    loop moves on (by `serve()` as the handler's result says).
+    """
+
+    def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
+        super().__init__(**fields)
+        self._mailbox = mailbox
+
+    def ack(self, result: str | None = None) -> None:
+        """Record success (the outcome's `result` text may be given).
+
+        Raises:
+            LeaseLost: the lease passed to another receiver; nothing was recorded.
+            MailboxError: already settled.
+        """
+        self._mailbox.ack(self, result)
+
+    def reject(self, reason: str) -> None:
+        """Record failure, for good: the message becomes a dead letter with `reason`."""
+        self._mailbox.reject(self, reason)
+
+    def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
+        """Deliver it again in `delay` seconds (bounded by `max_attempts`, then rejected).
+
+        Returns:
+            The new execution's id, or None when the attempts ran out.
+        """
+        return self._mailbox.retry_later(self, delay, reason)
+
+    def reply(self, body: Any) -> str:
+        """Answer the sender (a request's requester gets `body`). Returns the reply's execution."""
+        return self._mailbox.reply(self, body)
+
+    def reply_error(self, type: str, message: str) -> str:
+        """Answer a request with an error: its requester raises `RemoteError(type, message)`."""
+        return self._mailbox.reply_error(self, type, message)
+
+    def heartbeat(self) -> None:
+        """Renew the lease now (the mailbox also does it every third of the lease)."""
+        self._mailbox.heartbeat(self)
+
+
+class _Slots:
+    """Handler slots of `serve()`: how many are free, and waiting for them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._cond = threading.Condition()
+
+    def wait_free(self) -> int:
+        with self._cond:
+            while self.busy >= self.size:
+                self._cond.wait()
+            return self.size - self.busy
+
+    def take(self) -> None:
+        with self._cond:
+            self.busy += 1
+
+    def give(self, _: object = None) -> None:
+        with self._cond:
+            self.busy -= 1
+            self._cond.notify_all()
+
+    def drain(self) -> None:
+        with self._cond:
+            while self.busy:
+                self._cond.wait()
+
+
+class Mailbox(MailboxBase):
+    """A synchronous mailbox: a worker cue that agents send messages to.
+
+    Make one with `Mailbox.open(client, name)`. It is a context manager
+    (`close()` on exit); the client stays the caller's to close.
+    """
+
+    def __init__(self, client: CueClient, info: MailboxInfo, config: MailboxConfig) -> None:
+        self.client = client
+        self._wake = threading.Event()  # heartbeat thread: a lease was taken, or closing
+        self._requests = threading.Event()  # reply thread: a request started waiting
+        self._core = MailboxCore(
+            info, config, event_factory=threading.Event, make_message=self._message
+        )
+        self._core.leases.on_hold = self._wake.set
+        self._core.router.on_expect = self._requests.set
+        self._lock = threading.Lock()
+        self._heartbeats: threading.Thread | None = None
+        self._replies: threading.Thread | None = None
+        self._closed = False
+        self._closed_event = threading.Event()
+
+    @classmethod
+    def open(
+        cls,
+        client: CueClient,
+        name: str,
+        task: str | None = None,
+        worker_id: str | None = None,
+        *,
+        poll_wait: float = DEFAULT_POLL_WAIT,
+        dedupe: DedupeStore | None = None,
+        on_error: OnError = "reject",
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+        max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+        on_late_reply: Callable[[Message[Any]], Any] | None = None,
+        presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
+        presence_ttl: float = DEFAULT_PRESENCE_TTL,
+    ) -> Mailbox:
+        """Open the mailbox `name`, creating its cue if it does not exist yet.
+
+        Safe when several processes open the same name at once: they all
+        end up on one cue.
+
+        Args:
+            client: the `CueClient` to talk through.
+            name: the mailbox (and its cue's) name, unique per tenant.
+            task: its routing task; default `name` (or the existing cue's task).
+            worker_id: the name it claims and settles with; default
+                `<task>@<host>:<pid>` (one per process, so leases tell them apart).
+            poll_wait: longest long-poll of its loops, in seconds; `stop()`
+                takes effect when the current one returns.
+            dedupe: where handled message ids are kept (default: in memory,
+                bounded); a `SQLiteDedupe` keeps them across restarts.
+            on_error: what a handler exception does to a message (not a
+                request: that always gets an error reply): `"reject"` (dead
+                letter) or `"retry"` (retry-later with backoff, bounded).
+            max_attempts: retry-later re-fires of one message before it is rejected.
+            retry_delay: first backoff of `on_error="retry"` (doubles each time).
+            max_deliveries: claims of one execution before the server fails it
+                (set on the cue when it is created).
+            on_late_reply: called with each reply that came after its request gave up.
+            presence_interval: seconds between "alive" heartbeats while receiving.
+            presence_ttl: a responder is alive if seen within this (`require_responder`).
+
+        Raises:
+            MailboxError: a cue of that name exists and is not a mailbox.
+        """
+        config = MailboxConfig(
+            poll_wait=poll_wait,
+            dedupe=dedupe,
+            on_error=on_error,
+            max_attempts=max_attempts,
+            retry_delay=retry_delay,
+            max_deliveries=max_deliveries,
+            on_late_reply=on_late_reply,
+            presence_interval=presence_interval,
+            presence_ttl=presence_ttl,
+        )
+        flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
+        info = _run(client, flow)
+        return cls(client, info, config)
+
+    # -- driving ----------------------------------------------------------------------------
+
+    def _message(self, **fields: Any) -> Message[Any]:
+        return Message(self, **fields)
+
+    def _perform(self, op: Op) -> Any:
+        if isinstance(op, AwaitReply):
+            cast(threading.Event, op.pending.event).wait(op.timeout)
+            return None
+        if isinstance(op, CallHandler):
+            return op.handler(op.message)
+        if isinstance(op, Sleep):
+            self._wake_or_close(op.seconds)
+            return None
+        if isinstance(op, IdleWait):
+            self._requests.wait(op.timeout)
+            self._requests.clear()
+            return None
+        if isinstance(op, StartReplies):
+            self._start_replies()
+            return None
+        return op.call(self.client)
+
+    def _wake_or_close(self, seconds: float) -> None:
+        self._closed_event.wait(seconds)  # sleep, but not past close()
+
+    def _drive(self, flow: Flow[R], perform: Callable[[Op], Any] | None = None) -> R:
+        run = perform or self._perform
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                done, op = advance(flow, value, exc)
+                if done:
+                    result: R = op
+                    return result
+                value, exc = None, None
+                try:
+                    value = run(op)
+                except Exception as err:
+                    exc = err
+        finally:
+            flow.close()
+
+    # -- background threads -----------------------------------------------------------------
+
+    def _ensure_heartbeats(self) -> None:
+        self._check_open()
+        with self._lock:
+            if self._heartbeats is None:
+                self._heartbeats = threading.Thread(
+                    target=self._heartbeat_loop, name=f"cuemsg-heartbeats-{self.name}", daemon=True
+                )
+                self._heartbeats.start()
+
+    def _heartbeat_loop(self) -> None:
+        core = self._core
+        while not core.closing:
+            self._wake.wait(core.next_tick_in(cap=1.0))
+            self._wake.clear()
+            if core.closing:
+                break
+            try:
+                self._drive(core.tick())
+            except Exception:  # pragma: no cover - tick() logs what it expects
+                log.exception("heartbeat tick failed")
+
+    def _start_replies(self) -> None:
+        self._check_open()
+        with self._lock:
+            if self._replies is None:
+                self._replies = threading.Thread(
+                    target=self._reply_loop, name=f"cuemsg-replies-{self.name}", daemon=True
+                )
+                self._replies.start()
+
+    def _reply_loop(self) -> None:
+        try:
+            self._drive(self._core.reply_loop())
+        except Exception:
+            if not self._core.closing:
+                log.exception("the reply loop of %s stopped", self.name)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise MailboxError(f"the mailbox {self.name!r} is closed")
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(
+        self,
+        to_cue: str,
+        msg: Any,
+        *,
+        task: str | None = None,
+        send_at: datetime | float | None = None,
+        ttl: float | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Sent:
+        """Send `msg` to the mailbox (or any worker cue) `to_cue`.
+
+        Args:
+            to_cue: the recipient's address (cue id).
+            msg: the body: any JSON value, a pydantic model or a msgspec Struct.
+            task: the routing task; default the recipient cue's own task.
+            send_at: deliver no sooner than this (`datetime` or UNIX seconds).
+            ttl: seconds (from `send_at`, else now) after which receivers skip it.
+            thread: a conversation id that replies carry over.
+            headers: free string metadata.
+
+        Returns:
+            `Sent(id, execution_id, ...)`: the message id and its execution.
+
+        Raises:
+            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be
+            encoded, or is over the size limit.
+        """
+        return self._drive(
+            self._core.send(
+                to_cue, msg, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
+            )
+        )
+
+    def send_many(
+        self,
+        to_cue: str,
+        msgs: Sequence[Any],
+        *,
+        task: str | None = None,
+        send_at: datetime | float | None = None,
+        ttl: float | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> list[Sent]:
+        """Send many messages to `to_cue` in order, batched when the server allows it."""
+        return self._drive(
+            self._core.send_many(
+                to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
+            )
+        )
+
+    # -- receiving --------------------------------------------------------------------------
+
+    @overload
+    def receive(
+        self, *, wait: float | None = None, limit: int | None = None, type: None = None
+    ) -> Iterator[Message[Any]]: ...
+    @overload
+    def receive(
+        self, *, wait: float | None = None, limit: int | None = None, type: type[T]
+    ) -> Iterator[Message[T]]: ...
+    def receive(
+        self, *, wait: float | None = None, limit: int | None = None, type: Any = None
+    ) -> Iterator[Message[Any]]:
+        """Iterate over incoming messages, one claim at a time.
+
+        Args:
+            wait: stop after this many seconds with no message (None: run
+                until `stop()`).
+            limit: stop after this many messages.
+            type: decode bodies to this type (pydantic model, Struct, ...).
+
+        Yields:
+            Each `Message`; one left unsettled is acked when the loop moves
+            on. Breaking out of the loop with one unsettled leaves it to be
+            delivered again when its lease runs out: ack it first.
+        """
+        self._ensure_heartbeats()
+        flow = self._core.receive(wait=wait, limit=limit, type=type)
+        value: Any = None
+        exc: BaseException | None = None
+        try:
+            while True:
+                done, op = advance(flow, value, exc)
+                if done:
+                    return
+                value, exc = None, None
+                if isinstance(op, Deliver):
+                    yield op.message
+                    continue
+                try:
+                    value = self._perform(op)
+                except Exception as err:
+                    exc = err
+        finally:
+            flow.close()
+
+    def serve(
+        self,
+        handler: Callable[[Message[Any]], Any],
+        *,
+        concurrency: int = 1,
+        type: Any = None,
+        idle_timeout: float | None = None,
+    ) -> None:
+        """Handle messages until `stop()` (or `idle_timeout` s without one).
+
+        The handler's return value answers a request; a message is acked
+        when the handler returns. `RetryLater` asks for a later retry; any
+        other exception sends a request an error reply, and rejects (or,
+        with `on_error="retry"`, retries) a message. The loop survives bad
+        messages and handler errors.
+
+        Args:
+            handler: called with each `Message` (in a pool thread when concurrency > 1).
+            concurrency: handlers running at once.
+            type: decode bodies to this type.
+            idle_timeout: return after this many seconds with nothing to do.
+        """
+        self._ensure_heartbeats()
+        slots = _Slots(concurrency)
+        pool = ThreadPoolExecutor(concurrency, f"cuemsg-{self.name}") if concurrency > 1 else None
+
+        def perform(op: Op) -> Any:
+            if isinstance(op, WaitSlots):
+                return slots.wait_free()
+            if isinstance(op, Spawn):
+                if pool is None:
+                    self._drive(op.flow)
+                else:
+                    slots.take()
+                    future: Future[None] = pool.submit(self._drive, op.flow)
+                    future.add_done_callback(slots.give)
+                return None
+            if isinstance(op, Drain):
+                slots.drain()
+                return None
+            return self._perform(op)
+
+        try:
+            self._drive(
+                self._core.serve(
+                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                ),
+                perform,
+            )
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    # -- request/reply ----------------------------------------------------------------------
+
+    @overload
+    def request(
+        self,
+        to_cue: str,
+        msg: Any,
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        type: None = None,
+        task: str | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+        require_responder: bool = False,
+    ) -> Any: ...
+    @overload
+    def request(
+        self,
+        to_cue: str,
+        msg: Any,
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        type: type[T],
+        task: str | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+        require_responder: bool = False,
+    ) -> T: ...
+    def request(
+        self,
+        to_cue: str,
+        msg: Any,
+        *,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        type: Any = None,
+        task: str | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+        require_responder: bool = False,
+    ) -> Any:
+        """Send a request to `to_cue` and wait for its reply (thread-safe: many may wait).
+
+        Args:
+            to_cue: the responder's address.
+            msg: the request body.
+            timeout: seconds to wait; also the request's deadline, after which
+                a responder skips it (and records it as expired).
+            type: decode the reply body to this type.
+            task: the routing task; default the responder cue's task.
+            thread: conversation id. headers: free string metadata.
+            require_responder: first check that a worker serving the task was
+                seen lately; raise `NoResponder` at once if not.
+
+        Returns:
+            The reply body.
+
+        Raises:
+            RequestTimeout: no reply in time; `.reason` is `no_responder`,
+                `dead_responder` or `slow_responder`.
+            RemoteError: the responder's handler raised (`.type`, `.message`).
+            NoResponder: `require_responder=True` and nobody serves the task.
+            NotFound: no cue `to_cue`.
+        """
+        return self._drive(
+            self._core.request(
+                to_cue,
+                msg,
+                timeout=timeout,
+                type=type,
+                task=task,
+                thread=thread,
+                headers=headers,
+                require_responder=require_responder,
+            )
+        )
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def ack(self, msg: Delivery[Any], result: str | None = None) -> None:
+        """See `Message.ack`."""
+        self._drive(self._core.ack(msg, result))
+
+    def reject(self, msg: Delivery[Any], reason: str) -> None:
+        """See `Message.reject`."""
+        self._drive(self._core.reject(msg, reason))
+
+    def retry_later(self, msg: Delivery[Any], delay: float = 1.0, reason: str = "") -> str | None:
+        """See `Message.retry_later`."""
+        return self._drive(self._core.retry_later(msg, delay, reason))
+
+    def reply(self, msg: Delivery[Any], body: Any) -> str:
+        """See `Message.reply`."""
+        return self._drive(self._core.reply(msg, body))
+
+    def reply_error(self, msg: Delivery[Any], type: str, message: str) -> str:
+        """See `Message.reply_error`."""
+        return self._drive(self._core.reply_error(msg, type, message))
+
+    def heartbeat(self, msg: Delivery[Any]) -> None:
+        """See `Message.heartbeat`."""
+        self._drive(self._core.heartbeat(msg))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking messages, for good: `receive()` and `serve()` end after their
+        current poll, once the handlers in hand have finished. Safe to call twice,
+        and from any thread (or a handler)."""
+        self._core.stopping = True
+
+    def close(self) -> None:
+        """Stop, end the background threads, settle replies that came late. Idempotent.
+
+        Requests still waiting fail with `MailboxError`. The client is not closed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        core = self._core
+        core.stopping = True
+        core.closing = True
+        core.router.close()
+        self._closed_event.set()
+        self._wake.set()
+        self._requests.set()
+        if self._heartbeats is not None:
+            self._heartbeats.join(timeout=5.0)
+        if self._replies is not None:
+            self._replies.join(timeout=core.config.poll_wait + self.client.timeout)
+            try:
+                self._drive(core.drain_replies())
+            except Exception as exc:
+                log.debug("could not settle late replies at close: %s", exc)
+
+    def __enter__(self) -> Mailbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _run(client: CueClient, flow: Flow[R]) -> R:
+    """Run a flow that only calls the client (no mailbox yet)."""
+    value: Any = None
+    exc: BaseException | None = None
+    try:
+        while True:
+            done, op = advance(flow, value, exc)
+            if done:
+                result: R = op
+                return result
+            value, exc = None, None
+            try:
+                value = op.call(client)
+            except Exception as err:
+                exc = err
+    finally:
+        flow.close()
