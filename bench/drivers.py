@@ -32,7 +32,7 @@ def body(seq: int) -> dict[str, Any]:
 def mailbox_available() -> bool:
     """True when the Mailbox package has landed (importable)."""
     try:
-        import cuemsg.mailbox  # noqa: F401
+        from cuemsg.mailbox import Mailbox  # noqa: F401
     except ImportError:
         return False
     return True
@@ -46,6 +46,7 @@ class Driver(Protocol):
 
     def send(self, to: str, payload: dict[str, Any]) -> None: ...
     def receive(self, wait: float) -> Any | None: ...
+    def idle(self, duration: float, wait: float) -> None: ...
     def body_of(self, msg: Any) -> dict[str, Any]: ...
     def ack(self, msg: Any) -> None: ...
     def request(self, to: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]: ...
@@ -76,8 +77,11 @@ class RawDriver:
             up to 1 s apart (its built-in backoff).
     """
 
-    def __init__(self, base_url: str, api_key: str, name: str, *, extensions: bool) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, name: str, *, extensions: bool, **_: Any
+    ) -> None:
         self.client = CueClient(api_key, base_url, use_extensions=extensions)
+        self.client.extensions  # noqa: B018 - probe /v1/info now, not inside a measurement
         self.label = "raw client" + ("" if extensions else ", plain contract")
         self.name = name
         self.worker_id = f"bench-{name}"
@@ -93,6 +97,11 @@ class RawDriver:
             worker_id=self.worker_id, task=task or self.name, wait=wait or None
         )
         return got.executions[0] if got.claimed else None
+
+    def idle(self, duration: float, wait: float) -> None:
+        start = time.monotonic()
+        while (left := duration - (time.monotonic() - start)) > 0.01:
+            self.receive(min(wait, left))
 
     def body_of(self, msg: Any) -> dict[str, Any]:
         message: dict[str, Any] = msg.payload["message"]
@@ -140,17 +149,109 @@ class RawDriver:
         self.client.close()
 
 
+# -- Mailbox ------------------------------------------------------------------------------
+
+
+class MailboxDriver:
+    """Messaging with `cuemsg.mailbox.Mailbox`, used as its docs show.
+
+    `receive(wait)` takes the next message from one long-lived `receive()`
+    iterator (made with the first call's `wait`; it ends, and is made again,
+    after `wait` seconds with no message). The message is acked by `ack()`
+    (or, unsettled, when the iterator moves on).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        name: str,
+        *,
+        extensions: bool,
+        poll_wait: float | None = None,
+    ) -> None:
+        from cuemsg.mailbox import DEFAULT_POLL_WAIT, Mailbox
+
+        self.client = CueClient(api_key, base_url, use_extensions=extensions)
+        self.client.extensions  # noqa: B018 - probe /v1/info now, not inside a measurement
+        self.mailbox = Mailbox.open(self.client, name, poll_wait=poll_wait or DEFAULT_POLL_WAIT)
+        self.label = "Mailbox" + ("" if extensions else ", plain contract")
+        self.address: str = self.mailbox.address
+        self._it: Any = None
+
+    def send(self, to: str, payload: dict[str, Any]) -> None:
+        self.mailbox.send(to, payload)
+
+    def receive(self, wait: float) -> Any | None:
+        if self._it is None:
+            self._it = self.mailbox.receive(wait=wait)
+        try:
+            return next(self._it)
+        except StopIteration:
+            self._it = None
+            return None
+
+    def idle(self, duration: float, wait: float) -> None:
+        # `wait` is the mailbox's poll_wait (given at open); receive ends after `duration` idle
+        for msg in self.mailbox.receive(wait=duration):
+            msg.ack()
+
+    def body_of(self, msg: Any) -> dict[str, Any]:
+        message: dict[str, Any] = msg.body
+        return message
+
+    def ack(self, msg: Any) -> None:
+        msg.ack()
+
+    def request(self, to: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+        answer: dict[str, Any] = self.mailbox.request(to, payload, timeout=timeout)
+        return answer
+
+    def serve(self, handler: Callable[[Any], Any], stop: Callable[[], bool]) -> int:
+        import threading
+
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.05):
+                if stop():
+                    self.mailbox.stop()
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            self.mailbox.serve(lambda msg: handler(msg.body))
+        finally:
+            done.set()
+            watcher.join(timeout=5)
+        return int(self.mailbox.stats.replied)
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()
+        self.mailbox.close()
+        self.client.close()
+
+
 # -- choice -------------------------------------------------------------------------------
 
 
 def make_driver(
-    kind: str, base_url: str, api_key: str, name: str, *, extensions: bool = True
+    kind: str,
+    base_url: str,
+    api_key: str,
+    name: str,
+    *,
+    extensions: bool = True,
+    poll_wait: float | None = None,
 ) -> Driver:
-    """A driver: `kind` "mailbox" (falls back to the raw client if absent) or "raw"."""
-    if kind == "mailbox" and mailbox_available():
-        from bench.mailbox_driver import MailboxDriver
+    """A driver: `kind` "mailbox" (falls back to the raw client if absent) or "raw".
 
-        return MailboxDriver(base_url, api_key, name, extensions=extensions)
+    `poll_wait` is the Mailbox's longest long-poll (its default when None).
+    """
+    if kind == "mailbox" and mailbox_available():
+        return MailboxDriver(base_url, api_key, name, extensions=extensions, poll_wait=poll_wait)
     return RawDriver(base_url, api_key, name, extensions=extensions)
 
 

@@ -213,16 +213,13 @@ def idle_receiver(
     duration: float,
     extensions: bool = True,
 ) -> Result:
-    """Receive on an inbox nobody sends to, for `duration` seconds, `wait` seconds a call."""
-    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    """Receive on an inbox nobody sends to, for `duration` seconds, long-polls of `wait` s."""
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions, poll_wait=wait)
     try:
         ctx.ready()
         start = time.perf_counter()
-        calls = 0
-        while (left := duration - (time.perf_counter() - start)) > 0.01:
-            drv.receive(min(wait, left))
-            calls += 1
-        return {"elapsed": time.perf_counter() - start, "calls": calls}
+        drv.idle(duration, wait)
+        return {"elapsed": time.perf_counter() - start}
     finally:
         drv.close()
 
@@ -237,7 +234,7 @@ def responder(
     extensions: bool = True,
 ) -> Result:
     """Serve requests (echo the body) until the parent sets `stop`."""
-    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions, poll_wait=1.0)
     try:
         ctx.ready(block=False)
         served = drv.serve(lambda msg: msg, ctx.stop.is_set)

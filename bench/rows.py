@@ -252,11 +252,23 @@ def rpc(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
 
 
 def fire_to_handler(
-    plan: Plan, server: ServerProc, *, key: str, kind: str, poll: float | None, extensions: bool
+    plan: Plan,
+    server: ServerProc,
+    *,
+    key: str,
+    kind: str,
+    poll: float | None,
+    extensions: bool,
+    paced: bool = False,
 ) -> Row:
-    """A receiver waits (long-poll, or polls every `poll` s); a sender fires now and then."""
-    count = plan.f2h_long_poll if poll is None else plan.f2h_polling
-    gap = (0.02, 0.08) if poll is None else (0.3, 1.3)
+    """A receiver waits (long-poll, or polls every `poll` s); a sender fires now and then.
+
+    On a polling receiver (or `paced`) the sender pauses 0.3-1.3 s between fires,
+    so fires land at random phases of the polling; else 20-80 ms.
+    """
+    slow = poll is not None or paced
+    count = plan.f2h_polling if slow else plan.f2h_long_poll
+    gap = (0.3, 1.3) if slow else (0.02, 0.08)
     [inbox] = open_inboxes(kind, server, ["bench-f2h"], extensions)
     common = dict(
         kind=kind,
@@ -278,7 +290,12 @@ def fire_to_handler(
     )
     requests = counter.stop()
     lat = results[0]["latencies"]
-    how = "long-poll (claim.wait)" if poll is None else f"polling every {poll:g} s, plain contract"
+    if poll is not None:
+        how = f"polling every {poll:g} s, plain contract"
+    elif extensions:
+        how = "long-poll (claim.wait)"
+    else:
+        how = "plain contract: the client polls 50 ms doubling to 1 s"
     return Row(
         key,
         f"fire-to-handler latency, {how}",

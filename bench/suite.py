@@ -31,7 +31,7 @@ from bench.rows import Plan
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "6",
+    "1a", "1b", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "5c", "6",
     "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B",
 ]  # fmt: skip
 
@@ -110,7 +110,14 @@ class Suite:
             self.add(
                 "5b",
                 "fire-to-handler, polling",
-                lambda: rows.fire_to_handler(p, s, key="5b", kind=k, poll=1.0, extensions=False),
+                lambda: rows.fire_to_handler(p, s, key="5b", kind="raw", poll=1.0, extensions=False),
+            )
+            self.add(
+                "5c",
+                "fire-to-handler, plain contract, client backoff",
+                lambda: rows.fire_to_handler(
+                    p, s, key="5c", kind=k, poll=None, extensions=False, paced=True
+                ),
             )
 
     def postgres(self, wd: Path) -> None:
