@@ -56,6 +56,7 @@ class Ratio:
     """A ratio computed from rows of the same run; a target when it has a limit.
 
     `passed` is `ratio <= limit` (None when the ratio could not be computed).
+    `sources` are the keys of the rows it is computed from.
     """
 
     key: str
@@ -64,6 +65,7 @@ class Ratio:
     ratio: float | None
     limit: float | None = None
     note: str = ""
+    sources: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool | None:

@@ -7,6 +7,7 @@ the others.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import traceback
@@ -218,6 +219,13 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def ratios(report: Report) -> list[Ratio]:
     """The targets (with limits) and the informative ratios, from this run's rows."""
+    found = _ratios(report)
+    for r in found:
+        r.sources = tuple(re.findall(r"\((\w+)\)", r.definition))
+    return found
+
+
+def _ratios(report: Report) -> list[Ratio]:
     g = lambda key, attr: _get(report, key, attr)  # noqa: E731
     floor_p50 = g("1a", "p50")
     idle = report.row("6")
