@@ -240,9 +240,16 @@ def decode_body(value: Any, type: Any = None) -> Any:
                 f"the message body is not a valid {_type_name(type)}: {exc}"
             ) from exc
     try:
-        return msgspec.convert(value, type)
+        return msgspec.convert(value, type, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise EnvelopeError(f"the message body is not a valid {_type_name(type)}: {exc}") from exc
+
+
+def _dec_hook(tp: Any, obj: Any) -> Any:
+    # pydantic models nested in other types (list[Model], Struct fields...).
+    if _is_model_type(tp):
+        return tp.model_validate(obj)
+    raise NotImplementedError(f"cannot decode to {_type_name(tp)}")
 
 
 def _type_name(tp: Any) -> str:
@@ -283,7 +290,8 @@ def build_payload(
     if reply_cue_id is not None:
         payload["reply_cue_id"] = reply_cue_id
     if meta is not None:
-        payload[NAMESPACE] = msgspec.to_builtins(meta)
+        # The version is always written (omit_defaults would drop it).
+        payload[NAMESPACE] = {"v": meta.v, **msgspec.to_builtins(meta)}
     size = len(_raw_encoder.encode(payload)) + _FIRE_OVERHEAD
     if size > limit:
         raise EnvelopeError(

@@ -42,6 +42,7 @@ from cuemsg._exceptions import (
     CueAPIError,
     CuemsgError,
     EnvelopeError,
+    ExtensionNotAvailable,
     Forbidden,
     LeaseLost,
     MailboxError,
@@ -54,7 +55,6 @@ from cuemsg._exceptions import (
     ServerError,
     TransportError,
 )
-from cuemsg.cueapi import ExtensionNotAvailable
 from cuemsg.cueapi.models import Claimed, ClaimResult, Cue, Execution, FireRequest, OutcomeRequest
 from cuemsg.envelope import (
     Envelope,
@@ -766,7 +766,7 @@ class _CachedReply(msgspec.Struct, frozen=True):
     cue_id: str
     key: str
     execution_id: str
-    payload: msgspec.Raw | None = None
+    payload: msgspec.Raw = msgspec.Raw(b"null")  # null: too big to keep
 
 
 _cached_decoder = msgspec.json.Decoder(_CachedReply)
@@ -1151,7 +1151,7 @@ class MailboxCore:
 
     def _resend(self, record: bytes) -> Flow[str | None]:
         cached = _cached_decoder.decode(record)
-        if cached.payload is None:
+        if bytes(cached.payload) == b"null":
             return cached.execution_id  # too big to keep; the first send stands
         payload = payload_from_bytes(bytes(cached.payload))
         fired = yield Fire(cached.cue_id, payload, idempotency_key=cached.key)
@@ -1274,7 +1274,7 @@ class MailboxCore:
             cue_id=msg.reply_cue_id,
             key=meta.id,
             execution_id=fired.id,
-            payload=msgspec.Raw(encoded) if len(encoded) <= MAX_CACHED_REPLY else None,
+            payload=msgspec.Raw(encoded if len(encoded) <= MAX_CACHED_REPLY else b"null"),
         )
         self.dedupe.remember(self._dedupe_key(msg.id), msgspec.json.encode(record))
         what = f"error reply {error.type}: {error.message}" if error is not None else "reply"

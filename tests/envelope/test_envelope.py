@@ -1,0 +1,176 @@
+"""The envelope, with no network: encoding, decoding, versions, sizes, ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cuemsg._exceptions import EnvelopeError
+from cuemsg.envelope import (
+    FORMAT_VERSION,
+    MAX_REQUEST_BYTES,
+    NAMESPACE,
+    Envelope,
+    Meta,
+    build_payload,
+    decode_body,
+    decode_payload,
+    encode_body,
+    new_id,
+    payload_bytes,
+    payload_from_bytes,
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+class Order(msgspec.Struct):
+    sku: str
+    qty: int
+    when: dt.datetime | None = None
+
+
+class Ticket(pydantic.BaseModel):
+    title: str
+    priority: int = 1
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def roundtrip(body: Any, type: Any = None) -> Any:
+    """Encode as a sender would, decode as the server then a receiver would."""
+    meta = Meta(id=new_id(), kind="message")
+    payload = build_payload(meta=meta, body=body, task="t", reply_cue_id="cue_x")
+    wire = msgspec.json.decode(payload_bytes(payload))  # what the server stores
+    env = decode_payload(wire)
+    assert env.meta == meta
+    return decode_body(env.message, type)
+
+
+@settings(max_examples=60, deadline=None)
+@given(json_values)
+def test_any_json_body_round_trips(body: Any) -> None:
+    assert roundtrip(body) == body
+
+
+def test_struct_pydantic_and_dataclass_bodies_come_back_typed() -> None:
+    when = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert roundtrip(Order(sku="a", qty=2, when=when), Order) == Order("a", 2, when)
+    assert roundtrip(Ticket(title="x"), Ticket) == Ticket(title="x", priority=1)
+    assert roundtrip(Point(1, 2), Point) == Point(1, 2)
+    # Nested models inside plain containers are encoded too.
+    assert roundtrip([Ticket(title="y")], list[Ticket]) == [Ticket(title="y")]
+    # Without a type the receiver gets builtins.
+    assert roundtrip(Order(sku="a", qty=2)) == {"sku": "a", "qty": 2, "when": None}
+
+
+def test_body_that_does_not_fit_the_receivers_type() -> None:
+    with pytest.raises(EnvelopeError, match="not a valid Order"):
+        roundtrip({"sku": 1}, Order)
+    with pytest.raises(EnvelopeError, match="not a valid Ticket"):
+        roundtrip({"nope": 1}, Ticket)
+
+
+@pytest.mark.parametrize("body", [object(), {"a": object()}, {1: {2, object()}}])
+def test_unencodable_bodies(body: Any) -> None:
+    with pytest.raises(EnvelopeError, match="cannot be encoded"):
+        encode_body(body)
+
+
+def test_oversized_body_is_refused_before_sending() -> None:
+    with pytest.raises(EnvelopeError, match="too large"):
+        build_payload(meta=Meta(id=new_id()), body="x" * MAX_REQUEST_BYTES)
+    # Just under the limit is fine.
+    build_payload(meta=Meta(id=new_id()), body="x" * (MAX_REQUEST_BYTES - 4096))
+
+
+def test_payload_layout_keeps_cuemsg_under_one_key() -> None:
+    meta = Meta(id="01ABC", kind="request", sender="cue_a", correlation_id="01ABC")
+    payload = msgspec.json.decode(
+        payload_bytes(build_payload(meta=meta, body={"q": 1}, task="svc", reply_cue_id="cue_a"))
+    )
+    assert set(payload) == {"task", "message", "reply_cue_id", NAMESPACE}
+    assert payload["task"] == "svc"
+    assert payload["message"] == {"q": 1}
+    assert payload[NAMESPACE]["v"] == FORMAT_VERSION
+    assert payload[NAMESPACE]["kind"] == "request"
+    # No task: the recipient cue's own payload task applies (merge), so none is written.
+    assert "task" not in build_payload(meta=meta, body=1)
+
+
+def test_foreign_payloads_are_messages_without_metadata() -> None:
+    env = decode_payload({"task": "inbox", "message": {"hello": "world"}})
+    assert env == Envelope(task="inbox", message={"hello": "world"})
+    assert env.foreign and env.expires_at is None
+    # No "message" key: the body is the rest of the payload.
+    env = decode_payload({"task": "inbox", "a": 1, "b": [2]})
+    assert env.message == {"a": 1, "b": [2]}
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ([1, 2], "not a JSON object"),
+        ("text", "not a JSON object"),
+        ({"task": 5, "message": 1}, "task is not a string"),
+        ({"task": "t", "reply_cue_id": 5}, "reply_cue_id is not a string"),
+        ({"task": "t", NAMESPACE: "x"}, "is not an object"),
+        ({"task": "t", NAMESPACE: {"v": 2, "id": "x"}}, "newer than this cuemsg reads"),
+        ({"task": "t", NAMESPACE: {"v": "1", "id": "x"}}, "not a positive integer"),
+        ({"task": "t", NAMESPACE: {"v": 1}}, "malformed"),
+        ({"task": "t", NAMESPACE: {"v": 1, "id": "x", "kind": "shout"}}, "malformed"),
+    ],
+)
+def test_bad_envelopes_are_clear_errors(payload: Any, match: str) -> None:
+    with pytest.raises(EnvelopeError, match=match):
+        decode_payload(payload)
+
+
+def test_unknown_meta_fields_of_the_same_version_are_ignored() -> None:
+    env = decode_payload(
+        {"task": "t", "message": 1, NAMESPACE: {"v": 1, "id": "x", "future_field": True}}
+    )
+    assert env.meta is not None and env.meta.id == "x"
+
+
+def test_expiry_is_read_as_unix_seconds() -> None:
+    at = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    payload = build_payload(meta=Meta(id="x", expires_at=at), body=None)
+    env = decode_payload(msgspec.json.decode(payload_bytes(payload)))
+    assert env.expires_at == at.timestamp()
+
+
+def test_ids_are_sortable_and_unique() -> None:
+    ids = [new_id() for _ in range(5000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
+def test_stored_payload_round_trip() -> None:
+    payload = build_payload(meta=Meta(id="x"), body={"a": [1, 2]})
+    assert payload_from_bytes(payload_bytes(payload))["message"] == {"a": [1, 2]}
+    with pytest.raises(EnvelopeError):
+        payload_from_bytes(b"[1]")
+    with pytest.raises(EnvelopeError):
+        payload_from_bytes(b"{nope")

@@ -1,0 +1,591 @@
+"""The mailbox core with no I/O: each flow is stepped by hand, op by op."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import pytest
+
+from cuemsg._exceptions import (
+    Conflict,
+    ExtensionNotAvailable,
+    Forbidden,
+    LeaseLost,
+    MailboxError,
+    NoResponder,
+    RemoteError,
+    RequestTimeout,
+    RetryLater,
+    TransportError,
+)
+from cuemsg.cueapi.models import (
+    Claimed,
+    ClaimResult,
+    Cue,
+    CueList,
+    Execution,
+    FireResult,
+    OutcomeResult,
+    Worker,
+    decode_model,
+)
+from cuemsg.envelope import Meta, build_payload, from_timestamp, payload_bytes
+from cuemsg.mailbox import _core as core
+from cuemsg.mailbox._core import (
+    MAILBOX_SCHEDULE,
+    AwaitReply,
+    CallHandler,
+    Claim,
+    CreateCue,
+    Delivery,
+    Extensions,
+    Fire,
+    GetCue,
+    GetExecution,
+    Heartbeat,
+    LeaseBook,
+    ListCues,
+    ListWorkers,
+    MailboxConfig,
+    MailboxCore,
+    MailboxInfo,
+    Outcome,
+    Outcomes,
+    ReplyRouter,
+    Sleep,
+    StartReplies,
+    UpdateCue,
+    WorkerHeartbeat,
+    advance,
+    explain_timeout,
+    open_mailbox,
+)
+from cuemsg.mailbox.dedupe import MemoryDedupe, SQLiteDedupe
+
+ME = "cue_me0000000000"
+PEER = "cue_peer00000000"
+
+
+def run(flow: Any, answer: Callable[[Any], Any]) -> tuple[Any, list[Any]]:
+    """Drive `flow`: `answer(op)` returns the op's result or raises its error."""
+    ops: list[Any] = []
+    value: Any = None
+    exc: BaseException | None = None
+    while True:
+        done, op = advance(flow, value, exc)
+        if done:
+            return op, ops
+        ops.append(op)
+        value, exc = None, None
+        try:
+            value = answer(op)
+        except Exception as err:
+            exc = err
+
+
+def wire_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as the server stores it (encoded and decoded once)."""
+    return msgspec.json.decode(payload_bytes(payload))  # type: ignore[no-any-return]
+
+
+def claimed(payload: Any, eid: str = "e1", attempts: int = 1) -> Claimed:
+    return Claimed(
+        execution_id=eid, lease_seconds=30, cue_id=ME, task="me", payload=payload, attempts=attempts
+    )
+
+
+def make_core(**config: Any) -> MailboxCore:
+    info = MailboxInfo(
+        name="me", address=ME, task="me", reply_task="me.replies", worker_id="w1",
+        cue_payload={"task": "me"},
+    )
+    return MailboxCore(info, MailboxConfig(**config), event_factory=threading.Event)
+
+
+def message(meta: Meta, body: Any = None, task: str = "me", reply_to: str | None = PEER) -> Any:
+    return wire_payload(build_payload(meta=meta, body=body, task=task, reply_cue_id=reply_to))
+
+
+def ok(op: Any) -> Any:
+    """Answers every op as a healthy server would."""
+    if isinstance(op, Fire):
+        return FireResult(id=f"x-{op.idempotency_key}", scheduled_for="2030-01-01T00:00:00+00:00")
+    if isinstance(op, Outcome):
+        return OutcomeResult(execution_id=op.execution_id)
+    if isinstance(op, Outcomes):
+        return [OutcomeResult(execution_id=o.execution_id) for o in op.outcomes]
+    if isinstance(op, CallHandler):
+        return op.handler(op.message)
+    return None
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def test_open_creates_a_paused_recurring_worker_cue() -> None:
+    def answer(op: Any) -> Any:
+        if isinstance(op, CreateCue):
+            assert op.schedule == MAILBOX_SCHEDULE and op.schedule["type"] == "recurring"
+            return Cue(id=ME, name=op.name, payload=op.payload, status="active")
+        assert isinstance(op, UpdateCue) and op.changes == {"status": "paused"}
+        return Cue(id=ME, name="me", payload={"task": "me"}, status="paused")
+
+    info, ops = run(open_mailbox("me", task=None, worker_id="w"), answer)
+    assert [type(o) for o in ops] == [CreateCue, UpdateCue]
+    assert (info.address, info.task, info.reply_task, info.worker_id) == (
+        ME, "me", "me.replies", "w"
+    )
+
+
+def test_open_finds_the_cue_when_the_name_is_taken() -> None:
+    pages = [
+        CueList(cues=[Cue(id="cue_other", name="other")], total=2),
+        CueList(cues=[Cue(id=ME, name="me", payload={"task": "t"}, status="paused")], total=2),
+    ]
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, CreateCue):
+            raise Conflict("taken", status=409, code="cue_name_taken")
+        assert isinstance(op, ListCues)
+        return pages.pop(0)
+
+    info, ops = run(open_mailbox("me", task=None, worker_id=None), answer)
+    assert info.address == ME and info.task == "t"
+    assert info.worker_id.startswith("t@")
+    assert [type(o) for o in ops] == [CreateCue, ListCues, ListCues]
+
+
+@pytest.mark.parametrize(
+    ("cue", "match"),
+    [
+        (Cue(id=ME, name="me", transport="webhook", payload={"task": "me"}), "not a mailbox"),
+        (Cue(id=ME, name="me", payload={}), "no payload task"),
+        (Cue(id=ME, name="me", payload={"task": "other"}), "routes task 'other'"),
+    ],
+)
+def test_open_refuses_cues_that_are_not_this_mailbox(cue: Cue, match: str) -> None:
+    def answer(op: Any) -> Any:
+        if isinstance(op, CreateCue):
+            raise Conflict("taken", status=409, code="cue_name_taken")
+        return CueList(cues=[cue], total=1)
+
+    with pytest.raises(MailboxError, match=match):
+        run(open_mailbox("me", task="me", worker_id=None), answer)
+    with pytest.raises(ValueError, match="must not end"):
+        run(open_mailbox("me", task="x.replies", worker_id=None), answer)
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+def test_send_keys_the_fire_by_the_message_id() -> None:
+    c = make_core()
+    sent, ops = run(c.send(PEER, {"a": 1}, ttl=5, thread="t1", headers={"h": "v"}), ok)
+    [fire] = ops
+    assert isinstance(fire, Fire) and fire.cue_id == PEER
+    meta = fire.payload["cuemsg"]
+    assert fire.idempotency_key == meta["id"] == sent.id
+    assert sent.execution_id == f"x-{sent.id}"
+    assert meta["sender"] == ME and meta["thread"] == "t1" and meta["headers"] == {"h": "v"}
+    assert "expires_at" in meta and "task" not in fire.payload
+    assert c.stats.sent == 1
+
+
+# -- receiving ----------------------------------------------------------------------------------
+
+
+def test_admit_rejects_unreadable_envelopes_with_the_reason() -> None:
+    c = make_core()
+    newer = {"task": "me", "message": 1, "cuemsg": {"v": 99, "id": "x"}}
+    got, ops = run(c.admit(claimed(newer)), ok)
+    assert got is None
+    [outcome] = ops
+    assert isinstance(outcome, Outcome) and not outcome.success
+    assert outcome.error is not None and "newer" in outcome.error
+    assert outcome.metadata == {"cuemsg": {"state": "rejected", "reason": "bad_envelope"}}
+    assert c.stats.bad == 1 and "e1" not in c.leases
+
+
+def test_admit_skips_expired_messages_and_records_why() -> None:
+    c = make_core()
+    meta = Meta(id="m1", expires_at=from_timestamp(time.time() - 5))
+    got, ops = run(c.admit(claimed(message(meta, "late"))), ok)
+    assert got is None
+    assert isinstance(ops[0], Outcome) and not ops[0].success
+    assert ops[0].error.startswith("expired")
+    assert c.stats.expired == 1
+
+
+def test_admit_hands_over_foreign_payloads() -> None:
+    c = make_core()
+    got, ops = run(c.admit(claimed({"task": "me", "message": {"hi": 1}})), ok)
+    assert ops == []
+    assert isinstance(got, Delivery) and got.foreign and got.body == {"hi": 1}
+    assert got.id == "exec:e1" and got.kind == "message" and got.meta is None
+
+
+def test_duplicates_are_acked_without_the_handler_and_replies_resent() -> None:
+    c = make_core()
+    request = Meta(id="r1", kind="request", correlation_id="r1", reply_task="peer.replies")
+    calls: list[Any] = []
+
+    def handler(msg: Any) -> Any:
+        calls.append(msg.body)
+        return {"answer": 42}
+
+    _, first = run(c.handle(claimed(message(request, "q")), handler), ok)
+    assert calls == ["q"]
+    assert [type(o) for o in first] == [CallHandler, Fire, Outcome]
+    reply_fire = first[1]
+    # The same request again (a redelivery): no handler call, the reply is fired again.
+    _, again = run(c.handle(claimed(message(request, "q"), eid="e2"), handler), ok)
+    assert calls == ["q"]
+    assert [type(o) for o in again] == [Fire, Outcome]
+    assert again[0].idempotency_key == reply_fire.idempotency_key
+    assert again[0].payload == wire_payload(reply_fire.payload)
+    assert again[1].success and "duplicate" in (again[1].result or "")
+    assert c.stats.duplicates == 1
+
+
+def test_ack_records_dedupe_then_the_outcome() -> None:
+    c = make_core()
+    msg, _ = run(c.admit(claimed(message(Meta(id="m1"), "b"))), ok)
+    _, ops = run(c.ack(msg), ok)
+    [outcome] = ops
+    assert outcome.success and outcome.worker_id == "w1"
+    assert outcome.metadata == {"cuemsg": {"state": "acked", "id": "m1", "kind": "message"}}
+    assert c.dedupe.seen(f"{ME}/m1") is not None
+    with pytest.raises(MailboxError, match="already settled"):
+        run(c.ack(msg), ok)
+
+
+def test_a_lost_lease_is_never_acked_as_if_nothing_happened() -> None:
+    c = make_core()
+    msg, _ = run(c.admit(claimed(message(Meta(id="m1"), "b"))), ok)
+    # A heartbeat answered 403: the lease is gone; ack raises and sends nothing.
+    c.leases.hold("e1", 0.3, 0.0)
+    _, ops = run(
+        c.tick(),
+        lambda op: (_ for _ in ()).throw(Forbidden("x", status=403, code="not_execution_owner")),
+    )
+    assert isinstance(ops[0], Heartbeat)
+    with pytest.raises(LeaseLost):
+        run(c.ack(msg), ok)
+    assert c.stats.redelivered == 1
+    # A 403 on the outcome itself is a lost lease too.
+    msg2, _ = run(c.admit(claimed(message(Meta(id="m2"), "b"), eid="e2")), ok)
+
+    def refuse(op: Any) -> Any:
+        raise Forbidden("x", status=403, code="not_execution_owner")
+
+    with pytest.raises(LeaseLost):
+        run(c.ack(msg2), refuse)
+    assert c.stats.redelivered == 2
+
+
+def test_retry_later_refires_the_same_message_and_says_so() -> None:
+    c = make_core(max_attempts=2)
+    msg, _ = run(c.admit(claimed(message(Meta(id="m1"), "b"))), ok)
+    new_eid, ops = run(c.retry_later(msg, 10, "busy"), ok)
+    fire, outcome = ops
+    assert isinstance(fire, Fire) and fire.cue_id == ME
+    assert fire.idempotency_key == "m1.retry2"
+    assert fire.payload["cuemsg"]["attempt"] == 2 and fire.payload["cuemsg"]["id"] == "m1"
+    assert fire.send_at is not None and fire.send_at.timestamp() > time.time() + 5
+    assert outcome.success and new_eid == fire_result_id(fire)
+    assert outcome.metadata["cuemsg"]["next_execution_id"] == new_eid
+    assert "retry later" in outcome.result
+    # At max_attempts the message is rejected instead.
+    msg2, _ = run(c.admit(claimed(fire.payload, eid="e2")), ok)
+    assert msg2.attempt == 2
+    assert run(c.retry_later(msg2, 1), ok)[0] is None
+    assert c.stats.rejected == 1
+
+
+def fire_result_id(fire: Fire) -> str:
+    return f"x-{fire.idempotency_key}"
+
+
+def test_reply_goes_to_the_requesters_reply_task_and_the_outcome_names_it() -> None:
+    c = make_core()
+    request = Meta(id="r1", kind="request", correlation_id="r1", reply_task="peer.replies")
+    msg, _ = run(c.admit(claimed(message(request, "q"))), ok)
+    reply_eid, (fire, outcome) = run(c.reply(msg, {"a": 1}), ok)
+    assert fire.cue_id == PEER and fire.payload["task"] == "peer.replies"
+    meta = fire.payload["cuemsg"]
+    assert meta["kind"] == "reply" and meta["correlation_id"] == "r1"
+    assert fire.idempotency_key == meta["id"]
+    assert outcome.success
+    assert outcome.metadata["cuemsg"]["reply_execution_id"] == reply_eid
+    assert outcome.metadata["cuemsg"]["correlation_id"] == "r1"
+    assert reply_eid in outcome.result
+
+
+def test_handler_errors_become_error_replies_rejections_or_retries() -> None:
+    def boom(msg: Any) -> Any:
+        raise KeyError("nope")
+
+    c = make_core()
+    request = Meta(id="r1", kind="request", correlation_id="r1", reply_task="peer.replies")
+    _, ops = run(c.handle(claimed(message(request, "q")), boom), ok)
+    fire, outcome = ops[1:]
+    assert fire.payload["cuemsg"]["kind"] == "error"
+    assert wire_payload(fire.payload)["message"] == {"type": "KeyError", "message": "'nope'"}
+    assert not outcome.success and "KeyError" in outcome.error
+
+    _, ops = run(c.handle(claimed(message(Meta(id="m1"), 1), eid="e2"), boom), ok)
+    assert isinstance(ops[-1], Outcome) and not ops[-1].success
+    assert ops[-1].error.startswith("rejected: handler raised KeyError")
+
+    c = make_core(on_error="retry")
+    _, ops = run(c.handle(claimed(message(Meta(id="m2"), 1), eid="e3"), boom), ok)
+    assert isinstance(ops[1], Fire) and ops[1].idempotency_key == "m2.retry2"
+
+    def later(msg: Any) -> Any:
+        raise RetryLater(3, "not yet")
+
+    _, ops = run(c.handle(claimed(message(Meta(id="m3"), 1), eid="e4"), later), ok)
+    assert isinstance(ops[1], Fire) and "not yet" in ops[2].result
+
+
+def test_body_not_fitting_the_type_answers_a_request_with_an_error() -> None:
+    class Point(msgspec.Struct):
+        x: int
+
+    c = make_core()
+    request = Meta(id="r1", kind="request", correlation_id="r1", reply_task="peer.replies")
+    got, ops = run(c.admit(claimed(message(request, {"x": "no"})), Point), ok)
+    assert got is None
+    assert wire_payload(ops[0].payload)["message"]["type"] == "EnvelopeError"
+    got, ops = run(c.admit(claimed(message(Meta(id="m"), {"x": "no"}), eid="e2"), Point), ok)
+    assert got is None and not ops[0].success
+
+
+def test_claim_survives_transient_errors() -> None:
+    c = make_core()
+
+    def flaky(op: Any) -> Any:
+        if isinstance(op, Claim):
+            raise TransportError("down")
+        return None
+
+    got, ops = run(c.claim("me", 1, None), flaky)
+    assert got == [] and isinstance(ops[1], Sleep)
+    result = ClaimResult(claimed=True, executions=[claimed({"task": "me"})])
+    got, _ = run(c.claim("me", 1, None), lambda op: result)
+    assert [g.execution_id for g in got] == ["e1"] and "e1" in c.leases
+
+
+# -- request/reply ------------------------------------------------------------------------------
+
+
+def reply_payload(cid: str, body: Any, kind: str = "reply") -> dict[str, Any]:
+    return message(Meta(id=f"re-{cid}", kind=kind, correlation_id=cid), body, task="me.replies")  # type: ignore[arg-type]
+
+
+def test_request_waits_for_its_reply_by_correlation_id() -> None:
+    c = make_core()
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, AwaitReply):
+            # The reply loop meanwhile claims a stray reply and the right one.
+            cid = op.pending.correlation_id
+            claims = [
+                claimed(reply_payload("someone-else", 0), eid="s1"),
+                claimed(reply_payload(cid, {"ok": True}), eid="s2"),
+            ]
+            _, ops = run(c.route_replies(claims), ok)
+            [outcomes] = ops
+            assert [o.result.split(":")[0] for o in outcomes.outcomes] == [
+                "late reply",
+                f"reply delivered to the waiting request {cid}",
+            ]
+            return None
+        return ok(op)
+
+    result, ops = run(c.request(PEER, "q", timeout=5), answer)
+    assert result == {"ok": True}
+    assert [type(o) for o in ops] == [StartReplies, Fire, AwaitReply]
+    assert ops[1].payload["cuemsg"]["reply_task"] == "me.replies"
+    assert len(c.router) == 0 and c.stats.late_replies == 1
+
+
+def test_error_replies_raise_remote_error() -> None:
+    c = make_core()
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, AwaitReply):
+            cid = op.pending.correlation_id
+            error = {"type": "ValueError", "message": "bad"}
+            run(c.route_replies([claimed(reply_payload(cid, error, "error"))]), ok)
+            return None
+        return ok(op)
+
+    with pytest.raises(RemoteError) as info:
+        run(c.request(PEER, "q", timeout=5), answer)
+    assert (info.value.type, info.value.message) == ("ValueError", "bad")
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"status": "pending", "attempts": 0}, "no_responder"),
+        ({"status": "pending", "attempts": 1}, "dead_responder"),
+        ({"status": "failed", "attempts": 3}, "dead_responder"),
+        ({"status": "delivering", "attempts": 1, "lease_expires_at": "2000-01-01T00:00:00Z"},
+         "dead_responder"),
+        ({"status": "delivering", "attempts": 1, "lease_expires_at": "2999-01-01T00:00:00Z"},
+         "slow_responder"),
+        ({"status": "success", "attempts": 1, "outcome": {"success": True, "result": "r"}},
+         "slow_responder"),
+        ({"status": "failed", "attempts": 1, "outcome": {"success": False, "error": "expired"}},
+         "slow_responder"),
+        ({"status": "missed", "attempts": 0}, "no_responder"),
+    ],
+)
+def test_timeouts_tell_the_three_failures_apart(record: dict[str, Any], reason: str) -> None:
+    exe = decode_model({"id": "e9", **record}, Execution)
+    assert explain_timeout(exe, time.time())[0] == reason
+    c = make_core()
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, GetExecution):
+            return exe
+        return ok(op)
+
+    with pytest.raises(RequestTimeout) as info:
+        run(c.request(PEER, "q", timeout=0.01), answer)
+    assert info.value.reason == reason and info.value.execution_id is not None
+    assert c.stats.timeouts == 1
+
+
+def test_require_responder() -> None:
+    c = make_core()
+    now = from_timestamp(time.time()).isoformat()
+    old = from_timestamp(time.time() - 3600).isoformat()
+
+    def registry(workers: list[Worker]) -> Callable[[Any], Any]:
+        def answer(op: Any) -> Any:
+            if isinstance(op, GetCue):
+                return Cue(id=PEER, name="peer", payload={"task": "peer"})
+            if isinstance(op, ListWorkers):
+                return workers
+            return ok(op)
+
+        return answer
+
+    alive = registry([Worker(worker_id="w", handlers=["peer"], last_heartbeat=now)])
+    run(c.check_responder(PEER, None), alive)
+    for workers in ([], [Worker(worker_id="w", handlers=["peer"], last_heartbeat=old)],
+                    [Worker(worker_id="w", handlers=["other"], last_heartbeat=now)]):
+        with pytest.raises(NoResponder):
+            run(c.check_responder(PEER, None), registry(workers))
+
+    # Without the registry extension: the presence stamp on the cue.
+    def plain(stamp: str | None) -> Callable[[Any], Any]:
+        def answer(op: Any) -> Any:
+            if isinstance(op, ListWorkers):
+                raise ExtensionNotAvailable("workers.list")
+            payload: dict[str, Any] = {"task": "peer"}
+            if stamp:
+                payload[core.PRESENCE_KEY] = {"worker_id": "w", "at": stamp}
+            return Cue(id=PEER, name="peer", payload=payload)
+
+        return answer
+
+    run(c.check_responder(PEER, "peer"), plain(now))
+    with pytest.raises(NoResponder):
+        run(c.check_responder(PEER, "peer"), plain(old))
+    with pytest.raises(NoResponder):
+        run(c.check_responder(PEER, "peer"), plain(None))
+
+
+def test_router_races_and_late_replies() -> None:
+    router = ReplyRouter(threading.Event)
+    env = core.decode_payload(reply_payload("c1", 1))
+    pending = router.expect("c1")
+    assert router.deliver("c1", env, "e1") == "delivered" and pending.event.is_set()  # type: ignore[attr-defined]
+    assert router.deliver("c1", env, "e1b") == "duplicate"
+    assert router.give_up("c1") is pending and pending.reply is env
+    assert router.deliver("c2", env, "e2") == "late"
+    # A reply that races in while the requester gives up is still seen by it.
+    pending = router.expect("c3")
+    router.deliver("c3", env, "e3")
+    assert router.give_up("c3").reply is env  # type: ignore[union-attr]
+    router.close()
+    with pytest.raises(MailboxError):
+        router.expect("c4")
+
+
+# -- heartbeats ---------------------------------------------------------------------------------
+
+
+def test_lease_book_renews_every_third_of_the_lease() -> None:
+    book = LeaseBook()
+    book.hold("e1", 30, now=100.0)
+    assert book.next_due() == 110.0
+    assert book.due(109.9) == []
+    assert book.due(110.0) == ["e1"] and book.next_due() == 120.0
+    assert book.mark_lost("e1", RuntimeError("x")) and not book.mark_lost("e1", RuntimeError())
+    assert book.due(1000.0) == [] and book.next_due() is None
+    book.release("e1")
+    assert "e1" not in book and book.lost("e1") is None
+
+
+def test_tick_heartbeats_leases_and_presence() -> None:
+    c = make_core()
+    c.presence.start()
+    c.leases.hold("e1", 0.3, c.monotonic() - 1)
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset()
+        return None
+
+    _, ops = run(c.tick(), answer)
+    assert [type(o) for o in ops] == [Heartbeat, WorkerHeartbeat, Extensions, UpdateCue]
+    assert ops[1].handlers == ["me"]
+    assert ops[3].changes["payload"]["task"] == "me"
+    assert core.PRESENCE_KEY in ops[3].changes["payload"]
+    # Presence is not due again at once; with workers.list no stamp is written.
+    _, ops = run(c.tick(), answer)
+    assert ops == []
+    assert 0 <= c.next_tick_in(cap=100) <= c.config.presence_interval
+
+
+# -- dedupe stores ------------------------------------------------------------------------------
+
+
+def test_memory_dedupe_is_a_bounded_lru() -> None:
+    store = MemoryDedupe(maxsize=2)
+    store.remember("a")
+    store.remember("b", b"r")
+    assert store.seen("a") is not None  # touch a: b is now the oldest
+    store.remember("c")
+    assert store.seen("b") is None and store.seen("a") is not None
+    assert store.seen("c") == (None,)
+    with pytest.raises(ValueError):
+        MemoryDedupe(0)
+
+
+def test_sqlite_dedupe_survives_reopening(tmp_path: Any) -> None:
+    path = tmp_path / "dedupe.db"
+    store = SQLiteDedupe(path)
+    store.remember("a", b"reply")
+    store.remember("b")
+    store.close()
+    store = SQLiteDedupe(path)
+    assert store.seen("a") == (b"reply",) and store.seen("b") == (None,)
+    assert store.seen("c") is None
+    store.close()
+
+
+def test_config_is_checked() -> None:
+    for bad in ({"poll_wait": 0}, {"max_attempts": 0}, {"max_deliveries": 11},
+                {"on_error": "explode"}, {"presence_interval": 0}):
+        with pytest.raises(ValueError):
+            MailboxConfig(**bad)

@@ -1,0 +1,378 @@
+"""`Mailbox` end to end against the embedded server over real HTTP (extensions on and off)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgspec
+import pydantic
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cuemsg._exceptions import (
+    EnvelopeError,
+    LeaseLost,
+    MailboxError,
+    NoResponder,
+    NotFound,
+    RemoteError,
+    RequestTimeout,
+    RetryLater,
+)
+from cuemsg.cueapi import CueClient
+from cuemsg.mailbox import MAILBOX_SCHEDULE, Mailbox, Message
+from cuemsg.testing import RunningServer
+from tests.mailbox.conftest import POLL, serving
+
+Open = Callable[..., Mailbox]
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def echo(msg: Message[Any]) -> Any:
+    return {"echo": msg.body}
+
+
+# -- opening ----------------------------------------------------------------------------------
+
+
+def test_open_is_idempotent_and_safe_when_raced(client: CueClient, mailboxes: Open) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        boxes = list(pool.map(lambda _: mailboxes("inbox"), range(4)))
+    assert len({mb.address for mb in boxes}) == 1
+    cue = client.cues.get(boxes[0].address)
+    assert cue.status == "paused" and cue.transport == "worker"
+    assert cue.schedule == MAILBOX_SCHEDULE and cue.payload == {"task": "inbox"}
+    assert [c.name for c in client.cues.list().cues] == ["inbox"]
+    assert boxes[0].task == "inbox" and boxes[0].reply_task == "inbox.replies"
+    with pytest.raises(MailboxError, match="routes task"):
+        mailboxes("inbox", task="other")
+
+
+# -- send / receive ---------------------------------------------------------------------------
+
+
+def test_any_json_body_round_trips_in_order(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+
+    @settings(
+        max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(st.lists(json_values, min_size=1, max_size=4))
+    def check(bodies: list[Any]) -> None:
+        for body in bodies:
+            a.send(b.address, body)
+        got = [(m.body, m.sender) for m in b.receive(wait=5, limit=len(bodies))]
+        assert got == [(body, a.address) for body in bodies]
+
+    check()
+
+
+def test_send_receive_metadata_and_records(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    sent = a.send(b.address, {"x": 1}, thread="t-1", headers={"trace": "abc"})
+    [msg] = list(b.receive(wait=5, limit=1))
+    assert (msg.id, msg.body, msg.thread, msg.headers) == (sent.id, {"x": 1}, "t-1", {"trace": "abc"})
+    assert msg.sender == a.address and msg.execution_id == sent.execution_id
+    assert msg.kind == "message" and msg.attempt == 1 and msg.deliveries == 1
+    exe = client.executions.get(sent.execution_id)
+    assert exe.status == "success" and exe.claimed_by_worker == b.worker_id
+    assert exe.outcome is not None and exe.outcome["metadata"]["cuemsg"]["state"] == "acked"
+    # A reply to a plain message is an ordinary message to the sender, same thread.
+    a.send(b.address, "ping", thread="t-2")
+    for ping in b.receive(wait=5, limit=1, type=str):
+        ping.reply("pong")
+    [pong] = list(a.receive(wait=5, limit=1))
+    assert pong.body == "pong" and pong.correlation_id == ping.id and pong.sender == b.address
+    assert pong.thread == "t-2" and pong.kind == "message"
+    assert b.stats.replied == 1
+
+
+def test_typed_bodies(mailboxes: Open) -> None:
+    class Order(msgspec.Struct):
+        sku: str
+        qty: int
+
+    class Ticket(pydantic.BaseModel):
+        title: str
+
+    a, b = mailboxes("a"), mailboxes("b")
+    a.send(b.address, Order("x", 2))
+    [m] = list(b.receive(wait=5, limit=1, type=Order))
+    assert m.body == Order("x", 2)
+    with serving(b, lambda m: Ticket(title=m.body.title.upper()), type=Ticket):
+        assert a.request(b.address, Ticket(title="hi"), type=Ticket, timeout=10) == Ticket(
+            title="HI"
+        )
+
+
+def test_scheduled_send(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    at = time.time() + 1.0
+    sent = a.send(b.address, "later", send_at=at)
+    assert list(b.receive(wait=0.3)) == []
+    [m] = list(b.receive(wait=5, limit=1))
+    assert m.id == sent.id and time.time() >= at
+
+
+def test_reject_is_a_dead_letter_and_retry_later_refires(
+    client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    dead = a.send(b.address, "bad")
+    for m in b.receive(wait=5, limit=1):
+        m.reject("cannot parse")
+    exe = client.executions.get(dead.execution_id)
+    assert exe.status == "failed" and exe.outcome["error"] == "rejected: cannot parse"
+    assert [e.id for e in client.executions.list(status="failed").executions] == [exe.id]
+
+    again = a.send(b.address, "soon")
+    seen: list[int] = []
+
+    def flaky(msg: Message[Any]) -> None:
+        seen.append(msg.attempt)
+        if msg.attempt == 1:
+            raise RetryLater(0.2, "not ready")
+
+    b.serve(flaky, idle_timeout=2)
+    assert seen == [1, 2]
+    first = client.executions.get(again.execution_id)
+    assert first.status == "success"
+    assert first.outcome["result"].startswith("retry later: re-fired as execution")
+    nxt = first.outcome["metadata"]["cuemsg"]["next_execution_id"]
+    assert client.executions.get(nxt).status == "success"
+    assert b.stats.retried == 1
+
+
+def test_on_error_retry_is_bounded(client: CueClient, mailboxes: Open) -> None:
+    a = mailboxes("a")
+    b = mailboxes("b", on_error="retry", max_attempts=3, retry_delay=0.05)
+    sent = a.send(b.address, "doomed")
+    calls: list[int] = []
+
+    def broken(msg: Message[Any]) -> None:
+        calls.append(msg.attempt)
+        raise ValueError("always")
+
+    b.serve(broken, idle_timeout=1.5)
+    assert calls == [1, 2, 3]
+    assert b.stats.retried == 2 and b.stats.rejected == 1
+    assert client.executions.get(sent.execution_id).outcome["success"] is True  # retried
+
+
+def test_unsettled_messages_are_acked_when_the_loop_moves_on(
+    client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    sent = [a.send(b.address, i) for i in range(3)]
+    assert [m.body for m in b.receive(wait=2)] == [0, 1, 2]
+    assert {client.executions.get(s.execution_id).status for s in sent} == {"success"}
+    assert b.stats.acked == 3
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+
+
+def test_bad_inputs(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with pytest.raises(NotFound):
+        a.send("cue_doesnotexist", "x")
+    with pytest.raises(EnvelopeError, match="cannot be encoded"):
+        a.send(b.address, {"x": object()})
+    with pytest.raises(EnvelopeError, match="too large"):
+        a.send(b.address, "x" * (1024 * 1024))
+    assert client.executions.list().executions == []  # nothing was fired
+    with pytest.raises(NotFound):
+        a.request("cue_doesnotexist", "x", timeout=1)
+
+
+def test_a_receive_loop_survives_bad_messages(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    newer = client.cues.fire(b.address, {"message": 1, "cuemsg": {"v": 99, "id": "z"}})
+    junk = client.cues.fire(b.address, {"message": 1, "cuemsg": "junk"})
+    foreign = client.cues.fire(b.address, {"task": "b", "message": {"from": "elsewhere"}})
+    good = a.send(b.address, "after")
+    got = list(b.receive(wait=1))
+    assert [(m.body, m.foreign) for m in got] == [({"from": "elsewhere"}, True), ("after", False)]
+    assert got[0].id == f"exec:{foreign.id}" and got[0].sender is None
+    for bad in (newer, junk):
+        exe = client.executions.get(bad.id)
+        assert exe.status == "failed" and exe.outcome["error"].startswith("rejected")
+    assert "newer than this cuemsg reads" in client.executions.get(newer.id).outcome["error"]
+    assert client.executions.get(good.execution_id).status == "success"
+    assert b.stats.bad == 2
+
+
+def test_redelivered_ids_are_handled_once(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    sent = a.send(b.address, "once")
+    payload = client.executions.get(sent.execution_id).payload
+    # The same message on a second execution (as after a lost fire answer, fired unkeyed).
+    dup = client.cues.fire(b.address, payload, idempotency_key="another-key")
+    calls: list[str] = []
+    b.serve(lambda m: calls.append(m.id), idle_timeout=1)
+    assert calls == [sent.id]
+    exe = client.executions.get(dup.id)
+    assert exe.status == "success" and exe.outcome["result"].startswith("duplicate")
+    assert b.stats.duplicates == 1
+
+
+# -- request / reply ------------------------------------------------------------------------------
+
+
+def test_request_reply_and_accountability(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with serving(b, echo):
+        assert a.request(b.address, [1, 2], timeout=10) == {"echo": [1, 2]}
+    [exe] = [e for e in client.executions.list(cue_id=b.address).executions]
+    meta = exe.outcome["metadata"]["cuemsg"]
+    assert exe.status == "success" and meta["state"] == "replied"
+    reply = client.executions.get(meta["reply_execution_id"])
+    assert reply.cue_id == a.address and reply.payload["task"] == "a.replies"
+    assert reply.payload["cuemsg"]["correlation_id"] == meta["correlation_id"]
+    assert reply.status == "success" and "delivered" in reply.outcome["result"]
+
+
+def test_fifty_outstanding_requests_three_responders(mailboxes: Open) -> None:
+    a = mailboxes("client")
+    workers = [mailboxes("svc", worker_id=f"w{i}") for i in range(3)]
+    by: dict[str, int] = {}
+
+    def handler(msg: Message[Any]) -> Any:
+        time.sleep(0.01)
+        return {"n": msg.body, "by": msg.task}
+
+    with serving(workers[0], handler, concurrency=4), serving(
+        workers[1], handler, concurrency=4
+    ), serving(workers[2], handler, concurrency=4), ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda n: a.request(workers[0].address, n, timeout=30), range(50)))
+    assert [r["n"] for r in answers] == list(range(50))
+    for w in workers:
+        by[w.worker_id] = w.stats.replied
+    assert sum(by.values()) == 50
+    assert a.pending_requests == 0 and a.stats.replies_received == 50
+
+
+def test_remote_error(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+
+    def broken(msg: Message[Any]) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    with serving(b, broken), pytest.raises(RemoteError) as info:
+        a.request(b.address, 1, timeout=10)
+    assert info.value.type == "ZeroDivisionError" and info.value.message == "division by zero"
+
+
+def test_timeout_no_responder_and_expired_request(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with pytest.raises(RequestTimeout) as info:
+        a.request(b.address, "anyone?", timeout=0.5)
+    assert info.value.reason == "no_responder" and "no receiver claimed it" in str(info.value)
+    calls: list[Any] = []
+    b.serve(calls.append, idle_timeout=0.5)  # comes up after the requester gave up
+    assert calls == []
+    exe = client.executions.get(info.value.execution_id)  # type: ignore[arg-type]
+    assert exe.status == "failed" and exe.outcome["error"].startswith("expired")
+    assert b.stats.expired == 1
+
+
+def test_slow_responder_and_late_reply(client: CueClient, mailboxes: Open) -> None:
+    late: list[Message[Any]] = []
+    a = mailboxes("a", on_late_reply=late.append)
+    b = mailboxes("b")
+    done = threading.Event()
+
+    def slow(msg: Message[Any]) -> Any:
+        time.sleep(1.0)
+        done.set()
+        return "too late"
+
+    with serving(b, slow):
+        with pytest.raises(RequestTimeout) as info:
+            a.request(b.address, "hurry", timeout=0.4)
+        assert info.value.reason == "slow_responder"
+        assert done.wait(5)
+        time.sleep(0.2)
+    # The next request's reply stream (or close) picks the late reply up and settles it.
+    # (stop() is final: a second responder on the same mailbox cue answers this one.)
+    with serving(mailboxes("b", worker_id="b-2"), echo):
+        assert a.request(b.address, "next", timeout=10) == {"echo": "next"}
+    deadline = time.time() + 5
+    while not late and time.time() < deadline:
+        time.sleep(0.05)
+    [msg] = late
+    assert msg.body == "too late" and msg.correlation_id == info.value.correlation_id
+    request_exe = client.executions.get(info.value.execution_id)  # type: ignore[arg-type]
+    reply_eid = request_exe.outcome["metadata"]["cuemsg"]["reply_execution_id"]
+    reply_exe = client.executions.get(reply_eid)
+    assert reply_exe.outcome["result"].startswith("late reply")
+    assert a.stats.late_replies == 1
+
+
+def test_require_responder(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with pytest.raises(NoResponder):
+        a.request(b.address, "x", timeout=5, require_responder=True)
+    with serving(b, echo):
+        deadline = time.time() + 5
+        while True:  # the first presence heartbeat goes out as serve starts
+            try:
+                assert a.request(b.address, "x", timeout=5, require_responder=True)
+                break
+            except NoResponder:
+                assert time.time() < deadline
+                time.sleep(0.1)
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+
+def test_heartbeats_keep_a_long_handler_lease(short_lease_server: RunningServer) -> None:
+    srv = short_lease_server
+    with CueClient(srv.new_key(), srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=POLL)
+        b = Mailbox.open(client, "b", poll_wait=POLL)
+        sent = a.send(b.address, "slow")
+        b.serve(lambda m: time.sleep(2.5), idle_timeout=0.5)
+        exe = client.executions.get(sent.execution_id)
+        assert exe.status == "success" and exe.attempts == 1
+        assert b.stats.acked == 1 and b.stats.redelivered == 0
+        a.close()
+        b.close()
+
+
+def test_a_lost_lease_is_reported_not_acked(short_lease_server: RunningServer) -> None:
+    srv = short_lease_server
+    with CueClient(srv.new_key(), srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=POLL)
+        b1 = Mailbox.open(client, "b", worker_id="b1", poll_wait=POLL)
+        b2 = Mailbox.open(client, "b", worker_id="b2", poll_wait=POLL)
+        sent = a.send(b1.address, "contested")
+        gen = b1.receive(wait=5)
+        msg = next(gen)
+        b1._core.leases.release(msg.execution_id)  # b1 hangs: no more heartbeats
+        [again] = list(b2.receive(wait=5, limit=1))  # its lease ran out; b2 gets it
+        assert again.id == msg.id and again.deliveries == 2
+        with pytest.raises(LeaseLost):
+            msg.ack()
+        assert b1.stats.redelivered == 1
+        exe = client.executions.get(sent.execution_id)
+        assert exe.status == "success" and exe.outcome["worker_id"] == "b2"
+        gen.close()
+        for mb in (a, b1, b2):
+            mb.close()
