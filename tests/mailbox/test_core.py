@@ -100,7 +100,11 @@ def claimed(payload: Any, eid: str = "e1", attempts: int = 1) -> Claimed:
 
 def make_core(**config: Any) -> MailboxCore:
     info = MailboxInfo(
-        name="me", address=ME, task="me", reply_task="me.replies", worker_id="w1",
+        name="me",
+        address=ME,
+        task="me",
+        reply_task="me.replies",
+        worker_id="w1",
         cue_payload={"task": "me"},
     )
     return MailboxCore(info, MailboxConfig(**config), event_factory=threading.Event)
@@ -137,7 +141,10 @@ def test_open_creates_a_paused_recurring_worker_cue() -> None:
     info, ops = run(open_mailbox("me", task=None, worker_id="w"), answer)
     assert [type(o) for o in ops] == [CreateCue, UpdateCue]
     assert (info.address, info.task, info.reply_task, info.worker_id) == (
-        ME, "me", "me.replies", "w"
+        ME,
+        "me",
+        "me.replies",
+        "w",
     )
 
 
@@ -436,14 +443,22 @@ def test_error_replies_raise_remote_error() -> None:
         ({"status": "pending", "attempts": 0}, "no_responder"),
         ({"status": "pending", "attempts": 1}, "dead_responder"),
         ({"status": "failed", "attempts": 3}, "dead_responder"),
-        ({"status": "delivering", "attempts": 1, "lease_expires_at": "2000-01-01T00:00:00Z"},
-         "dead_responder"),
-        ({"status": "delivering", "attempts": 1, "lease_expires_at": "2999-01-01T00:00:00Z"},
-         "slow_responder"),
-        ({"status": "success", "attempts": 1, "outcome": {"success": True, "result": "r"}},
-         "slow_responder"),
-        ({"status": "failed", "attempts": 1, "outcome": {"success": False, "error": "expired"}},
-         "slow_responder"),
+        (
+            {"status": "delivering", "attempts": 1, "lease_expires_at": "2000-01-01T00:00:00Z"},
+            "dead_responder",
+        ),
+        (
+            {"status": "delivering", "attempts": 1, "lease_expires_at": "2999-01-01T00:00:00Z"},
+            "slow_responder",
+        ),
+        (
+            {"status": "success", "attempts": 1, "outcome": {"success": True, "result": "r"}},
+            "slow_responder",
+        ),
+        (
+            {"status": "failed", "attempts": 1, "outcome": {"success": False, "error": "expired"}},
+            "slow_responder",
+        ),
         ({"status": "missed", "attempts": 0}, "no_responder"),
     ],
 )
@@ -480,8 +495,11 @@ def test_require_responder() -> None:
 
     alive = registry([Worker(worker_id="w", handlers=["peer"], last_heartbeat=now)])
     run(c.check_responder(PEER, None), alive)
-    for workers in ([], [Worker(worker_id="w", handlers=["peer"], last_heartbeat=old)],
-                    [Worker(worker_id="w", handlers=["other"], last_heartbeat=now)]):
+    for workers in (
+        [],
+        [Worker(worker_id="w", handlers=["peer"], last_heartbeat=old)],
+        [Worker(worker_id="w", handlers=["other"], last_heartbeat=now)],
+    ):
         with pytest.raises(NoResponder):
             run(c.check_responder(PEER, None), registry(workers))
 
@@ -585,7 +603,12 @@ def test_sqlite_dedupe_survives_reopening(tmp_path: Any) -> None:
 
 
 def test_config_is_checked() -> None:
-    for bad in ({"poll_wait": 0}, {"max_attempts": 0}, {"max_deliveries": 11},
-                {"on_error": "explode"}, {"presence_interval": 0}):
+    for bad in (
+        {"poll_wait": 0},
+        {"max_attempts": 0},
+        {"max_deliveries": 11},
+        {"on_error": "explode"},
+        {"presence_interval": 0},
+    ):
         with pytest.raises(ValueError):
             MailboxConfig(**bad)

@@ -37,8 +37,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -69,9 +70,7 @@ def test_open_is_idempotent_and_safe_when_raced(client: CueClient, mailboxes: Op
 def test_any_json_body_round_trips_in_order(mailboxes: Open) -> None:
     a, b = mailboxes("a"), mailboxes("b")
 
-    @settings(
-        max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-    )
+    @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(json_values, min_size=1, max_size=4))
     def check(bodies: list[Any]) -> None:
         for body in bodies:
@@ -86,7 +85,12 @@ def test_send_receive_metadata_and_records(client: CueClient, mailboxes: Open) -
     a, b = mailboxes("a"), mailboxes("b")
     sent = a.send(b.address, {"x": 1}, thread="t-1", headers={"trace": "abc"})
     [msg] = list(b.receive(wait=5, limit=1))
-    assert (msg.id, msg.body, msg.thread, msg.headers) == (sent.id, {"x": 1}, "t-1", {"trace": "abc"})
+    assert (msg.id, msg.body, msg.thread, msg.headers) == (
+        sent.id,
+        {"x": 1},
+        "t-1",
+        {"trace": "abc"},
+    )
     assert msg.sender == a.address and msg.execution_id == sent.execution_id
     assert msg.kind == "message" and msg.attempt == 1 and msg.deliveries == 1
     exe = client.executions.get(sent.execution_id)
@@ -256,9 +260,12 @@ def test_fifty_outstanding_requests_three_responders(mailboxes: Open) -> None:
         time.sleep(0.01)
         return {"n": msg.body, "by": msg.task}
 
-    with serving(workers[0], handler, concurrency=4), serving(
-        workers[1], handler, concurrency=4
-    ), serving(workers[2], handler, concurrency=4), ThreadPoolExecutor(50) as pool:
+    with (
+        serving(workers[0], handler, concurrency=4),
+        serving(workers[1], handler, concurrency=4),
+        serving(workers[2], handler, concurrency=4),
+        ThreadPoolExecutor(50) as pool,
+    ):
         answers = list(pool.map(lambda n: a.request(workers[0].address, n, timeout=30), range(50)))
     assert [r["n"] for r in answers] == list(range(50))
     for w in workers:
