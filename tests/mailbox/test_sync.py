@@ -305,13 +305,13 @@ def test_slow_responder_and_late_reply(client: CueClient, mailboxes: Open) -> No
     done = threading.Event()
 
     def slow(msg: Message[Any]) -> Any:
-        time.sleep(1.0)
+        time.sleep(1.8)
         done.set()
         return "too late"
 
     with serving(b, slow):
         with pytest.raises(RequestTimeout) as info:
-            a.request(b.address, "hurry", timeout=0.4)
+            a.request(b.address, "hurry", timeout=0.9)
         assert info.value.reason == "slow_responder"
         assert done.wait(5)
         time.sleep(0.2)

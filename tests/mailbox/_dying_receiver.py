@@ -1,0 +1,49 @@
+"""Run as a script by test_redelivery: serve one mailbox and die hard on the first message.
+
+Usage: _dying_receiver.py BASE_URL API_KEY NAME DEDUPE_PATH MODE RUNS_LOG
+
+MODE `mid_handler`: the process exits while its handler runs (nothing recorded).
+MODE `after_handling`: the handler finishes (and a request's reply is sent), the
+message id is recorded in the SQLite dedupe file, then the process exits before
+its ack reaches the server. `os._exit` skips every cleanup: a real crash.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from cuemsg.cueapi import CueClient
+from cuemsg.mailbox import Mailbox, Message, SQLiteDedupe
+
+
+class CrashAfterRecording(SQLiteDedupe):
+    """A dedupe store that crashes the process right after it records a message."""
+
+    def remember(self, key: str, reply: bytes | None = None) -> None:
+        super().remember(key, reply)
+        os._exit(3)
+
+
+def main() -> None:
+    base_url, api_key, name, dedupe_path, mode, runs_log = sys.argv[1:]
+    client = CueClient(api_key, base_url)
+    store = (
+        CrashAfterRecording(dedupe_path) if mode == "after_handling" else SQLiteDedupe(dedupe_path)
+    )
+    mailbox = Mailbox.open(client, name, worker_id="doomed", poll_wait=0.3, dedupe=store)
+
+    def handler(msg: Message[Any]) -> Any:
+        with open(runs_log, "a") as log:
+            log.write(f"{msg.id}\n")
+        if mode == "mid_handler":
+            os._exit(3)
+        return {"handled": msg.body}
+
+    mailbox.serve(handler, idle_timeout=20)
+    sys.exit("the receiver was expected to die on its first message")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""`AsyncMailbox` end to end against the embedded server (extensions on and off), on anyio."""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import pytest
+
+from cuemsg._exceptions import MailboxError, NotFound, RemoteError, RequestTimeout, RetryLater
+from cuemsg.cueapi import AsyncCueClient
+from cuemsg.mailbox import AsyncMailbox, AsyncMessage
+from tests.mailbox.conftest import POLL
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_open_send_receive(aclient: AsyncCueClient) -> None:
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        again = await AsyncMailbox.open(aclient, "b")
+        assert again.address == b.address
+        sent = [await a.send(b.address, {"n": i}) for i in range(3)]
+        got = [(m.id, m.body) async for m in b.receive(wait=1)]
+        assert got == [(s.id, {"n": i}) for i, s in enumerate(sent)]
+        await a.send(b.address, "ping")
+        async for m in b.receive(wait=5, limit=1):
+            await m.reply("pong")
+        async for m in a.receive(wait=5, limit=1):
+            assert (m.body, m.sender) == ("pong", b.address)
+        with pytest.raises(NotFound):
+            await a.send("cue_nothere00000", 1)
+        batch = await a.send_many(b.address, ["x", "y", "z"])
+        assert [m.body async for m in b.receive(wait=1)] == ["x", "y", "z"]
+        assert [s.id for s in batch] == sorted(s.id for s in batch)
+        exe = await aclient.executions.get(batch[0].execution_id)
+        assert exe.status == "success"
+
+
+async def test_background_work_needs_the_mailbox_entered(aclient: AsyncCueClient) -> None:
+    mb = await AsyncMailbox.open(aclient, "a")
+    await mb.send(mb.address, "to myself")  # sending needs no background task
+    with pytest.raises(MailboxError, match="enter the mailbox first"):
+        await mb.request(mb.address, 1, timeout=1)
+    async with mb:
+        async for m in mb.receive(wait=5, limit=1):
+            assert m.body == "to myself"
+    with pytest.raises(MailboxError, match="closed"):
+        await mb.request(mb.address, 1, timeout=1)
+
+
+async def test_fifty_outstanding_requests_three_responders(aclient: AsyncCueClient) -> None:
+    async def handler(msg: AsyncMessage[Any]) -> Any:
+        await anyio.sleep(0.01)
+        return {"n": msg.body}
+
+    results: dict[int, Any] = {}
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(AsyncMailbox.open(aclient, "client", poll_wait=POLL))
+        workers = [
+            await stack.enter_async_context(
+                AsyncMailbox.open(aclient, "svc", worker_id=f"w{i}", poll_wait=POLL)
+            )
+            for i in range(3)
+        ]
+
+        async def ask(n: int) -> None:
+            results[n] = await a.request(workers[0].address, n, timeout=30)
+
+        async with anyio.create_task_group() as serving:
+            for w in workers:
+                serving.start_soon(lambda w=w: w.serve(handler, concurrency=8))
+            async with anyio.create_task_group() as asking:
+                for n in range(50):
+                    asking.start_soon(ask, n)
+            for w in workers:
+                w.stop()
+        assert results == {n: {"n": n} for n in range(50)}
+        assert sum(w.stats.replied for w in workers) == 50
+        assert a.pending_requests == 0
+
+
+async def test_errors_timeouts_and_late_replies(aclient: AsyncCueClient) -> None:
+    late: list[AsyncMessage[Any]] = []
+
+    async def on_late(msg: AsyncMessage[Any]) -> None:
+        late.append(msg)
+
+    async def handler(msg: AsyncMessage[Any]) -> Any:
+        if msg.body == "boom":
+            raise ValueError("bad input")
+        if msg.body == "slow":
+            await anyio.sleep(1.8)
+        return msg.body
+
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL, on_late_reply=on_late) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        with pytest.raises(RequestTimeout) as info:
+            await a.request(b.address, "nobody home", timeout=0.3)
+        assert info.value.reason == "no_responder"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: b.serve(handler, concurrency=2))
+            with pytest.raises(RemoteError) as err:
+                await a.request(b.address, "boom", timeout=10)
+            assert (err.value.type, err.value.message) == ("ValueError", "bad input")
+            with pytest.raises(RequestTimeout) as slow:
+                await a.request(b.address, "slow", timeout=0.9)
+            assert slow.value.reason == "slow_responder"
+            await anyio.sleep(1.2)
+            assert await a.request(b.address, "fast", timeout=10) == "fast"
+            b.stop()
+        assert b.stats.expired == 1  # "nobody home" was skipped when b came up
+    assert [m.body for m in late] == ["slow"]  # picked up by the next request, or at close
+
+
+async def test_retry_later_and_bad_messages(aclient: AsyncCueClient) -> None:
+    seen: list[tuple[Any, int]] = []
+
+    async def handler(msg: AsyncMessage[Any]) -> None:
+        seen.append((msg.body, msg.attempt))
+        if msg.attempt == 1 and msg.body == "again":
+            raise RetryLater(0.1)
+
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        bad = await aclient.cues.fire(b.address, {"message": 1, "cuemsg": {"v": 7, "id": "x"}})
+        await a.send(b.address, "again")
+        await a.send(b.address, "once")
+        started = time.monotonic()
+        await b.serve(handler, idle_timeout=1)
+        assert time.monotonic() - started < 10
+        assert seen == [("again", 1), ("once", 1), ("again", 2)]
+        exe = await aclient.executions.get(bad.id)
+        assert exe.status == "failed" and "newer" in exe.outcome["error"]

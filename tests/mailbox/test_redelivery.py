@@ -1,0 +1,89 @@
+"""A receiver that dies mid-message loses nothing; one that dies after handling does not
+handle twice (a dedupe file shared across the restart). Real processes, real crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cuemsg.cueapi import CueClient
+from cuemsg.mailbox import Mailbox, Message, SQLiteDedupe
+from cuemsg.testing import RunningServer
+
+DYING = Path(__file__).with_name("_dying_receiver.py")
+
+
+def crash_a_receiver(srv: RunningServer, key: str, dedupe: Path, mode: str, runs: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(DYING), srv.base_url, key, "b", str(dedupe), mode, str(runs)],
+        timeout=60,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3, proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["mid_handler", "after_handling"])
+@pytest.mark.parametrize("kind", ["message", "request"])
+def test_redelivery_after_a_receiver_dies(
+    short_lease_server: RunningServer, tmp_path: Path, mode: str, kind: str
+) -> None:
+    srv = short_lease_server
+    key = srv.new_key()
+    dedupe, runs = tmp_path / "dedupe.db", tmp_path / "runs.log"
+    with CueClient(key, srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=0.3)
+        b_cue = client.cues.get(Mailbox.open(client, "b", poll_wait=0.3).address)
+        replies: list[Any] = []
+        if kind == "message":
+            sent_id = a.send(b_cue.id, "precious").id
+            requester = None
+        else:
+            requester = threading.Thread(
+                target=lambda: replies.append(a.request(b_cue.id, "precious", timeout=30))
+            )
+            requester.start()
+            sent_id = None
+        crash_a_receiver(srv, key, dedupe, mode, runs)
+
+        survivor = Mailbox.open(
+            client, "b", worker_id="survivor", poll_wait=0.3, dedupe=SQLiteDedupe(dedupe)
+        )
+
+        def handler(msg: Message[Any]) -> Any:
+            with open(runs, "a") as log:
+                log.write(f"{msg.id}\n")
+            return {"handled": msg.body}
+
+        # The dead receiver's lease runs out within a second; the survivor gets the message.
+        survivor.serve(handler, idle_timeout=2.5)
+        if requester is not None:
+            requester.join(timeout=30)
+            assert replies == [{"handled": "precious"}]  # exactly one reply, never lost
+
+        [exe] = client.executions.list(cue_id=b_cue.id).executions
+        assert sent_id is None or exe.payload["cuemsg"]["id"] == sent_id
+        assert exe.status == "success" and exe.attempts == 2
+        assert exe.claimed_by_worker == "survivor"
+        handled = runs.read_text().split()
+        if mode == "mid_handler":
+            assert len(handled) == 2  # the first run never finished: at-least-once
+            assert survivor.stats.duplicates == 0
+        else:
+            assert len(handled) == 1  # finished once: the redelivery is a known duplicate
+            assert exe.outcome["result"].startswith("duplicate")
+            assert survivor.stats.duplicates == 1
+        if kind == "request":
+            reply_runs = [
+                e
+                for e in client.executions.list(cue_id=a.address).executions
+                if e.payload and e.payload.get("task") == "a.replies"
+            ]
+            assert len(reply_runs) == 1  # a resent reply reuses its idempotency key
+        for mb in (a, survivor):
+            mb.close()
