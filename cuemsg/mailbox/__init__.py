@@ -4,6 +4,8 @@
 (`_core.py`); see `docs/mailbox.md` for the delivery semantics.
 """
 
+import logging
+
 from cuemsg.mailbox._core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -41,3 +43,6 @@ __all__ = [
     "SQLiteDedupe",
     "Sent",
 ]
+
+# A library logs, the application decides where to: no output unless logging is set up.
+logging.getLogger("cuemsg.mailbox").addHandler(logging.NullHandler())
