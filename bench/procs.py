@@ -69,6 +69,14 @@ class ServerProc:
         answer.raise_for_status()
         return str(answer.json()["api_key"])
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
     def sample_rss(self) -> None:
         """Remember the largest RSS seen so far (the fallback where VmHWM is missing)."""
         with contextlib.suppress(psutil.Error):
@@ -218,6 +226,7 @@ class RoleContext:
         self._go = go
         self.stop = stop
         self.index = index
+        self.cpu_start = time.process_time()
 
     def ready(self, timeout: float = 120.0, *, block: bool = True) -> None:
         """Tell the parent that set-up is done; block until every role may start.
@@ -228,6 +237,7 @@ class RoleContext:
         self._ready_q.put(("ready", self.index, os.getpid()))
         if block and not self._go.wait(timeout):
             raise TimeoutError("the parent never said go")
+        self.cpu_start = time.process_time()  # CPU of this process counts from here
 
 
 def _entry(
@@ -247,6 +257,7 @@ def _entry(
         ready_q.put(("failed", index, os.getpid()))
     import resource
 
+    result.setdefault("cpu", time.process_time() - ctx.cpu_start)
     result.setdefault("peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     results.put((index, result))
 

@@ -38,6 +38,8 @@ class Row:
         p50, p99: latencies in seconds (None where not measured).
         req_per_msg: HTTP requests the server answered per message (or call).
         note: which code ran, caveats, or why a figure is missing.
+        server_cpu, client_cpu: CPU seconds per unit (message, call or request)
+            used by the server process(es) and by the client processes.
     """
 
     key: str
@@ -48,6 +50,8 @@ class Row:
     p99: float | None = None
     req_per_msg: float | None = None
     note: str = ""
+    server_cpu: float | None = None
+    client_cpu: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -92,7 +96,18 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}"
 
 
-ROW_HEADER = ("#", "Case", "Value", "Unit", "p50 ms", "p99 ms", "HTTP req/msg", "Note")
+ROW_HEADER = (
+    "#",
+    "Case",
+    "Value",
+    "Unit",
+    "p50 ms",
+    "p99 ms",
+    "HTTP req/msg",
+    "Server CPU ms/unit",
+    "Client CPU ms/unit",
+    "Note",
+)
 RATIO_HEADER = ("Id", "Ratio", "Definition", "Value", "Limit", "Result", "Note")
 
 
@@ -105,6 +120,8 @@ def row_cells(row: Row) -> list[str]:
         _ms(row.p50),
         _ms(row.p99),
         _num(row.req_per_msg, 2),
+        _ms(row.server_cpu),
+        _ms(row.client_cpu),
         row.note,
     ]
 

@@ -22,25 +22,62 @@ Result = dict[str, Any]
 
 
 def floor(
-    ctx: RoleContext, *, base_url: str, api_key: str, cue_id: str, duration: float
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    cue_id: str,
+    duration: float,
+    gap: tuple[float, float] | None = None,
+    stdlib: bool = False,
 ) -> Result:
-    """The HTTP floor: sequential `GET /v1/cues/{id}` on one keep-alive connection."""
-    url = f"{base_url}/v1/cues/{cue_id}"
+    """The HTTP floor: sequential `GET /v1/cues/{id}` on one keep-alive connection.
+
+    `gap`: pause a random time in this range before each request.
+    `stdlib`: use `http.client` instead of httpx.
+    """
+    path = f"/v1/cues/{cue_id}"
+    headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+    if stdlib:
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(base_url)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+
+        def get() -> None:
+            conn.request("GET", path, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"GET {path}: {answer.status} {data[:200]!r}")
+
+        close = conn.close
+    else:
+        http_client = httpx.Client(headers=headers, timeout=10)
+        url = base_url + path
+
+        def get() -> None:
+            http_client.get(url).raise_for_status()
+
+        close = http_client.close
+    rng = random.Random(11)
     latencies: list[float] = []
-    with httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=10) as http:
+    try:
         for _ in range(50):  # warm the connection and the server's key cache
-            http.get(url).raise_for_status()
+            get()
         ctx.ready()
         start = time.perf_counter()
         end = start + duration
-        now = start
-        while now < end:
-            answer = http.get(url)
-            answer.raise_for_status()
-            after = time.perf_counter()
-            latencies.append(after - now)
-            now = after
-    return {"latencies": latencies, "elapsed": now - start}
+        while (now := time.perf_counter()) < end:
+            if gap is not None:
+                time.sleep(rng.uniform(*gap))
+                now = time.perf_counter()
+            get()
+            latencies.append(time.perf_counter() - now)
+        return {"latencies": latencies, "elapsed": time.perf_counter() - start}
+    finally:
+        close()
 
 
 def sender(

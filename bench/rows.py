@@ -1,14 +1,14 @@
 """The rows of the table: each starts the roles it needs and turns their results into `Row`s.
 
-Request counts come from the servers' `/health` counter, read once when
-every role is ready and once when all have finished; rows run one after
-another, so nothing else talks to a server in between.
+Request counts come from the servers' `/health` counter, and server CPU from
+the server processes' CPU times, both read once when every role is ready and
+once when all have finished; rows run one after another, so nothing else
+talks to a server in between. Client CPU is what the role processes used
+after the start signal.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,11 @@ from bench import roles
 from bench.drivers import driver_label, make_driver
 from bench.procs import Role, ServerProc, run_roles
 from bench.report import Row, percentile
+
+#: Pauses of the paced floor and of the long-poll fire-to-handler sender (seconds).
+PACED_GAP = (0.02, 0.08)
+#: Pauses of the sender when the receiver polls: fires land at random phases.
+SLOW_GAP = (0.3, 1.3)
 
 
 @dataclass(frozen=True)
@@ -41,24 +46,48 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, 1.0, 100, 20, 40, 40, 15, 4, 2.0, 6.0, 600, 50, 200, 30.0)
-        return cls(False, 4.0, 600, 150, 300, 400, 60, 20, 10.0, 40.0, 5000, 50, 2000, 90.0)
+        return cls(False, 3.0, 600, 120, 300, 300, 60, 16, 10.0, 40.0, 4000, 50, 2000, 60.0)
 
 
 class Counter:
-    """Requests the given servers answered between `start()` and `stop()`."""
+    """Requests the given servers answered, and CPU they used, between `start()` and `stop()`."""
 
     def __init__(self, servers: list[ServerProc]) -> None:
         self.servers = servers
         self.before = 0
         self.count = 0
+        self.cpu_before = 0.0
+        self.cpu = 0.0
 
     def start(self) -> None:
         self.before = sum(s.requests() for s in self.servers)
+        self.cpu_before = sum(s.cpu_seconds() for s in self.servers)
 
     def stop(self) -> int:
+        self.cpu = sum(s.cpu_seconds() for s in self.servers) - self.cpu_before
         # each `requests()` call made after start() is one request more on its server
         self.count = sum(s.requests() for s in self.servers) - self.before - len(self.servers)
         return self.count
+
+
+def measured(
+    server_list: list[ServerProc], role_list: list[Role], timeout: float, **kw: Any
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Run roles against servers, counting the servers' requests and CPU around them."""
+    counter = Counter(server_list)
+    results = run_roles(
+        role_list, timeout=timeout, before_go=counter.start, samplers=server_list, **kw
+    )
+    counter.stop()
+    return results, counter
+
+
+def with_cpu(row: Row, counter: Counter, results: list[dict[str, Any]], n: int) -> Row:
+    """Fill the row's server and client CPU per unit (`n` units)."""
+    if n:
+        row.server_cpu = counter.cpu / n
+        row.client_cpu = sum(r.get("cpu", 0.0) for r in results) / n
+    return row
 
 
 def open_inboxes(kind: str, server: ServerProc, names: list[str], extensions: bool) -> list[str]:
@@ -78,27 +107,48 @@ def rate(n: int, seconds: float) -> float | None:
 # -- 1: the HTTP floor --------------------------------------------------------------------
 
 
-def floor(plan: Plan, server: ServerProc, clients: int, key: str) -> Row:
-    """`GET /v1/cues/{id}` from `clients` processes, each one request at a time."""
+def floor(
+    plan: Plan,
+    server: ServerProc,
+    *,
+    key: str,
+    clients: int = 1,
+    paced: bool = False,
+    stdlib: bool = False,
+) -> Row:
+    """`GET /v1/cues/{id}` from `clients` processes, each one request at a time.
+
+    `paced`: a random pause (as the long-poll fire-to-handler sender makes)
+    before each request, so the server and client wake from idle each time.
+    `stdlib`: with `http.client` instead of httpx (what the HTTP stack costs).
+    """
     cue_id = open_inboxes("raw", server, ["bench-floor"], True)[0]
-    kw = dict(base_url=server.base_url, api_key=server.api_key, cue_id=cue_id)
-    results = run_roles(
-        [Role(roles.floor, {**kw, "duration": plan.floor_seconds}) for _ in range(clients)],
-        timeout=plan.floor_seconds + 30,
-        samplers=[server],
+    kw = dict(
+        base_url=server.base_url,
+        api_key=server.api_key,
+        cue_id=cue_id,
+        duration=plan.floor_seconds * (2 if paced else 1),
+        gap=PACED_GAP if paced else None,
+        stdlib=stdlib,
+    )
+    results, counter = measured(
+        [server], [Role(roles.floor, kw) for _ in range(clients)], plan.floor_seconds * 2 + 30
     )
     lat = [x for r in results for x in r["latencies"]]
     elapsed = max(r["elapsed"] for r in results)
     who = "1 client process" if clients == 1 else f"{clients} client processes"
-    return Row(
+    how = f"{who}, " + ("20-80 ms apart" if paced else "back to back")
+    row = Row(
         key,
-        f"HTTP floor: GET /v1/cues/{{id}}, {who}, sequential each",
-        rate(len(lat), elapsed),
-        "req/s",
+        f"HTTP floor: GET /v1/cues/{{id}}, {how}",
+        None if paced else rate(len(lat), elapsed),
+        "req/s" if not paced else "",
         percentile(lat, 50),
         percentile(lat, 99),
-        note="raw httpx, keep-alive",
+        1.0,
+        "stdlib http.client, keep-alive" if stdlib else "httpx, keep-alive",
     )
+    return with_cpu(row, counter, results, len(lat))
 
 
 # -- 2, 3, 7: one-way messages ------------------------------------------------------------
@@ -122,9 +172,8 @@ def one_way(
     through the next one, so every message crosses replicas.
     """
     n = len(servers)
-    inboxes = open_inboxes(
-        kind, servers[0], [f"{prefix}-in-{i}" for i in range(pairs)], extensions
-    )
+    names = [f"{prefix}-in-{i}" for i in range(pairs)]
+    inboxes = open_inboxes(kind, servers[0], names, extensions)
     role_list: list[Role] = []
     for i in range(pairs):
         send_srv, recv_srv = servers[i % n], servers[(i + 1) % n]
@@ -132,12 +181,7 @@ def one_way(
         role_list.append(
             Role(
                 roles.receiver,
-                dict(
-                    base_url=recv_srv.base_url,
-                    api_key=recv_srv.api_key,
-                    name=f"{prefix}-in-{i}",
-                    **common,
-                ),
+                dict(base_url=recv_srv.base_url, api_key=recv_srv.api_key, name=names[i], **common),
             )
         )
         role_list.append(
@@ -152,11 +196,7 @@ def one_way(
                 ),
             )
         )
-    counter = Counter(servers)
-    results = run_roles(
-        role_list, timeout=plan.deadline + 30, before_go=counter.start, samplers=servers
-    )
-    requests = counter.stop()
+    results, counter = measured(servers, role_list, plan.deadline + 30)
     receivers, senders = results[0::2], results[1::2]
     got = sum(r["received"] for r in receivers)
     span = max(r["t_last"] for r in receivers) - min(r["t_start"] for r in senders)
@@ -171,46 +211,39 @@ def one_way(
         "msg/s",
         percentile(lat, 50),
         percentile(lat, 99),
-        requests / got if got else None,
+        counter.count / got if got else None,
         note,
-        extra={"requests": requests, "messages": got},
+        extra={"requests": counter.count, "messages": got},
     )
-    return row, receivers
+    return with_cpu(row, counter, results, got), receivers
 
 
 def cycle(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
     """One client: send to itself, receive, ack, one message at a time."""
-    counter = Counter([server])
-    [result] = run_roles(
-        [
-            Role(
-                roles.cycle,
-                dict(
-                    kind=kind,
-                    base_url=server.base_url,
-                    api_key=server.api_key,
-                    name="bench-cycle",
-                    count=plan.cycles,
-                    deadline=plan.deadline,
-                ),
-            )
-        ],
-        timeout=plan.deadline + 30,
-        before_go=counter.start,
-        samplers=[server],
+    role = Role(
+        roles.cycle,
+        dict(
+            kind=kind,
+            base_url=server.base_url,
+            api_key=server.api_key,
+            name="bench-cycle",
+            count=plan.cycles,
+            deadline=plan.deadline,
+        ),
     )
-    requests = counter.stop()
-    lat = result["latencies"]
-    return Row(
+    results, counter = measured([server], [role], plan.deadline + 30)
+    lat = results[0]["latencies"]
+    row = Row(
         key,
         "one-way cycle: 1 client, send -> receive -> ack, one at a time",
-        rate(len(lat), result["elapsed"]),
+        rate(len(lat), results[0]["elapsed"]),
         "msg/s",
         percentile(lat, 50),
         percentile(lat, 99),
-        requests / len(lat) if lat else None,
+        counter.count / len(lat) if lat else None,
         driver_label(kind),
     )
+    return with_cpu(row, counter, results, len(lat))
 
 
 # -- 4: RPC -------------------------------------------------------------------------------
@@ -220,32 +253,26 @@ def rpc(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
     """One requester, one responder: `request` against `serve`, one call at a time."""
     [svc] = open_inboxes(kind, server, ["bench-svc"], True)
     common = dict(kind=kind, base_url=server.base_url, api_key=server.api_key)
-    counter = Counter([server])
-    results = run_roles(
-        [
-            Role(roles.responder, dict(name="bench-svc", **common)),
-            Role(
-                roles.requester,
-                dict(name="bench-caller", to=svc, count=plan.rpc_calls, deadline=plan.deadline, **common),
-            ),
-        ],
-        timeout=plan.deadline + 30,
-        before_go=counter.start,
-        stop_after=[1],
-        samplers=[server],
-    )
-    requests = counter.stop()
+    role_list = [
+        Role(roles.responder, dict(name="bench-svc", **common)),
+        Role(
+            roles.requester,
+            dict(name="bench-caller", to=svc, count=plan.rpc_calls, deadline=plan.deadline, **common),
+        ),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 30, stop_after=[1])
     lat = results[1]["latencies"]
-    return Row(
+    row = Row(
         key,
         "RPC: request -> serve -> reply, 1 caller, 1 responder (long-poll)",
         rate(len(lat), results[1]["elapsed"]),
         "call/s",
         percentile(lat, 50),
         percentile(lat, 99),
-        requests / len(lat) if lat else None,
+        counter.count / len(lat) if lat else None,
         driver_label(kind),
     )
+    return with_cpu(row, counter, results, len(lat))
 
 
 # -- 5: fire-to-handler latency -----------------------------------------------------------
@@ -268,7 +295,6 @@ def fire_to_handler(
     """
     slow = poll is not None or paced
     count = plan.f2h_polling if slow else plan.f2h_long_poll
-    gap = (0.3, 1.3) if slow else (0.02, 0.08)
     [inbox] = open_inboxes(kind, server, ["bench-f2h"], extensions)
     common = dict(
         kind=kind,
@@ -278,17 +304,14 @@ def fire_to_handler(
         deadline=plan.deadline,
         extensions=extensions,
     )
-    counter = Counter([server])
-    results = run_roles(
-        [
-            Role(roles.handler_receiver, dict(name="bench-f2h", poll=poll, **common)),
-            Role(roles.paced_sender, dict(name="bench-f2h-out", to=inbox, gap=gap, **common)),
-        ],
-        timeout=plan.deadline + 30,
-        before_go=counter.start,
-        samplers=[server],
-    )
-    requests = counter.stop()
+    role_list = [
+        Role(roles.handler_receiver, dict(name="bench-f2h", poll=poll, **common)),
+        Role(
+            roles.paced_sender,
+            dict(name="bench-f2h-out", to=inbox, gap=SLOW_GAP if slow else PACED_GAP, **common),
+        ),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 30)
     lat = results[0]["latencies"]
     if poll is not None:
         how = f"polling every {poll:g} s, plain contract"
@@ -296,16 +319,17 @@ def fire_to_handler(
         how = "long-poll (claim.wait)"
     else:
         how = "plain contract: the client polls 50 ms doubling to 1 s"
-    return Row(
+    row = Row(
         key,
         f"fire-to-handler latency, {how}",
         len(lat),
         "samples",
         percentile(lat, 50),
         percentile(lat, 99),
-        requests / len(lat) if lat else None,
+        counter.count / len(lat) if lat else None,
         driver_label(kind, extensions),
     )
+    return with_cpu(row, counter, results, len(lat))
 
 
 # -- 6: idle receiver ---------------------------------------------------------------------
@@ -314,34 +338,29 @@ def fire_to_handler(
 def idle(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
     """A receiver with nothing to receive: how many requests does it make?"""
     open_inboxes(kind, server, ["bench-idle"], True)
-    counter = Counter([server])
-    [result] = run_roles(
-        [
-            Role(
-                roles.idle_receiver,
-                dict(
-                    kind=kind,
-                    base_url=server.base_url,
-                    api_key=server.api_key,
-                    name="bench-idle",
-                    wait=plan.idle_wait,
-                    duration=plan.idle_seconds,
-                ),
-            )
-        ],
-        timeout=plan.idle_seconds + 30,
-        before_go=counter.start,
-        samplers=[server],
+    role = Role(
+        roles.idle_receiver,
+        dict(
+            kind=kind,
+            base_url=server.base_url,
+            api_key=server.api_key,
+            name="bench-idle",
+            wait=plan.idle_wait,
+            duration=plan.idle_seconds,
+        ),
     )
-    requests = counter.stop()
-    elapsed = result["elapsed"]
+    [result], counter = measured([server], [role], plan.idle_seconds + 30)
+    requests, elapsed = counter.count, result["elapsed"]
     periods = elapsed / plan.idle_wait
+    minutes = elapsed / 60
     return Row(
         key,
-        f"idle receiver, wait {plan.idle_wait:g} s, for {elapsed:.0f} s",
-        requests / elapsed * 60,
+        f"idle receiver, long-poll wait {plan.idle_wait:g} s, for {elapsed:.0f} s",
+        requests / minutes,
         "req/min",
         note=f"{driver_label(kind)}; {requests} requests in {periods:.1f} wait periods",
+        server_cpu=counter.cpu / minutes,
+        client_cpu=result.get("cpu", 0.0) / minutes,
         extra={"requests": requests, "periods": periods},
     )
 
@@ -359,45 +378,45 @@ def batch(plan: Plan, server: ServerProc, *, key: str) -> Row:
         batch=plan.batch_size,
         deadline=plan.deadline,
     )
-    counter = Counter([server])
-    results = run_roles(
-        [
-            Role(roles.batch_receiver, dict(task="bench-batch", **common)),
-            Role(roles.batch_sender, dict(to=inbox, **common)),
-        ],
-        timeout=plan.deadline + 30,
-        before_go=counter.start,
-        samplers=[server],
-    )
-    requests = counter.stop()
+    role_list = [
+        Role(roles.batch_receiver, dict(task="bench-batch", **common)),
+        Role(roles.batch_sender, dict(to=inbox, **common)),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 30)
     got = results[0]["received"]
     span = results[0]["t_last"] - results[1]["t_start"]
-    return Row(
+    row = Row(
         key,
-        f"one-way, batched: fire_many / claim_next(limit) / report_outcomes of {plan.batch_size}, 1 pair",
+        f"one-way, batched by {plan.batch_size}: fire_many / claim_next(limit) / report_outcomes,"
+        " 1 pair",
         rate(got, span),
         "msg/s",
-        req_per_msg=requests / got if got else None,
+        req_per_msg=counter.count / got if got else None,
         note="raw client (fire.batch, claim.many, outcome.batch)",
     )
+    return with_cpu(row, counter, results, got)
 
 
 # -- 9: memory ----------------------------------------------------------------------------
 
 
 def memory(server: ServerProc, receivers: list[dict[str, Any]], key: str) -> list[Row]:
+    """Peak RSS of the server (whole SQLite run) and of the largest receiver (8 pairs)."""
     mib = 2**20
     peak_recv = max((r.get("peak_rss", 0) for r in receivers), default=0)
     return [
-        Row(f"{key}a", "peak RSS, server process (SQLite), whole run", server.peak_rss() / mib, "MiB",
-            note="VmHWM of `cuemsg serve`"),
-        Row(f"{key}b", "peak RSS, a receiving client process (8-pair run)", peak_recv / mib or None,
-            "MiB", note="ru_maxrss of the largest receiver"),
+        Row(
+            f"{key}a",
+            "peak RSS, server process (SQLite), whole run",
+            server.peak_rss() / mib,
+            "MiB",
+            note="VmHWM of `cuemsg serve`",
+        ),
+        Row(
+            f"{key}b",
+            "peak RSS, a receiving client process (8-pair run)",
+            peak_recv / mib or None,
+            "MiB",
+            note="ru_maxrss of the largest receiver",
+        ),
     ]
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-Step = Callable[[], None]

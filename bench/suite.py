@@ -32,7 +32,7 @@ from bench.rows import Plan
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "5c", "6",
+    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "5c", "6",
     "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B",
 ]  # fmt: skip
 
@@ -74,8 +74,10 @@ class Suite:
         p, k = self.plan, self.kind
         self.log("SQLite server, extensions on")
         with servers(lambda: start_server(str(wd / "ext.db"), label="sqlite", workdir=wd)) as [s]:
-            self.add("1a", "HTTP floor, 1 client", lambda: rows.floor(p, s, 1, "1a"))
-            self.add("1b", "HTTP floor, 8 clients", lambda: rows.floor(p, s, 8, "1b"))
+            self.add("1a", "HTTP floor, 1 client", lambda: rows.floor(p, s, key="1a"))
+            self.add("1b", "HTTP floor, 8 clients", lambda: rows.floor(p, s, key="1b", clients=8))
+            self.add("1c", "HTTP floor, paced", lambda: rows.floor(p, s, key="1c", paced=True))
+            self.add("1d", "HTTP floor, http.client", lambda: rows.floor(p, s, key="1d", stdlib=True))
             self.add("2a", "one-way cycle", lambda: rows.cycle(p, s, key="2a", kind=k))
             self.add("2b", "one-way, 1 pair", lambda: self.one_way([s], "2b", 1, k, "ow1"))
             self.add("2c", "one-way, 8 pairs", lambda: self.one_way([s], "2c", 8, k, "ow8"))
@@ -240,8 +242,14 @@ def _ratios(report: Report) -> list[Ratio]:
         ),
         Ratio(
             "T2", "fire-to-handler vs floor round trips",
+            "fire-to-handler p50 with long-poll (5a) / paced floor p50 (1c)",
+            _div(g("5a", "p50"), g("1c", "p50")), 2.0,
+            note="the floor paced as the sender is: both wake from idle each time",
+        ),
+        Ratio(
+            "R0", "fire-to-handler vs back-to-back floor",
             "fire-to-handler p50 with long-poll (5a) / floor p50 (1a)",
-            _div(g("5a", "p50"), floor_p50), 2.0,
+            _div(g("5a", "p50"), floor_p50),
         ),
         Ratio(
             "T3", "idle receiver: requests per wait period",
@@ -252,6 +260,17 @@ def _ratios(report: Report) -> list[Ratio]:
             "T4", "HTTP requests per one-way message",
             "server requests / messages, 1 pair with the extensions (2b)",
             g("2b", "req_per_msg"), 3.0,
+        ),
+        Ratio(
+            "R11", "client vs server CPU per one-way message",
+            "client CPU / server CPU per message, 1 pair (2b)",
+            _div(g("2b", "client_cpu"), g("2b", "server_cpu")),
+            note="above 1: the client's CPU, not the server's, caps a message",
+        ),
+        Ratio(
+            "R12", "httpx vs http.client per request (client CPU)",
+            "client CPU per GET with httpx (1a) / with http.client (1d)",
+            _div(g("1a", "client_cpu"), g("1d", "client_cpu")),
         ),
         Ratio(
             "R1", "what the extensions buy, 1 pair",
