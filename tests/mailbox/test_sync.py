@@ -383,3 +383,29 @@ def test_a_lost_lease_is_reported_not_acked(short_lease_server: RunningServer) -
         gen.close()
         for mb in (a, b1, b2):
             mb.close()
+
+
+def test_timeout_names_a_dead_responder(short_lease_server: RunningServer) -> None:
+    srv = short_lease_server
+    with CueClient(srv.new_key(), srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=POLL)
+        b = Mailbox.open(client, "b", poll_wait=POLL)
+        caught: list[RequestTimeout] = []
+
+        def ask() -> None:
+            with pytest.raises(RequestTimeout) as info:
+                a.request(b.address, "are you there?", timeout=2.0)
+            caught.append(info.value)
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        gen = b.receive(wait=5)
+        msg = next(gen)  # claimed it ...
+        b._core.leases.release(msg.execution_id)  # ... then hung: no heartbeat, no outcome
+        asking.join(timeout=10)
+        [err] = caught
+        assert err.reason == "dead_responder", str(err)
+        assert "lost the lease" in str(err)
+        gen.close()
+        for mb in (a, b):
+            mb.close()
