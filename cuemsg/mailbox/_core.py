@@ -893,12 +893,18 @@ class MailboxCore:
     def _meta_state(self, state: str, **extra: Any) -> dict[str, Any]:
         return {"cuemsg": {"state": state, **{k: v for k, v in extra.items() if v is not None}}}
 
-    def _lease_lost(self, execution_id: str, message_id: str, why: BaseException) -> LeaseLost:
+    def _lease_lost(
+        self, execution_id: str, message_id: str | None, why: BaseException
+    ) -> LeaseLost:
         if self.leases.mark_lost(execution_id, why) or execution_id not in self.leases:
             self.stats.count("redelivered")
+        what = (
+            f"message {message_id} (execution {execution_id})"
+            if message_id
+            else (f"execution {execution_id}")
+        )
         err = LeaseLost(
-            f"lost the lease on message {message_id} (execution {execution_id}): {why}; "
-            "it was not acked here and will be delivered again"
+            f"lost the lease on {what}: {why}; it was not acked here and will be delivered again"
         )
         log.warning("%s", err)
         return err
@@ -1641,7 +1647,7 @@ class MailboxCore:
             try:
                 yield Heartbeat(eid, self.info.worker_id)
             except (Forbidden, Conflict, NotFound) as exc:
-                self._lease_lost(eid, "?", exc)
+                self._lease_lost(eid, None, exc)
             except CuemsgError as exc:
                 log.debug("heartbeat of %s failed (%s); next time", eid, exc)
         if self.presence.due(now):
