@@ -22,6 +22,7 @@ def _serve(args: argparse.Namespace) -> int:
             lease_seconds=args.lease_seconds,
             unclaimed_timeout=args.unclaimed_timeout,
             rate_limit=args.rate_limit,
+            sweep_interval=args.sweep_interval,
             extensions=False if args.no_extensions else None,
             access_log=args.access_log or None,
         )
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lease-seconds", type=float, default=None, help="claim lease (60)")
     serve.add_argument(
         "--unclaimed-timeout", type=float, default=None, help="seconds to 'missed' (0 = never)"
+    )
+    serve.add_argument(
+        "--sweep-interval", type=float, default=None, help="seconds between lease checks (0.5)"
     )
     serve.add_argument("--rate-limit", type=int, default=None, help="requests/min/key (0 = off)")
     serve.add_argument(

@@ -73,6 +73,7 @@ class Stats(msgspec.Struct):
     """Counters the benchmark reads from `/health`."""
 
     requests: int = 0
+    claim_attempts: int = 0  # claim-next statements run, woken long-polls included
     started_at: float = 0.0
 
 
@@ -109,7 +110,7 @@ class Server:
     def drain(self) -> None:
         """Shutdown begins: parked claims answer now instead of waiting on."""
         self.draining = True
-        self.storage.notifier.close()
+        self.storage.notifier.wake_all()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -383,8 +384,10 @@ async def claim_next(ctx: Ctx) -> Response:
     deadline = time.monotonic() + wait
     while True:
         # Subscribe before trying, so a fire between the try and the wait still wakes us.
-        waiter = storage.notifier.subscribe(ctx.tenant_id, body.task) if wait else None
+        waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent) if wait else None
+        woke = False
         try:
+            server.stats.claim_attempts += 1
             claimed = await storage.claim_next(
                 ctx.tenant_id,
                 body.worker_id,
@@ -397,18 +400,22 @@ async def claim_next(ctx: Ctx) -> Response:
             if claimed:
                 break
             remaining = deadline - time.monotonic()
-            if (
-                waiter is None
-                or remaining <= 0
-                or server.draining
-                or not await waiter.wait(remaining)
+            woke = (
+                waiter is not None
+                and remaining > 0
+                and not server.draining
+                and await waiter.wait(remaining)
                 # A client that hung up must not be handed a message it will never see.
-                or await ctx.request.is_disconnected()
-            ):
+                and not await ctx.request.is_disconnected()
+            )
+            if not woke:
                 what = f" for task {body.task!r}" if body.task is not None else ""
                 raise ApiProblem(409, "claim_failed", f"no claimable execution{what}")
         finally:
             if waiter is not None:
+                if not woke:
+                    # A wake that arrived after our try is not ours to keep: hand it on.
+                    waiter.pass_on()
                 waiter.close()
     with_payload = "claim.payload" in server.extensions
     if body.limit is None:
@@ -585,6 +592,7 @@ async def health(request: Request, server: Server) -> Response:
         {
             "status": "ok",
             "requests": server.stats.requests,
+            "claim_attempts": server.stats.claim_attempts,
             "waiting_claims": server.storage.notifier.waiting(),
         }
     )

@@ -2,15 +2,22 @@
 
 A waiter subscribes to (tenant, task) *before* it tries to claim, so a fire
 that commits between its failed claim and its wait still wakes it. Waiters
-with no task filter hear every fire of their tenant. This is in-process only;
-the PostgreSQL backend feeds it from LISTEN/NOTIFY so other replicas' fires
-wake local waiters too.
+with no task filter hear every fire of their tenant.
+
+`notify(tenant, task, count)` wakes `count` waiters, oldest first (those on
+the task before the tenant-wide ones), not all of them: waking every waiter
+for one message makes all but one run a claim that finds nothing. A woken
+waiter that leaves without claiming hands its wake on (`Waiter.pass_on`), so
+no wake is lost. Waiters with an `agent` filter cannot tell from here whether
+the work is theirs, so they are all woken.
+
+This is in-process only; the PostgreSQL backend feeds it from LISTEN/NOTIFY
+so other replicas' fires wake local waiters too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 _Key = tuple[str, "str | None"]
 
@@ -18,12 +25,13 @@ _Key = tuple[str, "str | None"]
 class Waiter:
     """One subscription; `wait()` returns True when woken, False on timeout."""
 
-    __slots__ = ("_fut", "_key", "_notifier")
+    __slots__ = ("_fut", "_key", "_notifier", "agent")
 
-    def __init__(self, notifier: Notifier, key: _Key) -> None:
+    def __init__(self, notifier: Notifier, key: _Key, agent: str | None) -> None:
         self._notifier = notifier
         self._key = key
-        self._fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.agent = agent
+        self._fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     async def wait(self, timeout: float) -> bool:
         try:
@@ -32,50 +40,70 @@ class Waiter:
         except asyncio.TimeoutError:
             return False
 
+    @property
+    def woken(self) -> bool:
+        return self._fut.done() and not self._fut.cancelled()
+
+    def pass_on(self) -> None:
+        """This waiter was woken but will not claim: wake the next one instead."""
+        if self.woken:
+            self._notifier.notify(self._key[0], self._fut.result())
+
     def close(self) -> None:
         waiters = self._notifier._waiters.get(self._key)
         if waiters is not None:
-            waiters.discard(self)
+            waiters.pop(self, None)
             if not waiters:
                 del self._notifier._waiters[self._key]
         if not self._fut.done():
             self._fut.cancel()
 
-    def _wake(self) -> None:
+    def _wake(self, task: str | None) -> None:
         if not self._fut.done():
-            self._fut.set_result(None)
+            self._fut.set_result(task)
 
 
 class Notifier:
-    """Maps (tenant, task) to the claims waiting for it."""
+    """Maps (tenant, task) to the claims waiting for it, in arrival order."""
 
     def __init__(self) -> None:
-        self._waiters: dict[_Key, set[Waiter]] = {}
+        # dicts as ordered sets: the oldest waiter is woken first
+        self._waiters: dict[_Key, dict[Waiter, None]] = {}
 
-    def subscribe(self, tenant_id: str, task: str | None) -> Waiter:
+    def subscribe(self, tenant_id: str, task: str | None, agent: str | None = None) -> Waiter:
         key = (tenant_id, task)
-        waiter = Waiter(self, key)
-        self._waiters.setdefault(key, set()).add(waiter)
+        waiter = Waiter(self, key, agent)
+        self._waiters.setdefault(key, {})[waiter] = None
         return waiter
 
-    def notify(self, tenant_id: str, task: str | None) -> None:
-        """Work arrived for `task` (None: unknown task, wake every waiter of the tenant)."""
+    def notify(self, tenant_id: str, task: str | None, count: int = 1) -> None:
+        """`count` executions of `task` became claimable for this tenant."""
         if not self._waiters:
             return
-        if task is None:
-            keys = [k for k in self._waiters if k[0] == tenant_id]
-        else:
-            keys = [(tenant_id, task), (tenant_id, None)]
+        keys = [(tenant_id, task)] if task is None else [(tenant_id, task), (tenant_id, None)]
         for key in keys:
-            for waiter in self._waiters.pop(key, ()):
-                waiter._wake()
+            waiters = self._waiters.get(key)
+            if not waiters:
+                continue
+            for waiter in list(waiters):
+                if waiter.agent is None:
+                    if count <= 0:
+                        continue
+                    count -= 1
+                del waiters[waiter]
+                waiter._wake(task)
+            if not waiters:
+                del self._waiters[key]
+
+    def wake_all(self) -> None:
+        """Wake every waiter (shutdown, or notifications may have been missed)."""
+        waiters, self._waiters = self._waiters, {}
+        for group in waiters.values():
+            for waiter in group:
+                waiter._wake(waiter._key[1])
 
     def waiting(self) -> int:
         return sum(len(s) for s in self._waiters.values())
 
     def close(self) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                with contextlib.suppress(Exception):
-                    waiter._wake()
-        self._waiters.clear()
+        self.wake_all()

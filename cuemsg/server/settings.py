@@ -88,8 +88,12 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ServerSettings:
-        """Settings from `CUEMSG_DB`, `CUEMSG_LEASE_SECONDS`, `CUEMSG_UNCLAIMED_TIMEOUT`,
-        `CUEMSG_RATE_LIMIT`, `CUEMSG_EXTENSIONS` (0/1), then `overrides` (None ignored)."""
+        """Settings from the environment, then `overrides` (None values ignored).
+
+        Reads `CUEMSG_DB`, `CUEMSG_LEASE_SECONDS`, `CUEMSG_UNCLAIMED_TIMEOUT`,
+        `CUEMSG_RATE_LIMIT`, `CUEMSG_SWEEP_INTERVAL`, `CUEMSG_SQLITE_SYNCHRONOUS`
+        and `CUEMSG_EXTENSIONS` (0/1); a value that does not parse raises ValueError.
+        """
         values: dict[str, Any] = {}
         env = os.environ
         casts: dict[str, Any] = {
@@ -97,6 +101,7 @@ class ServerSettings:
             "lease_seconds": float,
             "unclaimed_timeout": float,
             "rate_limit": int,
+            "sweep_interval": float,
             "sqlite_synchronous": str,
         }
         for name, cast in casts.items():

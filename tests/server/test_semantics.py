@@ -290,3 +290,30 @@ def test_shutdown_answers_parked_claims_at_once() -> None:
         api.close()
     error_of(result["r"], 409, "claim_failed")
     assert stopped_in < 10  # hang guard: it did not sit out the 30 s wait
+
+
+def test_one_fire_wakes_one_of_many_parked_claims(srv: RunningServer, api: Api) -> None:
+    cue = api.cue(payload={"task": "herd"})
+    results: list[httpx.Response] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(api.claim(f"w{i}", task="herd", wait=2)))
+        for i in range(4)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{srv.base_url}/health").json()["waiting_claims"] < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    before = httpx.get(f"{srv.base_url}/health").json()["claim_attempts"]
+    eid = api.fire(cue["id"])["id"]
+    deadline = time.monotonic() + 5
+    while not results:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    # Only the woken claim ran again: the other three stayed parked (no herd).
+    assert httpx.get(f"{srv.base_url}/health").json()["claim_attempts"] - before == 1
+    for t in threads:
+        t.join(10)
+    assert sorted(r.status_code for r in results) == [200, 409, 409, 409]
+    assert [r.json()["execution_id"] for r in results if r.status_code == 200] == [eid]

@@ -359,7 +359,11 @@ async def test_fire_wakes_a_waiter_of_its_task_only(db_url: str) -> None:
         for_a, for_b, for_any = (s.notifier.subscribe(t, k) for k in ("a", "b", None))
         try:
             await s.fire(t, [new_fire(cue.id)], T0)
-            assert await for_a.wait(5) and await for_any.wait(5)
+            # One execution wakes one waiter: the task's own before the tenant-wide one.
+            assert await for_a.wait(5)
+            assert not await for_any.wait(0.05)
+            await s.fire(t, [new_fire(cue.id)], T0)
+            assert await for_any.wait(5)
             assert not await for_b.wait(0.05)
         finally:
             for w in (for_a, for_b, for_any):

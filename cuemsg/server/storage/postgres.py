@@ -50,6 +50,7 @@ import hashlib
 import logging
 import re
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -194,6 +195,7 @@ _decode_handlers = msgspec.json.Decoder(list[str]).decode
 class _Wake(msgspec.Struct, array_like=True):
     tenant: str
     task: str | None
+    n: int = 1  # how many executions: wakes that many waiters
 
 
 class _Relay(msgspec.Struct):
@@ -281,15 +283,15 @@ def channel_name(schema: str) -> str:
     return "cuemsg_" + hashlib.sha256(schema.encode()).hexdigest()[:24]
 
 
-def _relay_payloads(replica: str, pairs: Iterable[tuple[str, str | None]]) -> list[str]:
+def _relay_payloads(replica: str, pairs: Iterable[tuple[str, str | None, int]]) -> list[str]:
     """NOTIFY payloads for these wake-ups, each under PostgreSQL's 8000-byte limit."""
     payloads: list[str] = []
     batch: list[_Wake] = []
     size = 0
-    for tenant, task in pairs:
+    for tenant, task, count in pairs:
         if task is not None and len(task) > _LONG_TASK:
-            task = None  # too long to carry: wake every waiter of the tenant
-        item = _Wake(tenant, task)
+            task, count = None, 1 << 30  # too long to carry: wake every waiter of the tenant
+        item = _Wake(tenant, task, count)
         item_size = len(_encode(item)) + 1
         if batch and size + item_size > _NOTIFY_MAX:
             payloads.append(_encode(_Relay(replica, batch)).decode())
@@ -518,11 +520,11 @@ class PostgresStorage:
 
     # -- wake-ups across replicas ------------------------------------------------
 
-    def _payloads(self, pairs: Iterable[tuple[str, str | None]]) -> list[str]:
+    def _payloads(self, pairs: Iterable[tuple[str, str | None, int]]) -> list[str]:
         return _relay_payloads(self.replica_id, pairs)
 
     async def _publish(
-        self, conn: AsyncConnection[Any], pairs: Iterable[tuple[str, str | None]]
+        self, conn: AsyncConnection[Any], pairs: Iterable[tuple[str, str | None, int]]
     ) -> None:
         """NOTIFY the other replicas (inside a transaction: delivered at its commit)."""
         for payload in self._payloads(pairs):
@@ -542,7 +544,7 @@ class PostgresStorage:
                     log.warning("LISTEN connection re-established")
                     # Whatever was notified while we were away is lost: let every
                     # local waiter look again.
-                    self._wake_everyone()
+                    self.notifier.wake_all()
                     backoff = 0.1
                 async for note in conn.notifies(timeout=_LISTEN_CHECK):
                     self._relay(note.payload)
@@ -567,11 +569,7 @@ class PostgresStorage:
         if relay.r == self.replica_id:
             return  # our own: local waiters were woken at commit
         for wake in relay.w:
-            self.notifier.notify(wake.tenant, wake.task)
-
-    def _wake_everyone(self) -> None:
-        for tenant in {key[0] for key in list(self.notifier._waiters)}:
-            self.notifier.notify(tenant, None)
+            self.notifier.notify(wake.tenant, wake.task, wake.n)
 
     # -- meta ------------------------------------------------------------------
 
@@ -772,7 +770,7 @@ class PostgresStorage:
                     "at": execution.scheduled_for,
                     "max": execution.max_attempts,
                     "channel": self.channel,
-                    "note": self._payloads([(tenant_id, execution.task)])[0],
+                    "note": self._payloads([(tenant_id, execution.task, 1)])[0],
                     "wake": wake,
                 },
             )
@@ -900,17 +898,16 @@ class PostgresStorage:
                     )
                     cues[cue_id].fired_count += counts[cue_id]
                     cues[cue_id].last_run = now
-            wake = list(
-                dict.fromkeys(
-                    (tenant_id, e.task)
-                    for e in created
-                    if e.scheduled_for <= now and e.transport == "worker"
-                )
-            )
+            wake = [
+                (tenant_id, task, count)
+                for task, count in Counter(
+                    e.task for e in created if e.scheduled_for <= now and e.transport == "worker"
+                ).items()
+            ]
             if wake:
                 await self._publish(conn, wake)
-        for pair in wake:
-            self.notifier.notify(*pair)
+        for tenant, task, count in wake:
+            self.notifier.notify(tenant, task, count)
         return out
 
     @staticmethod
@@ -1169,7 +1166,7 @@ class PostgresStorage:
         # Each UPDATE takes only rows nobody else holds (SKIP LOCKED): replicas
         # sweeping at once split the work, never wait on each other, never deadlock;
         # a row skipped now (an outcome is being written) is looked at next pass.
-        requeued: list[tuple[str, str | None]] = []
+        requeued: list[tuple[str, str | None, int]] = []
         async with self._conn() as conn:
             # Past the claim cap: a message that kills every receiver stops here.
             await conn.execute(
@@ -1194,7 +1191,8 @@ class PostgresStorage:
                 f"FROM gone WHERE e.seq = gone.seq AND {_IS_RELAXED} RETURNING e.tenant_id, e.task",
                 (now, now),
             )
-            requeued = list(dict.fromkeys((r[0], r[1]) for r in await cur.fetchall()))
+            counts = Counter((r[0], r[1]) for r in await cur.fetchall())
+            requeued = [(tenant, task, n) for (tenant, task), n in counts.items()]
             if requeued:
                 # Waiters on other replicas want these too (committed already: autocommit).
                 await self._publish(conn, requeued)
@@ -1210,17 +1208,18 @@ class PostgresStorage:
             # Scheduled work that came due: every replica sweeps, so each wakes
             # only its own waiters.
             cur = await conn.execute(
-                "SELECT DISTINCT tenant_id, task FROM cuemsg_executions "
+                "SELECT tenant_id, task, count(*) FROM cuemsg_executions "
                 "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > %s "
-                "AND scheduled_for <= %s",
+                "AND scheduled_for <= %s AND scheduled_for > created_at "
+                "GROUP BY tenant_id, task",
                 (since, now),
             )
-            due = [(r[0], r[1]) for r in await cur.fetchall()]
+            due = [(r[0], r[1], int(r[2])) for r in await cur.fetchall()]
             await conn.execute(
                 "DELETE FROM cuemsg_idempotency WHERE (tenant_id, cue_id, key) IN "
                 "(SELECT tenant_id, cue_id, key FROM cuemsg_idempotency WHERE created_at < %s "
                 "LIMIT 10000 FOR UPDATE SKIP LOCKED)",
                 (now - IDEMPOTENCY_TTL,),
             )
-        for tenant_id, task in (*requeued, *due):
-            self.notifier.notify(tenant_id, task)
+        for tenant_id, task, count in (*requeued, *due):
+            self.notifier.notify(tenant_id, task, count)

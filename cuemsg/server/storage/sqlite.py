@@ -13,6 +13,7 @@ cut may lose the last commits; `synchronous="FULL"` trades speed for that.
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -376,9 +377,9 @@ class SQLiteStorage:
                 created.append(execution)
             for cue in cues.values():
                 db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(cue), cue.id))
-        for execution in created:
-            if execution.scheduled_for <= now and execution.transport == "worker":
-                self.notifier.notify(tenant_id, execution.task)
+        due = Counter(e.task for e in created if e.scheduled_for <= now and e.transport == "worker")
+        for task, count in due.items():
+            self.notifier.notify(tenant_id, task, count)
         return out
 
     # -- executions ------------------------------------------------------------
@@ -554,7 +555,7 @@ class SQLiteStorage:
     # -- time ------------------------------------------------------------------
 
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
-        wake: set[tuple[str, str | None]] = set()
+        wake: Counter[tuple[str, str | None]] = Counter()
         with self._tx() as db:
             # Past the claim cap: a message that kills every receiver stops here.
             db.execute(
@@ -566,14 +567,15 @@ class SQLiteStorage:
                 "AND attempts >= max_attempts",
                 (now, now, now),
             )
-            for tenant_id, task in db.execute(
-                "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                "claimed_at = NULL, lease_expires_at = NULL, updated_at = ? "
-                "WHERE status = 'delivering' AND lease_expires_at < ? "
-                "RETURNING tenant_id, task",
-                (now, now),
-            ).fetchall():
-                wake.add((tenant_id, task))
+            wake.update(
+                db.execute(
+                    "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
+                    "claimed_at = NULL, lease_expires_at = NULL, updated_at = ? "
+                    "WHERE status = 'delivering' AND lease_expires_at < ? "
+                    "RETURNING tenant_id, task",
+                    (now, now),
+                ).fetchall()
+            )
             if unclaimed_timeout > 0:
                 db.execute(
                     "UPDATE executions SET status = 'missed', updated_at = ? "
@@ -581,13 +583,13 @@ class SQLiteStorage:
                     "AND scheduled_for < ?",
                     (now, now - unclaimed_timeout),
                 )
-            for tenant_id, task in db.execute(
-                "SELECT DISTINCT tenant_id, task FROM executions "
+            for tenant_id, task, count in db.execute(
+                "SELECT tenant_id, task, count(*) FROM executions "
                 "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "
-                "AND scheduled_for <= ?",
+                "AND scheduled_for <= ? AND scheduled_for > created_at GROUP BY tenant_id, task",
                 (since, now),
             ).fetchall():
-                wake.add((tenant_id, task))
+                wake[(tenant_id, task)] += count
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,))
-        for tenant_id, task in wake:
-            self.notifier.notify(tenant_id, task)
+        for (tenant_id, task), count in wake.items():
+            self.notifier.notify(tenant_id, task, count)

@@ -1,0 +1,68 @@
+"""The long-poll notifier: wake as many waiters as there is work, lose no wake."""
+
+from __future__ import annotations
+
+import pytest
+
+from cuemsg.server.notify import Notifier
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_one_execution_wakes_one_waiter_oldest_first() -> None:
+    n = Notifier()
+    first, second = n.subscribe("t1", "a"), n.subscribe("t1", "a")
+    n.notify("t1", "a")
+    assert first.woken and not second.woken
+    assert n.waiting() == 1
+    n.notify("t1", "a", count=5)
+    assert second.woken and n.waiting() == 0
+
+
+async def test_task_waiters_before_tenant_wide_and_tenants_apart() -> None:
+    n = Notifier()
+    anything = n.subscribe("t1", None)
+    on_task = n.subscribe("t1", "a")
+    other_tenant = n.subscribe("t2", "a")
+    n.notify("t1", "a")
+    assert on_task.woken and not anything.woken and not other_tenant.woken
+    n.notify("t1", "b")
+    assert anything.woken and not other_tenant.woken
+
+
+async def test_agent_filtered_waiters_all_wake() -> None:
+    n = Notifier()
+    agents = [n.subscribe("t1", "a", agent=f"x{i}") for i in range(3)]
+    plain = [n.subscribe("t1", "a") for _ in range(2)]
+    n.notify("t1", "a")
+    assert all(w.woken for w in agents)
+    assert [w.woken for w in plain] == [True, False]
+
+
+async def test_pass_on_hands_the_wake_to_the_next_waiter() -> None:
+    n = Notifier()
+    leaving, staying = n.subscribe("t1", "a"), n.subscribe("t1", "a")
+    n.notify("t1", "a")
+    assert leaving.woken and not staying.woken
+    leaving.pass_on()
+    leaving.close()
+    assert staying.woken
+
+
+async def test_wait_times_out_and_close_unsubscribes() -> None:
+    n = Notifier()
+    waiter = n.subscribe("t1", "a")
+    assert await waiter.wait(0.01) is False
+    waiter.close()
+    assert n.waiting() == 0
+    waiter.pass_on()  # never woken: hands nothing on
+    late = n.subscribe("t1", "a")
+    n.notify("t1", "a")
+    assert await late.wait(1) is True
+
+
+async def test_wake_all_wakes_everyone() -> None:
+    n = Notifier()
+    waiters = [n.subscribe(f"t{i}", None) for i in range(3)]
+    n.wake_all()
+    assert all(w.woken for w in waiters) and n.waiting() == 0
