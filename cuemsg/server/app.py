@@ -33,6 +33,7 @@ from cuemsg.server.storage.base import (
     CLAIMABLE_LIST_LIMIT,
     EXECUTION_STATES,
     Cue,
+    Execution,
     NewFire,
     Outcome,
     Storage,
@@ -443,9 +444,8 @@ async def heartbeat(ctx: Ctx) -> Response:
     )
 
 
-async def _record(ctx: Ctx, execution_id: str, body: wire.OutcomeBody) -> dict[str, Any]:
-    worker = ctx.request.headers.get("x-worker-id")
-    outcome = Outcome(
+def _outcome(body: wire.OutcomeBody, worker: str | None) -> Outcome:
+    return Outcome(
         success=body.success,
         result=body.result,
         error=body.error,
@@ -453,9 +453,9 @@ async def _record(ctx: Ctx, execution_id: str, body: wire.OutcomeBody) -> dict[s
         recorded_at=time.time(),
         worker_id=worker,
     )
-    execution = await ctx.server.storage.record_outcome(
-        ctx.tenant_id, execution_id, worker, outcome
-    )
+
+
+def _recorded(execution: Execution) -> dict[str, Any]:
     return {
         "execution_id": execution.id,
         "outcome_recorded": True,
@@ -465,18 +465,28 @@ async def _record(ctx: Ctx, execution_id: str, body: wire.OutcomeBody) -> dict[s
 
 async def outcome(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.OutcomeBody)
-    return _ok(await _record(ctx, ctx.param("execution_id"), body))
+    worker = ctx.request.headers.get("x-worker-id")
+    execution = await ctx.server.storage.record_outcome(
+        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker)
+    )
+    return _ok(_recorded(execution))
 
 
 async def outcome_batch(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.BatchOutcome)
-    results: list[dict[str, Any]] = []
-    for item in body.outcomes:
-        try:
-            results.append(await _record(ctx, item.execution_id, item))
-        except ApiProblem as p:
-            results.append({"execution_id": item.execution_id, **p.body()})
-    return _ok({"results": results})
+    worker = ctx.request.headers.get("x-worker-id")
+    items = [(item.execution_id, _outcome(item, worker)) for item in body.outcomes]
+    results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
+    return _ok(
+        {
+            "results": [
+                {"execution_id": execution_id, **r.body()}
+                if isinstance(r, ApiProblem)
+                else _recorded(r)
+                for (execution_id, _), r in zip(items, results, strict=True)
+            ]
+        }
+    )
 
 
 async def worker_heartbeat(ctx: Ctx) -> Response:

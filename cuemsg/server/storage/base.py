@@ -255,6 +255,12 @@ class Storage(Protocol):
     ) -> Execution:
         """Write-once outcome; 404, 403, 409 `outcome_already_recorded` / `..._not_claiming`."""
 
+    async def record_outcomes(
+        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
+    ) -> list[Execution | ApiProblem]:
+        """Many outcomes in one transaction; each item succeeds or fails on its own
+        (its `ApiProblem` is returned in its place, in order)."""
+
     # workers
     async def worker_heartbeat(
         self, tenant_id: str, worker_id: str, handlers: list[str], now: float

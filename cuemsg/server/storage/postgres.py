@@ -1137,6 +1137,37 @@ class PostgresStorage:
         assert row is not None
         return _execution(row)
 
+    async def record_outcomes(
+        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
+    ) -> list[Execution | ApiProblem]:
+        results: dict[int, Execution | ApiProblem] = {}
+        async with self._tx() as conn:  # one commit for the batch
+            # Lock rows in id order so two batches over the same rows cannot deadlock.
+            for index in sorted(range(len(items)), key=lambda i: items[i][0]):
+                execution_id, outcome = items[index]
+                try:
+                    status, holder, recorded = await self._locked(conn, tenant_id, execution_id)
+                    if recorded:
+                        raise outcome_already_recorded(execution_id)
+                    check_lease(execution_id, status, holder, worker_id)
+                except ApiProblem as problem:
+                    results[index] = problem
+                    continue
+                cur = await conn.execute(
+                    "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
+                    f"lease_expires_at = NULL WHERE id = %s RETURNING {_EXEC_COLS}",
+                    (
+                        "success" if outcome.success else "failed",
+                        _encode(outcome).decode(),
+                        outcome.recorded_at,
+                        execution_id,
+                    ),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                results[index] = _execution(row)
+        return [results[i] for i in range(len(items))]
+
     # -- workers ---------------------------------------------------------------
 
     async def worker_heartbeat(

@@ -512,20 +512,42 @@ class SQLiteStorage:
         self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
     ) -> Execution:
         with self._tx() as db:
-            status, holder, recorded = self._owned(db, tenant_id, execution_id)
-            if recorded is not None:
-                raise outcome_already_recorded(execution_id)
-            check_lease(execution_id, status, holder, worker_id)
-            row = db.execute(
-                "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
-                f"lease_expires_at = NULL WHERE id = ? RETURNING {_EXEC_COLS}",
-                (
-                    "success" if outcome.success else "failed",
-                    _encode(outcome),
-                    outcome.recorded_at,
-                    execution_id,
-                ),
-            ).fetchone()
+            return self._record(db, tenant_id, execution_id, worker_id, outcome)
+
+    async def record_outcomes(
+        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
+    ) -> list[Execution | ApiProblem]:
+        results: list[Execution | ApiProblem] = []
+        with self._tx() as db:  # one commit for the batch; each item stands on its own
+            for execution_id, outcome in items:
+                try:
+                    results.append(self._record(db, tenant_id, execution_id, worker_id, outcome))
+                except ApiProblem as problem:
+                    results.append(problem)
+        return results
+
+    def _record(
+        self,
+        db: sqlite3.Connection,
+        tenant_id: str,
+        execution_id: str,
+        worker_id: str | None,
+        outcome: Outcome,
+    ) -> Execution:
+        status, holder, recorded = self._owned(db, tenant_id, execution_id)
+        if recorded is not None:
+            raise outcome_already_recorded(execution_id)
+        check_lease(execution_id, status, holder, worker_id)
+        row = db.execute(
+            "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
+            f"lease_expires_at = NULL WHERE id = ? RETURNING {_EXEC_COLS}",
+            (
+                "success" if outcome.success else "failed",
+                _encode(outcome),
+                outcome.recorded_at,
+                execution_id,
+            ),
+        ).fetchone()
         return _execution(row)
 
     # -- workers ---------------------------------------------------------------
