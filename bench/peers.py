@@ -111,9 +111,7 @@ def redis_responder(ctx: RoleContext, *, queue: str) -> dict[str, Any]:
     return {"served": served}
 
 
-def redis_requester(
-    ctx: RoleContext, *, queue: str, count: int, deadline: float
-) -> dict[str, Any]:
+def redis_requester(ctx: RoleContext, *, queue: str, count: int, deadline: float) -> dict[str, Any]:
     """LPUSH a request, BRPOP the reply from a private list; `count` times."""
     import redis
 
@@ -161,7 +159,10 @@ def peer_row(
         return Row(key, case, note=f"skipped: nothing listens on {HOST}:{port}")
     responder, requester = roles
     results = run_roles(
-        [Role(responder, kwargs), Role(requester, {"count": count, "deadline": deadline, **kwargs})],
+        [
+            Role(responder, kwargs),
+            Role(requester, {"count": count, "deadline": deadline, **kwargs}),
+        ],
         timeout=deadline + 30,
         stop_after=[1],
     )
@@ -179,13 +180,24 @@ def peer_row(
 
 def nats_row(key: str, count: int, deadline: float) -> Row:
     return peer_row(
-        key, "NATS core", NATS_PORT, (nats_responder, nats_requester), count, deadline,
+        key,
+        "NATS core",
+        NATS_PORT,
+        (nats_responder, nats_requester),
+        count,
+        deadline,
         "nats-py; not durable, no record (no JetStream)",
     )
 
 
 def redis_row(key: str, count: int, deadline: float) -> Row:
     return peer_row(
-        key, "Redis lists (LPUSH/BRPOP)", REDIS_PORT, (redis_responder, redis_requester), count,
-        deadline, "redis-py; no delivery record, no lease", queue=f"cuemsg:bench:req:{uuid.uuid4().hex}",
+        key,
+        "Redis lists (LPUSH/BRPOP)",
+        REDIS_PORT,
+        (redis_responder, redis_requester),
+        count,
+        deadline,
+        "redis-py; no delivery record, no lease",
+        queue=f"cuemsg:bench:req:{uuid.uuid4().hex}",
     )

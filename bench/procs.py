@@ -137,10 +137,11 @@ def start_server(
         try:
             server.requests()
             break
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError) as exc:
             if time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"server {label} did not start: {log_path.read_text()[-2000:]}")
+                log = log_path.read_text()[-2000:]
+                raise RuntimeError(f"server {label} did not start: {log}") from exc
             time.sleep(0.05)
     server.api_key = key or server.register()
     return server

@@ -152,7 +152,7 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], wrap: int =
     """A plain aligned table for the terminal (long cells cut at `wrap`)."""
     cut = [[c if len(c) <= wrap else c[: wrap - 1] + "…" for c in cells] for cells in rows]
     widths = [max(len(h), *(len(r[i]) for r in cut)) for i, h in enumerate(header)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*cells) for cells in cut]
     return "\n".join(out)

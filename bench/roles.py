@@ -118,9 +118,19 @@ def receiver(
     wait: float = 5.0,
     extensions: bool = True,
 ) -> Result:
-    """Receive and ack `count` messages (or stop at the deadline)."""
+    """Receive and ack `count` messages (or stop at the deadline).
+
+    Before the start it receives one message of its own, so what a receiver
+    does once when it starts (the Mailbox's first presence heartbeat) is not
+    counted against the messages: the row shows the steady-state cost.
+    """
     drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
     try:
+        drv.send(drv.address, body(-1))
+        warm = drv.receive(min(wait, 5.0))
+        if warm is not None:
+            drv.ack(warm)
+        time.sleep(0.2)  # let a background presence heartbeat finish before the count starts
         ctx.ready()
         start = time.time()
         got = 0
@@ -333,7 +343,10 @@ def batch_sender(
         while sent < count and time.time() - start < deadline:
             n = min(batch, count - sent)
             client.cues.fire_many(
-                [FireRequest(cue_id=to, payload_override={"message": body(sent + i)}) for i in range(n)]
+                [
+                    FireRequest(cue_id=to, payload_override={"message": body(sent + i)})
+                    for i in range(n)
+                ]
             )
             sent += n
         return {"sent": sent, "t_start": start, "t_end": time.time()}

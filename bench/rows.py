@@ -9,11 +9,12 @@ after the start signal.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from bench import roles
-from bench.drivers import driver_label, make_driver
+from bench.drivers import driver_label, ensure_cue, mailbox_available
 from bench.procs import Role, ServerProc, run_roles
 from bench.report import Row, percentile
 
@@ -29,8 +30,9 @@ class Plan:
 
     quick: bool
     floor_seconds: float
-    one_pair: int  # messages, one pair
-    per_pair: int  # messages per pair, 8 pairs
+    rounds: int  # interleaved runs of each one-way case (the row shows their median)
+    one_pair: int  # messages, one pair, per round
+    per_pair: int  # messages per pair, 8 pairs, per round
     cycles: int
     rpc_calls: int
     f2h_long_poll: int
@@ -45,8 +47,8 @@ class Plan:
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 1.0, 100, 20, 40, 40, 15, 4, 2.0, 6.0, 600, 50, 200, 30.0)
-        return cls(False, 3.0, 600, 120, 300, 300, 60, 16, 10.0, 40.0, 4000, 50, 2000, 60.0)
+            return cls(True, 1.0, 1, 100, 20, 40, 40, 15, 4, 2.0, 6.0, 600, 50, 200, 30.0)
+        return cls(False, 3.0, 3, 250, 50, 300, 300, 60, 16, 10.0, 40.0, 4000, 50, 2000, 60.0)
 
 
 class Counter:
@@ -91,13 +93,19 @@ def with_cpu(row: Row, counter: Counter, results: list[dict[str, Any]], n: int) 
 
 
 def open_inboxes(kind: str, server: ServerProc, names: list[str], extensions: bool) -> list[str]:
-    """Open (create) the named inboxes from the parent; their addresses."""
-    out = []
-    for name in names:
-        drv = make_driver(kind, server.base_url, server.api_key, name, extensions=extensions)
-        out.append(drv.address)
-        drv.close()
-    return out
+    """Open (create) the named inboxes from the parent, through one client; their addresses."""
+    from cuemsg.cueapi import CueClient
+
+    with CueClient(server.api_key, server.base_url, use_extensions=extensions) as client:
+        if kind == "mailbox" and mailbox_available():
+            from cuemsg.mailbox import Mailbox
+
+            out = []
+            for name in names:
+                with Mailbox.open(client, name) as mailbox:
+                    out.append(mailbox.address)
+            return out
+        return [ensure_cue(client, name) for name in names]
 
 
 def rate(n: int, seconds: float) -> float | None:
@@ -154,18 +162,34 @@ def floor(
 # -- 2, 3, 7: one-way messages ------------------------------------------------------------
 
 
-def one_way(
+@dataclass
+class OneWayRun:
+    """One measured run of `one_way_run`."""
+
+    expected: int
+    got: int
+    span: float  # first send to last ack, seconds
+    latencies: list[float]  # send -> handler, seconds
+    requests: int
+    server_cpu: float
+    client_cpu: float
+    receivers: list[dict[str, Any]]
+
+    @property
+    def rate(self) -> float:
+        return self.got / self.span if self.span > 0 else 0.0
+
+
+def one_way_run(
     plan: Plan,
     servers: list[ServerProc],
     *,
-    key: str,
-    case: str,
     pairs: int,
     per_pair: int,
     kind: str,
     extensions: bool = True,
     prefix: str,
-) -> tuple[Row, list[dict[str, Any]]]:
+) -> OneWayRun:
     """`pairs` sender/receiver processes, each pair on its own inbox; send -> receive -> ack.
 
     With several servers (replicas) pair i sends through server i and receives
@@ -198,24 +222,42 @@ def one_way(
         )
     results, counter = measured(servers, role_list, plan.deadline + 30)
     receivers, senders = results[0::2], results[1::2]
-    got = sum(r["received"] for r in receivers)
-    span = max(r["t_last"] for r in receivers) - min(r["t_start"] for r in senders)
-    lat = [x for r in receivers for x in r["latencies"]]
-    note = driver_label(kind, extensions)
-    if got < pairs * per_pair:
-        note += f"; only {got}/{pairs * per_pair} arrived before the deadline"
-    row = Row(
+    return OneWayRun(
+        expected=pairs * per_pair,
+        got=sum(r["received"] for r in receivers),
+        span=max(r["t_last"] for r in receivers) - min(r["t_start"] for r in senders),
+        latencies=[x for r in receivers for x in r["latencies"]],
+        requests=counter.count,
+        server_cpu=counter.cpu,
+        client_cpu=sum(r.get("cpu", 0.0) for r in results),
+        receivers=receivers,
+    )
+
+
+def one_way_row(key: str, case: str, runs: list[OneWayRun], label: str) -> Row:
+    """A row from interleaved runs: the median rate; latencies, requests and CPU pooled."""
+    got = sum(r.got for r in runs)
+    rates = sorted(r.rate for r in runs)
+    lat = [x for r in runs for x in r.latencies]
+    note = label
+    if len(runs) > 1:
+        note += f"; median of {len(runs)} runs ({rates[0]:.0f}-{rates[-1]:.0f} msg/s)"
+    expected = sum(r.expected for r in runs)
+    if got < expected:
+        note += f"; only {got}/{expected} arrived before the deadline"
+    return Row(
         key,
         case,
-        rate(got, span),
+        statistics.median(rates) if rates else None,
         "msg/s",
         percentile(lat, 50),
         percentile(lat, 99),
-        counter.count / got if got else None,
+        sum(r.requests for r in runs) / got if got else None,
         note,
-        extra={"requests": counter.count, "messages": got},
+        server_cpu=sum(r.server_cpu for r in runs) / got if got else None,
+        client_cpu=sum(r.client_cpu for r in runs) / got if got else None,
+        extra={"requests": sum(r.requests for r in runs), "messages": got, "rates": rates},
     )
-    return with_cpu(row, counter, results, got), receivers
 
 
 def cycle(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
@@ -257,7 +299,9 @@ def rpc(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
         Role(roles.responder, dict(name="bench-svc", **common)),
         Role(
             roles.requester,
-            dict(name="bench-caller", to=svc, count=plan.rpc_calls, deadline=plan.deadline, **common),
+            dict(
+                name="bench-caller", to=svc, count=plan.rpc_calls, deadline=plan.deadline, **common
+            ),
         ),
     ]
     results, counter = measured([server], role_list, plan.deadline + 30, stop_after=[1])

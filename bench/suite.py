@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import peers, rows
-from bench.drivers import mailbox_available
+from bench.drivers import driver_label, mailbox_available
 from bench.procs import (
     ServerProc,
     machine,
@@ -70,23 +70,22 @@ class Suite:
 
     # -- sections -----------------------------------------------------------------------
 
-    def sqlite_extensions(self, wd: Path) -> None:
+    def sqlite(self, wd: Path) -> None:
+        """Rows 1-6, 9 and B: one SQLite server with the extensions, one without."""
         p, k = self.plan, self.kind
-        self.log("SQLite server, extensions on")
-        with servers(lambda: start_server(str(wd / "ext.db"), label="sqlite", workdir=wd)) as [s]:
+        self.log("SQLite: one server with the extensions, one --no-extensions (plain contract)")
+        with servers(
+            lambda: start_server(str(wd / "ext.db"), label="sqlite", workdir=wd),
+            lambda: start_server(str(wd / "plain.db"), label="plain", extensions=False, workdir=wd),
+        ) as [s, pl]:
             self.add("1a", "HTTP floor, 1 client", lambda: rows.floor(p, s, key="1a"))
             self.add("1b", "HTTP floor, 8 clients", lambda: rows.floor(p, s, key="1b", clients=8))
             self.add("1c", "HTTP floor, paced", lambda: rows.floor(p, s, key="1c", paced=True))
-            self.add("1d", "HTTP floor, http.client", lambda: rows.floor(p, s, key="1d", stdlib=True))
+            self.add(
+                "1d", "HTTP floor, http.client", lambda: rows.floor(p, s, key="1d", stdlib=True)
+            )
             self.add("2a", "one-way cycle", lambda: rows.cycle(p, s, key="2a", kind=k))
-            self.add("2b", "one-way, 1 pair", lambda: self.one_way([s], "2b", 1, k, "ow1"))
-            self.add("2c", "one-way, 8 pairs", lambda: self.one_way([s], "2c", 8, k, "ow8"))
-            if mailbox_available():
-                self.add("2d", "one-way, 1 pair, raw", lambda: self.one_way([s], "2d", 1, "raw", "raw1"))
-            else:
-                self.report.rows.append(
-                    Row("2d", "one-way, raw client, 1 pair", note="same as 2b: the Mailbox has not landed")
-                )
+            self.one_way_rounds(s, pl)
             self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
             self.add("4", "RPC", lambda: rows.rpc(p, s, key="4", kind=k))
             self.add(
@@ -94,36 +93,82 @@ class Suite:
                 "fire-to-handler, long-poll",
                 lambda: rows.fire_to_handler(p, s, key="5a", kind=k, poll=None, extensions=True),
             )
-            self.add("6", "idle receiver", lambda: rows.idle(p, s, key="6", kind=k))
-            self.add("9", "memory", lambda: rows.memory(s, self.receivers, "9"))
-
-    def sqlite_plain(self, wd: Path) -> None:
-        p, k = self.plan, self.kind
-        self.log("SQLite server, --no-extensions (plain CueAPI contract)")
-        start = lambda: start_server(  # noqa: E731
-            str(wd / "plain.db"), label="plain", extensions=False, workdir=wd
-        )
-        with servers(start) as [s]:
-            self.add(
-                "3a", "one-way, plain, 1 pair", lambda: self.one_way([s], "3a", 1, k, "pl1", plain=True)
-            )
-            self.add(
-                "3b", "one-way, plain, 8 pairs", lambda: self.one_way([s], "3b", 8, k, "pl8", plain=True)
-            )
             self.add(
                 "5b",
                 "fire-to-handler, polling",
-                lambda: rows.fire_to_handler(p, s, key="5b", kind="raw", poll=1.0, extensions=False),
+                lambda: rows.fire_to_handler(
+                    p, pl, key="5b", kind="raw", poll=1.0, extensions=False
+                ),
             )
             self.add(
                 "5c",
                 "fire-to-handler, plain contract, client backoff",
                 lambda: rows.fire_to_handler(
-                    p, s, key="5c", kind=k, poll=None, extensions=False, paced=True
+                    p, pl, key="5c", kind=k, poll=None, extensions=False, paced=True
                 ),
             )
+            self.add("6", "idle receiver", lambda: rows.idle(p, s, key="6", kind=k))
+            self.add("9", "memory", lambda: rows.memory(s, self.receivers, "9"))
+
+    def one_way_rounds(self, s: ServerProc, pl: ServerProc) -> None:
+        """Rows 2b-2d, 3a-3b: each case run `plan.rounds` times, interleaved.
+
+        Interleaving spreads a passing burst of load (other processes on the
+        machine) over all cases instead of one, so their ratios hold better.
+        """
+        k, p = self.kind, self.plan
+        cases = [
+            ("2b", "one-way send -> receive -> ack, 1 pair", [s], 1, k, False),
+            ("2c", "one-way send -> receive -> ack, 8 concurrent pairs", [s], 8, k, False),
+            ("2d", "one-way send -> receive -> ack, 1 pair, raw client", [s], 1, "raw", False),
+            ("3a", "one-way, 1 pair, plain contract (list + claim by id)", [pl], 1, k, True),
+            ("3b", "one-way, 8 concurrent pairs, plain contract (list + claim)", [pl], 8, k, True),
+        ]
+        if not mailbox_available():
+            cases = [c for c in cases if c[0] != "2d"]
+            self.report.rows.append(
+                Row(
+                    "2d",
+                    cases[0][1] + ", raw client",
+                    note="same as 2b: the Mailbox has not landed",
+                )
+            )
+        runs: dict[str, list[rows.OneWayRun]] = {c[0]: [] for c in cases}
+        errors: dict[str, str] = {}
+        for round_ in range(p.rounds):
+            for key, case, srvs, pairs, kind, plain in cases:
+                if key in errors:
+                    continue
+                per_pair = p.one_pair if pairs == 1 else p.per_pair
+                if plain:  # the plain path costs more a message: keep its runs about as long
+                    per_pair = max(10, per_pair * 2 // 3)
+                started = time.monotonic()
+                try:
+                    run = rows.one_way_run(
+                        p, srvs, pairs=pairs, per_pair=per_pair, kind=kind,
+                        extensions=not plain, prefix=f"ow-{key}",
+                    )  # fmt: skip
+                except Exception as exc:
+                    traceback.print_exc(file=sys.stderr)
+                    errors[key] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+                    continue
+                runs[key].append(run)
+                self.log(
+                    f"  {key:>3} round {round_ + 1}/{p.rounds} {case[:52]:<52}"
+                    f" {run.rate:7.1f} msg/s {time.monotonic() - started:5.1f} s"
+                )
+        for key, case, _srvs, _pairs, kind, plain in cases:
+            if key in errors or not runs[key]:
+                self.report.rows.append(Row(key, case, note=errors.get(key, "failed: no run")))
+                continue
+            self.report.rows.append(
+                rows.one_way_row(key, case, runs[key], driver_label(kind, not plain))
+            )
+        if runs.get("2c"):
+            self.receivers = [r for run in runs["2c"] for r in run.receivers]
 
     def postgres(self, wd: Path) -> None:
+        """Rows 7a-7d: one-way on PostgreSQL, one replica, then two on one database."""
         cases = [
             ("7a", "PostgreSQL, 1 replica, one-way 1 pair"),
             ("7b", "PostgreSQL, 1 replica, one-way 8 pairs"),
@@ -134,23 +179,29 @@ class Suite:
         if problem:
             self.skip(cases, problem)
             return
-        k = self.kind
-        for replicas, ((k1, c1), (k8, c8)) in ((1, cases[0:2]), (2, cases[2:4])):
-            self.log(f"PostgreSQL, {replicas} replica(s)")
-            try:
-                with postgres_schema() as url:
-                    first = start_server(url, label="pg1", workdir=wd)
-                    starts: list[Callable[[], ServerProc]] = [lambda: first]
-                    if replicas == 2:
-                        starts.append(
-                            lambda: start_server(url, label="pg2", workdir=wd, key=first.api_key)
-                        )
-                    with servers(*starts) as srvs:
-                        self.add(k1, c1, lambda: self.one_way(srvs, k1, 1, k, f"pg{replicas}-1", case=c1))
-                        self.add(k8, c8, lambda: self.one_way(srvs, k8, 8, k, f"pg{replicas}-8", case=c8))
-            except Exception as exc:
-                traceback.print_exc(file=sys.stderr)
-                self.skip([(k1, c1), (k8, c8)], f"failed: {type(exc).__name__}: {str(exc)[:200]}")
+        self.postgres_replicas(wd, 1, cases[0:2])
+        self.postgres_replicas(wd, 2, cases[2:4])
+
+    def postgres_replicas(self, wd: Path, replicas: int, cases: list[tuple[str, str]]) -> None:
+        """`replicas` servers on a fresh schema: a 1-pair and an 8-pair one-way row."""
+        self.log(f"PostgreSQL, {replicas} replica(s) on one database")
+        (k1, c1), (k8, c8) = cases
+        try:
+            with postgres_schema() as url:
+                first = start_server(url, label="pg1", workdir=wd)
+                starts: list[Callable[[], ServerProc]] = [lambda: first]
+                if replicas == 2:
+                    starts.append(
+                        lambda: start_server(url, label="pg2", workdir=wd, key=first.api_key)
+                    )
+                with servers(*starts) as srvs:
+                    self.add(k1, c1, lambda: self.one_way(srvs, k1, c1, 1, f"pg{replicas}-1"))
+                    self.add(k8, c8, lambda: self.one_way(srvs, k8, c8, 8, f"pg{replicas}-8"))
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            done = {r.key for r in self.report.rows}
+            todo = [(k, c) for k, c in cases if k not in done]
+            self.skip(todo, f"failed: {type(exc).__name__}: {str(exc)[:200]}")
 
     def peers(self) -> None:
         self.log("reference peers")
@@ -158,49 +209,21 @@ class Suite:
         self.add("8a", "NATS", lambda: peers.nats_row("8a", p.peer_calls, p.deadline))
         self.add("8b", "Redis", lambda: peers.redis_row("8b", p.peer_calls, p.deadline))
 
-    def one_way(
-        self,
-        srvs: list[ServerProc],
-        key: str,
-        pairs: int,
-        kind: str,
-        prefix: str,
-        *,
-        plain: bool = False,
-        case: str | None = None,
-    ) -> Row:
-        per_pair = self.plan.one_pair if pairs == 1 else self.plan.per_pair
-        if plain:
-            # the plain path costs more requests a message: keep its run about as long
-            per_pair = max(10, per_pair // 2)
-        what = "pair" if pairs == 1 else "concurrent pairs"
-        default = f"one-way send -> receive -> ack, {pairs} {what}" + (
-            ", plain contract (list + claim)" if plain else ""
+    def one_way(self, srvs: list[ServerProc], key: str, case: str, pairs: int, prefix: str) -> Row:
+        """One run of a one-way case (the PostgreSQL rows)."""
+        p = self.plan
+        per_pair = p.one_pair if pairs == 1 else p.per_pair
+        run = rows.one_way_run(
+            p, srvs, pairs=pairs, per_pair=per_pair, kind=self.kind, prefix=prefix
         )
-        if kind == "raw" and not plain:
-            default += ", raw client"
-        row, receivers = rows.one_way(
-            self.plan,
-            srvs,
-            key=key,
-            case=case or default,
-            pairs=pairs,
-            per_pair=per_pair,
-            kind=kind,
-            extensions=not plain,
-            prefix=prefix,
-        )
-        if key == "2c":
-            self.receivers = receivers
-        return row
+        return rows.one_way_row(key, case, [run], driver_label(self.kind))
 
     # -- the run ------------------------------------------------------------------------
 
     def run(self) -> Report:
         started = time.monotonic()
         with workdir() as wd:
-            self.sqlite_extensions(wd)
-            self.sqlite_plain(wd)
+            self.sqlite(wd)
             self.postgres(wd)
         self.peers()
         self.report.rows.sort(key=lambda r: ROW_KEYS.index(r.key) if r.key in ROW_KEYS else 99)
