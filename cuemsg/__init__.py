@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as _logging
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
@@ -31,6 +32,20 @@ from cuemsg._exceptions import (
     ValidationError,
 )
 from cuemsg.cueapi import AsyncCueClient, CueClient
+from cuemsg.mailbox import (
+    AsyncMailbox,
+    AsyncMessage,
+    DedupeStore,
+    Mailbox,
+    MailboxStats,
+    MemoryDedupe,
+    Message,
+    Sent,
+    SQLiteDedupe,
+)
+
+# A library logs; the application decides where to. No output unless logging is set up.
+_logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
 
 try:
     __version__ = _version("cuemsg")
@@ -39,17 +54,24 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
 
 __all__ = [
     "AsyncCueClient",
+    "AsyncMailbox",
+    "AsyncMessage",
     "AuthenticationError",
     "ClaimFailed",
     "Conflict",
     "CueAPIError",
     "CueClient",
     "CuemsgError",
+    "DedupeStore",
     "EnvelopeError",
     "ExtensionNotAvailable",
     "Forbidden",
     "LeaseLost",
+    "Mailbox",
     "MailboxError",
+    "MailboxStats",
+    "MemoryDedupe",
+    "Message",
     "MissingAPIKey",
     "NoResponder",
     "NotFound",
@@ -58,6 +80,8 @@ __all__ = [
     "RemoteError",
     "RequestTimeout",
     "RetryLater",
+    "SQLiteDedupe",
+    "Sent",
     "ServerError",
     "StorageError",
     "TransportError",

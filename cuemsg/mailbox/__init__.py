@@ -4,8 +4,6 @@
 (`_core.py`); see `docs/mailbox.md` for the delivery semantics.
 """
 
-import logging
-
 from cuemsg.mailbox._core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -44,5 +42,3 @@ __all__ = [
     "Sent",
 ]
 
-# A library logs, the application decides where to: no output unless logging is set up.
-logging.getLogger("cuemsg.mailbox").addHandler(logging.NullHandler())
