@@ -42,8 +42,22 @@ def _postgres_problem() -> str | None:
     return None
 
 
+class PostgresURLs:
+    """Makes URLs, each on a fresh schema; `stack` holds what must stop before they go."""
+
+    def __init__(self) -> None:
+        self.schemas: list[str] = []
+        self.stack = ExitStack()
+
+    def __call__(self) -> str:
+        schema = f"cuemsg_t_{secrets.token_hex(4)}"
+        self.schemas.append(schema)
+        sep = "&" if "?" in PG_DSN else "?"
+        return f"{PG_DSN}{sep}options=-csearch_path%3D{schema}"
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[Callable[[], str]]:
+def postgres_url() -> Iterator[PostgresURLs]:
     """Factory of URLs, each on a fresh schema of the test database, dropped at the end.
 
     Skips where PostgreSQL cannot be reached, except when
@@ -56,17 +70,11 @@ def postgres_url() -> Iterator[Callable[[], str]]:
         pytest.skip(problem)
     import psycopg
 
-    schemas: list[str] = []
-
-    def make() -> str:
-        schema = f"cuemsg_t_{secrets.token_hex(4)}"
-        schemas.append(schema)
-        sep = "&" if "?" in PG_DSN else "?"
-        return f"{PG_DSN}{sep}options=-csearch_path%3D{schema}"
-
-    yield make
+    urls = PostgresURLs()
+    with urls.stack:  # servers on these schemas stop first
+        yield urls
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        for schema in schemas:
+        for schema in urls.schemas:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -83,8 +91,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """A fresh database of the current backend (a SQLite file, or a PostgreSQL schema)."""
     if backend == "postgres":
-        make: Callable[[], str] = request.getfixturevalue("postgres_url")
-        return make()
+        urls: PostgresURLs = request.getfixturevalue("postgres_url")
+        return urls()
     return str(tmp_path / "cuemsg.db")
 
 
@@ -108,9 +116,11 @@ def shared_server(
     def get(**settings: Any) -> RunningServer:
         key = (backend, tuple(sorted(settings.items())))
         if key not in _servers:
-            pg = backend == "postgres"
-            db = request.getfixturevalue("postgres_url")() if pg else ":memory:"
             stack: ExitStack = _servers["_stack"]  # type: ignore[assignment]
+            db = ":memory:"
+            if backend == "postgres":
+                urls: PostgresURLs = request.getfixturevalue("postgres_url")
+                db, stack = urls(), urls.stack
             _servers[key] = stack.enter_context(
                 run_server(ServerSettings(db=db, sweep_interval=0.05), **settings)
             )

@@ -707,6 +707,7 @@ def open_storage(settings: ServerSettings) -> Storage:
 async def _sweep_forever(server: Server) -> None:
     since = time.time()
     interval = server.settings.sweep_interval
+    failures = 0
     while True:
         await asyncio.sleep(interval)
         now = time.time()
@@ -715,8 +716,14 @@ async def _sweep_forever(server: Server) -> None:
                 now, since=since, unclaimed_timeout=server.settings.unclaimed_timeout
             )
             since = now
-        except Exception:  # keep sweeping: one failed pass is retried next interval
-            log.exception("sweep failed")
+            failures = 0
+        except Exception:  # keep sweeping: a failed pass is retried next interval
+            # The first failure with its traceback, then a line a minute, not one per pass.
+            if failures == 0:
+                log.exception("sweep failed; retrying every %.1fs", interval)
+            elif failures % max(1, int(60 / interval)) == 0:
+                log.warning("sweep still failing (%d passes)", failures + 1)
+            failures += 1
 
 
 def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
