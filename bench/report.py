@@ -168,17 +168,30 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     ratios: list[Ratio] = field(default_factory=list)
     duration: float = 0.0
+    load: list[float] = field(default_factory=list)  # 1-minute load averages seen during the run
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.key == key), None)
 
     def header(self) -> str:
         m = self.machine
-        return (
+        text = (
             f"Measured {self.date} by `python -m bench{' --quick' if self.mode == 'quick' else ''}`"
             f" ({self.mode} run, {self.duration:.0f} s) on {m['cpu']}, {m['cores']} cores,"
             f" {m['memory']} RAM, {m['python']}, {m['os']}."
         )
+        if self.load:
+            text += (
+                f" Load average (1 min) during the run: {min(self.load):.1f} to"
+                f" {max(self.load):.1f}"
+            )
+            busy = max(self.load) > float(m["cores"]) + 0.5
+            text += (
+                " (other work competed for the CPU: read the ratios, not the absolute figures)."
+                if busy
+                else "."
+            )
+        return text
 
     def text(self) -> str:
         return "\n\n".join(

@@ -149,8 +149,8 @@ def floor(
     row = Row(
         key,
         f"HTTP floor: GET /v1/cues/{{id}}, {how}",
-        None if paced else rate(len(lat), elapsed),
-        "req/s" if not paced else "",
+        len(lat) if paced else rate(len(lat), elapsed),
+        "samples" if paced else "req/s",
         percentile(lat, 50),
         percentile(lat, 99),
         1.0,

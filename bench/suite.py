@@ -7,6 +7,8 @@ the others.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 import time
@@ -51,8 +53,14 @@ class Suite:
         )
         self.receivers: list[dict[str, Any]] = []
 
+    def sample_load(self) -> None:
+        """Note the machine's 1-minute load average (other work competes for the CPU)."""
+        with contextlib.suppress(OSError, AttributeError):
+            self.report.load.append(round(os.getloadavg()[0], 2))
+
     def add(self, key: str, case: str, make: Callable[[], Row | list[Row]]) -> None:
         """Run one row; on failure keep a row that says so."""
+        self.sample_load()
         started = time.monotonic()
         try:
             made = make()
@@ -142,6 +150,7 @@ class Suite:
                 per_pair = p.one_pair if pairs == 1 else p.per_pair
                 if plain:  # the plain path costs more a message: keep its runs about as long
                     per_pair = max(10, per_pair * 2 // 3)
+                self.sample_load()
                 started = time.monotonic()
                 try:
                     run = rows.one_way_run(
@@ -226,6 +235,7 @@ class Suite:
             self.sqlite(wd)
             self.postgres(wd)
         self.peers()
+        self.sample_load()
         self.report.rows.sort(key=lambda r: ROW_KEYS.index(r.key) if r.key in ROW_KEYS else 99)
         self.report.ratios = ratios(self.report)
         self.report.duration = time.monotonic() - started

@@ -25,7 +25,16 @@ def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CUEAPI_", "CUEMSG_"))}
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "benchmarks.json"),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
