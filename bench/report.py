@@ -181,14 +181,14 @@ class Report:
             f" {m['memory']} RAM, {m['python']}, {m['os']}."
         )
         if self.load:
+            # The first sample is taken before anything starts: it is other people's work.
             text += (
-                f" Load average (1 min) during the run: {min(self.load):.1f} to"
-                f" {max(self.load):.1f}"
+                f" Load average (1 min) when it started: {self.load[0]:.1f}; during the run"
+                f" (its own processes included): up to {max(self.load):.1f}"
             )
-            busy = max(self.load) > float(m["cores"]) + 0.5
             text += (
-                " (other work competed for the CPU: read the ratios, not the absolute figures)."
-                if busy
+                ". Other work competed for the CPU: read the ratios, not the absolute figures."
+                if self.load[0] > 1.0
                 else "."
             )
         return text

@@ -352,6 +352,38 @@ def batch_sender(
         return {"sent": sent, "t_start": start, "t_end": time.time()}
 
 
+def mailbox_batch_sender(
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    name: str,
+    to: str,
+    count: int,
+    batch: int,
+    deadline: float,
+) -> Result:
+    """Send `count` messages with `Mailbox.send_many` (fire.batch), `batch` at a time."""
+    drv = make_driver("mailbox", base_url, api_key, name)
+    mailbox = getattr(drv, "mailbox", None)
+    try:
+        ctx.ready()
+        start = time.time()
+        sent = 0
+        while sent < count and time.time() - start < deadline:
+            n = min(batch, count - sent)
+            bodies = [body(sent + i) for i in range(n)]
+            if mailbox is not None:
+                mailbox.send_many(to, bodies)
+            else:  # no Mailbox yet: one by one
+                for item in bodies:
+                    drv.send(to, item)
+            sent += n
+        return {"sent": sent, "t_start": start, "t_end": time.time()}
+    finally:
+        drv.close()
+
+
 def batch_receiver(
     ctx: RoleContext,
     *,

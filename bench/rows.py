@@ -441,6 +441,33 @@ def batch(plan: Plan, server: ServerProc, *, key: str) -> Row:
     return with_cpu(row, counter, results, got)
 
 
+def batch_mailbox(plan: Plan, server: ServerProc, *, key: str) -> Row:
+    """The Mailbox's batch path: `send_many` (fire.batch) to a Mailbox receiving one at a time."""
+    [inbox] = open_inboxes("mailbox", server, ["bench-mbatch"], True)
+    common = dict(base_url=server.base_url, api_key=server.api_key, deadline=plan.deadline)
+    count = plan.batch_msgs // 4
+    role_list = [
+        Role(roles.receiver, dict(kind="mailbox", name="bench-mbatch", count=count, **common)),
+        Role(
+            roles.mailbox_batch_sender,
+            dict(name="bench-mbatch-out", to=inbox, count=count, batch=plan.batch_size, **common),
+        ),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 30)
+    got = results[0]["received"]
+    span = results[0]["t_last"] - results[1]["t_start"]
+    row = Row(
+        key,
+        f"one-way, Mailbox.send_many of {plan.batch_size} -> Mailbox.receive (one claim and"
+        " one ack a message), 1 pair",
+        rate(got, span),
+        "msg/s",
+        req_per_msg=counter.count / got if got else None,
+        note=driver_label("mailbox") + ": receive has no batch path",
+    )
+    return with_cpu(row, counter, results, got)
+
+
 # -- 9: memory ----------------------------------------------------------------------------
 
 
