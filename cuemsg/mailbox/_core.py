@@ -1323,8 +1323,9 @@ class MailboxCore:
         """Deliver messages one by one until `limit` were, `wait` s pass with none, or stop().
 
         A message the caller leaves unsettled is acked when it asks for the next.
+        Only `serve()` announces the worker as a responder: an idle receive loop
+        costs one claim per `poll_wait` and nothing more.
         """
-        self.presence.start()
         count = 0
         deadline = None if wait is None else self.monotonic() + wait
         while not self.stopping and (limit is None or count < limit):
