@@ -38,7 +38,32 @@ from cuemsg.server.storage.base import (
     routing_keys,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Partial indexes hold only the rows a claim or the sweep looks for, already in
+# claim order (the rowid `seq` ends every index): a claim reads one entry and
+# sorts nothing, and a settled execution leaves them for good. Each index costs
+# about 30 us per write here, so there are few: a claim without a task (rare:
+# mailboxes always claim by task) walks `ix_exec_due_ready` across tenants.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS ix_exec_ready_task ON executions (tenant_id, task, scheduled_for)
+    WHERE status IN ('pending', 'retry_ready');
+CREATE INDEX IF NOT EXISTS ix_exec_due_ready ON executions (scheduled_for)
+    WHERE status IN ('pending', 'retry_ready');
+CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
+    WHERE status = 'delivering';
+CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
+"""
+
+# Steps from version N-1 to N, applied in order by open().
+_MIGRATIONS = {
+    2: """
+DROP INDEX IF EXISTS ix_exec_claim_task;
+DROP INDEX IF EXISTS ix_exec_claim;
+DROP INDEX IF EXISTS ix_exec_due;
+DROP INDEX IF EXISTS ix_exec_lease;
+""",
+}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,12 +96,7 @@ CREATE TABLE IF NOT EXISTS executions (
     claimed_at REAL,
     lease_expires_at REAL,
     outcome TEXT);
-CREATE INDEX IF NOT EXISTS ix_exec_claim_task
-    ON executions (tenant_id, task, status, scheduled_for);
-CREATE INDEX IF NOT EXISTS ix_exec_claim ON executions (tenant_id, status, scheduled_for);
 CREATE INDEX IF NOT EXISTS ix_exec_cue ON executions (tenant_id, cue_id, seq);
-CREATE INDEX IF NOT EXISTS ix_exec_due ON executions (status, scheduled_for);
-CREATE INDEX IF NOT EXISTS ix_exec_lease ON executions (status, lease_expires_at);
 CREATE TABLE IF NOT EXISTS idempotency (
     tenant_id TEXT NOT NULL, cue_id TEXT NOT NULL, key TEXT NOT NULL,
     body_hash TEXT NOT NULL, execution_id TEXT NOT NULL, created_at REAL NOT NULL,
@@ -160,16 +180,20 @@ class SQLiteStorage:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        elif int(row[0]) > SCHEMA_VERSION:
+        # A new file gets the latest schema at once; an older one, each step since.
+        version = SCHEMA_VERSION if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
             db.close()
             raise RuntimeError(
-                f"{self.path} has schema version {row[0]}, newer than this cuemsg "
+                f"{self.path} has schema version {version}, newer than this cuemsg "
                 f"understands ({SCHEMA_VERSION}); upgrade cuemsg"
             )
+        steps = "".join(_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+        db.executescript(
+            f"BEGIN; {steps} {_INDEXES} "
+            "INSERT INTO meta (key, value) VALUES ('schema_version', "
+            f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
+        )
         self._db = db
 
     async def close(self) -> None:
