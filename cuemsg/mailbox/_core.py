@@ -19,11 +19,14 @@ What is decided here:
   and what a lost lease means;
 - request/reply: correlation of replies to waiting requests, late and
   duplicate replies, and why a request timed out;
+- batched acks: which acks wait to be recorded together (`report_outcomes`),
+  for how long, and what a refused item of a batch means;
 - heartbeats: when each held lease is renewed, worker presence.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -101,6 +104,17 @@ FALLBACK_LEASE_SECONDS = 900.0
 REPLY_BATCH = 50
 #: Messages claimed at most per request of `serve` (bounded by free handler slots).
 SERVE_BATCH = 50
+#: Longest wait of an ack made by `serve()` before it is recorded (seconds): acks of
+#: handlers that finish within this of each other go in one `report_outcomes`.
+SERVE_ACK_DELAY = 0.05
+#: Longest wait of an ack made by `receive(batch=n)` when the caller is slow to get
+#: through the batch (seconds); otherwise the batch's acks go before the next claim.
+RECEIVE_ACK_DELAY = 1.0
+#: Acks recorded at once, at most, before `serve()` flushes without waiting.
+ACK_BATCH = 50
+#: Reports of a batch of acks that fail in transit before those acks are given up
+#: (their messages are then delivered again; a dedupe store acks them as duplicates).
+ACK_TRIES = 3
 #: Replies bigger than this are not kept for re-sending on a duplicate request.
 MAX_CACHED_REPLY = 64 * 1024
 #: Pause after a transient error of a loop (doubled up to 5 s).
@@ -619,6 +633,72 @@ class LeaseBook:
             return None if lease is None else lease.lost
 
 
+# -- batched acks -----------------------------------------------------------------------------
+
+
+@dataclass
+class PendingAck:
+    """An ack that was decided (the message id is in the dedupe store) but not yet recorded."""
+
+    outcome: OutcomeRequest
+    message_id: str
+    due: float  # monotonic time by which it is to be sent
+    tries: int = 0  # reports of it that failed in transit
+
+
+class AckQueue:
+    """Acks waiting to be recorded together with one `report_outcomes` (thread-safe).
+
+    The lease of each waiting ack stays held (and renewed) until its report
+    is answered. `on_due` is called when an ack is added, so a heartbeat
+    loop sleeping past the ack's due time wakes up to send it.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[PendingAck] = []
+        self._lock = threading.Lock()
+        self.on_due: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, item: PendingAck) -> int:
+        """Queue `item`; answers how many acks wait now."""
+        with self._lock:
+            self._items.append(item)
+            size = len(self._items)
+        if self.on_due is not None:
+            self.on_due()
+        return size
+
+    def take(self) -> list[PendingAck]:
+        """Every waiting ack, removed from the queue (to be reported by the caller)."""
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+    def put_back(self, items: Sequence[PendingAck], due: float) -> None:
+        """Queue `items` again (their report failed in transit), to be sent at `due`."""
+        if not items:
+            return
+        for item in items:
+            item.due = due
+        with self._lock:
+            self._items[:0] = items
+        if self.on_due is not None:
+            self.on_due()
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting ack is due (None when none waits)."""
+        with self._lock:
+            return min((item.due for item in self._items), default=None)
+
+    def due(self, now: float) -> bool:
+        """True when some waiting ack is due."""
+        at = self.next_due()
+        return at is not None and at <= now
+
+
 # -- request/reply routing ------------------------------------------------------------------
 
 
@@ -877,6 +957,7 @@ class MailboxCore:
         self.monotonic = monotonic
         self.make_message = make_message
         self.leases = LeaseBook()
+        self.acks = AckQueue()
         self.router = ReplyRouter(event_factory)
         self.presence = Presence(config.presence_interval)
         self.stats = MailboxStats()
@@ -884,6 +965,8 @@ class MailboxCore:
         self.stopping = False  # receive/serve loops end after their current poll
         self.closing = False  # background loops end too
         self._tasks: dict[str, str] = {}  # cue id -> its task (require_responder)
+        self._handling = 0  # handle() flows running (serve): the last to end flushes acks
+        self._handling_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -1312,6 +1395,120 @@ class MailboxCore:
         except (Forbidden, Conflict, NotFound) as exc:
             raise self._lease_lost(msg.execution_id, msg.id, exc) from exc
 
+    # -- batched acks ----------------------------------------------------------------------
+
+    def queue_ack(self, msg: Delivery[Any], delay: float) -> int:
+        """Decide `msg`'s ack now, record it with the next batch (at most `delay` s later).
+
+        The id goes into the dedupe store at once, as `ack()` does, so a
+        redelivery after a crash is known as a duplicate. The lease stays held
+        (and renewed) until the batch is answered. Answers the acks waiting now.
+
+        Raises:
+            LeaseLost: the lease is already known lost (nothing is queued).
+            MailboxError: already settled.
+        """
+        self._begin(msg, "acked")
+        self.dedupe.remember(self._dedupe_key(msg.id))
+        eid = msg.execution_id
+        why = self.leases.lost(eid)
+        if why is not None:
+            try:
+                raise self._lease_lost(eid, msg.id, why)
+            finally:
+                self.leases.release(eid)
+        outcome = OutcomeRequest(
+            execution_id=eid,
+            success=True,
+            result=_cut(f"handled message {msg.id}"),
+            metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
+        )
+        return self.acks.add(PendingAck(outcome, msg.id, self.monotonic() + delay))
+
+    def flush_acks(self, *, final: bool = False) -> Flow[None]:
+        """Record the waiting acks with one `report_outcomes` (one request per 100).
+
+        An item refused with 403/409/404 is a lost lease: logged, counted in
+        `stats.redelivered`, never counted as acked. A report that fails in
+        transit is tried again later (`final`: now, after a pause) up to
+        `ACK_TRIES` times; the leases stay held meanwhile.
+        """
+        failures = 0
+        while True:
+            failed = yield from self._flush_once()
+            if failed is None or not final or not self.acks:
+                return
+            failures += 1
+            yield Sleep(_pause_after(failed, failures))
+
+    def _flush_once(self) -> Flow[Exception | None]:
+        """One report of every waiting ack; the transit error when it must be tried again."""
+        send: list[PendingAck] = []
+        for item in self.acks.take():
+            eid = item.outcome.execution_id
+            why = self.leases.lost(eid)
+            if why is None:
+                send.append(item)
+                continue
+            self._lease_lost(eid, item.message_id, why)
+            self.leases.release(eid)
+        if not send:
+            return None
+        try:
+            answers = yield Outcomes([item.outcome for item in send], self.info.worker_id)
+        except TRANSIENT as exc:
+            again: list[PendingAck] = []
+            for item in send:
+                item.tries += 1
+                if item.tries < ACK_TRIES:
+                    again.append(item)
+                    continue
+                log.warning(
+                    "gave up recording the ack of message %s (execution %s): %s; "
+                    "it will be delivered again",
+                    item.message_id,
+                    item.outcome.execution_id,
+                    exc,
+                )
+                self.leases.release(item.outcome.execution_id)
+            if again:
+                log.warning("recording %d acks failed (%s); trying again", len(again), exc)
+            self.acks.put_back(again, self.monotonic() + _pause_after(exc, 1))
+            return exc if again else None
+        except CuemsgError as exc:
+            log.warning(
+                "the acks of %d messages were not recorded (%s): they will be delivered again",
+                len(send),
+                exc,
+            )
+            for item in send:
+                self.leases.release(item.outcome.execution_id)
+            return None
+        for i, item in enumerate(send):
+            eid = item.outcome.execution_id
+            answer = answers[i] if i < len(answers) else None
+            if answer is None or isinstance(answer, CueAPIError):
+                if (
+                    item.tries
+                    and isinstance(answer, Conflict)
+                    and answer.code == "outcome_already_recorded"
+                ):
+                    # An earlier report whose answer was lost in transit recorded it.
+                    self.stats.count("acked")
+                elif isinstance(answer, (Forbidden, Conflict, NotFound)):
+                    self._lease_lost(eid, item.message_id, answer)
+                else:
+                    log.warning(
+                        "the ack of message %s (execution %s) was not recorded: %s",
+                        item.message_id,
+                        eid,
+                        answer or "no answer for it",
+                    )
+            else:
+                self.stats.count("acked")
+            self.leases.release(eid)
+        return None
+
     # -- loops -----------------------------------------------------------------------------
 
     def _poll(self, deadline: float | None) -> float:
@@ -1319,17 +1516,36 @@ class MailboxCore:
             return self.config.poll_wait
         return max(0.0, min(self.config.poll_wait, deadline - self.monotonic()))
 
-    def receive(self, *, wait: float | None, limit: int | None, type: Any = None) -> Flow[None]:
+    def receive(
+        self, *, wait: float | None, limit: int | None, type: Any = None, batch: int = 1
+    ) -> Flow[None]:
         """Deliver messages one by one until `limit` were, `wait` s pass with none, or stop().
 
         A message the caller leaves unsettled is acked when it asks for the next.
         Only `serve()` announces the worker as a responder: an idle receive loop
         costs one claim per `poll_wait` and nothing more.
+
+        With `batch` > 1, up to `batch` messages are claimed per request (never
+        more than `limit` still wants); their leases are renewed until each is
+        settled. The acks of the messages left unsettled are queued (their ids
+        go to the dedupe store at once) and recorded together before the next
+        claim, when the loop ends, or `RECEIVE_ACK_DELAY` s after they were
+        decided if the caller is slower than that. `stop()` ends the loop once
+        the batch in hand is delivered. Explicit `ack()`, `reject()`,
+        `retry_later()` and `reply()` are recorded at once, as with `batch=1`.
+        A driver runs `flush_acks(final=True)` when the loop is closed early.
         """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, not {batch}")
         count = 0
         deadline = None if wait is None else self.monotonic() + wait
         while not self.stopping and (limit is None or count < limit):
-            claims = yield from self.claim(self.info.task, self._poll(deadline), None)
+            if batch > 1 and self.acks:
+                yield from self.flush_acks()
+            want = batch if limit is None else min(batch, limit - count)
+            claims = yield from self.claim(
+                self.info.task, self._poll(deadline), want if want > 1 else None
+            )
             if not claims:
                 if deadline is not None and self.monotonic() >= deadline:
                     return
@@ -1349,7 +1565,13 @@ class MailboxCore:
                         self.leases.release(rest.execution_id)
                     raise
                 if msg.settled is None:
-                    yield from self._quiet(self.ack(msg))
+                    if batch == 1:
+                        yield from self._quiet(self.ack(msg))
+                        continue
+                    with contextlib.suppress(LeaseLost):  # logged and counted where raised
+                        self.queue_ack(msg, RECEIVE_ACK_DELAY)
+        if self.acks:
+            yield from self.flush_acks(final=True)
 
     def handle(
         self, claimed: Claimed, handler: Callable[[Any], Any], type: Any = None
@@ -1360,24 +1582,46 @@ class MailboxCore:
         `RetryLater`: retry-later. Another exception: a request gets an error
         reply (its requester raises `RemoteError`); a message is rejected,
         or retried (bounded) with `on_error="retry"`.
+
+        An ack is queued, not sent: the last handler to end while none other
+        runs records the waiting acks with one `report_outcomes`, as does a
+        handler that finds `ACK_BATCH` waiting; otherwise the heartbeat loop
+        sends them `SERVE_ACK_DELAY` s after the first was decided.
+        Replies, rejections and retries are recorded at once.
         """
+        with self._handling_lock:
+            self._handling += 1
+        try:
+            waiting = yield from self._handle(claimed, handler, type)
+        finally:
+            with self._handling_lock:
+                self._handling -= 1
+                idle = self._handling == 0
+        if self.acks and (idle or waiting >= ACK_BATCH):
+            yield from self.flush_acks()
+
+    def _handle(
+        self, claimed: Claimed, handler: Callable[[Any], Any], type: Any = None
+    ) -> Flow[int]:
+        """`handle()` but the batching; answers the acks waiting after queueing its own (or 0)."""
         eid = claimed.execution_id
+        waiting = 0
         try:
             msg = yield from self.admit(claimed, type)
             if msg is None:
-                return
+                return 0
             try:
                 result = yield CallHandler(handler, msg)
             except RetryLater as later:
                 if msg.settled is None:
                     yield from self.retry_later(msg, later.delay, later.reason)
-                return
+                return 0
             except Exception as exc:
                 self.stats.count("handler_errors")
                 name = _error_name(exc)
                 log.warning("handler failed on message %s: %s: %s", msg.id, name, exc)
                 if msg.settled is not None:
-                    return
+                    return 0
                 if msg.is_request and msg.reply_cue_id:
                     yield from self.reply_error(msg, name, str(exc))
                 elif self.config.on_error == "retry":
@@ -1386,22 +1630,24 @@ class MailboxCore:
                     )
                 else:
                     yield from self.reject(msg, f"handler raised {name}: {exc}")
-                return
+                return 0
             if msg.settled is not None:
-                return
+                return 0
             if msg.is_request and msg.reply_cue_id:
                 try:
                     yield from self.reply(msg, result)
                 except EnvelopeError as exc:
                     yield from self.reply_error(msg, "EnvelopeError", str(exc))
             else:
-                yield from self.ack(msg)
+                waiting = self.queue_ack(msg, SERVE_ACK_DELAY)  # the lease stays held
         except LeaseLost:
             pass  # logged and counted where it was raised
         except CuemsgError as exc:
             log.warning("could not settle execution %s: %s", eid, exc)
         finally:
-            self.leases.release(eid)
+            if not waiting:
+                self.leases.release(eid)
+        return waiting
 
     def serve(
         self,
@@ -1440,6 +1686,8 @@ class MailboxCore:
             error = exc  # finish the handlers in hand first
         yield Drain()
         self.presence.stop()
+        if self.acks:
+            yield from self.flush_acks(final=True)
         if error is not None:
             raise error
 
@@ -1642,8 +1890,10 @@ class MailboxCore:
     # -- heartbeats ------------------------------------------------------------------------
 
     def tick(self) -> Flow[None]:
-        """Renew the leases that are due; tell the server this worker is alive when due."""
+        """Send the acks, renew the leases and tell the server this worker is alive, when due."""
         now = self.monotonic()
+        if self.acks.due(now):
+            yield from self.flush_acks()
         for eid in self.leases.due(now):
             try:
                 yield Heartbeat(eid, self.info.worker_id)
@@ -1671,7 +1921,11 @@ class MailboxCore:
     def next_tick_in(self, cap: float) -> float:
         """Seconds until `tick()` has something to do (at most `cap`)."""
         now = self.monotonic()
-        times = [t for t in (self.leases.next_due(), self.presence.next_due()) if t is not None]
+        times = [
+            t
+            for t in (self.leases.next_due(), self.presence.next_due(), self.acks.next_due())
+            if t is not None
+        ]
         if not times:
             return cap
         return max(0.0, min(min(times) - now, cap))

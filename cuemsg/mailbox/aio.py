@@ -167,6 +167,7 @@ class AsyncMailbox(MailboxBase):
         self._wake = anyio.Event()  # heartbeat task: a lease was taken, or closing
         self._requests = anyio.Event()  # reply task: a request started waiting
         self._core.leases.on_hold = lambda: self._wake.set()
+        self._core.acks.on_due = lambda: self._wake.set()
         self._core.router.on_expect = lambda: self._requests.set()
         self._tg: TaskGroup | None = None
         self._replies_started = False
@@ -348,18 +349,28 @@ class AsyncMailbox(MailboxBase):
 
     @overload
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: None = None
+        self,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        type: None = None,
+        batch: int = 1,
     ) -> AsyncIterator[AsyncMessage[Any]]: ...
     @overload
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: type[T]
+        self, *, wait: float | None = None, limit: int | None = None, type: type[T], batch: int = 1
     ) -> AsyncIterator[AsyncMessage[T]]: ...
     async def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: Any = None
+        self,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        type: Any = None,
+        batch: int = 1,
     ) -> AsyncIterator[AsyncMessage[Any]]:
         """See `Mailbox.receive` (`async for msg in mb.receive(): ...`)."""
         self._running()
-        flow = self._core.receive(wait=wait, limit=limit, type=type)
+        flow = self._core.receive(wait=wait, limit=limit, type=type, batch=batch)
         value: Any = None
         exc: BaseException | None = None
         try:
@@ -377,6 +388,17 @@ class AsyncMailbox(MailboxBase):
                     exc = err
         finally:
             flow.close()
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        """Record the acks still waiting (a receive loop closed early, or aclose())."""
+        if not self._core.acks:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._drive(self._core.flush_acks(final=True))
+            except Exception:
+                log.exception("could not record the waiting acks of %s", self.name)
 
     async def serve(
         self,
@@ -519,6 +541,7 @@ class AsyncMailbox(MailboxBase):
         core.router.close()
         self._wake.set()
         self._requests.set()
+        await self._flush_acks()
         if self._replies_started:
             try:
                 await self._drive(core.drain_replies())

@@ -157,6 +157,7 @@ class Mailbox(MailboxBase):
             info, config, event_factory=threading.Event, make_message=self._message
         )
         self._core.leases.on_hold = self._wake.set
+        self._core.acks.on_due = self._wake.set
         self._core.router.on_expect = self._requests.set
         self._lock = threading.Lock()
         self._heartbeats: threading.Thread | None = None
@@ -372,30 +373,48 @@ class Mailbox(MailboxBase):
 
     @overload
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: None = None
+        self,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        type: None = None,
+        batch: int = 1,
     ) -> Iterator[Message[Any]]: ...
     @overload
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: type[T]
+        self, *, wait: float | None = None, limit: int | None = None, type: type[T], batch: int = 1
     ) -> Iterator[Message[T]]: ...
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: Any = None
+        self,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        type: Any = None,
+        batch: int = 1,
     ) -> Iterator[Message[Any]]:
-        """Iterate over incoming messages, one claim at a time.
+        """Iterate over incoming messages.
 
         Args:
             wait: stop after this many seconds with no message (None: run
                 until `stop()`).
             limit: stop after this many messages.
             type: decode bodies to this type (pydantic model, Struct, ...).
+            batch: claim up to this many messages per request (default 1:
+                one claim and one ack request a message). With more, the
+                acks of the messages the loop moves on from are recorded
+                together, with one request, before the next claim (or when
+                the loop ends, or a second after they were decided); the
+                leases of the messages in hand are renewed meanwhile.
+                `stop()` ends the loop once the batch in hand is delivered.
 
         Yields:
             Each `Message`; one left unsettled is acked when the loop moves
-            on. Breaking out of the loop with one unsettled leaves it to be
-            delivered again when its lease runs out: ack it first.
+            on. Breaking out of the loop with one unsettled leaves it, and
+            the rest of the batch in hand, to be delivered again when their
+            leases run out: ack it first. Acks already decided are recorded.
         """
         self._ensure_heartbeats()
-        flow = self._core.receive(wait=wait, limit=limit, type=type)
+        flow = self._core.receive(wait=wait, limit=limit, type=type, batch=batch)
         value: Any = None
         exc: BaseException | None = None
         try:
@@ -413,6 +432,16 @@ class Mailbox(MailboxBase):
                     exc = err
         finally:
             flow.close()
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        """Record the acks still waiting (a receive loop closed early, or close())."""
+        if not self._core.acks:
+            return
+        try:
+            self._drive(self._core.flush_acks(final=True))
+        except Exception:
+            log.exception("could not record the waiting acks of %s", self.name)
 
     def serve(
         self,
@@ -425,7 +454,9 @@ class Mailbox(MailboxBase):
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
         The handler's return value answers a request; a message is acked
-        when the handler returns. `RetryLater` asks for a later retry; any
+        when the handler returns (acks of handlers that finish close together
+        are recorded with one request, at most 50 ms later; replies at once).
+        `RetryLater` asks for a later retry; any
         other exception sends a request an error reply, and rejects (or,
         with `on_error="retry"`, retries) a message. The loop survives bad
         messages and handler errors.
@@ -594,6 +625,7 @@ class Mailbox(MailboxBase):
         self._requests.set()
         if self._heartbeats is not None:
             self._heartbeats.join(timeout=5.0)
+        self._flush_acks()
         if self._replies is not None:
             self._replies.join(timeout=core.config.poll_wait + self.client.timeout)
             try:

@@ -5,7 +5,9 @@ Usage: _dying_receiver.py BASE_URL API_KEY NAME DEDUPE_PATH MODE RUNS_LOG
 MODE `mid_handler`: the process exits while its handler runs (nothing recorded).
 MODE `after_handling`: the handler finishes (and a request's reply is sent), the
 message id is recorded in the SQLite dedupe file, then the process exits before
-its ack reaches the server. `os._exit` skips every cleanup: a real crash.
+its ack reaches the server. MODE `batch`: `receive(batch=10)` and exit while the
+fifth message is in hand: four acks decided but not yet recorded, five messages
+claimed but not yet yielded. `os._exit` skips every cleanup: a real crash.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def main() -> None:
         CrashAfterRecording(dedupe_path) if mode == "after_handling" else SQLiteDedupe(dedupe_path)
     )
     mailbox = Mailbox.open(client, name, worker_id="doomed", poll_wait=0.3, dedupe=store)
+
+    if mode == "batch":
+        for n, msg in enumerate(mailbox.receive(wait=20, batch=10), 1):
+            with open(runs_log, "a") as log:
+                log.write(f"{msg.id}\n")
+            if n == 5:
+                os._exit(3)
+        sys.exit("the receiver was expected to die on its fifth message")
 
     def handler(msg: Message[Any]) -> Any:
         with open(runs_log, "a") as log:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from typing import Any
 
 import anyio
@@ -12,6 +12,7 @@ import pytest
 from cuemsg._exceptions import MailboxError, NotFound, RemoteError, RequestTimeout, RetryLater
 from cuemsg.cueapi import AsyncCueClient
 from cuemsg.mailbox import AsyncMailbox, AsyncMessage
+from cuemsg.testing import RunningServer
 from tests.mailbox.conftest import POLL
 
 pytestmark = pytest.mark.anyio
@@ -140,3 +141,47 @@ async def test_retry_later_and_bad_messages(aclient: AsyncCueClient) -> None:
         assert seen == [("again", 1), ("once", 1), ("again", 2)]
         exe = await aclient.executions.get(bad.id)
         assert exe.status == "failed" and "newer" in exe.outcome["error"]
+
+
+async def test_batches(server: RunningServer, aclient: AsyncCueClient) -> None:
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+        AsyncMailbox.open(aclient, "c", poll_wait=POLL) as c,
+    ):
+        used: dict[int, int] = {}
+        for batch in (1, 10):
+            sent = await a.send_many(b.address, list(range(30)))
+            before = server.requests
+            assert [m.body async for m in b.receive(wait=1, limit=30, batch=batch)] == list(
+                range(30)
+            )
+            used[batch] = server.requests - before
+            statuses = {(await aclient.executions.get(s.execution_id)).status for s in sent}
+            assert statuses == {"success"}
+        assert used[10] < used[1] and b.stats.acked == 60
+        # Leaving the loop early records the acks already decided.
+        sent = await a.send_many(b.address, list(range(5)))
+        async with aclosing(b.receive(wait=1, batch=5)) as messages:
+            async for m in messages:
+                if m.body == 2:
+                    break
+        statuses = [(await aclient.executions.get(s.execution_id)).status for s in sent]
+        assert statuses[:2] == ["success"] * 2 and "success" not in statuses[2:]
+        # serve() records the acks of handlers that finish together in one request.
+        sent = await a.send_many(c.address, list(range(100)))
+        handled: list[int] = []
+
+        async def handler(msg: AsyncMessage[Any]) -> None:
+            await anyio.sleep(0.002)
+            handled.append(msg.body)
+
+        before = server.requests
+        await c.serve(handler, concurrency=8, idle_timeout=0.5)
+        used_serve = server.requests - before
+        assert sorted(handled) == list(range(100)) and c.stats.acked == 100
+        assert used_serve < 300
+        if "outcome.batch" in aclient.extensions:
+            assert used_serve < 100
+        statuses = {(await aclient.executions.get(s.execution_id)).status for s in sent}
+        assert statuses == {"success"}

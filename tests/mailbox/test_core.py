@@ -387,6 +387,155 @@ def test_claim_survives_transient_errors() -> None:
     assert [g.execution_id for g in got] == ["e1"] and "e1" in c.leases
 
 
+# -- batches ------------------------------------------------------------------------------------
+
+
+def batch_of(*ids: str) -> ClaimResult:
+    return ClaimResult(
+        claimed=True,
+        executions=[claimed(message(Meta(id=f"m-{i}"), i), eid=f"e-{i}") for i in ids],
+    )
+
+
+def test_receive_in_batches_records_the_acks_together_before_the_next_claim() -> None:
+    c = make_core()
+    claims = [batch_of("1", "2", "3"), batch_of("4")]
+    flushed: list[list[str]] = []
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Claim):
+            return claims.pop(0)
+        if isinstance(op, Outcomes):
+            ids = [o.execution_id for o in op.outcomes]
+            # Each id is in the dedupe store before its ack is recorded.
+            assert all(c.dedupe.seen(f"{ME}/m-{e[2:]}") is not None for e in ids)
+            assert all(e in c.leases for e in ids)  # leases held until then
+            flushed.append(ids)
+        return ok(op)
+
+    delivered: list[Any] = []
+    flow = c.receive(wait=None, limit=4, type=None, batch=3)
+    value: Any = None
+    ops: list[Any] = []
+    while True:
+        done, op = advance(flow, value, None)
+        if done:
+            break
+        ops.append(op)
+        if isinstance(op, core.Deliver):
+            delivered.append(op.message.body)
+            value = None
+            continue
+        value = answer(op)
+    assert delivered == ["1", "2", "3", "4"]
+    kinds = [type(o).__name__ for o in ops]
+    assert kinds == ["Claim", *["Deliver"] * 3, "Outcomes", "Claim", "Deliver", "Outcomes"]
+    assert [o.limit for o in ops if isinstance(o, Claim)] == [3, None]  # never more than wanted
+    assert flushed == [["e-1", "e-2", "e-3"], ["e-4"]]
+    assert c.stats.acked == 4 and len(c.leases) == 0 and not c.acks
+    with pytest.raises(ValueError):
+        run(c.receive(wait=None, limit=None, batch=0), ok)
+
+
+def test_a_refused_item_of_a_batch_is_a_lost_lease_not_an_ack() -> None:
+    c = make_core()
+    msgs = []
+    for i in ("1", "2", "3"):
+        msg, _ = run(c.admit(claimed(message(Meta(id=f"m-{i}"), i), eid=f"e-{i}")), ok)
+        c.leases.hold(f"e-{i}", 30, 0.0)
+        c.queue_ack(msg, 10.0)
+        msgs.append(msg)
+    refused = Forbidden("leased to another worker", status=403, code="not_execution_owner")
+
+    def answer(op: Any) -> Any:
+        assert isinstance(op, Outcomes) and len(op.outcomes) == 3
+        return [OutcomeResult(execution_id="e-1"), refused, OutcomeResult(execution_id="e-3")]
+
+    _, ops = run(c.flush_acks(), answer)
+    assert len(ops) == 1
+    assert c.stats.acked == 2 and c.stats.redelivered == 1
+    assert len(c.leases) == 0 and not c.acks
+    # A lease known lost before the flush is never reported at all.
+    msg, _ = run(c.admit(claimed(message(Meta(id="m-4"), 4), eid="e-4")), ok)
+    c.leases.hold("e-4", 30, 0.0)
+    c.queue_ack(msg, 10.0)
+    c._lease_lost("e-4", "m-4", refused)  # as a refused heartbeat does (counted once)
+    _, ops = run(c.flush_acks(), ok)
+    assert ops == [] and c.stats.redelivered == 2 and "e-4" not in c.leases
+    # Known lost when the ack is decided: LeaseLost, nothing queued.
+    msg, _ = run(c.admit(claimed(message(Meta(id="m-5"), 5), eid="e-5")), ok)
+    c.leases.hold("e-5", 30, 0.0)
+    c._lease_lost("e-5", "m-5", refused)
+    with pytest.raises(LeaseLost):
+        c.queue_ack(msg, 10.0)
+    assert not c.acks and c.stats.redelivered == 3
+
+
+def test_a_batch_of_acks_lost_in_transit_is_sent_again() -> None:
+    c = make_core()
+    for i in ("1", "2"):
+        msg, _ = run(c.admit(claimed(message(Meta(id=f"m-{i}"), i), eid=f"e-{i}")), ok)
+        c.leases.hold(f"e-{i}", 30, 0.0)
+        c.queue_ack(msg, 10.0)
+    calls: list[int] = []
+
+    def flaky(op: Any) -> Any:
+        if isinstance(op, Sleep):
+            return None
+        calls.append(len(op.outcomes))
+        if len(calls) == 1:
+            raise TransportError("reset after sending")
+        # The first report did record e-1 before its answer was lost.
+        done = Conflict("already", status=409, code="outcome_already_recorded")
+        return [done, OutcomeResult(execution_id="e-2")]
+
+    _, ops = run(c.flush_acks(final=True), flaky)
+    assert calls == [2, 2] and isinstance(ops[1], Sleep)
+    assert c.stats.acked == 2 and c.stats.redelivered == 0 and len(c.leases) == 0
+    # Past ACK_TRIES failed reports the acks are given up (delivered again later).
+    msg, _ = run(c.admit(claimed(message(Meta(id="m-3"), 3), eid="e-3")), ok)
+    c.leases.hold("e-3", 30, 0.0)
+    c.queue_ack(msg, 10.0)
+
+    def down(op: Any) -> Any:
+        if isinstance(op, Outcomes):
+            raise TransportError("down")
+        return None
+
+    _, ops = run(c.flush_acks(final=True), down)
+    assert sum(isinstance(o, Outcomes) for o in ops) == core.ACK_TRIES
+    assert not c.acks and "e-3" not in c.leases and c.stats.acked == 2
+
+
+def test_serve_handlers_finishing_together_share_one_report() -> None:
+    c = make_core()
+    flows = [c.handle(claimed(message(Meta(id=f"m-{i}"), i), eid=f"e-{i}"), str) for i in "12"]
+    for i, flow in zip("12", flows, strict=True):
+        c.leases.hold(f"e-{i}", 30, c.monotonic())
+        done, op = advance(flow, None, None)
+        assert not done and isinstance(op, CallHandler)  # both handlers are running
+    # The first to finish queues its ack: another handler still runs, nothing is sent.
+    done, _ = advance(flows[0], "1", None)
+    assert done and len(c.acks) == 1 and "e-1" in c.leases
+    assert 0 < c.next_tick_in(cap=10) <= core.SERVE_ACK_DELAY
+    # The last to finish records both with one report.
+    done, op = advance(flows[1], "2", None)
+    assert not done and isinstance(op, Outcomes)
+    assert [o.execution_id for o in op.outcomes] == ["e-1", "e-2"]
+    done, _ = advance(flows[1], ok(op), None)
+    assert done and c.stats.acked == 2 and len(c.leases) == 0
+
+
+def test_tick_records_acks_that_waited_long_enough() -> None:
+    c = make_core()
+    msg, _ = run(c.admit(claimed(message(Meta(id="m-1"), 1), eid="e-1")), ok)
+    c.leases.hold("e-1", 30, c.monotonic())
+    c.queue_ack(msg, 0.0)
+    _, ops = run(c.tick(), ok)
+    assert [type(o) for o in ops] == [Outcomes]
+    assert c.stats.acked == 1 and not c.acks
+
+
 # -- request/reply ------------------------------------------------------------------------------
 
 

@@ -87,3 +87,36 @@ def test_redelivery_after_a_receiver_dies(
             assert len(reply_runs) == 1  # a resent reply reuses its idempotency key
         for mb in (a, survivor):
             mb.close()
+
+
+def test_a_receiver_dying_with_a_batch_in_hand_loses_nothing(
+    short_lease_server: RunningServer, tmp_path: Path
+) -> None:
+    srv = short_lease_server
+    key = srv.new_key()
+    dedupe, runs = tmp_path / "dedupe.db", tmp_path / "runs.log"
+    with CueClient(key, srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=0.3)
+        b_address = Mailbox.open(client, "b", poll_wait=0.3).address
+        sent = a.send_many(b_address, [f"m{i}" for i in range(12)])
+        crash_a_receiver(srv, key, dedupe, "batch", runs)
+        first = runs.read_text().split()
+        assert first == [s.id for s in sent[:5]]  # died holding the fifth of a batch of ten
+
+        survivor = Mailbox.open(
+            client, "b", worker_id="survivor", poll_wait=0.3, dedupe=SQLiteDedupe(dedupe)
+        )
+        # The ten leases run out within a second; the survivor gets all of them back (the two
+        # never claimed come first: a redelivery does not keep order).
+        again = [m.id for m in survivor.receive(wait=2.5, batch=10)]
+        # The four acks decided before the crash are known duplicates (acked, not delivered);
+        # the message in hand comes back (at-least-once); the rest are delivered once.
+        assert sorted(again) == [s.id for s in sent[4:]]
+        assert survivor.stats.duplicates == 4 and survivor.stats.acked == 8
+        for s in sent:
+            exe = client.executions.get(s.execution_id)
+            assert exe.status == "success", exe
+            assert exe.claimed_by_worker == "survivor"
+            assert exe.attempts == (2 if s in sent[:10] else 1)
+        for mb in (a, survivor):
+            mb.close()

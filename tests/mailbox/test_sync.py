@@ -409,3 +409,122 @@ def test_timeout_names_a_dead_responder(short_lease_server: RunningServer) -> No
         gen.close()
         for mb in (a, b):
             mb.close()
+
+
+# -- batches --------------------------------------------------------------------------------------
+
+
+def test_receive_in_batches_gets_all_in_order_with_fewer_requests(
+    server: RunningServer, client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    used: dict[int, int] = {}
+    for batch in (1, 10):
+        sent = a.send_many(b.address, [f"{batch}-{i}" for i in range(100)])
+        before = server.requests
+        got = [m.body for m in b.receive(wait=2, limit=100, batch=batch)]
+        used[batch] = server.requests - before
+        assert got == [f"{batch}-{i}" for i in range(100)]
+        assert {client.executions.get(s.execution_id).status for s in sent} == {"success"}
+    assert used[10] < used[1]
+    assert b.stats.acked == 200 and b.stats.redelivered == 0
+    assert len(b._core.leases) == 0 and not b._core.acks
+
+
+def test_leaving_a_batched_loop_records_the_acks_already_decided(
+    client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    sent = a.send_many(b.address, list(range(10)))
+    for msg in b.receive(wait=2, batch=5):
+        if msg.body == 2:
+            break  # 0 and 1 were acked (queued); 2 is left unsettled, 3 and 4 unyielded
+    statuses = [client.executions.get(s.execution_id).status for s in sent]
+    assert statuses[:2] == ["success"] * 2
+    assert "success" not in statuses[2:]
+    assert b.stats.acked == 2 and not b._core.acks
+    # stop() ends the loop once the batch in hand is delivered; every ack is recorded.
+    c = mailboxes("b", worker_id="b-2")
+    got: list[Any] = []
+    for msg in c.receive(wait=2, batch=4):
+        got.append(msg.body)
+        c.stop()
+    assert got == [5, 6, 7, 8]
+    assert [client.executions.get(s.execution_id).status for s in sent[5:9]] == ["success"] * 4
+    assert c.stats.acked == 4
+
+
+def test_serve_batches_outcomes_under_load(
+    server: RunningServer, client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    n = 200
+    sent = a.send_many(b.address, list(range(n)))
+    handled: list[int] = []
+
+    def handler(msg: Message[Any]) -> None:
+        time.sleep(0.002)
+        handled.append(msg.body)
+
+    before = server.requests
+    b.serve(handler, concurrency=8, idle_timeout=0.5)
+    used = server.requests - before
+    assert sorted(handled) == list(range(n))
+    assert used < n * 3
+    if "outcome.batch" in client.extensions:
+        assert used < n  # fewer requests than acks: they went in batches
+    assert b.stats.acked == n and not b._core.acks and len(b._core.leases) == 0
+    assert {client.executions.get(s.execution_id).status for s in sent} == {"success"}
+
+
+def test_a_lost_lease_inside_a_batch_of_acks_is_redelivered_not_acked(
+    short_lease_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cuemsg.mailbox import _core
+
+    monkeypatch.setattr(_core, "SERVE_ACK_DELAY", 10.0)  # only "no handler runs" flushes
+    srv = short_lease_server
+    key = srv.new_key()
+    with CueClient(key, srv.base_url) as client, CueClient(key, srv.base_url) as b1_client:
+        reports: list[list[str]] = []
+        report_outcomes = b1_client.executions.report_outcomes
+
+        def spy(outcomes: Any, *, worker_id: str) -> Any:
+            reports.append([o.execution_id for o in outcomes])
+            return report_outcomes(outcomes, worker_id=worker_id)
+
+        b1_client.executions.report_outcomes = spy  # type: ignore[method-assign]
+        a = Mailbox.open(client, "a", poll_wait=POLL)
+        b1 = Mailbox.open(b1_client, "b", worker_id="b1", poll_wait=POLL)
+        b2 = Mailbox.open(client, "b", worker_id="b2", poll_wait=POLL)
+        sent = a.send_many(b1.address, ["slow", "x1", "x2", "x3"])
+        inside = threading.Barrier(5)
+        go = threading.Event()
+
+        def handler(msg: Message[Any]) -> None:
+            if msg.body == "slow":
+                b1._core.leases.release(msg.execution_id)  # b1 hangs on it: no renewals
+            inside.wait(timeout=10)
+            assert go.wait(timeout=10)
+
+        with serving(b1, handler, concurrency=4):
+            inside.wait(timeout=10)  # all four claimed in one go, handlers running
+            taken = b2.receive(wait=5)
+            again = next(taken)  # the lease ran out; b2 holds it now
+            assert again.body == "slow" and again.deliveries == 2
+            go.set()
+            deadline = time.time() + 10
+            while b1.stats.acked + b1.stats.redelivered < 4 and time.time() < deadline:
+                time.sleep(0.02)
+            again.ack()
+            taken.close()
+        eids = [s.execution_id for s in sent]
+        assert sorted(eids) in [sorted(r) for r in reports]  # one report for the four
+        assert b1.stats.acked == 3 and b1.stats.redelivered == 1
+        slow = client.executions.get(eids[0])
+        assert slow.status == "success" and slow.outcome["worker_id"] == "b2"
+        for eid in eids[1:]:
+            exe = client.executions.get(eid)
+            assert exe.status == "success" and exe.outcome["worker_id"] == "b1"
+        for mb in (a, b1, b2):
+            mb.close()
