@@ -430,8 +430,8 @@ def _add_client_commands(sub: Any) -> None:
         help="send a request and print its reply",
         description=(
             "Send a request and wait for the reply of a mailbox that serves it; prints the "
-            "reply body as JSON. The replies come back to the --from mailbox: requests run "
-            "at the same time need different --from names."
+            "reply body as JSON. The reply comes back to the --from mailbox, on a reply "
+            "stream of this command alone."
         ),
         epilog=EXIT_CODES,
     )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -867,8 +868,8 @@ def open_mailbox(
     Creating first and looking the name up on 409 `cue_name_taken` makes
     two processes that open the same mailbox at once end up on one cue.
     """
-    if task is not None and task.endswith(REPLY_SUFFIX):
-        raise ValueError(f"a mailbox task must not end with {REPLY_SUFFIX!r}: {task!r}")
+    if task is not None and REPLY_SUFFIX in task:
+        raise ValueError(f"a mailbox task must not contain {REPLY_SUFFIX!r}: {task!r}")
     wanted = task or name
     cue: Cue | None = None
     for _ in range(3):
@@ -906,7 +907,9 @@ def open_mailbox(
         name=name,
         address=cue.id,
         task=have,
-        reply_task=have + REPLY_SUFFIX,
+        # One reply stream per open mailbox, not per name: two processes that open
+        # the same mailbox must never claim each other's replies.
+        reply_task=f"{have}{REPLY_SUFFIX}.{secrets.token_hex(4)}",
         worker_id=worker_id or default_worker_id(have),
         cue_payload=dict(cue.payload),
     )

@@ -140,12 +140,10 @@ def test_open_creates_a_paused_recurring_worker_cue() -> None:
 
     info, ops = run(open_mailbox("me", task=None, worker_id="w"), answer)
     assert [type(o) for o in ops] == [CreateCue, UpdateCue]
-    assert (info.address, info.task, info.reply_task, info.worker_id) == (
-        ME,
-        "me",
-        "me.replies",
-        "w",
-    )
+    assert (info.address, info.task, info.worker_id) == (ME, "me", "w")
+    # Each open mailbox has a reply stream of its own.
+    again, _ = run(open_mailbox("me", task=None, worker_id="w"), answer)
+    assert info.reply_task.startswith("me.replies.") and again.reply_task != info.reply_task
 
 
 def test_open_finds_the_cue_when_the_name_is_taken() -> None:
@@ -182,8 +180,9 @@ def test_open_refuses_cues_that_are_not_this_mailbox(cue: Cue, match: str) -> No
 
     with pytest.raises(MailboxError, match=match):
         run(open_mailbox("me", task="me", worker_id=None), answer)
-    with pytest.raises(ValueError, match="must not end"):
-        run(open_mailbox("me", task="x.replies", worker_id=None), answer)
+    for bad in ("x.replies", "x.replies.y"):
+        with pytest.raises(ValueError, match="must not contain"):
+            run(open_mailbox("me", task=bad, worker_id=None), answer)
 
 
 # -- sending ----------------------------------------------------------------------------------

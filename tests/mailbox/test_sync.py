@@ -59,7 +59,7 @@ def test_open_is_idempotent_and_safe_when_raced(client: CueClient, mailboxes: Op
     assert cue.status == "paused" and cue.transport == "worker"
     assert cue.schedule == MAILBOX_SCHEDULE and cue.payload == {"task": "inbox"}
     assert [c.name for c in client.cues.list().cues] == ["inbox"]
-    assert boxes[0].task == "inbox" and boxes[0].reply_task == "inbox.replies"
+    assert boxes[0].task == "inbox" and boxes[0].reply_task.startswith("inbox.replies.")
     with pytest.raises(MailboxError, match="routes task"):
         mailboxes("inbox", task="other")
 
@@ -246,7 +246,7 @@ def test_request_reply_and_accountability(client: CueClient, mailboxes: Open) ->
     meta = exe.outcome["metadata"]["cuemsg"]
     assert exe.status == "success" and meta["state"] == "replied"
     reply = client.executions.get(meta["reply_execution_id"])
-    assert reply.cue_id == a.address and reply.payload["task"] == "a.replies"
+    assert reply.cue_id == a.address and reply.payload["task"] == a.reply_task
     assert reply.payload["cuemsg"]["correlation_id"] == meta["correlation_id"]
     assert reply.status == "success" and "delivered" in reply.outcome["result"]
 
@@ -272,6 +272,19 @@ def test_fifty_outstanding_requests_three_responders(mailboxes: Open) -> None:
         by[w.worker_id] = w.stats.replied
     assert sum(by.values()) == 50
     assert a.pending_requests == 0 and a.stats.replies_received == 50
+
+
+def test_two_processes_on_one_mailbox_never_take_each_others_replies(mailboxes: Open) -> None:
+    # Two opens of one name stand for two processes: each has its own reply stream.
+    first, second = mailboxes("caller"), mailboxes("caller")
+    assert first.address == second.address and first.reply_task != second.reply_task
+    svc = mailboxes("svc")
+    with serving(svc, lambda msg: msg.body * 2, concurrency=4), ThreadPoolExecutor(20) as pool:
+        asks = [(mb, n) for n in range(10) for mb in (first, second)]
+        answers = list(pool.map(lambda a: a[0].request(svc.address, a[1], timeout=30), asks))
+    assert answers == [n * 2 for n, _ in ((n, mb) for n in range(10) for mb in (1, 2))]
+    assert first.stats.replies_received == second.stats.replies_received == 10
+    assert first.stats.late_replies == second.stats.late_replies == 0
 
 
 def test_remote_error(mailboxes: Open) -> None:
