@@ -25,6 +25,7 @@ import builtins
 import importlib.metadata
 import os
 import time
+import urllib.request
 from collections.abc import Generator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -38,6 +39,7 @@ from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from cuemsg.cueapi._routes import Call, Send, Step
+from cuemsg.cueapi._transport import KeepAliveTransport
 from cuemsg.cueapi.models import (
     Claimable,
     Claimed,
@@ -79,6 +81,21 @@ try:
 except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
     _VERSION = "0"
 USER_AGENT = f"cuemsg/{_VERSION}"
+_URL_CACHE_SIZE = 256
+_OWN_HEADERS = frozenset({b"accept", b"user-agent"})  # set on every request by `_request_args`
+
+
+def _default_transport() -> httpx.BaseTransport | None:
+    """`KeepAliveTransport`, or None (httpx's own) when the environment names a proxy.
+
+    httpx honours `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` (and `NO_PROXY`);
+    `KeepAliveTransport` has no proxy support, so with a proxy set the client
+    keeps httpx's transport and behaves as it did before.
+    """
+    proxies = urllib.request.getproxies()
+    if any(scheme in proxies for scheme in ("http", "https", "all")):
+        return None
+    return KeepAliveTransport()
 
 
 class _BaseClient:
@@ -162,7 +179,7 @@ class _Resource:
 
 
 class CueClient(_BaseClient):
-    """A synchronous CueAPI client (one pooled keep-alive `httpx.Client`).
+    """A synchronous CueAPI client (an `httpx.Client` over a keep-alive `KeepAliveTransport`).
 
     Args:
         api_key: the tenant's key; defaults to `$CUEAPI_API_KEY`. Only
@@ -173,8 +190,12 @@ class CueClient(_BaseClient):
         max_retries: repeats of a failed request when safe (see `_retry.py`); 0 for none.
         use_extensions: probe `/v1/info` once and use the embedded server's
             extensions when listed; False keeps to the plain contract and never probes.
-        http_client: an `httpx.Client` to send with (the caller closes it).
-        transport: an httpx transport for the client made here (e.g. `httpx.MockTransport`).
+        http_client: an `httpx.Client` to send with (the caller closes it); every
+            request goes through its `send` (auth, event hooks, cookies, mounts).
+        transport: an httpx transport for the client made here (e.g. `httpx.MockTransport`,
+            or `httpx.HTTPTransport(proxy=...)` for a proxy). Default: a
+            `KeepAliveTransport` (stdlib `http.client`, no proxy support), or
+            httpx's own when `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` is set.
 
     Attributes:
         cues: `Cues` resource. executions: `Executions`. workers: `Workers`.
@@ -202,9 +223,29 @@ class CueClient(_BaseClient):
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client= or transport=, not both")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(
-            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
-        )
+        # Where a request goes without `httpx.Client.send` (see `_send`): only a
+        # client made here, whose transport is known and which has no auth, event
+        # hooks, redirects or mounts to apply.
+        self._transport: httpx.BaseTransport | None = None
+        if http_client is not None:
+            self._http = http_client
+        else:
+            if transport is None:
+                transport = _default_transport()
+            if transport is None:
+                self._http = httpx.Client(timeout=timeout, limits=DEFAULT_LIMITS)
+            else:
+                self._http = httpx.Client(transport=transport, timeout=timeout)
+                self._transport = transport
+        # httpx's default headers that every request of ours keeps (Accept-Encoding,
+        # Connection), in their order; `_request_args` always sets Accept and User-Agent.
+        self._default_headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in self._http.headers.raw
+            if name.lower() not in _OWN_HEADERS
+        ]
+        self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
+        self._urls: dict[str, httpx.URL] = {}
         self.cues = Cues(self)
         self.executions = Executions(self)
         self.workers = Workers(self)
@@ -225,10 +266,57 @@ class CueClient(_BaseClient):
         if self._owns_http:
             self._http.close()
 
+    def _build_request(self, call: Call) -> httpx.Request:
+        """What `self._http.build_request(**self._request_args(call))` gives, built directly.
+
+        For a client made here only: its headers (httpx's defaults) are merged
+        once, in `__init__`, and it has no base URL, cookies or params of its
+        own to merge. The same method, URL, query, body, headers and timeouts
+        (test_transport.py compares the two).
+        """
+        args = self._request_args(call)
+        ours: dict[str, str] = args["headers"]
+        if any(name.lower() in self._default_names for name in call.headers):
+            return self._http.build_request(**args)
+        timeout: httpx.Timeout = args["timeout"]
+        url = self._urls.get(args["url"])  # parsing a URL is a third of building a request
+        if url is None:
+            url = httpx.URL(args["url"])
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[args["url"]] = url
+        return httpx.Request(
+            call.method,
+            url,
+            params=args["params"],
+            content=args["content"],
+            headers=[*self._default_headers, *ours.items()],
+            extensions={"timeout": timeout.as_dict()},
+        )
+
     def _send(self, call: Call) -> httpx.Response:
-        request = self._http.build_request(**self._request_args(call))
+        transport = self._transport
+        if transport is None:
+            request = self._http.build_request(**self._request_args(call))
+            self.request_count += 1
+            return self._http.send(request)
+        request = self._build_request(call)
         self.request_count += 1
-        return self._http.send(request)
+        if request.url.userinfo:  # user:pass@ in the URL: httpx's auth
+            return self._http.send(request)
+        # What `httpx.Client.send` would do for a client made here, without its
+        # layers: no auth, hooks or redirects are configured, and the cookie jar
+        # (which CueAPI never fills) is left out.
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = transport.handle_request(request)
+        try:
+            response.request = request
+            response.read()
+        except BaseException:
+            response.close()
+            raise
+        return response
 
     def _run(self, flow: Generator[Step, Any, _T]) -> _T:
         value: Any = None

@@ -1,0 +1,270 @@
+"""`KeepAliveTransport`: an httpx transport on the standard library's `http.client`.
+
+`CueClient` sends with it by default. httpx stays the client's API and its
+exceptions stay the error vocabulary (`_retry.py` reads them), but the bytes
+move through `http.client`, which costs a fraction of the CPU of
+httpcore + h11 per request (see `docs/client.md`, "Client transport").
+
+What it does:
+- one pool of idle keep-alive connections per (scheme, host, port), last in
+  first out, at most `max_idle` each, shared by threads under a lock (a
+  connection is used by one request at a time);
+- before reusing an idle connection it checks, as httpcore does, that the
+  socket is not readable (a readable idle socket holds the server's EOF or
+  stray bytes): such a connection, or one idle longer than
+  `keepalive_expiry`, is closed and another taken or opened, so a
+  connection the server closed while idle never eats a request;
+- per-request timeouts from `request.extensions["timeout"]`: `connect` for
+  opening (TCP and TLS), `write` for sending, `read` for each read of the
+  answer;
+- the whole answer is read before it is returned (no streaming);
+- failures are raised as httpx exceptions, `from` the socket error:
+  refused / unreachable / DNS / TLS during connect -> `ConnectError`,
+  a timeout there -> `ConnectTimeout` (the request never left: safe to
+  repeat); a failure while sending -> `WriteError` / `WriteTimeout`; a
+  reset, an EOF or a malformed answer after the request went out ->
+  `RemoteProtocolError` / `ReadError`, a timeout there -> `ReadTimeout`
+  (the answer was lost: `_retry.py` repeats only calls marked safe). A
+  connection that failed is closed, never pooled.
+
+What it does not do: proxies, HTTP/2, client certificates, streaming.
+For a proxy, pass `transport=httpx.HTTPTransport(proxy=...)` or your own
+`http_client=` to `CueClient` (`CueClient` also keeps httpx's own transport
+when `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` is set).
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import httpx
+
+__all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "DEFAULT_MAX_IDLE", "KeepAliveTransport"]
+
+DEFAULT_MAX_IDLE = 20  # idle connections kept per (scheme, host, port)
+DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is reused for (httpx's default)
+
+_Origin = tuple[str, str, int]
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HTTP_VERSIONS = {10: b"HTTP/1.0", 11: b"HTTP/1.1"}
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """True if a recv on `sock` would not block (EOF, stray bytes), or there is no socket."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([sock], [], [], 0)  # pragma: no cover - Windows
+    return bool(readable)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class KeepAliveTransport(httpx.BaseTransport):
+    """A thread-safe keep-alive HTTP/1.1 transport for `httpx.Client` on `http.client`.
+
+    Args:
+        max_idle: idle connections kept per (scheme, host, port); more are closed.
+        keepalive_expiry: seconds an idle connection may wait to be reused
+            (None: no limit; the readability check still applies).
+        ssl_context: for https (default: httpx's, `httpx.create_ssl_context()`,
+            made on the first https connection).
+
+    Attributes:
+        connections_opened: connections opened so far (for tests and benchmarks).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_idle: int = DEFAULT_MAX_IDLE,
+        keepalive_expiry: float | None = DEFAULT_KEEPALIVE_EXPIRY,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_idle = max_idle
+        self._keepalive_expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._lock = threading.Lock()
+        self._idle: dict[_Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._closed = False
+        self.connections_opened = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(idle={self.idle_count})"
+
+    @property
+    def idle_count(self) -> int:
+        """Idle connections in the pool now, all origins together."""
+        with self._lock:
+            return sum(len(idle) for idle in self._idle.values())
+
+    # -- httpx.BaseTransport ----------------------------------------------------------------
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(
+                f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
+            )
+        if not url.host:
+            raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        conn = self._checkout(origin, timeouts.get("connect"), request)
+        try:
+            response = self._exchange(conn, request, timeouts)
+        except BaseException:
+            conn.close()
+            raise
+        # http.client drops `conn.sock` when the answer said the connection closes.
+        if conn.sock is None:
+            conn.close()
+        else:
+            self._checkin(origin, conn)
+        return response
+
+    def close(self) -> None:
+        """Close every idle connection (connections in use close when their request ends)."""
+        with self._lock:
+            self._closed = True
+            idle = [conn for conns in self._idle.values() for conn, _ in conns]
+            self._idle.clear()
+        for conn in idle:
+            conn.close()
+
+    # -- the pool -----------------------------------------------------------------------------
+
+    def _checkout(
+        self, origin: _Origin, connect_timeout: float | None, request: httpx.Request
+    ) -> http.client.HTTPConnection:
+        """A usable idle connection to `origin`, or a new one."""
+        while True:
+            with self._lock:
+                idle = self._idle.get(origin)
+                if not idle:
+                    break
+                conn, since = idle.pop()
+            expiry = self._keepalive_expiry
+            if (expiry is not None and time.monotonic() - since > expiry) or _readable(conn.sock):
+                conn.close()  # expired, or the server closed it (or sent what it should not)
+                continue
+            return conn
+        return self._connect(origin, connect_timeout, request)
+
+    def _checkin(self, origin: _Origin, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(origin, [])
+            if not self._closed and len(idle) < self._max_idle:
+                idle.append((conn, time.monotonic()))
+                return
+        conn.close()
+
+    def _connect(
+        self, origin: _Origin, timeout: float | None, request: httpx.Request
+    ) -> http.client.HTTPConnection:
+        scheme, host, port = origin
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(
+                host, port, timeout=timeout, context=self._get_ssl_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ConnectTimeout(_describe(exc), request=request) from exc
+        except OSError as exc:  # refused, unreachable, DNS (gaierror), TLS (SSLError)
+            conn.close()
+            raise httpx.ConnectError(_describe(exc), request=request) from exc
+        with self._lock:
+            self.connections_opened += 1
+        return conn
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            # The same trust as httpx's default transport (certifi, or SSL_CERT_FILE/DIR).
+            self._ssl_context = httpx.create_ssl_context()
+        return self._ssl_context
+
+    # -- one exchange -------------------------------------------------------------------------
+
+    @staticmethod
+    def _exchange(
+        conn: http.client.HTTPConnection,
+        request: httpx.Request,
+        timeouts: dict[str, float | None],
+    ) -> httpx.Response:
+        """Send `request` on `conn` and read the whole answer."""
+        body = request.read()
+        headers = request.headers.raw
+        has_host = chunked = False
+        for name, value in headers:
+            name = name.lower()
+            if name == b"host":
+                has_host = True
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if chunked:  # a streamed request body, read whole above: send it as one chunk
+            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        sock = conn.sock
+        assert sock is not None
+        try:
+            sock.settimeout(timeouts.get("write"))
+            conn.putrequest(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                skip_host=has_host,  # httpx sets Host; http.client adds it otherwise
+                skip_accept_encoding=True,
+            )
+            for name, value in headers:
+                conn.putheader(name, value)
+            conn.endheaders(body or None)
+        except TimeoutError as exc:
+            raise httpx.WriteTimeout(_describe(exc), request=request) from exc
+        except OSError as exc:  # BrokenPipe, reset: some of the request may have left
+            raise httpx.WriteError(_describe(exc), request=request) from exc
+
+        try:
+            sock.settimeout(timeouts.get("read"))
+            answer = conn.getresponse()
+            content = answer.read()
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(_describe(exc), request=request) from exc
+        except http.client.HTTPException as exc:
+            # RemoteDisconnected (closed before an answer), IncompleteRead, a bad status line.
+            raise httpx.RemoteProtocolError(_describe(exc), request=request) from exc
+        except OSError as exc:  # reset by peer, and the like
+            raise httpx.ReadError(_describe(exc), request=request) from exc
+
+        extensions: dict[str, Any] = {
+            "http_version": _HTTP_VERSIONS.get(answer.version, b"HTTP/1.1"),
+            "reason_phrase": answer.reason.encode("ascii", "replace"),
+        }
+        # http.client decodes header bytes as latin-1; httpx wants bytes for anything non-ASCII.
+        answer_headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.getheaders()
+        ]
+        return httpx.Response(
+            answer.status,
+            headers=answer_headers,
+            stream=httpx.ByteStream(content),
+            extensions=extensions,
+            request=request,
+        )
