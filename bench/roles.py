@@ -13,8 +13,6 @@ import random
 import time
 from typing import Any
 
-import httpx
-
 from bench.drivers import body, make_driver
 from bench.procs import RoleContext
 
@@ -34,7 +32,7 @@ def floor(
     """The HTTP floor: sequential `GET /v1/cues/{id}` on one keep-alive connection.
 
     `gap`: pause a random time in this range before each request.
-    `stdlib`: use `http.client` instead of httpx.
+    `stdlib`: bare `http.client` instead of cuemsg's `CueClient`.
     """
     path = f"/v1/cues/{cue_id}"
     headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
@@ -54,13 +52,15 @@ def floor(
 
         close = conn.close
     else:
-        http_client = httpx.Client(headers=headers, timeout=10)
-        url = base_url + path
+        # The same HTTP stack the message rows use, so the ratios compare like with like.
+        from cuemsg import CueClient
+
+        client = CueClient(api_key, base_url, timeout=10)
 
         def get() -> None:
-            http_client.get(url).raise_for_status()
+            client.cues.get(cue_id)
 
-        close = http_client.close
+        close = client.close
     rng = random.Random(11)
     latencies: list[float] = []
     try:
@@ -380,6 +380,34 @@ def mailbox_batch_sender(
                     drv.send(to, item)
             sent += n
         return {"sent": sent, "t_start": start, "t_end": time.time()}
+    finally:
+        drv.close()
+
+
+def mailbox_batch_receiver(
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    name: str,
+    count: int,
+    batch: int,
+    deadline: float,
+) -> Result:
+    """Receive `count` messages with `Mailbox.receive(batch=n)`: claims of up to n, the
+    loop's acks recorded together (outcome.batch) before the next claim."""
+    drv = make_driver("mailbox", base_url, api_key, name)
+    mailbox = drv.mailbox  # type: ignore[attr-defined]
+    try:
+        ctx.ready()
+        start = time.time()
+        got = 0
+        t_first = 0.0
+        while got < count and time.time() - start < deadline:
+            for _msg in mailbox.receive(wait=5.0, batch=batch, limit=count - got):
+                got += 1
+                t_first = t_first or time.time()
+        return {"received": got, "t_first": t_first, "t_last": time.time()}
     finally:
         drv.close()
 

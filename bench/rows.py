@@ -128,7 +128,7 @@ def floor(
 
     `paced`: a random pause (as the long-poll fire-to-handler sender makes)
     before each request, so the server and client wake from idle each time.
-    `stdlib`: with `http.client` instead of httpx (what the HTTP stack costs).
+    `stdlib`: with bare `http.client` instead of `CueClient` (what the HTTP stack costs).
     """
     cue_id = open_inboxes("raw", server, ["bench-floor"], True)[0]
     kw = dict(
@@ -154,7 +154,7 @@ def floor(
         percentile(lat, 50),
         percentile(lat, 99),
         1.0,
-        "stdlib http.client, keep-alive" if stdlib else "httpx, keep-alive",
+        "stdlib http.client, keep-alive" if stdlib else "CueClient.cues.get, keep-alive",
     )
     return with_cpu(row, counter, results, len(lat))
 
@@ -442,12 +442,15 @@ def batch(plan: Plan, server: ServerProc, *, key: str) -> Row:
 
 
 def batch_mailbox(plan: Plan, server: ServerProc, *, key: str) -> Row:
-    """The Mailbox's batch path: `send_many` (fire.batch) to a Mailbox receiving one at a time."""
+    """The Mailbox's batch path: `send_many` (fire.batch) to `receive(batch=n)`."""
     [inbox] = open_inboxes("mailbox", server, ["bench-mbatch"], True)
     common = dict(base_url=server.base_url, api_key=server.api_key, deadline=plan.deadline)
     count = plan.batch_msgs // 4
     role_list = [
-        Role(roles.receiver, dict(kind="mailbox", name="bench-mbatch", count=count, **common)),
+        Role(
+            roles.mailbox_batch_receiver,
+            dict(name="bench-mbatch", count=count, batch=plan.batch_size, **common),
+        ),
         Role(
             roles.mailbox_batch_sender,
             dict(name="bench-mbatch-out", to=inbox, count=count, batch=plan.batch_size, **common),
@@ -458,12 +461,12 @@ def batch_mailbox(plan: Plan, server: ServerProc, *, key: str) -> Row:
     span = results[0]["t_last"] - results[1]["t_start"]
     row = Row(
         key,
-        f"one-way, Mailbox.send_many of {plan.batch_size} -> Mailbox.receive (one claim and"
-        " one ack a message), 1 pair",
+        f"one-way, Mailbox.send_many of {plan.batch_size} -> Mailbox.receive(batch="
+        f"{plan.batch_size}), 1 pair",
         rate(got, span),
         "msg/s",
         req_per_msg=counter.count / got if got else None,
-        note=driver_label("mailbox") + ": receive has no batch path",
+        note=driver_label("mailbox") + ": fire.batch, claim.many, outcome.batch",
     )
     return with_cpu(row, counter, results, got)
 

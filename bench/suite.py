@@ -303,8 +303,8 @@ def _ratios(report: Report) -> list[Ratio]:
             note="above 1: the client's CPU, not the server's, caps a message",
         ),
         Ratio(
-            "R12", "httpx vs http.client per request (client CPU)",
-            "client CPU per GET with httpx (1a) / with http.client (1d)",
+            "R12", "CueClient vs bare http.client per request (client CPU)",
+            "client CPU per GET with CueClient (1a) / with http.client (1d)",
             _div(g("1a", "client_cpu"), g("1d", "client_cpu")),
         ),
         Ratio(
@@ -324,9 +324,9 @@ def _ratios(report: Report) -> list[Ratio]:
         ),
         Ratio(
             "R3m", "what the Mailbox's batch path buys",
-            "msg/s Mailbox.send_many -> receive (Bm) / msg/s one at a time (2b)",
+            "msg/s Mailbox.send_many -> receive(batch) (Bm) / msg/s one at a time (2b)",
             _div(g("Bm", "value"), g("2b", "value")),
-            note="send_many batches the fires; receive still claims and acks one by one",
+            note="send_many batches the fires, receive(batch=n) the claims and acks",
         ),
         Ratio(
             "R4", "8 pairs vs the server's floor",
