@@ -146,7 +146,8 @@ class Op:
 
     def call(self, client: Any) -> Any:
         """Run against a `CueClient` (the answer) or `AsyncCueClient` (an awaitable)."""
-        raise NotImplementedError(f"{type(self).__name__} is run by the driver itself")
+        # Ops like Sleep or Spawn are the driver's own business, not the client's.
+        raise TypeError(f"{type(self).__name__} is run by the driver itself, not by a client")
 
 
 @dataclass(frozen=True)
