@@ -21,6 +21,7 @@ lease, a scheduled execution coming due) a backend calls
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -120,6 +121,41 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
     task = payload.get("task")
     agent = payload.get("agent")
     return (task if isinstance(task, str) else None, agent if isinstance(agent, str) else None)
+
+
+#: The execution columns every backend selects, in this order (`execution_from_row`).
+EXECUTION_COLUMNS = (
+    "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
+    "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
+    "claimed_at, lease_expires_at, outcome"
+)
+_decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_outcome = msgspec.json.Decoder(Outcome).decode
+
+
+def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execution:
+    """An `Execution` from a row of `EXECUTION_COLUMNS` (payload and outcome as JSON text)."""
+    return Execution(
+        id=row[0],
+        tenant_id=row[1],
+        cue_id=row[2],
+        status=row[3],
+        task=row[4],
+        agent=row[5],
+        payload=_decode_payload(row[6]),
+        transport=row[7],
+        triggered_by=row[8],
+        scheduled_for=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        attempts=row[12],
+        max_attempts=row[13],
+        claimed_by_worker=row[14],
+        claimed_at=row[15],
+        lease_expires_at=row[16],
+        outcome=_decode_outcome(row[17]) if row[17] is not None else None,
+        cue_name=cue_name,
+    )
 
 
 def new_execution_id() -> str:

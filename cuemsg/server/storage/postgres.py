@@ -65,6 +65,7 @@ from cuemsg._exceptions import StorageError
 from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
+    EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
     Cue,
     Execution,
@@ -73,6 +74,7 @@ from cuemsg.server.storage.base import (
     Worker,
     check_lease,
     effective_payload,
+    execution_from_row,
     idempotency_conflict,
     name_taken,
     new_execution_id,
@@ -161,11 +163,7 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_EXEC_COLS = (
-    "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
-    "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome"
-)
+_EXEC_COLS = EXECUTION_COLUMNS
 _CLAIMABLE = "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= %s"
 _CLAIM_SET = (
     "status = 'delivering', attempts = e.attempts + 1, claimed_by_worker = %s, "
@@ -186,8 +184,6 @@ _LONG_TASK = 1000
 _LISTEN_CHECK = 30.0
 
 _encode = msgspec.json.Encoder().encode
-_decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_outcome = msgspec.json.Decoder(Outcome).decode
 _decode_cue = msgspec.json.Decoder(Cue).decode
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
@@ -213,30 +209,6 @@ class _RawJson(Loader):
 
     def load(self, data: Buffer) -> bytes:
         return bytes(data)
-
-
-def _execution(row: Sequence[Any], cue_name: str | None = None) -> Execution:
-    return Execution(
-        id=row[0],
-        tenant_id=row[1],
-        cue_id=row[2],
-        status=row[3],
-        task=row[4],
-        agent=row[5],
-        payload=_decode_payload(row[6]),
-        transport=row[7],
-        triggered_by=row[8],
-        scheduled_for=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        attempts=row[12],
-        max_attempts=row[13],
-        claimed_by_worker=row[14],
-        claimed_at=row[15],
-        lease_expires_at=row[16],
-        outcome=_decode_outcome(row[17]) if row[17] is not None else None,
-        cue_name=cue_name,
-    )
 
 
 def _cue(doc: bytes, fired_count: int, last_run: float | None) -> Cue:
@@ -725,9 +697,9 @@ class PostgresStorage:
                     f"SELECT {_EXEC_COLS} FROM cuemsg_executions WHERE id = %s", (row[4],)
                 )
                 first = await cur.fetchone()
-                return _execution(first) if first is not None else None
+                return execution_from_row(first) if first is not None else None
             cue = _cue(row[0], row[1], row[2])
-            execution = self._new_execution(tenant_id, cue, fire, new_execution_id(), now)
+            execution = self._newexecution_from_row(tenant_id, cue, fire, new_execution_id(), now)
             wake = execution.scheduled_for <= now and execution.transport == "worker"
             # One statement is one transaction: the key, the execution, the cue's
             # counters and the NOTIFY (sent at commit) all happen, or none does.
@@ -847,7 +819,7 @@ class PostgresStorage:
                     f"SELECT {_EXEC_COLS} FROM cuemsg_executions WHERE id = ANY(%s)",
                     (wanted,),
                 )
-                earlier = {r[0]: _execution(r) for r in await cur.fetchall()}
+                earlier = {r[0]: execution_from_row(r) for r in await cur.fetchall()}
 
             out: list[Execution] = []
             created: list[Execution] = []
@@ -863,7 +835,7 @@ class PostgresStorage:
                     if first is not None:
                         out.append(first)
                         continue
-                execution = self._new_execution(tenant_id, cues[f.cue_id], f, ids[i], now)
+                execution = self._newexecution_from_row(tenant_id, cues[f.cue_id], f, ids[i], now)
                 if key is not None and key not in owned:
                     # The key's first execution is gone: this fire takes its place.
                     await conn.execute(
@@ -911,7 +883,7 @@ class PostgresStorage:
         return out
 
     @staticmethod
-    def _new_execution(
+    def _newexecution_from_row(
         tenant_id: str, cue: Cue, fire: NewFire, execution_id: str, now: float
     ) -> Execution:
         payload = effective_payload(cue.payload, fire)
@@ -969,7 +941,7 @@ class PostgresStorage:
             f"SELECT {_EXEC_COLS} FROM cuemsg_executions WHERE id = %s AND tenant_id = %s",
             (execution_id, tenant_id),
         )
-        return _execution(row) if row else None
+        return execution_from_row(row) if row else None
 
     async def list_executions(
         self,
@@ -998,7 +970,7 @@ class PostgresStorage:
             )
             rows = await cur.fetchall()
         assert total is not None
-        return [_execution(r) for r in rows], int(total[0])
+        return [execution_from_row(r) for r in rows], int(total[0])
 
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
@@ -1010,7 +982,7 @@ class PostgresStorage:
             "LEFT JOIN cuemsg_cues c ON c.id = e.cue_id ORDER BY e.scheduled_for, e.seq",
             [*args, limit],
         )
-        return [_execution(r, r[-1]) for r in rows]
+        return [execution_from_row(r, r[-1]) for r in rows]
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -1035,7 +1007,7 @@ class PostgresStorage:
                 raise ApiProblem(
                     409, "claim_failed", f"execution {execution_id!r} is not claimable"
                 )
-        return _execution(row)
+        return execution_from_row(row)
 
     async def claim_next(
         self,
@@ -1060,7 +1032,7 @@ class PostgresStorage:
         )
         # RETURNING gives no order guarantee: restore oldest-first.
         rows.sort(key=lambda r: (r[9], r[-1]))
-        return [_execution(r) for r in rows]
+        return [execution_from_row(r) for r in rows]
 
     async def _locked(
         self, conn: AsyncConnection[Any], tenant_id: str, execution_id: str
@@ -1103,7 +1075,7 @@ class PostgresStorage:
                 cur = await conn.execute(update.format(""), args[:4])
                 row = await cur.fetchone()
         assert row is not None
-        return _execution(row)
+        return execution_from_row(row)
 
     async def record_outcome(
         self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
@@ -1135,7 +1107,7 @@ class PostgresStorage:
                 cur = await conn.execute(update.format(""), args)
                 row = await cur.fetchone()
         assert row is not None
-        return _execution(row)
+        return execution_from_row(row)
 
     async def record_outcomes(
         self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
@@ -1165,7 +1137,7 @@ class PostgresStorage:
                 )
                 row = await cur.fetchone()
                 assert row is not None
-                results[index] = _execution(row)
+                results[index] = execution_from_row(row)
         return [results[i] for i in range(len(items))]
 
     # -- workers ---------------------------------------------------------------

@@ -23,6 +23,7 @@ import msgspec
 from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
+    EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
     Cue,
     Execution,
@@ -31,6 +32,7 @@ from cuemsg.server.storage.base import (
     Worker,
     check_lease,
     effective_payload,
+    execution_from_row,
     idempotency_conflict,
     name_taken,
     new_execution_id,
@@ -106,41 +108,11 @@ CREATE TABLE IF NOT EXISTS workers (
     last_heartbeat REAL NOT NULL, PRIMARY KEY (tenant_id, worker_id));
 """
 
-_EXEC_COLS = (
-    "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
-    "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome"
-)
+_EXEC_COLS = EXECUTION_COLUMNS
 _CLAIMABLE = "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= ?"
 
 _encode = msgspec.json.Encoder().encode
-_decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_outcome = msgspec.json.Decoder(Outcome).decode
 _decode_cue = msgspec.json.Decoder(Cue).decode
-
-
-def _execution(row: tuple[Any, ...], cue_name: str | None = None) -> Execution:
-    return Execution(
-        id=row[0],
-        tenant_id=row[1],
-        cue_id=row[2],
-        status=row[3],
-        task=row[4],
-        agent=row[5],
-        payload=_decode_payload(row[6]),
-        transport=row[7],
-        triggered_by=row[8],
-        scheduled_for=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        attempts=row[12],
-        max_attempts=row[13],
-        claimed_by_worker=row[14],
-        claimed_at=row[15],
-        lease_expires_at=row[16],
-        outcome=_decode_outcome(row[17]) if row[17] is not None else None,
-        cue_name=cue_name,
-    )
 
 
 def _filters(
@@ -344,7 +316,7 @@ class SQLiteStorage:
                             f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (seen[1],)
                         ).fetchone()
                         if first is not None:
-                            out.append(_execution(first))
+                            out.append(execution_from_row(first))
                             continue
                 payload = effective_payload(cue.payload, fire)
                 task, agent = routing_keys(payload)
@@ -413,7 +385,7 @@ class SQLiteStorage:
             f"SELECT {_EXEC_COLS} FROM executions WHERE id = ? AND tenant_id = ?",
             (execution_id, tenant_id),
         ).fetchone()
-        return _execution(row) if row else None
+        return execution_from_row(row) if row else None
 
     async def list_executions(
         self,
@@ -438,7 +410,7 @@ class SQLiteStorage:
             "ORDER BY seq DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
-        return [_execution(r) for r in rows], total[0]
+        return [execution_from_row(r) for r in rows], total[0]
 
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
@@ -454,7 +426,7 @@ class SQLiteStorage:
             if row[2] not in names:
                 name = self.db.execute("SELECT name FROM cues WHERE id = ?", (row[2],)).fetchone()
                 names[row[2]] = name[0] if name else None
-        return [_execution(r, names[r[2]]) for r in rows]
+        return [execution_from_row(r, names[r[2]]) for r in rows]
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -476,7 +448,7 @@ class SQLiteStorage:
                 raise ApiProblem(
                     409, "claim_failed", f"execution {execution_id!r} is not claimable"
                 )
-        return _execution(row)
+        return execution_from_row(row)
 
     async def claim_next(
         self,
@@ -500,7 +472,7 @@ class SQLiteStorage:
             ).fetchall()
         # RETURNING gives no order guarantee: restore oldest-first.
         rows.sort(key=lambda r: (r[9], r[-1]))
-        return [_execution(r) for r in rows]
+        return [execution_from_row(r) for r in rows]
 
     def _owned(
         self, db: sqlite3.Connection, tenant_id: str, execution_id: str
@@ -530,7 +502,7 @@ class SQLiteStorage:
                 f"WHERE id = ? RETURNING {_EXEC_COLS}",
                 (now + lease_seconds, now, execution_id),
             ).fetchone()
-        return _execution(row)
+        return execution_from_row(row)
 
     async def record_outcome(
         self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
@@ -572,7 +544,7 @@ class SQLiteStorage:
                 execution_id,
             ),
         ).fetchone()
-        return _execution(row)
+        return execution_from_row(row)
 
     # -- workers ---------------------------------------------------------------
 
