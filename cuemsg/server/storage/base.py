@@ -158,6 +158,13 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
     )
 
 
+def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
+    """`a = <mark> AND b = <mark> ...` over the columns given a value (None: no filter),
+    and its arguments; `mark` is the backend's placeholder (`?` or `%s`)."""
+    given = [(name, value) for name, value in columns.items() if value is not None]
+    return " AND ".join(f"{name} = {mark}" for name, _ in given), [v for _, v in given]
+
+
 def new_execution_id() -> str:
     return str(uuid.uuid4())
 

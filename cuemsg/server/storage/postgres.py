@@ -80,6 +80,7 @@ from cuemsg.server.storage.base import (
     new_execution_id,
     outcome_already_recorded,
     routing_keys,
+    where_equal,
 )
 
 log = logging.getLogger("cuemsg.server.postgres")
@@ -223,15 +224,8 @@ def _cue(doc: bytes, fired_count: int, last_run: float | None) -> Cue:
 def _filters(
     tenant_id: str, task: str | None, agent: str | None, now: float
 ) -> tuple[str, list[Any]]:
-    where = ["tenant_id = %s", _CLAIMABLE]
-    args: list[Any] = [tenant_id, now]
-    if task is not None:
-        where.append("task = %s")
-        args.append(task)
-    if agent is not None:
-        where.append("agent = %s")
-        args.append(agent)
-    return " AND ".join(where), args
+    equal, args = where_equal("%s", tenant_id=tenant_id, task=task, agent=agent)
+    return f"{equal} AND {_CLAIMABLE}", [*args, now]
 
 
 def parse_search_path(value: str) -> list[str]:
@@ -609,10 +603,7 @@ class PostgresStorage:
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
     ) -> tuple[list[Cue], int]:
-        where, args = "tenant_id = %s", [tenant_id]
-        if status is not None:
-            where += " AND status = %s"
-            args.append(status)
+        where, args = where_equal("%s", tenant_id=tenant_id, status=status)
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_cues WHERE {where}", args)
             total = await cur.fetchone()
@@ -952,14 +943,7 @@ class PostgresStorage:
         limit: int,
         offset: int,
     ) -> tuple[list[Execution], int]:
-        where, args = ["tenant_id = %s"], [tenant_id]
-        if cue_id is not None:
-            where.append("cue_id = %s")
-            args.append(cue_id)
-        if status is not None:
-            where.append("status = %s")
-            args.append(status)
-        clause = " AND ".join(where)
+        clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
             total = await cur.fetchone()

@@ -38,6 +38,7 @@ from cuemsg.server.storage.base import (
     new_execution_id,
     outcome_already_recorded,
     routing_keys,
+    where_equal,
 )
 
 SCHEMA_VERSION = 2
@@ -118,15 +119,8 @@ _decode_cue = msgspec.json.Decoder(Cue).decode
 def _filters(
     task: str | None, agent: str | None, now: float, tenant_id: str
 ) -> tuple[str, list[Any]]:
-    where = ["tenant_id = ?", _CLAIMABLE]
-    args: list[Any] = [tenant_id, now]
-    if task is not None:
-        where.append("task = ?")
-        args.append(task)
-    if agent is not None:
-        where.append("agent = ?")
-        args.append(agent)
-    return " AND ".join(where), args
+    equal, args = where_equal("?", tenant_id=tenant_id, task=task, agent=agent)
+    return f"{equal} AND {_CLAIMABLE}", [*args, now]
 
 
 class SQLiteStorage:
@@ -245,10 +239,7 @@ class SQLiteStorage:
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
     ) -> tuple[list[Cue], int]:
-        where, args = "tenant_id = ?", [tenant_id]
-        if status is not None:
-            where += " AND status = ?"
-            args.append(status)
+        where, args = where_equal("?", tenant_id=tenant_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM cues WHERE {where}", args).fetchone()[0]
         rows = self.db.execute(
             f"SELECT doc FROM cues WHERE {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
@@ -396,14 +387,7 @@ class SQLiteStorage:
         limit: int,
         offset: int,
     ) -> tuple[list[Execution], int]:
-        where, args = ["tenant_id = ?"], [tenant_id]
-        if cue_id is not None:
-            where.append("cue_id = ?")
-            args.append(cue_id)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        clause = " AND ".join(where)
+        clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
         rows = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
