@@ -101,7 +101,14 @@ def run_demo(out: Out = print) -> None:
                     out(f"  planner: RemoteError {err.type}: {err.message}")
 
                 out("4. a dead letter")
-                planner.send(writer.address, "%%% garbled instructions")
+                garbled = planner.send(writer.address, "%%% garbled instructions")
+                # Let the writer settle it before it stops (a stop ends its loop at once).
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    status = client.executions.get(garbled.execution_id).status
+                    if status not in ("pending", "retry_ready", "delivering"):
+                        break
+                    time.sleep(0.02)
             finally:
                 writer.stop()
                 serving.join()
