@@ -32,10 +32,10 @@ from cuemsg.server.settings import MAX_CLAIM_WAIT, ServerSettings
 from cuemsg.server.storage.base import (
     CLAIMABLE_LIST_LIMIT,
     EXECUTION_STATES,
-    Cue,
-    Execution,
+    CueRow,
+    ExecutionRow,
     NewFire,
-    Outcome,
+    OutcomeRecord,
     Storage,
 )
 
@@ -208,7 +208,7 @@ async def create_cue(ctx: Ctx) -> Response:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
     now = time.time()
-    cue = Cue(
+    cue = CueRow(
         id=new_cue_id(),
         tenant_id=ctx.tenant_id,
         name=body.name,
@@ -444,8 +444,8 @@ async def heartbeat(ctx: Ctx) -> Response:
     )
 
 
-def _outcome(body: wire.OutcomeBody, worker: str | None) -> Outcome:
-    return Outcome(
+def _outcome(body: wire.OutcomeBody, worker: str | None) -> OutcomeRecord:
+    return OutcomeRecord(
         success=body.success,
         result=body.result,
         error=body.error,
@@ -455,7 +455,7 @@ def _outcome(body: wire.OutcomeBody, worker: str | None) -> Outcome:
     )
 
 
-def _recorded(execution: Execution) -> dict[str, Any]:
+def _recorded(execution: ExecutionRow) -> dict[str, Any]:
     return {
         "execution_id": execution.id,
         "outcome_recorded": True,

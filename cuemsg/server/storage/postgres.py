@@ -67,11 +67,11 @@ from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
-    Cue,
-    Execution,
+    CueRow,
+    ExecutionRow,
     NewFire,
-    Outcome,
-    Worker,
+    OutcomeRecord,
+    WorkerRow,
     check_lease,
     effective_payload,
     execution_from_row,
@@ -185,7 +185,7 @@ _LONG_TASK = 1000
 _LISTEN_CHECK = 30.0
 
 _encode = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(Cue).decode
+_decode_cue = msgspec.json.Decoder(CueRow).decode
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
@@ -212,7 +212,7 @@ class _RawJson(Loader):
         return bytes(data)
 
 
-def _cue(doc: bytes, fired_count: int, last_run: float | None) -> Cue:
+def _cue(doc: bytes, fired_count: int, last_run: float | None) -> CueRow:
     # The fire counters live in their own columns (a fire bumps them without
     # rewriting the document); the document holds everything else.
     cue = _decode_cue(doc)
@@ -570,7 +570,7 @@ class PostgresStorage:
 
     # -- cues ------------------------------------------------------------------
 
-    async def create_cue(self, cue: Cue) -> Cue:
+    async def create_cue(self, cue: CueRow) -> CueRow:
         try:
             await self._one(
                 "INSERT INTO cuemsg_cues "
@@ -593,7 +593,7 @@ class PostgresStorage:
             raise
         return cue
 
-    async def get_cue(self, tenant_id: str, cue_id: str) -> Cue | None:
+    async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None:
         row = await self._one(
             "SELECT doc, fired_count, last_run FROM cuemsg_cues WHERE id = %s AND tenant_id = %s",
             (cue_id, tenant_id),
@@ -602,7 +602,7 @@ class PostgresStorage:
 
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
-    ) -> tuple[list[Cue], int]:
+    ) -> tuple[list[CueRow], int]:
         where, args = where_equal("%s", tenant_id=tenant_id, status=status)
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_cues WHERE {where}", args)
@@ -618,7 +618,7 @@ class PostgresStorage:
 
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
-    ) -> Cue | None:
+    ) -> CueRow | None:
         try:
             async with self._tx() as conn:
                 cur = await conn.execute(
@@ -654,14 +654,14 @@ class PostgresStorage:
 
     # -- fire ------------------------------------------------------------------
 
-    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
+    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
         if len(fires) == 1:
             done = await self._fire_one(tenant_id, fires[0], now)
             if done is not None:
                 return [done]
         return await self._fire_many(tenant_id, fires, now)
 
-    async def _fire_one(self, tenant_id: str, fire: NewFire, now: float) -> Execution | None:
+    async def _fire_one(self, tenant_id: str, fire: NewFire, now: float) -> ExecutionRow | None:
         """One fire in two statements, no transaction: the common case made cheap.
 
         None hands over to `_fire_many` (the general path) for the rare cases:
@@ -744,7 +744,9 @@ class PostgresStorage:
             self.notifier.notify(tenant_id, execution.task)
         return execution
 
-    async def _fire_many(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
+    async def _fire_many(
+        self, tenant_id: str, fires: list[NewFire], now: float
+    ) -> list[ExecutionRow]:
         """Any number of fires in one transaction (all or none)."""
         cue_ids = list(dict.fromkeys(f.cue_id for f in fires))
         async with self._conn() as conn, conn.transaction():
@@ -803,7 +805,7 @@ class PostgresStorage:
                 for k in owned:
                     stored[k] = (valid[leaders[k]].body_hash or "", ids[leaders[k]])
 
-            earlier: dict[str, Execution] = {}
+            earlier: dict[str, ExecutionRow] = {}
             wanted = [v[1] for k, v in stored.items() if k not in owned]
             if wanted:
                 cur = await conn.execute(
@@ -812,8 +814,8 @@ class PostgresStorage:
                 )
                 earlier = {r[0]: execution_from_row(r) for r in await cur.fetchall()}
 
-            out: list[Execution] = []
-            created: list[Execution] = []
+            out: list[ExecutionRow] = []
+            created: list[ExecutionRow] = []
             for i, f in enumerate(valid):
                 key = (f.cue_id, f.idempotency_key) if f.idempotency_key is not None else None
                 if key is not None and key in stored:
@@ -875,11 +877,11 @@ class PostgresStorage:
 
     @staticmethod
     def _newexecution_from_row(
-        tenant_id: str, cue: Cue, fire: NewFire, execution_id: str, now: float
-    ) -> Execution:
+        tenant_id: str, cue: CueRow, fire: NewFire, execution_id: str, now: float
+    ) -> ExecutionRow:
         payload = effective_payload(cue.payload, fire)
         task, agent = routing_keys(payload)
-        return Execution(
+        return ExecutionRow(
             id=execution_id,
             tenant_id=tenant_id,
             cue_id=cue.id,
@@ -896,7 +898,7 @@ class PostgresStorage:
 
     @staticmethod
     async def _insert(
-        conn: AsyncConnection[Any], tenant_id: str, created: list[Execution], now: float
+        conn: AsyncConnection[Any], tenant_id: str, created: list[ExecutionRow], now: float
     ) -> None:
         # One statement for the whole batch; WITH ORDINALITY + ORDER BY keeps
         # `seq` (the tie-break of the claim order) in fire order.
@@ -927,7 +929,7 @@ class PostgresStorage:
 
     # -- executions ------------------------------------------------------------
 
-    async def get_execution(self, tenant_id: str, execution_id: str) -> Execution | None:
+    async def get_execution(self, tenant_id: str, execution_id: str) -> ExecutionRow | None:
         row = await self._one(
             f"SELECT {_EXEC_COLS} FROM cuemsg_executions WHERE id = %s AND tenant_id = %s",
             (execution_id, tenant_id),
@@ -942,7 +944,7 @@ class PostgresStorage:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[Execution], int]:
+    ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
@@ -958,7 +960,7 @@ class PostgresStorage:
 
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         where, args = _filters(tenant_id, task, agent, now)
         rows = await self._all(
             f"SELECT e.*, c.name FROM (SELECT {_EXEC_COLS}, seq FROM cuemsg_executions "
@@ -970,7 +972,7 @@ class PostgresStorage:
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> Execution:
+    ) -> ExecutionRow:
         # One conditional UPDATE: a racing claim waits for the row lock, then
         # re-checks the condition against the winner's commit and matches nothing.
         async with self._conn() as conn:
@@ -1003,7 +1005,7 @@ class PostgresStorage:
         now: float,
         lease_seconds: float,
         limit: int,
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         where, args = _filters(tenant_id, task, agent, now)
         # The CTE (always materialised: it locks) runs once; SKIP LOCKED lets
         # concurrent claimers on any replica take different rows without waiting.
@@ -1038,7 +1040,7 @@ class PostgresStorage:
         worker_id: str | None,
         now: float,
         lease_seconds: float,
-    ) -> Execution:
+    ) -> ExecutionRow:
         update = (
             f"WITH {_RELAXED} UPDATE cuemsg_executions SET lease_expires_at = %s, "
             "updated_at = %s WHERE id = %s AND tenant_id = %s AND status = 'delivering' "
@@ -1062,8 +1064,8 @@ class PostgresStorage:
         return execution_from_row(row)
 
     async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
-    ) -> Execution:
+        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
+    ) -> ExecutionRow:
         update = (
             "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
             "lease_expires_at = NULL WHERE id = %s AND tenant_id = %s {} "
@@ -1094,9 +1096,9 @@ class PostgresStorage:
         return execution_from_row(row)
 
     async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
-    ) -> list[Execution | ApiProblem]:
-        results: dict[int, Execution | ApiProblem] = {}
+        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
+    ) -> list[ExecutionRow | ApiProblem]:
+        results: dict[int, ExecutionRow | ApiProblem] = {}
         async with self._tx() as conn:  # one commit for the batch
             # Lock rows in id order so two batches over the same rows cannot deadlock.
             for index in sorted(range(len(items)), key=lambda i: items[i][0]):
@@ -1136,14 +1138,14 @@ class PostgresStorage:
             (tenant_id, worker_id, _encode(handlers).decode(), now),
         )
 
-    async def list_workers(self, tenant_id: str) -> list[Worker]:
+    async def list_workers(self, tenant_id: str) -> list[WorkerRow]:
         rows = await self._all(
             "SELECT worker_id, handlers, last_heartbeat FROM cuemsg_workers "
             "WHERE tenant_id = %s ORDER BY last_heartbeat DESC",
             (tenant_id,),
         )
         return [
-            Worker(worker_id=r[0], handlers=_decode_handlers(r[1]), last_heartbeat=r[2])
+            WorkerRow(worker_id=r[0], handlers=_decode_handlers(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
 

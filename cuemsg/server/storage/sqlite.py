@@ -25,11 +25,11 @@ from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
-    Cue,
-    Execution,
+    CueRow,
+    ExecutionRow,
     NewFire,
-    Outcome,
-    Worker,
+    OutcomeRecord,
+    WorkerRow,
     check_lease,
     effective_payload,
     execution_from_row,
@@ -113,7 +113,7 @@ _EXEC_COLS = EXECUTION_COLUMNS
 _CLAIMABLE = "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= ?"
 
 _encode = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(Cue).decode
+_decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
 def _filters(
@@ -218,7 +218,7 @@ class SQLiteStorage:
 
     # -- cues ------------------------------------------------------------------
 
-    async def create_cue(self, cue: Cue) -> Cue:
+    async def create_cue(self, cue: CueRow) -> CueRow:
         try:
             with self._tx() as db:
                 db.execute(
@@ -230,7 +230,7 @@ class SQLiteStorage:
             raise name_taken(cue.name) from exc
         return cue
 
-    async def get_cue(self, tenant_id: str, cue_id: str) -> Cue | None:
+    async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None:
         row = self.db.execute(
             "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
         ).fetchone()
@@ -238,7 +238,7 @@ class SQLiteStorage:
 
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
-    ) -> tuple[list[Cue], int]:
+    ) -> tuple[list[CueRow], int]:
         where, args = where_equal("?", tenant_id=tenant_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM cues WHERE {where}", args).fetchone()[0]
         rows = self.db.execute(
@@ -249,7 +249,7 @@ class SQLiteStorage:
 
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
-    ) -> Cue | None:
+    ) -> CueRow | None:
         try:
             with self._tx() as db:
                 row = db.execute(
@@ -276,10 +276,10 @@ class SQLiteStorage:
 
     # -- fire ------------------------------------------------------------------
 
-    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
-        out: list[Execution] = []
-        created: list[Execution] = []
-        cues: dict[str, Cue] = {}
+    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
+        out: list[ExecutionRow] = []
+        created: list[ExecutionRow] = []
+        cues: dict[str, CueRow] = {}
         with self._tx() as db:
             for i, fire in enumerate(fires):
                 cue = cues.get(fire.cue_id)
@@ -311,7 +311,7 @@ class SQLiteStorage:
                             continue
                 payload = effective_payload(cue.payload, fire)
                 task, agent = routing_keys(payload)
-                execution = Execution(
+                execution = ExecutionRow(
                     id=new_execution_id(),
                     tenant_id=tenant_id,
                     cue_id=cue.id,
@@ -371,7 +371,7 @@ class SQLiteStorage:
 
     # -- executions ------------------------------------------------------------
 
-    async def get_execution(self, tenant_id: str, execution_id: str) -> Execution | None:
+    async def get_execution(self, tenant_id: str, execution_id: str) -> ExecutionRow | None:
         row = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE id = ? AND tenant_id = ?",
             (execution_id, tenant_id),
@@ -386,7 +386,7 @@ class SQLiteStorage:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[Execution], int]:
+    ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
         rows = self.db.execute(
@@ -398,7 +398,7 @@ class SQLiteStorage:
 
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         where, args = _filters(task, agent, now, tenant_id)
         rows = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
@@ -414,7 +414,7 @@ class SQLiteStorage:
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> Execution:
+    ) -> ExecutionRow:
         with self._tx() as db:
             row = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
@@ -444,7 +444,7 @@ class SQLiteStorage:
         now: float,
         lease_seconds: float,
         limit: int,
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         where, args = _filters(task, agent, now, tenant_id)
         with self._tx() as db:
             rows = db.execute(
@@ -477,7 +477,7 @@ class SQLiteStorage:
         worker_id: str | None,
         now: float,
         lease_seconds: float,
-    ) -> Execution:
+    ) -> ExecutionRow:
         with self._tx() as db:
             status, holder, _ = self._owned(db, tenant_id, execution_id)
             check_lease(execution_id, status, holder, worker_id)
@@ -489,15 +489,15 @@ class SQLiteStorage:
         return execution_from_row(row)
 
     async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
-    ) -> Execution:
+        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
+    ) -> ExecutionRow:
         with self._tx() as db:
             return self._record(db, tenant_id, execution_id, worker_id, outcome)
 
     async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
-    ) -> list[Execution | ApiProblem]:
-        results: list[Execution | ApiProblem] = []
+        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
+    ) -> list[ExecutionRow | ApiProblem]:
+        results: list[ExecutionRow | ApiProblem] = []
         with self._tx() as db:  # one commit for the batch; each item stands on its own
             for execution_id, outcome in items:
                 try:
@@ -512,8 +512,8 @@ class SQLiteStorage:
         tenant_id: str,
         execution_id: str,
         worker_id: str | None,
-        outcome: Outcome,
-    ) -> Execution:
+        outcome: OutcomeRecord,
+    ) -> ExecutionRow:
         status, holder, recorded = self._owned(db, tenant_id, execution_id)
         if recorded is not None:
             raise outcome_already_recorded(execution_id)
@@ -543,14 +543,14 @@ class SQLiteStorage:
                 (tenant_id, worker_id, _encode(handlers), now),
             )
 
-    async def list_workers(self, tenant_id: str) -> list[Worker]:
+    async def list_workers(self, tenant_id: str) -> list[WorkerRow]:
         rows = self.db.execute(
             "SELECT worker_id, handlers, last_heartbeat FROM workers WHERE tenant_id = ? "
             "ORDER BY last_heartbeat DESC",
             (tenant_id,),
         ).fetchall()
         return [
-            Worker(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
+            WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
 
