@@ -134,7 +134,7 @@ _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
 
 
 def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> ExecutionRow:
-    """An `Execution` from a row of `EXECUTION_COLUMNS` (payload and outcome as JSON text)."""
+    """An `ExecutionRow` from a row of `EXECUTION_COLUMNS` (payload and outcome as JSON text)."""
     return ExecutionRow(
         id=row[0],
         tenant_id=row[1],
@@ -163,6 +163,44 @@ def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
     and its arguments; `mark` is the backend's placeholder (`?` or `%s`)."""
     given = [(name, value) for name, value in columns.items() if value is not None]
     return " AND ".join(f"{name} = {mark}" for name, _ in given), [v for _, v in given]
+
+
+def claimable_condition(mark: str) -> str:
+    """The condition of an execution a worker may claim at the time bound to `mark`."""
+    return (
+        f"status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= {mark}"
+    )
+
+
+def claimable_where(
+    mark: str, tenant_id: str, task: str | None, agent: str | None, now: float
+) -> tuple[str, list[Any]]:
+    """The where-clause (and its arguments) of the executions a claim filtered by
+    `task` / `agent` may take at `now`; `mark` is the backend's placeholder."""
+    equal, args = where_equal(mark, tenant_id=tenant_id, task=task, agent=agent)
+    return f"{equal} AND {claimable_condition(mark)}", [*args, now]
+
+
+def new_execution(
+    tenant_id: str, cue: CueRow, fire: NewFire, execution_id: str, now: float
+) -> ExecutionRow:
+    """The pending execution a fire of `cue` makes (not stored yet)."""
+    payload = effective_payload(cue.payload, fire)
+    task, agent = routing_keys(payload)
+    return ExecutionRow(
+        id=execution_id,
+        tenant_id=tenant_id,
+        cue_id=cue.id,
+        status="pending",
+        payload=payload,
+        task=task,
+        agent=agent,
+        transport=cue.transport,
+        scheduled_for=max(fire.scheduled_for, now),
+        created_at=now,
+        updated_at=now,
+        max_attempts=cue.max_attempts,
+    )
 
 
 def new_execution_id() -> str:

@@ -31,13 +31,14 @@ from cuemsg.server.storage.base import (
     OutcomeRecord,
     WorkerRow,
     check_lease,
-    effective_payload,
+    claimable_condition,
+    claimable_where,
     execution_from_row,
     idempotency_conflict,
     name_taken,
+    new_execution,
     new_execution_id,
     outcome_already_recorded,
-    routing_keys,
     where_equal,
 )
 
@@ -110,17 +111,10 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 _EXEC_COLS = EXECUTION_COLUMNS
-_CLAIMABLE = "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= ?"
+_CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
-
-
-def _filters(
-    task: str | None, agent: str | None, now: float, tenant_id: str
-) -> tuple[str, list[Any]]:
-    equal, args = where_equal("?", tenant_id=tenant_id, task=task, agent=agent)
-    return f"{equal} AND {_CLAIMABLE}", [*args, now]
 
 
 class SQLiteStorage:
@@ -309,22 +303,7 @@ class SQLiteStorage:
                         if first is not None:
                             out.append(execution_from_row(first))
                             continue
-                payload = effective_payload(cue.payload, fire)
-                task, agent = routing_keys(payload)
-                execution = ExecutionRow(
-                    id=new_execution_id(),
-                    tenant_id=tenant_id,
-                    cue_id=cue.id,
-                    status="pending",
-                    payload=payload,
-                    task=task,
-                    agent=agent,
-                    transport=cue.transport,
-                    scheduled_for=max(fire.scheduled_for, now),
-                    created_at=now,
-                    updated_at=now,
-                    max_attempts=cue.max_attempts,
-                )
+                execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
                 db.execute(
                     "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                     "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
@@ -334,9 +313,9 @@ class SQLiteStorage:
                         execution.id,
                         tenant_id,
                         cue.id,
-                        task,
-                        agent,
-                        _encode(payload),
+                        execution.task,
+                        execution.agent,
+                        _encode(execution.payload),
                         cue.transport,
                         execution.scheduled_for,
                         now,
@@ -399,7 +378,7 @@ class SQLiteStorage:
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
     ) -> list[ExecutionRow]:
-        where, args = _filters(task, agent, now, tenant_id)
+        where, args = claimable_where("?", tenant_id, task, agent, now)
         rows = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
             "ORDER BY scheduled_for, seq LIMIT ?",
@@ -445,7 +424,7 @@ class SQLiteStorage:
         lease_seconds: float,
         limit: int,
     ) -> list[ExecutionRow]:
-        where, args = _filters(task, agent, now, tenant_id)
+        where, args = claimable_where("?", tenant_id, task, agent, now)
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "

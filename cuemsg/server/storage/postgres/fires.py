@@ -13,14 +13,12 @@ from psycopg import AsyncConnection
 from cuemsg.server.errors import cue_not_found
 from cuemsg.server.storage.base import (
     IDEMPOTENCY_TTL,
-    CueRow,
     ExecutionRow,
     NewFire,
-    effective_payload,
     execution_from_row,
     idempotency_conflict,
+    new_execution,
     new_execution_id,
-    routing_keys,
 )
 from cuemsg.server.storage.postgres.connection import PostgresConnection
 from cuemsg.server.storage.postgres.statements import EXEC_COLS, cue_from_doc, encode_json
@@ -65,7 +63,7 @@ class PostgresFires(PostgresConnection):
                 first = await cur.fetchone()
                 return execution_from_row(first) if first is not None else None
             cue = cue_from_doc(row[0], row[1], row[2])
-            execution = self._newexecution_from_row(tenant_id, cue, fire, new_execution_id(), now)
+            execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
             wake = execution.scheduled_for <= now and execution.transport == "worker"
             # One statement is one transaction: the key, the execution, the cue's
             # counters and the NOTIFY (sent at commit) all happen, or none does.
@@ -203,7 +201,7 @@ class PostgresFires(PostgresConnection):
                     if first is not None:
                         out.append(first)
                         continue
-                execution = self._newexecution_from_row(tenant_id, cues[f.cue_id], f, ids[i], now)
+                execution = new_execution(tenant_id, cues[f.cue_id], f, ids[i], now)
                 if key is not None and key not in owned:
                     # The key's first execution is gone: this fire takes its place.
                     await conn.execute(
@@ -249,27 +247,6 @@ class PostgresFires(PostgresConnection):
         for tenant, task, count in wake:
             self.notifier.notify(tenant, task, count)
         return out
-
-    @staticmethod
-    def _newexecution_from_row(
-        tenant_id: str, cue: CueRow, fire: NewFire, execution_id: str, now: float
-    ) -> ExecutionRow:
-        payload = effective_payload(cue.payload, fire)
-        task, agent = routing_keys(payload)
-        return ExecutionRow(
-            id=execution_id,
-            tenant_id=tenant_id,
-            cue_id=cue.id,
-            status="pending",
-            payload=payload,
-            task=task,
-            agent=agent,
-            transport=cue.transport,
-            scheduled_for=max(fire.scheduled_for, now),
-            created_at=now,
-            updated_at=now,
-            max_attempts=cue.max_attempts,
-        )
 
     @staticmethod
     async def _insert(

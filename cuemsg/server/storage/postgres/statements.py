@@ -4,20 +4,16 @@ condition and update, the relaxed-commit CTE, and the cue document codec.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     CueRow,
-    where_equal,
+    claimable_condition,
 )
 
 EXEC_COLS = EXECUTION_COLUMNS
-CLAIMABLE_WHERE = (
-    "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= %s"
-)
+CLAIMABLE_WHERE = claimable_condition("%s")
 CLAIM_SET = (
     "status = 'delivering', attempts = e.attempts + 1, claimed_by_worker = %s, "
     "claimed_at = %s, lease_expires_at = %s, updated_at = %s"
@@ -42,10 +38,3 @@ def cue_from_doc(doc: bytes, fired_count: int, last_run: float | None) -> CueRow
     cue.fired_count = fired_count
     cue.last_run = last_run
     return cue
-
-
-def claimable_where(
-    tenant_id: str, task: str | None, agent: str | None, now: float
-) -> tuple[str, list[Any]]:
-    equal, args = where_equal("%s", tenant_id=tenant_id, task=task, agent=agent)
-    return f"{equal} AND {CLAIMABLE_WHERE}", [*args, now]

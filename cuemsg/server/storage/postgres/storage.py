@@ -21,6 +21,7 @@ from cuemsg.server.storage.base import (
     OutcomeRecord,
     WorkerRow,
     check_lease,
+    claimable_where,
     execution_from_row,
     name_taken,
     outcome_already_recorded,
@@ -33,7 +34,6 @@ from cuemsg.server.storage.postgres.statements import (
     EXEC_COLS,
     IS_RELAXED,
     RELAXED,
-    claimable_where,
     cue_from_doc,
     encode_json,
 )
@@ -201,7 +201,7 @@ class PostgresStorage(PostgresFires):
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
     ) -> list[ExecutionRow]:
-        where, args = claimable_where(tenant_id, task, agent, now)
+        where, args = claimable_where("%s", tenant_id, task, agent, now)
         rows = await self._all(
             f"SELECT e.*, c.name FROM (SELECT {EXEC_COLS}, seq FROM cuemsg_executions "
             f"WHERE {where} ORDER BY scheduled_for, seq LIMIT %s) e "
@@ -246,7 +246,7 @@ class PostgresStorage(PostgresFires):
         lease_seconds: float,
         limit: int,
     ) -> list[ExecutionRow]:
-        where, args = claimable_where(tenant_id, task, agent, now)
+        where, args = claimable_where("%s", tenant_id, task, agent, now)
         # The CTE (always materialised: it locks) runs once; SKIP LOCKED lets
         # concurrent claimers on any replica take different rows without waiting.
         rows = await self._all(
