@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from cuemsg.server.errors import ApiProblem, invalid
-from cuemsg.server.storage.base import Cue, Execution
+from cuemsg.server.storage.base import CueRow, ExecutionRow
 
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
 WorkerId = Annotated[str, Meta(min_length=1, max_length=255)]
@@ -159,7 +159,7 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat()
 
 
-def cue_json(cue: Cue) -> dict[str, Any]:
+def cue_json(cue: CueRow) -> dict[str, Any]:
     return {
         "id": cue.id,
         "name": cue.name,
@@ -179,7 +179,7 @@ def cue_json(cue: Cue) -> dict[str, Any]:
     }
 
 
-def fire_json(e: Execution) -> dict[str, Any]:
+def fire_json(e: ExecutionRow) -> dict[str, Any]:
     return {
         "id": e.id,
         "cue_id": e.cue_id,
@@ -189,7 +189,7 @@ def fire_json(e: Execution) -> dict[str, Any]:
     }
 
 
-def execution_json(e: Execution) -> dict[str, Any]:
+def execution_json(e: ExecutionRow) -> dict[str, Any]:
     outcome = None
     if e.outcome is not None:
         outcome = {
@@ -219,7 +219,7 @@ def execution_json(e: Execution) -> dict[str, Any]:
     }
 
 
-def claimable_json(e: Execution) -> dict[str, Any]:
+def claimable_json(e: ExecutionRow) -> dict[str, Any]:
     return {
         "execution_id": e.id,
         "cue_id": e.cue_id,
@@ -231,7 +231,7 @@ def claimable_json(e: Execution) -> dict[str, Any]:
     }
 
 
-def claim_json(e: Execution, lease_seconds: float, with_payload: bool) -> dict[str, Any]:
+def claim_json(e: ExecutionRow, lease_seconds: float, with_payload: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"claimed": True, "execution_id": e.id, "lease_seconds": lease_seconds}
     if with_payload:
         out.update(

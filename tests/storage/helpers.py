@@ -10,7 +10,7 @@ from typing import Any
 from cuemsg.server.app import open_storage
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.settings import ServerSettings
-from cuemsg.server.storage.base import Cue, NewFire, Storage
+from cuemsg.server.storage.base import CueRow, NewFire, Storage
 
 T0 = 1_700_000_000.0  # a fixed "now": the storage takes time as an argument
 
@@ -34,8 +34,8 @@ async def tenant(storage: Storage) -> str:
 
 async def make_cue(
     storage: Storage, tenant_id: str, task: str | None = "t", *, max_attempts: int = 3, **kw: Any
-) -> Cue:
-    cue = Cue(
+) -> CueRow:
+    cue = CueRow(
         id="cue_" + secrets.token_hex(6),
         tenant_id=tenant_id,
         name=kw.pop("name", None) or f"cue-{secrets.token_hex(4)}",

@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from cuemsg.server.storage.base import IDEMPOTENCY_TTL, Outcome
+from cuemsg.server.storage.base import IDEMPOTENCY_TTL, OutcomeRecord
 from tests.storage.helpers import T0, keyed, make_cue, new_fire, opened, problem_of, tenant
 
 pytestmark = pytest.mark.anyio
@@ -240,7 +240,7 @@ async def test_heartbeat_and_outcome_rules(db_url: str) -> None:
         t = await tenant(s)
         cue = await make_cue(s, t)
         [e] = await s.fire(t, [new_fire(cue.id)], T0)
-        ok = Outcome(success=True, result="done", recorded_at=T0 + 2)
+        ok = OutcomeRecord(success=True, result="done", recorded_at=T0 + 2)
 
         p = await problem_of(s.heartbeat(t, e.id, "w1", T0, 30))
         assert (p.status, p.code) == (409, "execution_not_claiming")
@@ -274,7 +274,7 @@ async def test_heartbeat_and_outcome_rules(db_url: str) -> None:
         [f] = await s.fire(t, [new_fire(cue.id)], T0)
         await s.claim(t, f.id, "w1", T0, 30)
         failed = await s.record_outcome(
-            t, f.id, None, Outcome(success=False, error="boom", recorded_at=T0)
+            t, f.id, None, OutcomeRecord(success=False, error="boom", recorded_at=T0)
         )
         assert failed.status == "failed" and failed.outcome is not None
         assert failed.outcome.error == "boom"
@@ -303,7 +303,7 @@ async def test_sweep_requeues_an_expired_lease_and_wakes_waiters(db_url: str) ->
         again = await s.claim(t, e.id, "w2", T0 + 12, 10)
         assert again.attempts == 2 and again.claimed_by_worker == "w2"
         # The first worker lost the lease: its late outcome is refused.
-        p = await problem_of(s.record_outcome(t, e.id, "w1", Outcome(success=True)))
+        p = await problem_of(s.record_outcome(t, e.id, "w1", OutcomeRecord(success=True)))
         assert (p.status, p.code) == (403, "not_execution_owner")
 
 
@@ -328,7 +328,7 @@ async def test_claim_cap_fails_after_max_attempts(db_url: str) -> None:
             await s.claim_next(t, "w", task="t", agent=None, now=now, lease_seconds=5, limit=1)
             == []
         )
-        p = await problem_of(s.record_outcome(t, e.id, "w", Outcome(success=True)))
+        p = await problem_of(s.record_outcome(t, e.id, "w", OutcomeRecord(success=True)))
         assert p.code == "outcome_already_recorded"
 
 
@@ -409,7 +409,7 @@ async def test_restart_keeps_every_row(db_url: str) -> None:
         )
         await s.claim(t, fired[0].id, "w1", T0, 3600)
         await s.claim(t, fired[1].id, "w1", T0, 3600)
-        await s.record_outcome(t, fired[1].id, "w1", Outcome(success=True, recorded_at=T0))
+        await s.record_outcome(t, fired[1].id, "w1", OutcomeRecord(success=True, recorded_at=T0))
         await s.worker_heartbeat(t, "w1", ["t"], T0)
     async with opened(db_url) as s:
         assert await s.get_meta("dev_api_key") == "cue_sk_kept"
@@ -432,7 +432,7 @@ async def test_restart_keeps_every_row(db_url: str) -> None:
         )
         assert [e.id for e in got_next] == [e.id for e in fired[2:]]
         assert [w.worker_id for w in await s.list_workers(t)] == ["w1"]
-        await s.record_outcome(t, fired[0].id, "w1", Outcome(success=True))
+        await s.record_outcome(t, fired[0].id, "w1", OutcomeRecord(success=True))
 
 
 async def test_strings_round_trip(db_url: str) -> None:

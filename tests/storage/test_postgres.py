@@ -13,7 +13,7 @@ import pytest
 
 from cuemsg import StorageError
 from cuemsg.server.errors import ApiProblem
-from cuemsg.server.storage.base import Outcome
+from cuemsg.server.storage.base import OutcomeRecord
 from cuemsg.server.storage.postgres import (
     SCHEMA_VERSION,
     PostgresStorage,
@@ -292,6 +292,6 @@ async def test_nul_characters_are_a_validation_error(pg_url: str) -> None:
         assert (caught.value.status, caught.value.code) == (422, "validation_error")
         [ok] = await store.fire(t, [new_fire(cue.id)], T0)  # the connection is fine after it
         await store.claim(t, ok.id, "w", T0, 9)
-        await store.record_outcome(t, ok.id, "w", Outcome(success=True))
+        await store.record_outcome(t, ok.id, "w", OutcomeRecord(success=True))
     finally:
         await store.close()

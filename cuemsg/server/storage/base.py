@@ -36,7 +36,7 @@ CLAIMABLE_LIST_LIMIT = 50
 IDEMPOTENCY_TTL = 24 * 3600.0  # seconds a fire's idempotency_key is remembered
 
 
-class Cue(msgspec.Struct, kw_only=True):
+class CueRow(msgspec.Struct, kw_only=True):
     id: str
     tenant_id: str
     name: str
@@ -59,7 +59,7 @@ class Cue(msgspec.Struct, kw_only=True):
         return int(self.retry.get("max_attempts", 3))
 
 
-class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+class OutcomeRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     success: bool
     result: str | None = None
     error: str | None = None
@@ -68,7 +68,7 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     worker_id: str | None = None
 
 
-class Execution(msgspec.Struct, kw_only=True):
+class ExecutionRow(msgspec.Struct, kw_only=True):
     id: str
     tenant_id: str
     cue_id: str
@@ -86,7 +86,7 @@ class Execution(msgspec.Struct, kw_only=True):
     claimed_by_worker: str | None = None
     claimed_at: float | None = None
     lease_expires_at: float | None = None
-    outcome: Outcome | None = None
+    outcome: OutcomeRecord | None = None
     cue_name: str | None = None  # filled where a listing needs it
 
 
@@ -101,7 +101,7 @@ class NewFire(msgspec.Struct, kw_only=True):
     body_hash: str | None = None  # canonical JSON of the fire body, key aside
 
 
-class Worker(msgspec.Struct, kw_only=True):
+class WorkerRow(msgspec.Struct, kw_only=True):
     worker_id: str
     handlers: list[str]
     last_heartbeat: float
@@ -130,12 +130,12 @@ EXECUTION_COLUMNS = (
     "claimed_at, lease_expires_at, outcome"
 )
 _decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
-_decode_outcome = msgspec.json.Decoder(Outcome).decode
+_decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
 
 
-def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execution:
-    """An `Execution` from a row of `EXECUTION_COLUMNS` (payload and outcome as JSON text)."""
-    return Execution(
+def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> ExecutionRow:
+    """An `ExecutionRow` from a row of `EXECUTION_COLUMNS` (payload and outcome as JSON text)."""
+    return ExecutionRow(
         id=row[0],
         tenant_id=row[1],
         cue_id=row[2],
@@ -163,6 +163,44 @@ def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
     and its arguments; `mark` is the backend's placeholder (`?` or `%s`)."""
     given = [(name, value) for name, value in columns.items() if value is not None]
     return " AND ".join(f"{name} = {mark}" for name, _ in given), [v for _, v in given]
+
+
+def claimable_condition(mark: str) -> str:
+    """The condition of an execution a worker may claim at the time bound to `mark`."""
+    return (
+        f"status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= {mark}"
+    )
+
+
+def claimable_where(
+    mark: str, tenant_id: str, task: str | None, agent: str | None, now: float
+) -> tuple[str, list[Any]]:
+    """The where-clause (and its arguments) of the executions a claim filtered by
+    `task` / `agent` may take at `now`; `mark` is the backend's placeholder."""
+    equal, args = where_equal(mark, tenant_id=tenant_id, task=task, agent=agent)
+    return f"{equal} AND {claimable_condition(mark)}", [*args, now]
+
+
+def new_execution(
+    tenant_id: str, cue: CueRow, fire: NewFire, execution_id: str, now: float
+) -> ExecutionRow:
+    """The pending execution a fire of `cue` makes (not stored yet)."""
+    payload = effective_payload(cue.payload, fire)
+    task, agent = routing_keys(payload)
+    return ExecutionRow(
+        id=execution_id,
+        tenant_id=tenant_id,
+        cue_id=cue.id,
+        status="pending",
+        payload=payload,
+        task=task,
+        agent=agent,
+        transport=cue.transport,
+        scheduled_for=max(fire.scheduled_for, now),
+        created_at=now,
+        updated_at=now,
+        max_attempts=cue.max_attempts,
+    )
 
 
 def new_execution_id() -> str:
@@ -225,22 +263,22 @@ class Storage(Protocol):
     async def tenant_for_key(self, key_hash: str) -> str | None: ...
 
     # cues
-    async def create_cue(self, cue: Cue) -> Cue:
+    async def create_cue(self, cue: CueRow) -> CueRow:
         """Store a new cue; 409 `cue_name_taken` on a duplicate name."""
 
-    async def get_cue(self, tenant_id: str, cue_id: str) -> Cue | None: ...
+    async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None: ...
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
-    ) -> tuple[list[Cue], int]: ...
+    ) -> tuple[list[CueRow], int]: ...
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
-    ) -> Cue | None:
+    ) -> CueRow | None:
         """Apply `changes` (column -> value); None if no such cue; 409 on a taken name."""
 
     async def delete_cue(self, tenant_id: str, cue_id: str) -> bool: ...
 
     # fire
-    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
+    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
         """Create one execution per fire in one transaction (all or none).
 
         404 `cue_not_found` (field `fires[i].cue_id` when batched) if a cue is
@@ -250,7 +288,7 @@ class Storage(Protocol):
         """
 
     # executions
-    async def get_execution(self, tenant_id: str, execution_id: str) -> Execution | None: ...
+    async def get_execution(self, tenant_id: str, execution_id: str) -> ExecutionRow | None: ...
     async def list_executions(
         self,
         tenant_id: str,
@@ -259,15 +297,15 @@ class Storage(Protocol):
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[Execution], int]: ...
+    ) -> tuple[list[ExecutionRow], int]: ...
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         """Claimable executions of worker cues, oldest first, with `cue_name` set."""
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> Execution:
+    ) -> ExecutionRow:
         """Claim one execution atomically; 404 if unknown, 409 `claim_failed` if not claimable."""
 
     async def claim_next(
@@ -280,7 +318,7 @@ class Storage(Protocol):
         now: float,
         lease_seconds: float,
         limit: int,
-    ) -> list[Execution]:
+    ) -> list[ExecutionRow]:
         """Claim up to `limit` oldest claimable executions atomically; [] when none."""
 
     async def heartbeat(
@@ -290,17 +328,17 @@ class Storage(Protocol):
         worker_id: str | None,
         now: float,
         lease_seconds: float,
-    ) -> Execution:
+    ) -> ExecutionRow:
         """Extend the lease; 404, 403 `not_execution_owner`, 409 `execution_not_claiming`."""
 
     async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
-    ) -> Execution:
+        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
+    ) -> ExecutionRow:
         """Write-once outcome; 404, 403, 409 `outcome_already_recorded` / `..._not_claiming`."""
 
     async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
-    ) -> list[Execution | ApiProblem]:
+        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
+    ) -> list[ExecutionRow | ApiProblem]:
         """Many outcomes in one transaction; each item succeeds or fails on its own
         (its `ApiProblem` is returned in its place, in order)."""
 
@@ -308,7 +346,7 @@ class Storage(Protocol):
     async def worker_heartbeat(
         self, tenant_id: str, worker_id: str, handlers: list[str], now: float
     ) -> None: ...
-    async def list_workers(self, tenant_id: str) -> list[Worker]: ...
+    async def list_workers(self, tenant_id: str) -> list[WorkerRow]: ...
 
     # time-driven transitions (run by the server's sweeper)
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:

@@ -25,19 +25,20 @@ from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
-    Cue,
-    Execution,
+    CueRow,
+    ExecutionRow,
     NewFire,
-    Outcome,
-    Worker,
+    OutcomeRecord,
+    WorkerRow,
     check_lease,
-    effective_payload,
+    claimable_condition,
+    claimable_where,
     execution_from_row,
     idempotency_conflict,
     name_taken,
+    new_execution,
     new_execution_id,
     outcome_already_recorded,
-    routing_keys,
     where_equal,
 )
 
@@ -110,17 +111,10 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 _EXEC_COLS = EXECUTION_COLUMNS
-_CLAIMABLE = "status IN ('pending', 'retry_ready') AND transport = 'worker' AND scheduled_for <= ?"
+_CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(Cue).decode
-
-
-def _filters(
-    task: str | None, agent: str | None, now: float, tenant_id: str
-) -> tuple[str, list[Any]]:
-    equal, args = where_equal("?", tenant_id=tenant_id, task=task, agent=agent)
-    return f"{equal} AND {_CLAIMABLE}", [*args, now]
+_decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
 class SQLiteStorage:
@@ -218,7 +212,7 @@ class SQLiteStorage:
 
     # -- cues ------------------------------------------------------------------
 
-    async def create_cue(self, cue: Cue) -> Cue:
+    async def create_cue(self, cue: CueRow) -> CueRow:
         try:
             with self._tx() as db:
                 db.execute(
@@ -230,7 +224,7 @@ class SQLiteStorage:
             raise name_taken(cue.name) from exc
         return cue
 
-    async def get_cue(self, tenant_id: str, cue_id: str) -> Cue | None:
+    async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None:
         row = self.db.execute(
             "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
         ).fetchone()
@@ -238,7 +232,7 @@ class SQLiteStorage:
 
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
-    ) -> tuple[list[Cue], int]:
+    ) -> tuple[list[CueRow], int]:
         where, args = where_equal("?", tenant_id=tenant_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM cues WHERE {where}", args).fetchone()[0]
         rows = self.db.execute(
@@ -249,7 +243,7 @@ class SQLiteStorage:
 
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
-    ) -> Cue | None:
+    ) -> CueRow | None:
         try:
             with self._tx() as db:
                 row = db.execute(
@@ -276,10 +270,10 @@ class SQLiteStorage:
 
     # -- fire ------------------------------------------------------------------
 
-    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[Execution]:
-        out: list[Execution] = []
-        created: list[Execution] = []
-        cues: dict[str, Cue] = {}
+    async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
+        out: list[ExecutionRow] = []
+        created: list[ExecutionRow] = []
+        cues: dict[str, CueRow] = {}
         with self._tx() as db:
             for i, fire in enumerate(fires):
                 cue = cues.get(fire.cue_id)
@@ -309,22 +303,7 @@ class SQLiteStorage:
                         if first is not None:
                             out.append(execution_from_row(first))
                             continue
-                payload = effective_payload(cue.payload, fire)
-                task, agent = routing_keys(payload)
-                execution = Execution(
-                    id=new_execution_id(),
-                    tenant_id=tenant_id,
-                    cue_id=cue.id,
-                    status="pending",
-                    payload=payload,
-                    task=task,
-                    agent=agent,
-                    transport=cue.transport,
-                    scheduled_for=max(fire.scheduled_for, now),
-                    created_at=now,
-                    updated_at=now,
-                    max_attempts=cue.max_attempts,
-                )
+                execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
                 db.execute(
                     "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                     "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
@@ -334,9 +313,9 @@ class SQLiteStorage:
                         execution.id,
                         tenant_id,
                         cue.id,
-                        task,
-                        agent,
-                        _encode(payload),
+                        execution.task,
+                        execution.agent,
+                        _encode(execution.payload),
                         cue.transport,
                         execution.scheduled_for,
                         now,
@@ -371,7 +350,7 @@ class SQLiteStorage:
 
     # -- executions ------------------------------------------------------------
 
-    async def get_execution(self, tenant_id: str, execution_id: str) -> Execution | None:
+    async def get_execution(self, tenant_id: str, execution_id: str) -> ExecutionRow | None:
         row = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE id = ? AND tenant_id = ?",
             (execution_id, tenant_id),
@@ -386,7 +365,7 @@ class SQLiteStorage:
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[Execution], int]:
+    ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
         rows = self.db.execute(
@@ -398,8 +377,8 @@ class SQLiteStorage:
 
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
-    ) -> list[Execution]:
-        where, args = _filters(task, agent, now, tenant_id)
+    ) -> list[ExecutionRow]:
+        where, args = claimable_where("?", tenant_id, task, agent, now)
         rows = self.db.execute(
             f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
             "ORDER BY scheduled_for, seq LIMIT ?",
@@ -414,7 +393,7 @@ class SQLiteStorage:
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> Execution:
+    ) -> ExecutionRow:
         with self._tx() as db:
             row = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
@@ -444,8 +423,8 @@ class SQLiteStorage:
         now: float,
         lease_seconds: float,
         limit: int,
-    ) -> list[Execution]:
-        where, args = _filters(task, agent, now, tenant_id)
+    ) -> list[ExecutionRow]:
+        where, args = claimable_where("?", tenant_id, task, agent, now)
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
@@ -477,7 +456,7 @@ class SQLiteStorage:
         worker_id: str | None,
         now: float,
         lease_seconds: float,
-    ) -> Execution:
+    ) -> ExecutionRow:
         with self._tx() as db:
             status, holder, _ = self._owned(db, tenant_id, execution_id)
             check_lease(execution_id, status, holder, worker_id)
@@ -489,15 +468,15 @@ class SQLiteStorage:
         return execution_from_row(row)
 
     async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: Outcome
-    ) -> Execution:
+        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
+    ) -> ExecutionRow:
         with self._tx() as db:
             return self._record(db, tenant_id, execution_id, worker_id, outcome)
 
     async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, Outcome]], worker_id: str | None
-    ) -> list[Execution | ApiProblem]:
-        results: list[Execution | ApiProblem] = []
+        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
+    ) -> list[ExecutionRow | ApiProblem]:
+        results: list[ExecutionRow | ApiProblem] = []
         with self._tx() as db:  # one commit for the batch; each item stands on its own
             for execution_id, outcome in items:
                 try:
@@ -512,8 +491,8 @@ class SQLiteStorage:
         tenant_id: str,
         execution_id: str,
         worker_id: str | None,
-        outcome: Outcome,
-    ) -> Execution:
+        outcome: OutcomeRecord,
+    ) -> ExecutionRow:
         status, holder, recorded = self._owned(db, tenant_id, execution_id)
         if recorded is not None:
             raise outcome_already_recorded(execution_id)
@@ -543,14 +522,14 @@ class SQLiteStorage:
                 (tenant_id, worker_id, _encode(handlers), now),
             )
 
-    async def list_workers(self, tenant_id: str) -> list[Worker]:
+    async def list_workers(self, tenant_id: str) -> list[WorkerRow]:
         rows = self.db.execute(
             "SELECT worker_id, handlers, last_heartbeat FROM workers WHERE tenant_id = ? "
             "ORDER BY last_heartbeat DESC",
             (tenant_id,),
         ).fetchall()
         return [
-            Worker(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
+            WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
 

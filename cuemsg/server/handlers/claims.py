@@ -1,0 +1,101 @@
+"""Leases: claim one execution by id, claim the next (long-polling with the
+`claim.wait` extension), and extend a lease by heartbeat."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.responses import Response
+
+from cuemsg.server import wire
+from cuemsg.server.errors import ApiProblem
+from cuemsg.server.responses import ok
+from cuemsg.server.settings import MAX_CLAIM_WAIT
+from cuemsg.server.state import Ctx
+
+
+async def claim(ctx: Ctx) -> Response:
+    body = wire.decode(await ctx.body(), wire.ClaimBody)
+    server = ctx.server
+    lease = server.settings.lease_seconds
+    execution = await server.storage.claim(
+        ctx.tenant_id, ctx.param("execution_id"), body.worker_id, time.time(), lease
+    )
+    return ok(wire.claim_json(execution, lease, "claim.payload" in server.extensions))
+
+
+async def claim_next(ctx: Ctx) -> Response:
+    server = ctx.server
+    raw = await ctx.body()
+    if server.extensions:
+        body = wire.decode(raw, wire.ClaimNextExtBody)
+    else:
+        plain = wire.decode(raw, wire.ClaimNextBody)
+        body = wire.ClaimNextExtBody(worker_id=plain.worker_id)
+    server.need("claim.task", "task", body.task)
+    server.need("claim.task", "agent", body.agent)
+    server.need("claim.wait", "wait", body.wait)
+    server.need("claim.many", "limit", body.limit)
+    lease = server.settings.lease_seconds
+    storage = server.storage
+    wait = min(body.wait or 0.0, MAX_CLAIM_WAIT)
+    deadline = time.monotonic() + wait
+    while True:
+        # Subscribe before trying, so a fire between the try and the wait still wakes us.
+        waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent) if wait else None
+        woke = False
+        try:
+            server.stats.claim_attempts += 1
+            claimed = await storage.claim_next(
+                ctx.tenant_id,
+                body.worker_id,
+                task=body.task,
+                agent=body.agent,
+                now=time.time(),
+                lease_seconds=lease,
+                limit=body.limit or 1,
+            )
+            if claimed:
+                break
+            remaining = deadline - time.monotonic()
+            woke = (
+                waiter is not None
+                and remaining > 0
+                and not server.draining
+                and await waiter.wait(remaining)
+                # A client that hung up must not be handed a message it will never see.
+                and not await ctx.request.is_disconnected()
+            )
+            if not woke:
+                what = f" for task {body.task!r}" if body.task is not None else ""
+                raise ApiProblem(409, "claim_failed", f"no claimable execution{what}")
+        finally:
+            if waiter is not None:
+                if not woke:
+                    # A wake that arrived after our try is not ours to keep: hand it on.
+                    waiter.pass_on()
+                waiter.close()
+    with_payload = "claim.payload" in server.extensions
+    if body.limit is None:
+        return ok(wire.claim_json(claimed[0], lease, with_payload))
+    return ok(
+        {"claimed": True, "executions": [wire.claim_json(e, lease, with_payload) for e in claimed]}
+    )
+
+
+async def heartbeat(ctx: Ctx) -> Response:
+    lease = ctx.server.settings.lease_seconds
+    execution = await ctx.server.storage.heartbeat(
+        ctx.tenant_id,
+        ctx.param("execution_id"),
+        ctx.request.headers.get("x-worker-id"),
+        time.time(),
+        lease,
+    )
+    return ok(
+        {
+            "execution_id": execution.id,
+            "lease_extended_until": wire.iso(execution.lease_expires_at),
+            "acknowledged": True,
+        }
+    )

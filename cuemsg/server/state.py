@@ -1,0 +1,117 @@
+"""What the routes share: the `Server` (settings, storage, key cache, rate
+windows, counters, draining) and the `Ctx` an authenticated handler gets."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cuemsg.server.errors import ApiProblem, invalid
+from cuemsg.server.keys import hash_key
+from cuemsg.server.settings import ServerSettings
+from cuemsg.server.storage.base import Storage
+
+
+class Stats(msgspec.Struct):
+    """Counters the benchmark reads from `/health`."""
+
+    requests: int = 0
+    claim_attempts: int = 0  # claim-next statements run, woken long-polls included
+    started_at: float = 0.0
+
+
+@dataclass
+class Ctx:
+    """What a handler gets: the request, its tenant and the server."""
+
+    request: Request
+    tenant_id: str
+    server: Server
+
+    async def body(self) -> bytes:
+        return await self.server.read_body(self.request)
+
+    def param(self, name: str) -> str:
+        return str(self.request.path_params[name])
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+class Server:
+    """State shared by the routes: settings, storage, key cache, counters."""
+
+    def __init__(self, settings: ServerSettings, storage: Storage) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.stats = Stats(started_at=time.time())
+        self._tenants: dict[str, str] = {}  # API key -> tenant id (positive hits only)
+        self._windows: dict[str, deque[float]] = {}
+        self.extensions = frozenset(settings.extension_names)
+        self.draining = False
+
+    def drain(self) -> None:
+        """Shutdown begins: parked claims answer now instead of waiting on."""
+        self.draining = True
+        self.storage.notifier.wake_all()
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def authenticate(self, request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise ApiProblem(
+                401, "invalid_api_key", "missing API key: send 'Authorization: Bearer <key>'"
+            )
+        tenant = self._tenants.get(key)
+        if tenant is None:
+            tenant = await self.storage.tenant_for_key(hash_key(key))
+            if tenant is None:
+                raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
+            self._tenants[key] = tenant
+        if self.settings.rate_limit:
+            self._rate_limit(key)
+        return tenant
+
+    def _rate_limit(self, key: str) -> None:
+        now = time.monotonic()
+        window = self._windows.setdefault(key, deque())
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= self.settings.rate_limit:
+            retry_after = max(1, int(window[0] + 60.0 - now) + 1)
+            raise ApiProblem(
+                429,
+                "rate_limited",
+                f"more than {self.settings.rate_limit} requests a minute for this key",
+                headers={"Retry-After": str(retry_after)},
+            )
+        window.append(now)
+
+    def need(self, extension: str, field: str, value: object) -> None:
+        """Reject an extension field when the extension is off (plain CueAPI mode)."""
+        if value is not None and extension not in self.extensions:
+            raise invalid(field, f"unknown field (extension {extension} is off)")
+
+
+def _too_large(limit: int) -> ApiProblem:
+    return ApiProblem(413, "payload_too_large", f"request body is over the limit of {limit} bytes")

@@ -1,0 +1,40 @@
+"""SQL fragments and codecs the PostgreSQL statements share: the claim
+condition and update, the relaxed-commit CTE, and the cue document codec.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from cuemsg.server.storage.base import (
+    EXECUTION_COLUMNS,
+    CueRow,
+    claimable_condition,
+)
+
+EXEC_COLS = EXECUTION_COLUMNS
+CLAIMABLE_WHERE = claimable_condition("%s")
+CLAIM_SET = (
+    "status = 'delivering', attempts = e.attempts + 1, claimed_by_worker = %s, "
+    "claimed_at = %s, lease_expires_at = %s, updated_at = %s"
+)
+# Claims, heartbeats and the sweep commit without waiting for the WAL flush
+# (`synchronous_commit = off` for that one statement's transaction). Safe by
+# design: if the database crashes before the flush, a claim or a lease extension
+# is lost and the message is simply delivered again (at-least-once), and the
+# sweep redoes what it lost on its next pass. Fires and outcomes always wait for
+# the flush: once acknowledged, they survive a crash.
+RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v)"
+IS_RELAXED = "(SELECT v FROM relaxed) = 'off'"  # referencing the CTE makes it run
+
+encode_json = msgspec.json.Encoder().encode
+_decode_cue = msgspec.json.Decoder(CueRow).decode
+
+
+def cue_from_doc(doc: bytes, fired_count: int, last_run: float | None) -> CueRow:
+    # The fire counters live in their own columns (a fire bumps them without
+    # rewriting the document); the document holds everything else.
+    cue = _decode_cue(doc)
+    cue.fired_count = fired_count
+    cue.last_run = last_run
+    return cue
