@@ -87,6 +87,8 @@ def create_server(
         instructions=INSTRUCTIONS.format(name=name),
         version=__version__,
         lifespan=lifespan,
+        # Stderr is the MCP client's log of this server: warnings, not every HTTP request.
+        log_level="WARNING",
     )
 
     @server.tool()
