@@ -62,8 +62,10 @@ async def stdio_agent(srv: RunningServer, name: str) -> AsyncIterator[ClientSess
 
 
 @contextlib.contextmanager
-def http_agent_process(srv: RunningServer, name: str) -> Iterator[str]:
-    """`python -m cuemsg.mcp --http` in a subprocess; yields its MCP endpoint URL."""
+def http_agent_process(
+    srv: RunningServer, name: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m cuemsg.mcp --http` in a subprocess; yields its MCP endpoint URL and process."""
     port = free_port()
     env = {**os.environ, **agent_env(srv)}
     proc = subprocess.Popen(
@@ -86,9 +88,10 @@ def http_agent_process(srv: RunningServer, name: str) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the MCP HTTP server did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover - a hang guard

@@ -272,3 +272,19 @@ async def test_ask_agent_timeout_slow_responder(srv: RunningServer, client: CueC
     finally:
         release.set()
         stop()
+
+
+async def test_requests_held_when_the_session_ends_are_delivered_again(
+    srv: RunningServer, client: CueClient
+) -> None:
+    bob_address = address_of(client, "bob")
+    with Mailbox.open(client, "py-asker") as asker:
+        pending = Background(lambda: asker.request(bob_address, "anyone?", timeout=30))
+        async with stdio_agent(srv, "bob") as bob:
+            [held] = (await call(bob, "check_inbox", wait_seconds=10))["messages"]
+        # The session (and its process) ended without answering: the request is released.
+        async with stdio_agent(srv, "bob") as bob:
+            [again] = (await call(bob, "check_inbox", wait_seconds=LEASE * 5))["messages"]
+            assert again["id"] == held["id"]
+            await call(bob, "reply", message_id=again["id"], body="second session")
+        assert pending.result() == "second session"
