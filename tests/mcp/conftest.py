@@ -8,12 +8,12 @@ HTTP. The lease is short so a killed agent's requests come back quickly.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,6 +22,7 @@ from mcp.client import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from cuemsg import CueClient, Mailbox, Message
 from cuemsg.testing import RunningServer, free_port, run_server
 
 #: Lease of a claim on the test server, in seconds (held requests renew a third of it).
@@ -129,5 +130,51 @@ def text_of(result: Any) -> str:
     return " ".join(getattr(block, "text", "") for block in result.content)
 
 
-def as_json(result: Any) -> Any:
-    return json.loads(text_of(result))
+@pytest.fixture
+def client(srv: RunningServer) -> Iterator[CueClient]:
+    with CueClient(srv.api_key, srv.base_url) as c:
+        yield c
+
+
+class Background:
+    """Runs `fn` in a thread; `.result()` joins it and answers its value or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._value: list[Any] = []
+        self._error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._value.append(fn())
+            except BaseException as exc:
+                self._error.append(exc)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float = 30) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the background call did not finish"
+        if self._error:
+            raise self._error[0]
+        return self._value[0]
+
+
+def address_of(client: CueClient, name: str) -> str:
+    """The address of the mailbox `name` (Mailbox.open is get-or-create)."""
+    with Mailbox.open(client, name) as mb:
+        return mb.address
+
+
+def serve_in_thread(client: CueClient, name: str, handler: Callable[[Message[Any]], Any]) -> Any:
+    """A Python responder on mailbox `name`, serving until the returned stop() is called."""
+    mb = Mailbox.open(client, name)
+    thread = threading.Thread(target=mb.serve, args=(handler,), daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        mb.stop()
+        thread.join(10)
+        mb.close()
+
+    return stop

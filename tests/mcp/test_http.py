@@ -7,23 +7,24 @@ the official client connects with `streamable_http_client`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from cuemsg import CueClient, Mailbox, Message
 from cuemsg.testing import RunningServer
-from tests.mcp.conftest import LEASE, call, call_error, http_agent_process, http_session
-from tests.mcp.test_stdio import Background, address_of, serve_in_thread
+from tests.mcp.conftest import (
+    LEASE,
+    Background,
+    address_of,
+    call,
+    call_error,
+    http_agent_process,
+    http_session,
+    serve_in_thread,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def client(srv: RunningServer) -> Iterator[CueClient]:
-    with CueClient(srv.api_key, srv.base_url) as c:
-        yield c
 
 
 async def test_main_flows_over_streamable_http(srv: RunningServer, client: CueClient) -> None:

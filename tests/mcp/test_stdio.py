@@ -10,14 +10,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from cuemsg import CueClient, Mailbox, Message, RemoteError
 from cuemsg.testing import RunningServer
-from tests.mcp.conftest import LEASE, call, call_error, stdio_agent
+from tests.mcp.conftest import (
+    LEASE,
+    Background,
+    address_of,
+    call,
+    call_error,
+    serve_in_thread,
+    stdio_agent,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -30,56 +37,6 @@ TOOLS = {
     "list_mailboxes",
     "message_history",
 }
-
-
-class Background:
-    """Runs `fn` in a thread; `.result()` joins it and answers its value or raises its error."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._value: list[Any] = []
-        self._error: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self._value.append(fn())
-            except BaseException as exc:
-                self._error.append(exc)
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def result(self, timeout: float = 30) -> Any:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "the background call did not finish"
-        if self._error:
-            raise self._error[0]
-        return self._value[0]
-
-
-@pytest.fixture
-def client(srv: RunningServer) -> Iterator[CueClient]:
-    with CueClient(srv.api_key, srv.base_url) as c:
-        yield c
-
-
-def address_of(client: CueClient, name: str) -> str:
-    """The address of the mailbox `name` (Mailbox.open is get-or-create)."""
-    with Mailbox.open(client, name) as mb:
-        return mb.address
-
-
-def serve_in_thread(client: CueClient, name: str, handler: Callable[[Message[Any]], Any]) -> Any:
-    """A Python responder on mailbox `name`, serving until the returned stop() is called."""
-    mb = Mailbox.open(client, name)
-    thread = threading.Thread(target=mb.serve, args=(handler,), daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        mb.stop()
-        thread.join(10)
-        mb.close()
-
-    return stop
 
 
 async def test_tools_are_listed_with_schemas_and_descriptions(srv: RunningServer) -> None:
@@ -288,3 +245,14 @@ async def test_requests_held_when_the_session_ends_are_delivered_again(
             assert again["id"] == held["id"]
             await call(bob, "reply", message_id=again["id"], body="second session")
         assert pending.result() == "second session"
+
+
+async def test_an_unreachable_cueapi_is_a_tool_error_not_a_crash(srv: RunningServer) -> None:
+    async with stdio_agent(srv, "alice") as alice:
+        srv.stop()
+        text = await call_error(alice, "list_mailboxes")
+        assert "the mailbox service failed: TransportError" in text
+        with pytest.raises(Exception, match="could not read the inbox"):
+            await alice.read_resource("mailbox://alice/inbox")
+        # The MCP server is still up: it answers protocol calls.
+        assert len((await alice.list_tools()).tools) == len(TOOLS)
