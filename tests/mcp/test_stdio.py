@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from cuemsg import CueClient, Mailbox, Message, RemoteError
@@ -256,3 +257,26 @@ async def test_an_unreachable_cueapi_is_a_tool_error_not_a_crash(srv: RunningSer
             await alice.read_resource("mailbox://alice/inbox")
         # The MCP server is still up: it answers protocol calls.
         assert len((await alice.list_tools()).tools) == len(TOOLS)
+
+
+async def test_one_mcp_agent_asks_another(srv: RunningServer) -> None:
+    async with stdio_agent(srv, "alice") as alice, stdio_agent(srv, "bob") as bob:
+        answer: list[Any] = []
+
+        async def ask() -> None:
+            answer.append(
+                await call(alice, "ask_agent", to="bob", body="word count?", timeout_seconds=20)
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            [msg] = (await call(bob, "check_inbox", wait_seconds=10))["messages"]
+            assert (msg["from"]["name"], msg["body"], msg["is_request"]) == (
+                "alice",
+                "word count?",
+                True,
+            )
+            await call(bob, "reply", message_id=msg["id"], body=412)
+        assert answer == [{"reply": 412}]
+        [out] = (await call(alice, "message_history", limit=1))["messages"]
+        assert out["direction"] == "in" and out["kind"] == "reply" and out["body"] == 412
