@@ -204,7 +204,9 @@ class Agent:
                 msg = await self._claim_one(wait)
                 if msg is None:
                     break
-                messages.append(await self._hand_over(msg))
+                # Shielded: a message claimed (and maybe acked) is always reported.
+                with anyio.CancelScope(shield=True):
+                    messages.append(await self._hand_over(msg))
         return {"messages": messages, "held_requests": len(self.held)}
 
     async def _claim_one(self, wait: float) -> AsyncMessage[Any] | None:
