@@ -34,8 +34,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="serve the streamable HTTP transport at http://HOST:PORT/mcp instead of stdio",
     )
-    parser.add_argument("--api-key", help="CueAPI key (default: $CUEAPI_API_KEY)")
-    parser.add_argument("--base-url", help="CueAPI URL (default: $CUEAPI_BASE_URL)")
+    # SUPPRESS: a value the `cuemsg` command took before `mcp` is not reset to None here.
+    parser.add_argument(
+        "--api-key", default=argparse.SUPPRESS, help="CueAPI key (default: $CUEAPI_API_KEY)"
+    )
+    parser.add_argument(
+        "--base-url", default=argparse.SUPPRESS, help="CueAPI URL (default: $CUEAPI_BASE_URL)"
+    )
     parser.add_argument(
         "--embedded",
         metavar="DB",
@@ -79,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cuemsg mcp: {exc}", file=sys.stderr)
         return 2
-    key = args.api_key or os.environ.get("CUEAPI_API_KEY")
-    url = args.base_url or os.environ.get("CUEAPI_BASE_URL")
+    key = getattr(args, "api_key", None) or os.environ.get("CUEAPI_API_KEY")
+    url = getattr(args, "base_url", None) or os.environ.get("CUEAPI_BASE_URL")
     with contextlib.ExitStack() as stack:
         if not key and not url and args.embedded:
             url, key = stack.enter_context(_embedded(args.embedded))

@@ -52,8 +52,12 @@ def test_mailbox_is_required() -> None:
 def test_add_parser_hooks_into_a_cli() -> None:
     parser = argparse.ArgumentParser(prog="cuemsg")
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["mcp", "--mailbox", "x", "--http", "127.0.0.1:9"])
+    parser.add_argument("--api-key")  # the command's own option, given before `mcp`
+    args = parser.parse_args(["--api-key", "k1", "mcp", "--mailbox", "x", "--http", "127.0.0.1:9"])
     assert (args.mailbox, args.http, args.func.__name__) == ("x", "127.0.0.1:9", "run")
+    assert args.api_key == "k1"  # not reset by the sub-command's own --api-key
+    after = parser.parse_args(["mcp", "--mailbox", "x", "--api-key", "k2"])
+    assert after.api_key == "k2"
 
 
 @pytest.mark.anyio
