@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import ssl
 import sys
@@ -71,29 +72,12 @@ def _serve(args: argparse.Namespace) -> int:
         ) from None
     with sock:
         storage = open_storage(settings)
-
-        async def dev_key() -> str:
-            await storage.open()
-            try:
-                return await ensure_dev_key(storage)
-            finally:
-                await storage.close()
-
-        key = asyncio.run(dev_key())
         port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         scheme = "https" if args.ssl_certfile else "http"
         base_url = f"{scheme}://{url_host}:{port}"
-        print(f"cuemsg {__version__} serving CueAPI on {base_url} (db: {settings.db})")
-        print(f"development API key: {key}")
-        print("point clients at it with:")
-        print(f"  export CUEAPI_BASE_URL={base_url}")
-        print(f"  export CUEAPI_API_KEY={key}")
-        if host not in LOOPBACK:
-            print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
-        sys.stdout.flush()
         server = Uvicorn(
-            create_app(settings),
+            create_app(settings, storage),
             host=host,
             port=port,
             log_level="info" if args.access_log else "warning",
@@ -101,11 +85,45 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
         )
+
+        async def serve() -> None:
+            with contextlib.suppress(SystemExit):  # how uvicorn ends when startup fails
+                await server.serve(sockets=[sock])
+
+        async def run() -> bool:
+            serving = asyncio.create_task(serve())
+            while not server.started:  # the app's storage is open once uvicorn has started
+                if serving.done():
+                    await serving
+                    return False
+                await asyncio.sleep(0.01)
+            # The key comes from the storage the app serves (a :memory: one has no other).
+            _announce(base_url, settings.db, await ensure_dev_key(storage), host)
+            await serving
+            return True
+
         try:
-            server.run(sockets=[sock])
+            started = asyncio.run(run())
         except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl-C it held
             return interrupted(f"the server on {base_url} stopped", as_json=False)
+    if not started:
+        raise CommandError(
+            f"serve: the server did not start: its database ({settings.db}) could not be "
+            "opened (the error is logged above)"
+        )
     return 0
+
+
+def _announce(base_url: str, db: str, key: str, host: str) -> None:
+    """What `serve` prints once it is listening: where, the key, the export lines."""
+    print(f"cuemsg {__version__} serving CueAPI on {base_url} (db: {db})")
+    print(f"development API key: {key}")
+    print("point clients at it with:")
+    print(f"  export CUEAPI_BASE_URL={base_url}")
+    print(f"  export CUEAPI_API_KEY={key}")
+    if host not in LOOPBACK:
+        print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
+    sys.stdout.flush()
 
 
 def _demo(args: argparse.Namespace) -> int:
