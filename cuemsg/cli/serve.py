@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import logging
 import ssl
 import sys
 from typing import Any
@@ -126,10 +127,30 @@ def _announce(base_url: str, db: str, key: str, host: str) -> None:
     sys.stdout.flush()
 
 
+class _DemoNarration(logging.Filter):
+    """Tells the demo's deliberate handler failure as part of the story, not as a WARNING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("handler failed"):
+            return True
+        _, _, error = record.getMessage().partition(": ")
+        print(
+            f"  writer: its handler raised {error} "
+            "(on purpose: cuemsg sends the planner an error reply)"
+        )
+        return False
+
+
 def _demo(args: argparse.Namespace) -> int:
     from cuemsg.mailbox.demo import run_demo
 
-    run_demo()
+    narration = _DemoNarration()
+    logger = logging.getLogger("cuemsg.mailbox")
+    logger.addFilter(narration)
+    try:
+        run_demo()
+    finally:
+        logger.removeFilter(narration)
     return 0
 
 

@@ -123,3 +123,14 @@ def test_a_database_that_cannot_open_prints_no_key() -> None:
         f"cuemsg: serve: the server did not start: its database ({db}) could not be "
         "opened (the error is logged above)\n"
     )
+
+
+def test_demo_tells_its_handler_failure_as_part_of_the_story() -> None:
+    proc = run_cuemsg("demo", srv=None)
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "  writer: its handler raised ValueError: the writer cannot do that "
+        "(on purpose: cuemsg sends the planner an error reply)\n"
+        "  planner: RemoteError ValueError: the writer cannot do that\n"
+    ) in proc.stdout
+    assert "WARNING" not in proc.stderr and "handler failed" not in proc.stderr
