@@ -8,10 +8,12 @@ requester gets a `RemoteError` of that type, a one-way message is rejected.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import threading
 from typing import Any
 
 #: The environment variables CMD gets, and the message field each holds ("" when unset).
@@ -58,42 +60,86 @@ def _tail(stderr: str) -> str:
     return "\n".join(lines[-STDERR_LINES:])
 
 
-def run(command: str, body: Any, env: dict[str, str], *, timeout: float | None) -> str:
-    """Run `command` with `body` (as JSON) on stdin; answer its stdout.
+class Interrupted(Exception):
+    """`listen` was stopped (Ctrl-C, SIGTERM) while CMD ran: CMD was killed, the message
+    is handed back."""
 
-    Raises:
-        CommandFailed: a non-zero exit (or killed by a signal).
-        CommandTimedOut: still running after `timeout` seconds (it is killed).
+
+class Runner:
+    """Runs CMD, one process per message, and can kill every one running (on Ctrl-C).
+
+    CMD runs in a session of its own, so the terminal's Ctrl-C does not reach
+    it: `interrupt()` is how it is stopped.
     """
-    proc = subprocess.Popen(
-        command,
-        shell=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group: a timeout kills what it started too
-    )
-    try:
-        out, err = proc.communicate(json.dumps(body, ensure_ascii=False), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise CommandTimedOut(f"{command!r} ran over {timeout:g} s and was killed") from None
-    except BaseException:  # Ctrl-C while it runs: do not leave it behind
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    if proc.returncode != 0:
-        status = (
-            f"killed by signal {-proc.returncode}"
-            if proc.returncode < 0
-            else f"exited {proc.returncode}"
+
+    def __init__(self, command: str, *, timeout: float | None) -> None:
+        self.command = command
+        self.timeout = timeout
+        self.interrupted = False
+        self._running: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+
+    def interrupt(self) -> None:
+        """Kill every CMD running now; those messages raise `Interrupted`."""
+        with self._lock:
+            self.interrupted = True
+            running = list(self._running)
+        for proc in running:
+            _kill(proc)
+
+    def run(self, body: Any, env: dict[str, str]) -> str:
+        """Run CMD with `body` (as JSON) on stdin; answer its stdout.
+
+        Raises:
+            CommandFailed: a non-zero exit (or killed by a signal).
+            CommandTimedOut: still running after `timeout` seconds (it is killed).
+            Interrupted: `interrupt()` killed it.
+        """
+        proc = subprocess.Popen(
+            self.command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,  # its own process group: a kill reaches what it started
         )
-        tail = _tail(err)
-        raise CommandFailed(f"{command!r} {status}" + (f": {tail}" if tail else ""))
-    return out
+        with self._lock:
+            self._running.add(proc)
+        try:
+            out, err = proc.communicate(json.dumps(body, ensure_ascii=False), timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            proc.communicate()
+            raise CommandTimedOut(
+                f"{self.command!r} ran over {self.timeout:g} s and was killed"
+            ) from None
+        except KeyboardInterrupt:  # Ctrl-C in this thread while it runs: never leave it behind
+            _kill(proc)
+            proc.communicate()
+            if self.interrupted:
+                raise Interrupted(f"{self.command!r} was killed: listen was stopped") from None
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(proc)
+        if self.interrupted and proc.returncode < 0:
+            raise Interrupted(f"{self.command!r} was killed: listen was stopped")
+        if proc.returncode != 0:
+            status = (
+                f"killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exited {proc.returncode}"
+            )
+            tail = _tail(err)
+            raise CommandFailed(f"{self.command!r} {status}" + (f": {tail}" if tail else ""))
+        return out
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it has just ended on its own
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def parse_reply(command: str, stdout: str) -> Any:

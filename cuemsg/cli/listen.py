@@ -16,14 +16,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cuemsg._exceptions import LeaseLost
+from cuemsg._exceptions import LeaseLost, RetryLater
 from cuemsg.cli import _exec
 from cuemsg.cli._connect import make_client, positive
-from cuemsg.cli._output import EXIT_CODES, emit, interrupted
+from cuemsg.cli._output import EXIT_CODES, UsageError, emit, interrupted
 
 if TYPE_CHECKING:
     from cuemsg._inspect import Names
@@ -80,16 +80,22 @@ class _Quieter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _stop_signals_raise() -> Iterator[None]:
-    """SIGTERM stops `listen` as Ctrl-C does (KeyboardInterrupt), for the duration."""
+def _stop_signals(on_stop: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM call `on_stop`, then raise KeyboardInterrupt, for the duration."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def stop(signum: int, frame: Any) -> None:
+        on_stop()
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 @contextlib.contextmanager
@@ -183,36 +189,47 @@ def _receive(
 
 
 def _serve_exec(
-    args: argparse.Namespace, mb: Mailbox, names: Names, quiet: _Quieter, tally: _Tally
+    args: argparse.Namespace,
+    mb: Mailbox,
+    names: Names,
+    quiet: _Quieter,
+    tally: _Tally,
+    runner: _exec.Runner,
 ) -> None:
     """Run --exec per message, --concurrency at a time; print what came of each."""
-    command: str = args.exec
     lookups = threading.Lock()
     printing = threading.Lock()
+
+    def report(msg: Message[Any], sender: str | None, outcome: str, error: str | None) -> None:
+        data = message_json(msg, sender) | {"outcome": outcome, "error": error}
+        text = message_text(msg, sender or msg.sender or "-") + f" -> {outcome}"
+        with printing:
+            emit(args, data, text + (f" ({error})" if error else ""))
 
     def handle(msg: Message[Any]) -> Any:
         quiet.message_arrived()
         with lookups:
             sender = names.name(msg.sender)
-        env = _exec.environment(msg, mb.name, sender)
         request = _answerable(msg)
-        outcome, error, reply = ("replied" if request else "acked"), None, None
+        with tally.lock:
+            tally.received += 1
+            if args.limit is not None and tally.received >= args.limit:
+                mb.stop()
         try:
-            out = _exec.run(command, msg.body, env, timeout=args.timeout)
-            reply = _exec.parse_reply(command, out) if request else None
+            out = runner.run(msg.body, _exec.environment(msg, mb.name, sender))
+            reply = _exec.parse_reply(runner.command, out) if request else None
+        except _exec.Interrupted as exc:
+            report(msg, sender, "handed back", str(exc))
+            raise RetryLater(0, str(exc)) from None  # delivered again at once, to anyone
         except (_exec.CommandFailed, _exec.CommandTimedOut, _exec.BadReply) as exc:
-            outcome = "error reply" if request else "rejected"
-            error = f"{type(exc).__name__}: {exc}"
+            report(
+                msg,
+                sender,
+                "error reply" if request else "rejected",
+                f"{type(exc).__name__}: {exc}",
+            )
             raise
-        finally:
-            data = message_json(msg, sender) | {"outcome": outcome, "error": error}
-            text = message_text(msg, sender or msg.sender or "-") + f" -> {outcome}"
-            with printing:
-                emit(args, data, text + (f" ({error})" if error else ""))
-            with tally.lock:
-                tally.received += 1
-                if args.limit is not None and tally.received >= args.limit:
-                    mb.stop()
+        report(msg, sender, "replied" if request else "acked", None)
         return reply
 
     mb.serve(handle, concurrency=args.concurrency, idle_timeout=args.wait)
@@ -223,16 +240,24 @@ def _listen(args: argparse.Namespace) -> int:
     from cuemsg.mailbox.sync import Mailbox
 
     if args.exec is None and (args.concurrency != 1 or args.timeout is not None):
-        from cuemsg.cli._output import UsageError
-
         raise UsageError("listen: --concurrency and --timeout go with --exec")
     tally = _Tally()
     quiet = _Quieter(exec_mode=args.exec is not None)
     logger = logging.getLogger("cuemsg.mailbox")
     stopped = False
-    with make_client(args) as client, _stop_signals_raise():
+    runner = _exec.Runner(args.exec, timeout=args.timeout) if args.exec else None
+    opened: list[Mailbox] = []
+
+    def on_stop() -> None:
+        if runner is not None:
+            for mailbox in opened:
+                mailbox.stop()  # a handler running in this thread hands its message back
+            runner.interrupt()
+
+    with make_client(args) as client, _stop_signals(on_stop):
         names = Names(client)
         mb = Mailbox.open(client, args.name)
+        opened.append(mb)
         logger.addFilter(quiet)
         try:
             doing = f"running {args.exec!r} per message" if args.exec else "printing messages"
@@ -242,17 +267,17 @@ def _listen(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            if args.exec is None:
+            if runner is None:
                 _receive(args, mb, names, quiet, tally)
             else:
-                _serve_exec(args, mb, names, quiet, tally)
+                _serve_exec(args, mb, names, quiet, tally, runner)
         except KeyboardInterrupt:
             stopped = True  # Ctrl-C (or SIGTERM) is how a listen without --wait/--limit ends
         finally:
             with _signals_after():
                 mb.close()
             logger.removeFilter(quiet)
-    if stopped:
+    if stopped or (runner is not None and runner.interrupted):
         return interrupted(tally.summary(), as_json=args.json)
     print(tally.summary(), file=sys.stderr)
     return 0
@@ -274,7 +299,8 @@ def add_commands(sub: Any, common: list[argparse.ArgumentParser]) -> None:
             "CORRELATION_ID, ATTEMPT, DELIVERIES, SENT_AT, MAILBOX); a request's reply "
             "is its stdout, parsed as JSON; a non-zero exit, bad JSON or a timeout sends "
             "the requester an error (a one-way message is rejected). Runs until --wait "
-            "idle seconds, --limit messages, Ctrl-C or SIGTERM."
+            "idle seconds, --limit messages, Ctrl-C or SIGTERM (which kill the commands "
+            "running and hand their messages back)."
         ),
         epilog=EXIT_CODES,
     )

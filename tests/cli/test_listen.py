@@ -273,3 +273,41 @@ def test_listen_says_once_that_the_server_is_gone() -> None:
     assert err.count("claiming task") == 1, err
     assert "(said again every 30 s while it lasts)" in err
     assert err.endswith("received 0 message(s)\n")
+
+
+@pytest.mark.parametrize("concurrency", ["1", "2"])
+def test_ctrl_c_while_cmd_runs_kills_it_and_hands_the_message_back(
+    srv: RunningServer, client: CueClient, concurrency: str
+) -> None:
+    inbox = Mailbox.open(client, unique("busy"))
+    sent = Mailbox.open(client, unique("talker")).send(inbox.address, {"work": "long"})
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "cuemsg", "listen", inbox.name, "--exec", "sleep 300",
+            "--concurrency", concurrency,
+        ],
+        env=subprocess_env(srv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(500):  # until the command runs: the message is claimed
+            if client.executions.get(sent.execution_id).status == "delivering":
+                break
+            threading.Event().wait(0.02)
+        threading.Event().wait(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)  # not 300 s: the command was killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert out.rstrip().endswith("-> handed back ('sleep 300' was killed: listen was stopped)")
+    assert err.endswith("cuemsg: interrupted: received 1 message(s)\n")
+    first = client.executions.get(sent.execution_id)
+    assert first.status == "success"
+    assert "reason: 'sleep 300' was killed: listen was stopped" in (first.outcome or {})["result"]
+    again = [e for e in client.executions.list(cue_id=inbox.address).executions if e.id != first.id]
+    assert [e.status for e in again] == ["pending"]  # delivered again, to the next listener
