@@ -55,10 +55,11 @@ class _Quieter(logging.Filter):
     warning that listen's own output line already says.
     """
 
-    def __init__(self, *, exec_mode: bool) -> None:
+    def __init__(self, *, exec_mode: bool, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.left: set[str] = set()
         self.exec_mode = exec_mode
+        self.clock = clock
         self.last_outage: float | None = None
 
     def message_arrived(self) -> None:
@@ -67,11 +68,13 @@ class _Quieter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
         if text.startswith("claiming task"):
-            now = time.monotonic()
+            now = self.clock()
             if self.last_outage is not None and now - self.last_outage < OUTAGE_REPORT_EVERY:
                 return False
             self.last_outage = now
-            record.msg = f"{text} (said again every {OUTAGE_REPORT_EVERY:g} s while it lasts)"
+            why = record.args[-1] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "the server is not answering (%s); listen keeps trying, %s"
+            record.args = (why, f"and says so again every {OUTAGE_REPORT_EVERY:g} s")
             return True
         if self.exec_mode and text.startswith("handler failed"):
             return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -270,8 +271,8 @@ def test_listen_says_once_that_the_server_is_gone() -> None:
                 proc.kill()
                 proc.wait()
     assert proc.returncode == 0, err
-    assert err.count("claiming task") == 1, err
-    assert "(said again every 30 s while it lasts)" in err
+    assert err.count("the server is not answering") == 1, err
+    assert "; listen keeps trying, and says so again every 30 s\n" in err
     assert err.endswith("received 0 message(s)\n")
 
 
@@ -311,3 +312,26 @@ def test_ctrl_c_while_cmd_runs_kills_it_and_hands_the_message_back(
     assert "reason: 'sleep 300' was killed: listen was stopped" in (first.outcome or {})["result"]
     again = [e for e in client.executions.list(cue_id=inbox.address).executions if e.id != first.id]
     assert [e.status for e in again] == ["pending"]  # delivered again, to the next listener
+
+
+def test_an_outage_is_reported_once_per_30_seconds() -> None:
+    from cuemsg.cli.listen import _Quieter
+
+    now = [0.0]
+    quiet = _Quieter(exec_mode=False, clock=lambda: now[0])
+
+    def claim_failed() -> bool:
+        record = logging.LogRecord(
+            "cuemsg.mailbox", logging.WARNING, __file__, 1,
+            "claiming task %r failed (%s); trying again", ("x", "ConnectError: refused"), None,
+        )  # fmt: skip
+        return quiet.filter(record)
+
+    said = []
+    for at in (0.0, 1.4, 2.8, 29.9, 30.1, 31.5, 60.2):
+        now[0] = at
+        said.append(claim_failed())
+    assert said == [True, False, False, False, True, False, True]
+    quiet.message_arrived()  # the server came back: the next outage is news at once
+    now[0] = 61.0
+    assert claim_failed()
