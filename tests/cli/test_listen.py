@@ -15,7 +15,7 @@ import pytest
 
 from cuemsg import CueClient, Mailbox, RemoteError
 from cuemsg.testing import RunningServer, run_server
-from tests.cli.conftest import subprocess_env, unique
+from tests.cli.conftest import run_cuemsg, subprocess_env, unique
 
 # -- listen --------------------------------------------------------------------------------
 
@@ -335,3 +335,43 @@ def test_an_outage_is_reported_once_per_30_seconds() -> None:
     quiet.message_arrived()  # the server came back: the next outage is news at once
     now[0] = 61.0
     assert claim_failed()
+
+
+def test_a_running_listen_holds_the_request_until_reply() -> None:
+    # Leases of 1.5 s: listen must renew the request's lease while it waits for a reply,
+    # and say nothing of the lease it loses when `cuemsg reply` settles the request.
+    with (
+        run_server(lease_seconds=1.5, sweep_interval=0.05) as own,
+        CueClient(own.api_key, own.base_url) as client,
+        Mailbox.open(client, "asker", poll_wait=0.3) as asker,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        desk = Mailbox.open(client, "desk")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cuemsg", "listen", "desk", "--json"],
+            env=subprocess_env(own),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            asked = pool.submit(asker.request, desk.address, {"q": 1}, timeout=30)
+            seen = json.loads(proc.stdout.readline())
+            threading.Event().wait(3.5)  # more than two leases
+            assert client.executions.get(seen["execution_id"]).status == "delivering"
+            replied = run_cuemsg("reply", seen["execution_id"], '{"a": 1}', srv=own)
+            assert replied.returncode == 0, replied.stderr
+            assert asked.result(timeout=20) == {"a": 1}
+            threading.Event().wait(1.5)  # a renewal falls due after the reply
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130
+    assert "lost the lease" not in err and "WARNING" not in err, err
+    assert json.loads(out)["error"] == (
+        "interrupted: received 1 message(s), 1 request(s) left for `cuemsg reply`"
+    )
