@@ -66,11 +66,17 @@ def _request(args: argparse.Namespace) -> int:
 
 
 def _reply(args: argparse.Namespace) -> int:
+    from cuemsg.envelope import ErrorBody
     from cuemsg.mailbox.answer import reply_to_execution
 
-    body = read_body(args.body, as_text=args.text)
+    if args.error is not None:  # BODY is the error's message, as text
+        message = read_body(args.body, as_text=True)
+        error = ErrorBody(type=args.error, message=message)
+        body: Any = None
+    else:
+        error, body = None, read_body(args.body, as_text=args.text)
     with make_client(args) as client:
-        done = reply_to_execution(client, args.execution_id, body)
+        done = reply_to_execution(client, args.execution_id, body, error=error)
     emit(
         args,
         {
@@ -150,4 +156,10 @@ def add_commands(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     reply.add_argument("execution_id", metavar="EXECUTION_ID")
     reply.add_argument("body", metavar="BODY", help=BODY_HELP)
     reply.add_argument("--text", action="store_true", help=TEXT_HELP)
+    reply.add_argument(
+        "--error",
+        metavar="TYPE",
+        help="answer with an error instead: the requester raises RemoteError(TYPE, BODY), "
+        "BODY being the message, as text",
+    )
     reply.set_defaults(func=_reply)

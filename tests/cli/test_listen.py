@@ -375,3 +375,20 @@ def test_a_running_listen_holds_the_request_until_reply() -> None:
     assert json.loads(out)["error"] == (
         "interrupted: received 1 message(s), 1 request(s) left for `cuemsg reply`"
     )
+
+
+def test_reply_with_an_error(cli: Any, client: CueClient) -> None:
+    inbox = Mailbox.open(client, unique("grumpy"))
+    with (
+        Mailbox.open(client, unique("asker"), poll_wait=0.3) as asker,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        asked = pool.submit(asker.request, inbox.address, "please", timeout=20)
+        (eid,) = _wait_for_execution(client, inbox.address)
+        run = cli("reply", eid, "not today", "--error", "Busy", "--json")
+        assert run.code == 0, run.err
+        assert run.json()["execution_id"] == eid
+        with pytest.raises(RemoteError) as raised:
+            asked.result(timeout=20)
+    assert (raised.value.type, raised.value.message) == ("Busy", "not today")
+    assert client.executions.get(eid).status == "failed"  # an error reply is a failure outcome
