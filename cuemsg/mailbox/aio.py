@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -40,27 +40,27 @@ from cuemsg.mailbox._core import (
     DEFAULT_PRESENCE_TTL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+    OnError,
+)
+from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
     Deliver,
-    Delivery,
     Drain,
     Flow,
     IdleWait,
-    MailboxBase,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    OnError,
     Op,
-    Sent,
-    Sleep,
+    Pause,
     Spawn,
     StartReplies,
     WaitSlots,
     advance,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
@@ -231,7 +231,7 @@ class AsyncMailbox(MailboxBase):
             if inspect.isawaitable(result):
                 result = await result
             return result
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             await anyio.sleep(op.seconds)
             return None
         if isinstance(op, IdleWait):

@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast, overload
 
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import CueClient
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -36,27 +36,27 @@ from cuemsg.mailbox._core import (
     DEFAULT_PRESENCE_TTL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+    OnError,
+)
+from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
     Deliver,
-    Delivery,
     Drain,
     Flow,
     IdleWait,
-    MailboxBase,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    OnError,
     Op,
-    Sent,
-    Sleep,
+    Pause,
     Spawn,
     StartReplies,
     WaitSlots,
     advance,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["Mailbox", "Message"]
@@ -238,7 +238,7 @@ class Mailbox(MailboxBase):
             return None
         if isinstance(op, CallHandler):
             return op.handler(op.message)
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             self._wake_or_close(op.seconds)
             return None
         if isinstance(op, IdleWait):
