@@ -14,7 +14,7 @@ from cuemsg.mailbox._config import (
     MAILBOX_SCHEDULE,
     REPLY_SUFFIX,
 )
-from cuemsg.mailbox._records import Delivery, MailboxStats, Sent
+from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
 from cuemsg.mailbox.sync import Mailbox, Message
@@ -38,4 +38,5 @@ __all__ = [
     "Message",
     "SQLiteDedupe",
     "Sent",
+    "Settled",
 ]

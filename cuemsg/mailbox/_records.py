@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -15,6 +16,20 @@ from cuemsg.envelope import (
 )
 
 T = TypeVar("T")
+
+
+class Settled(str, Enum):
+    """How a message was settled (`Delivery.settled`); compares equal to its value."""
+
+    ACKED = "acked"
+    REJECTED = "rejected"
+    RETRIED = "retried"
+    REPLIED = "replied"
+    #: A reply that came after its request stopped waiting (handed to `on_late_reply`).
+    LATE = "late"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Sent(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,7 +128,8 @@ class Delivery(Generic[T]):
         reply_task: the task of replies (requests only).
         payload: the execution's effective payload as received.
         meta: cuemsg's envelope fields; None for a foreign payload.
-        settled: None until acked/rejected/retried/replied.
+        settled: None until settled, then how (`Settled`: acked, rejected, retried,
+            replied; `late` for a late reply).
     """
 
     def __init__(
@@ -123,7 +139,7 @@ class Delivery(Generic[T]):
         envelope: Envelope,
         claimed: Claimed,
         mailbox_address: str,
-        settled: str | None = None,
+        settled: Settled | None = None,
     ) -> None:
         meta = envelope.meta
         self.body = body
@@ -144,7 +160,7 @@ class Delivery(Generic[T]):
         self.reply_cue_id = envelope.reply_cue_id
         self.reply_task = meta.reply_task if meta is not None else None
         self.payload: dict[str, Any] = dict(claimed.payload or {})
-        self.settled = settled
+        self.settled: Settled | None = settled
 
     @property
     def is_request(self) -> bool:

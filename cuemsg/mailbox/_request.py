@@ -36,7 +36,7 @@ from cuemsg.mailbox._ops import (
     StartReplies,
 )
 from cuemsg.mailbox._receive import ReceiveFlows
-from cuemsg.mailbox._records import Delivery
+from cuemsg.mailbox._records import Delivery, Settled
 from cuemsg.mailbox._replies import explain_timeout, reply_body, unwrap
 
 log = logging.getLogger("cuemsg.mailbox")
@@ -219,7 +219,7 @@ class RequestFlows(ReceiveFlows):
                         envelope=env,
                         claimed=claimed,
                         mailbox_address=self.info.address,
-                        settled="late",
+                        settled=Settled.LATE,
                     )
                 )
             outcomes.append(

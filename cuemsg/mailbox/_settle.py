@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     Conflict,
     CueAPIError,
     CuemsgError,
@@ -26,7 +27,7 @@ from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
 from cuemsg.mailbox._ops import Fire, Flow, Pause, RecordOutcome, RecordOutcomes, RenewLease
-from cuemsg.mailbox._records import CachedReply, Delivery
+from cuemsg.mailbox._records import CachedReply, Delivery, Settled
 from cuemsg.mailbox._send import SendFlows
 
 log = logging.getLogger("cuemsg.mailbox")
@@ -67,14 +68,13 @@ class SettleFlows(SendFlows):
 
     # -- settling --------------------------------------------------------------------------
 
-    def _begin(self, msg: Delivery[Any], verb: str) -> None:
-        if msg.settled is not None:
-            raise MailboxError(f"message {msg.id} is already settled ({msg.settled})")
-        msg.settled = verb
+    def _begin(self, msg: Delivery[Any], how: Settled) -> None:
+        _check_unsettled(msg)
+        msg.settled = how
 
     def ack(self, msg: Delivery[Any], result: str | None = None) -> Flow[None]:
         """Outcome success: the message was handled (recorded for dedupe first)."""
-        self._begin(msg, "acked")
+        self._begin(msg, Settled.ACKED)
         self.dedupe.remember(self._dedupe_key(msg.id))
         yield from self._settle_eid(
             msg.execution_id,
@@ -94,7 +94,7 @@ class SettleFlows(SendFlows):
         if msg.is_request and msg.settled is None and msg.reply_cue_id:
             yield from self.reply_error(msg, "Rejected", reason)
             return
-        self._begin(msg, "rejected")
+        self._begin(msg, Settled.REJECTED)
         yield from self._settle_eid(
             msg.execution_id,
             msg.id,
@@ -114,7 +114,7 @@ class SettleFlows(SendFlows):
             why = f"gave up after {msg.attempt} attempts" + (f": {reason}" if reason else "")
             yield from self.reject(msg, why)
             return None
-        self._begin(msg, "retried")
+        self._begin(msg, Settled.RETRIED)
         attempt = msg.attempt + 1
         payload = dict(msg.payload)
         meta = dict(payload.get("cuemsg") or {"v": 1, "id": msg.id, "kind": "message"})
@@ -159,8 +159,7 @@ class SettleFlows(SendFlows):
     def _answer(self, msg: Delivery[Any], *, body: Any, error: ErrorBody | None) -> Flow[str]:
         if not msg.reply_cue_id:
             raise MailboxError(f"message {msg.id} names no reply_cue_id: nobody to reply to")
-        if msg.settled is not None:
-            raise MailboxError(f"message {msg.id} is already settled ({msg.settled})")
+        _check_unsettled(msg)
         kind: Kind = ("error" if error is not None else "reply") if msg.is_request else "message"
         reply_task = msg.reply_task if msg.is_request else None
         meta, payload = self.message_payload(
@@ -170,7 +169,7 @@ class SettleFlows(SendFlows):
             thread=msg.thread,
             correlation_id=msg.correlation_id or msg.id,
         )  # may raise EnvelopeError: the message stays unsettled
-        self._begin(msg, "replied")
+        self._begin(msg, Settled.REPLIED)
         try:
             fired = yield Fire(msg.reply_cue_id, payload, idempotency_key=meta.id)
         except BaseException:
@@ -225,9 +224,9 @@ class SettleFlows(SendFlows):
 
         Raises:
             LeaseLost: the lease is already known lost (nothing is queued).
-            MailboxError: already settled.
+            AlreadySettled: already settled.
         """
-        self._begin(msg, "acked")
+        self._begin(msg, Settled.ACKED)
         self.dedupe.remember(self._dedupe_key(msg.id))
         eid = msg.execution_id
         why = self.leases.lost(eid)
@@ -327,3 +326,8 @@ class SettleFlows(SendFlows):
                 self.stats.count("acked")
             self.leases.release(eid)
         return None
+
+
+def _check_unsettled(msg: Delivery[Any]) -> None:
+    if msg.settled is not None:
+        raise AlreadySettled(msg.id, msg.settled.value)

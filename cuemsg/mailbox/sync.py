@@ -84,7 +84,7 @@ class Message(Delivery[T]):
 
         Raises:
             LeaseLost: the lease passed to another receiver; nothing was recorded.
-            MailboxError: already settled.
+            AlreadySettled: it was already settled (`.settled` says how).
         """
         self._mailbox.ack(self, result)
 
@@ -208,6 +208,9 @@ class Mailbox(MailboxBase):
             on_late_reply: called with each reply that came after its request gave up.
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
+
+        Returns:
+            The open mailbox; `with Mailbox.open(...) as mb:` closes it on exit.
 
         Raises:
             MailboxError: a cue of that name exists and is not a mailbox.
@@ -407,6 +410,8 @@ class Mailbox(MailboxBase):
                 leases of the messages in hand are renewed meanwhile.
                 `stop()` ends the loop once the batch in hand is delivered.
 
+        Usage: `for msg in mb.receive(): ...`.
+
         Yields:
             Each `Message`; one left unsettled is acked when the loop moves
             on. Breaking out of the loop with one unsettled leaves it, and
@@ -462,10 +467,12 @@ class Mailbox(MailboxBase):
         messages and handler errors.
 
         Args:
-            handler: called with each `Message` (in a pool thread when concurrency > 1).
+            handler: called with each `Message`.
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+
+        Sync: with concurrency > 1 the handler runs in a pool thread.
         """
         self._ensure_heartbeats()
         slots = _Slots(concurrency)
@@ -538,7 +545,7 @@ class Mailbox(MailboxBase):
         headers: dict[str, str] | None = None,
         require_responder: bool = False,
     ) -> Any:
-        """Send a request to `to_cue` and wait for its reply (thread-safe: many may wait).
+        """Send a request to `to_cue` and wait for its reply (many may wait at once).
 
         Args:
             to_cue: the responder's address.
@@ -605,11 +612,14 @@ class Mailbox(MailboxBase):
     def stop(self) -> None:
         """Stop taking messages, for good: `receive()` and `serve()` end after their
         current poll, once the handlers in hand have finished. Safe to call twice,
-        and from any thread (or a handler)."""
+        and from a handler.
+
+        Sync: also safe from any thread.
+        """
         self._core.stopping = True
 
     def close(self) -> None:
-        """Stop, end the background threads, settle replies that came late. Idempotent.
+        """Stop, end the background loops, settle replies that came late. Idempotent.
 
         Requests still waiting fail with `MailboxError`. The client is not closed.
         """

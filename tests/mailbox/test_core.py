@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     Conflict,
     ExtensionNotAvailable,
     Forbidden,
@@ -66,7 +67,7 @@ from cuemsg.mailbox._ops import (
     UpdateCue,
     advance,
 )
-from cuemsg.mailbox._records import Delivery
+from cuemsg.mailbox._records import Delivery, Settled
 from cuemsg.mailbox._replies import ReplyRouter, explain_timeout
 from cuemsg.mailbox.dedupe import MemoryDedupe, SQLiteDedupe
 
@@ -269,8 +270,15 @@ def test_ack_records_dedupe_then_the_outcome() -> None:
     assert outcome.success and outcome.worker_id == "w1"
     assert outcome.metadata == {"cuemsg": {"state": "acked", "id": "m1", "kind": "message"}}
     assert c.dedupe.seen(f"{ME}/m1") is not None
-    with pytest.raises(MailboxError, match="already settled"):
+    assert msg.settled is Settled.ACKED and msg.settled == "acked"
+    with pytest.raises(AlreadySettled, match=r"message m1 is already settled \(acked\)") as info:
         run(c.ack(msg), ok)
+    assert (info.value.message_id, info.value.settled) == ("m1", "acked")
+    assert isinstance(info.value, MailboxError)
+    for settle in (c.reject(msg, "no"), c.retry_later(msg, 1.0), c.reply(msg, "late")):
+        with pytest.raises(AlreadySettled):
+            run(settle, ok)
+    assert msg.settled is Settled.ACKED  # a refused second settle changes nothing
 
 
 def test_a_lost_lease_is_never_acked_as_if_nothing_happened() -> None:

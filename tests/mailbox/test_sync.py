@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     EnvelopeError,
     LeaseLost,
     MailboxError,
@@ -25,7 +26,7 @@ from cuemsg._exceptions import (
     RetryLater,
 )
 from cuemsg.cueapi import CueClient
-from cuemsg.mailbox import MAILBOX_SCHEDULE, Mailbox, Message
+from cuemsg.mailbox import MAILBOX_SCHEDULE, Mailbox, Message, Settled
 from cuemsg.testing import RunningServer
 from tests.mailbox.conftest import POLL, serving
 
@@ -189,6 +190,20 @@ def test_unsettled_messages_are_acked_when_the_loop_moves_on(
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
+
+
+def test_settling_twice_raises_already_settled(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    a.send(b.address, "once")
+    got = []
+    for msg in b.receive(wait=5, limit=1):
+        msg.reject("not for me")
+        with pytest.raises(AlreadySettled, match=r"already settled \(rejected\)") as info:
+            msg.ack()
+        assert (info.value.message_id, info.value.settled) == (msg.id, Settled.REJECTED)
+        got.append(msg)
+    assert [m.settled for m in got] == [Settled.REJECTED]  # the loop did not ack it either
+    assert b.stats.rejected == 1 and b.stats.acked == 0
 
 
 def test_bad_inputs(client: CueClient, mailboxes: Open) -> None:
