@@ -22,6 +22,7 @@ from cuemsg.envelope import (
     Kind,
     from_timestamp,
     payload_bytes,
+    with_attempt,
 )
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
@@ -116,10 +117,7 @@ class SettleFlows(SendFlows):
             return None
         self._begin(msg, Settled.RETRIED)
         attempt = msg.attempt + 1
-        payload = dict(msg.payload)
-        meta = dict(payload.get("cuemsg") or {"v": 1, "id": msg.id, "kind": "message"})
-        meta["attempt"] = attempt
-        payload["cuemsg"] = meta
+        payload = with_attempt(msg.payload, attempt, message_id=msg.id)
         when = from_timestamp(self.clock() + max(delay, 0.0))
         try:
             fired = yield Fire(

@@ -16,6 +16,7 @@ from cuemsg._exceptions import (
     CuemsgError,
     LeaseLost,
 )
+from cuemsg.envelope import outcome_metadata
 from cuemsg.mailbox._config import MailboxConfig, MailboxInfo
 from cuemsg.mailbox._leases import AckQueue, LeaseBook, Presence
 from cuemsg.mailbox._ops import Flow
@@ -72,7 +73,7 @@ class CoreState:
         return f"{self.info.address}/{message_id}"
 
     def _meta_state(self, state: str, **extra: Any) -> dict[str, Any]:
-        return {"cuemsg": {"state": state, **{k: v for k, v in extra.items() if v is not None}}}
+        return outcome_metadata(state, **extra)
 
     def _lease_lost(
         self, execution_id: str, message_id: str | None, why: BaseException
