@@ -25,6 +25,12 @@ from tests.mailbox.conftest import POLL
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both event loops anyio supports (the docs promise both)."""
+    return str(request.param)
+
+
 async def test_open_send_receive(aclient: AsyncCueClient) -> None:
     async with (
         AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
