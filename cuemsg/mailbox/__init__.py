@@ -1,7 +1,7 @@
 """Mailboxes: send, receive and request/reply between agents over CueAPI.
 
 `Mailbox` (sync) and `AsyncMailbox` (async) drive one sans-I/O core
-(`_core.py`); see `docs/mailbox.md` for the delivery semantics.
+(`_core.py` and the flow modules it joins); see `docs/mailbox.md` for the delivery semantics.
 """
 
 from cuemsg.mailbox._config import (

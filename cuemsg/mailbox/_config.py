@@ -6,12 +6,9 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from cuemsg.mailbox.dedupe import DedupeStore
-
-T = TypeVar("T")
-
 
 # -- defaults -------------------------------------------------------------------------------
 

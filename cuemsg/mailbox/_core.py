@@ -5,34 +5,34 @@ outcome, call the handler, wait for a reply...) and is sent their results
 (or thrown their errors). The sync and async mailboxes only run the ops:
 most ops carry a `call(client)` that returns the client's answer (sync) or
 an awaitable (async), so the drivers hold no per-operation code. The ops a
-driver must run itself are those that wait (`Sleep`, `AwaitReply`), run
+driver must run itself are those that wait (`Pause`, `AwaitReply`), run
 user code (`CallHandler`), hand a message to the caller of `receive`
 (`Deliver`) or schedule work (`WaitSlots`, `Spawn`, `Drain`, `StartReplies`).
 
-What is decided here (each concern in its own module):
-- opening: create the mailbox cue or find it by name (safe when two
+This module joins the flows into `MailboxCore`; what is decided lives in
+one module per concern:
+- `_opening`: create the mailbox cue or find it by name (safe when two
   processes race), its schedule, pausing it;
-- sending: the envelope, the message id as idempotency key, scheduling;
-- receiving: what to claim, what to deliver and what to settle without
+- `_send`: the envelope, the message id as idempotency key, scheduling;
+- `_receive`: what to claim, what to deliver and what to settle without
   the handler (bad envelopes, expired messages, duplicates);
-- settling: the outcome bodies of ack, reject, retry-later and replies,
-  and what a lost lease means;
-- request/reply: correlation of replies to waiting requests, late and
-  duplicate replies, and why a request timed out;
-- batched acks: which acks wait to be recorded together (`report_outcomes`),
-  for how long, and what a refused item of a batch means;
-- heartbeats: when each held lease is renewed, worker presence.
+- `_settle`: the outcome bodies of ack, reject, retry-later and replies,
+  what a lost lease means, and batched acks (which wait to be recorded
+  together with `report_outcomes`, for how long, a refused item);
+- `_request` and `_replies`: correlation of replies to waiting requests,
+  late and duplicate replies, and why a request timed out;
+- `_serve` and `_leases`: handlers in slots, when each held lease is
+  renewed, worker presence;
+- `_state` (what every flow reads), `_ops` (the ops and `Flow`), `_config`
+  (options and defaults), `_records` (`Sent`, `MailboxStats`, `Delivery`),
+  `_helpers` (small pure functions).
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from cuemsg.mailbox._records import MailboxStats
 from cuemsg.mailbox._request import RequestFlows
 from cuemsg.mailbox._serve import ServeFlows
-
-T = TypeVar("T")
 
 
 class MailboxCore(ServeFlows, RequestFlows):

@@ -5,13 +5,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from cuemsg.cueapi.models import OutcomeRequest
 from cuemsg.mailbox._config import FALLBACK_LEASE_SECONDS
-
-T = TypeVar("T")
-
 
 # -- leases -----------------------------------------------------------------------------------
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from typing import TypeVar
 
-from cuemsg._exceptions import (
-    Conflict,
-    MailboxError,
-)
+from cuemsg._exceptions import Conflict, MailboxError
 from cuemsg.cueapi.models import Cue
 from cuemsg.mailbox._config import (
     DEFAULT_MAX_DELIVERIES,
@@ -18,9 +14,6 @@ from cuemsg.mailbox._config import (
     default_worker_id,
 )
 from cuemsg.mailbox._ops import CreateCue, Flow, ListCues, UpdateCue
-
-T = TypeVar("T")
-
 
 # -- opening ------------------------------------------------------------------------------------
 

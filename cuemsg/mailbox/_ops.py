@@ -26,7 +26,7 @@ class Op:
 
     def call(self, client: Any) -> Any:
         """Run against a `CueClient` (the answer) or `AsyncCueClient` (an awaitable)."""
-        # Ops like Sleep or Spawn are the driver's own business, not the client's.
+        # Ops like Pause or Spawn are the driver's own business, not the client's.
         raise TypeError(f"{type(self).__name__} is run by the driver itself, not by a client")
 
 

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, TypeVar
+from typing import Any
 
-from cuemsg._exceptions import (
-    EnvelopeError,
-    LeaseLost,
-)
+from cuemsg._exceptions import EnvelopeError, LeaseLost
 from cuemsg.cueapi.models import Claimed, ClaimResult
-from cuemsg.envelope import (
-    decode_body,
-    decode_payload,
-    from_timestamp,
-    payload_from_bytes,
-)
+from cuemsg.envelope import decode_body, decode_payload, from_timestamp, payload_from_bytes
 from cuemsg.mailbox._config import RECEIVE_ACK_DELAY
 from cuemsg.mailbox._helpers import TRANSIENT, pause_after
 from cuemsg.mailbox._ops import Claim, Deliver, Fire, Flow, Pause
@@ -24,7 +16,6 @@ from cuemsg.mailbox._records import Delivery, cached_reply_decoder
 from cuemsg.mailbox._settle import SettleFlows
 
 log = logging.getLogger("cuemsg.mailbox")
-T = TypeVar("T")
 
 
 class ReceiveFlows(SettleFlows):

@@ -10,10 +10,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from cuemsg.cueapi.models import Claimed
-from cuemsg.envelope import (
-    Envelope,
-    Kind,
-)
+from cuemsg.envelope import Envelope, Kind
 
 T = TypeVar("T")
 

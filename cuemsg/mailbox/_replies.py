@@ -6,22 +6,13 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
-from cuemsg._exceptions import (
-    MailboxError,
-    RemoteError,
-)
+from cuemsg._exceptions import MailboxError, RemoteError
 from cuemsg.cueapi.models import Execution
-from cuemsg.envelope import (
-    Envelope,
-    decode_body,
-)
+from cuemsg.envelope import Envelope, decode_body
 from cuemsg.mailbox._config import TimeoutReason
 from cuemsg.mailbox._helpers import parse_time
-
-T = TypeVar("T")
-
 
 # -- request/reply routing ------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from cuemsg._exceptions import (
     CueAPIError,
@@ -16,10 +16,7 @@ from cuemsg._exceptions import (
     RequestTimeout,
 )
 from cuemsg.cueapi.models import Claimed, Execution, OutcomeRequest
-from cuemsg.envelope import (
-    decode_payload,
-    new_id,
-)
+from cuemsg.envelope import decode_payload, new_id
 from cuemsg.mailbox._config import PRESENCE_KEY, REPLY_BATCH, TimeoutReason
 from cuemsg.mailbox._helpers import cut, parse_time, pause_after
 from cuemsg.mailbox._ops import (
@@ -40,7 +37,6 @@ from cuemsg.mailbox._records import Delivery, Settled
 from cuemsg.mailbox._replies import explain_timeout, reply_body, unwrap
 
 log = logging.getLogger("cuemsg.mailbox")
-T = TypeVar("T")
 
 
 class RequestFlows(ReceiveFlows):

@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from cuemsg.cueapi.models import FireRequest
-from cuemsg.envelope import (
-    Kind,
-    Meta,
-    build_payload,
-    from_timestamp,
-    new_id,
-    utcnow,
-)
+from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, utcnow
 from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
 from cuemsg.mailbox._state import CoreState
-
-T = TypeVar("T")
 
 
 class SendFlows(CoreState):

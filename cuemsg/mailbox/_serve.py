@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from cuemsg._exceptions import (
     Conflict,
@@ -16,9 +16,7 @@ from cuemsg._exceptions import (
     RetryLater,
 )
 from cuemsg.cueapi.models import Claimed
-from cuemsg.envelope import (
-    from_timestamp,
-)
+from cuemsg.envelope import from_timestamp
 from cuemsg.mailbox._config import ACK_BATCH, PRESENCE_KEY, SERVE_ACK_DELAY, SERVE_BATCH
 from cuemsg.mailbox._helpers import error_name
 from cuemsg.mailbox._ops import (
@@ -35,7 +33,6 @@ from cuemsg.mailbox._ops import (
 from cuemsg.mailbox._receive import ReceiveFlows
 
 log = logging.getLogger("cuemsg.mailbox")
-T = TypeVar("T")
 
 
 class ServeFlows(ReceiveFlows):

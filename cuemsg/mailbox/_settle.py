@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -17,13 +17,7 @@ from cuemsg._exceptions import (
     NotFound,
 )
 from cuemsg.cueapi.models import OutcomeRequest
-from cuemsg.envelope import (
-    ErrorBody,
-    Kind,
-    from_timestamp,
-    payload_bytes,
-    with_attempt,
-)
+from cuemsg.envelope import ErrorBody, Kind, from_timestamp, payload_bytes, with_attempt
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
@@ -32,7 +26,6 @@ from cuemsg.mailbox._records import CachedReply, Delivery, Settled
 from cuemsg.mailbox._send import SendFlows
 
 log = logging.getLogger("cuemsg.mailbox")
-T = TypeVar("T")
 
 
 class SettleFlows(SendFlows):

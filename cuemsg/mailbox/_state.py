@@ -12,10 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cuemsg._exceptions import (
-    CuemsgError,
-    LeaseLost,
-)
+from cuemsg._exceptions import CuemsgError, LeaseLost
 from cuemsg.envelope import outcome_metadata
 from cuemsg.mailbox._config import MailboxConfig, MailboxInfo
 from cuemsg.mailbox._leases import AckQueue, LeaseBook, Presence

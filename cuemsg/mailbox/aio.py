@@ -45,6 +45,7 @@ from cuemsg.mailbox._config import (
     OnError,
 )
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._message import AsyncMessage
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
     AwaitReply,
@@ -61,6 +62,7 @@ from cuemsg.mailbox._ops import (
     advance,
 )
 from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._slots import TaskSlots
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
@@ -69,71 +71,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class AsyncMessage(Delivery[T]):
-    """A message received by an `AsyncMailbox`; the async twin of `Message`."""
-
-    def __init__(self, mailbox: AsyncMailbox, **fields: Any) -> None:
-        super().__init__(**fields)
-        self._mailbox = mailbox
-
-    async def ack(self, result: str | None = None) -> None:
-        """Record success (the outcome's `result` text may be given).
-
-        Raises:
-            LeaseLost: the lease passed to another receiver; nothing was recorded.
-            AlreadySettled: it was already settled (`.settled` says how).
-        """
-        await self._mailbox.ack(self, result)
-
-    async def reject(self, reason: str) -> None:
-        """Record failure, for good: the message becomes a dead letter with `reason`."""
-        await self._mailbox.reject(self, reason)
-
-    async def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
-        """Deliver it again in `delay` seconds (bounded by `max_attempts`, then rejected).
-
-        Returns:
-            The new execution's id, or None when the attempts ran out.
-        """
-        return await self._mailbox.retry_later(self, delay, reason)
-
-    async def reply(self, body: Any) -> str:
-        """Answer the sender (a request's requester gets `body`). Returns the reply's execution."""
-        return await self._mailbox.reply(self, body)
-
-    async def reply_error(self, type: str, message: str) -> str:
-        """Answer a request with an error: its requester raises `RemoteError(type, message)`."""
-        return await self._mailbox.reply_error(self, type, message)
-
-    async def heartbeat(self) -> None:
-        """Renew the lease now (the mailbox also does it every third of the lease)."""
-        await self._mailbox.heartbeat(self)
-
-
-class _Slots:
-    """Handler slots of `serve()` (async)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.busy = 0
-        self._freed = anyio.Event()
-
-    async def wait_free(self) -> int:
-        while self.busy >= self.size:
-            await self._freed.wait()
-            self._freed = anyio.Event()
-        return self.size - self.busy
-
-    def give(self) -> None:
-        self.busy -= 1
-        self._freed.set()
-
-    async def drain(self) -> None:
-        while self.busy:
-            await self._freed.wait()
-            self._freed = anyio.Event()
 
 
 class _Opening:
@@ -505,7 +442,7 @@ class AsyncMailbox(MailboxBase):
         function (called in the event loop).
         """
         self._running()
-        slots = _Slots(concurrency)
+        slots = TaskSlots(concurrency)
         async with anyio.create_task_group() as tg:
 
             async def run(flow: Flow[None]) -> None:

@@ -41,6 +41,7 @@ from cuemsg.mailbox._config import (
     OnError,
 )
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
     AwaitReply,
@@ -57,6 +58,7 @@ from cuemsg.mailbox._ops import (
     advance,
 )
 from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["Mailbox", "Message"]
@@ -65,81 +67,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Message(Delivery[T]):
-    """A message received by a `Mailbox`: its body, metadata, and how to settle it.
-
-    Settle it once: `ack()`, `reject(reason)`, `retry_later(delay)` or
-    `reply(body)`. A message left unsettled is acked when the `receive()`
-    loop moves on (by `serve()` as the handler's result says).
-    """
-
-    def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
-        super().__init__(**fields)
-        self._mailbox = mailbox
-
-    def ack(self, result: str | None = None) -> None:
-        """Record success (the outcome's `result` text may be given).
-
-        Raises:
-            LeaseLost: the lease passed to another receiver; nothing was recorded.
-            AlreadySettled: it was already settled (`.settled` says how).
-        """
-        self._mailbox.ack(self, result)
-
-    def reject(self, reason: str) -> None:
-        """Record failure, for good: the message becomes a dead letter with `reason`."""
-        self._mailbox.reject(self, reason)
-
-    def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
-        """Deliver it again in `delay` seconds (bounded by `max_attempts`, then rejected).
-
-        Returns:
-            The new execution's id, or None when the attempts ran out.
-        """
-        return self._mailbox.retry_later(self, delay, reason)
-
-    def reply(self, body: Any) -> str:
-        """Answer the sender (a request's requester gets `body`). Returns the reply's execution."""
-        return self._mailbox.reply(self, body)
-
-    def reply_error(self, type: str, message: str) -> str:
-        """Answer a request with an error: its requester raises `RemoteError(type, message)`."""
-        return self._mailbox.reply_error(self, type, message)
-
-    def heartbeat(self) -> None:
-        """Renew the lease now (the mailbox also does it every third of the lease)."""
-        self._mailbox.heartbeat(self)
-
-
-class _Slots:
-    """Handler slots of `serve()`: how many are free, and waiting for them."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.busy = 0
-        self._cond = threading.Condition()
-
-    def wait_free(self) -> int:
-        with self._cond:
-            while self.busy >= self.size:
-                self._cond.wait()
-            return self.size - self.busy
-
-    def take(self) -> None:
-        with self._cond:
-            self.busy += 1
-
-    def give(self, _: object = None) -> None:
-        with self._cond:
-            self.busy -= 1
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        with self._cond:
-            while self.busy:
-                self._cond.wait()
 
 
 class Mailbox(MailboxBase):
@@ -475,7 +402,7 @@ class Mailbox(MailboxBase):
         Sync: with concurrency > 1 the handler runs in a pool thread.
         """
         self._ensure_heartbeats()
-        slots = _Slots(concurrency)
+        slots = ThreadSlots(concurrency)
         pool = ThreadPoolExecutor(concurrency, f"cuemsg-{self.name}") if concurrency > 1 else None
 
         def perform(op: Op) -> Any:

@@ -3,16 +3,18 @@
 `Mailbox`/`AsyncMailbox` and `Message`/`AsyncMessage` are written by hand
 (their drivers differ: threads and a condition vs task groups and events),
 not generated. What must not drift is what a user sees: the same public
-names, parameters, defaults, annotations and docstrings, overloads
-included. Two texts are equal here once the async spelling is mapped to the
-sync one (`AsyncMailbox` -> `Mailbox`, `await x` -> `x`, `async with` ->
-`with`, `Awaitable[R] | R` -> `R`...), so any other difference fails.
+names, parameters, defaults, annotations and method docstrings, overloads
+included (the class docstrings say how each twin runs, so they differ).
+Two texts are equal here once the async spelling is mapped to the sync one
+(`AsyncMailbox` -> `Mailbox`, `await x` -> `x`, `async with` -> `with`,
+`Awaitable[R] | R` -> `R`...), so any other difference fails.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
+import sys
 import typing
 from collections.abc import Callable
 from typing import Any
@@ -85,17 +87,25 @@ def describe(func: Callable[..., Any]) -> list[str]:
 
 
 def underlying(member: Any) -> Callable[..., Any]:
+    """The function behind a method, classmethod or property."""
     if isinstance(member, (classmethod, staticmethod)):
-        return member.__func__  # type: ignore[no-any-return]
+        return member.__func__
     if isinstance(member, property):
         assert member.fget is not None
         return member.fget
     return member  # type: ignore[no-any-return]
 
 
-def pairs() -> list[tuple[str, type, type]]:
+def overloads(func: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """The `@overload` signatures of `func` (Python 3.10 keeps none to read: 3.11+ checks them)."""
+    if sys.version_info >= (3, 11):
+        return typing.get_overloads(func)
+    return []
+
+
+def pairs() -> list[Any]:
     return [
-        (name, sync_cls, async_cls)
+        pytest.param(name, sync_cls, async_cls, id=f"{sync_cls.__name__}.{name}")
         for sync_cls, async_cls in PAIRS
         for name in sorted(public(sync_cls).keys() | public(async_cls).keys())
     ]
@@ -104,12 +114,9 @@ def pairs() -> list[tuple[str, type, type]]:
 @pytest.mark.parametrize(("sync_cls", "async_cls"), PAIRS, ids=lambda c: c.__name__)
 def test_the_twins_have_the_same_public_names(sync_cls: type, async_cls: type) -> None:
     assert sorted(public(sync_cls)) == sorted(public(async_cls))
-    assert as_sync(sync_cls.__doc__).split("\n")[0] != ""
 
 
-@pytest.mark.parametrize(
-    ("name", "sync_cls", "async_cls"), pairs(), ids=lambda v: v if isinstance(v, str) else ""
-)
+@pytest.mark.parametrize(("name", "sync_cls", "async_cls"), pairs())
 def test_each_public_member_matches_its_twin(name: str, sync_cls: type, async_cls: type) -> None:
     sync_member = public(sync_cls).get(name)
     async_member = public(async_cls).get(name)
@@ -119,8 +126,8 @@ def test_each_public_member_matches_its_twin(name: str, sync_cls: type, async_cl
     where = f"{sync_cls.__name__}.{name} vs {async_cls.__name__}"
     assert describe(sync_func) == describe(async_func), where
     assert doc(sync_func) == doc(async_func), where
-    sync_overloads = typing.get_overloads(sync_func)
-    async_overloads = typing.get_overloads(async_func)
+    sync_overloads = overloads(sync_func)
+    async_overloads = overloads(async_func)
     assert len(sync_overloads) == len(async_overloads), where
     for sync_one, async_one in zip(sync_overloads, async_overloads, strict=True):
         assert describe(sync_one) == describe(async_one), f"{where} (overload)"
