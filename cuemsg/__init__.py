@@ -44,6 +44,8 @@ from cuemsg.mailbox import (
     Sent,
     Settled,
     SQLiteDedupe,
+    Subscription,
+    ThreadEntry,
 )
 
 # A library logs; the application decides where to. No output unless logging is set up.
@@ -88,6 +90,8 @@ __all__ = [
     "ServerError",
     "Settled",
     "StorageError",
+    "Subscription",
+    "ThreadEntry",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

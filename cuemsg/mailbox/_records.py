@@ -12,6 +12,7 @@ import msgspec
 from cuemsg._exceptions import AlreadySettled
 from cuemsg.cueapi.models import Claimed
 from cuemsg.envelope import Envelope, Kind
+from cuemsg.mailbox._replies import Event
 
 T = TypeVar("T")
 
@@ -115,6 +116,7 @@ class Delivery(Generic[T]):
         kind: `message`, `request`, `reply` or `error`.
         sender: the sender mailbox's address, when it said.
         thread: the conversation id, if any.
+        topic: the topic it was published on (`publish`), if any.
         headers: free string metadata.
         correlation_id: for a request, the id its reply will carry.
         sent_at: when the sender made it (None for a foreign payload).
@@ -130,7 +132,14 @@ class Delivery(Generic[T]):
         meta: cuemsg's envelope fields; None for a foreign payload.
         settled: None until settled, then how (`Settled`: acked, rejected, retried,
             replied; `late` for a late reply).
+        cancelled: an event `serve(on_busy="interrupt")` sets when a newer message
+            of the same thread arrives while the handler runs (a `threading.Event`;
+            an `anyio.Event` on `AsyncMessage`). The handler may check it and return early.
+        notes: what the busy policy did to it (`{"busy": "queued", ...}`), added to
+            its outcome's metadata.
     """
+
+    cancelled: Event
 
     def __init__(
         self,
@@ -140,6 +149,7 @@ class Delivery(Generic[T]):
         claimed: Claimed,
         mailbox_address: str,
         settled: Settled | None = None,
+        cancelled: Event | None = None,
     ) -> None:
         meta = envelope.meta
         self.body = body
@@ -148,6 +158,7 @@ class Delivery(Generic[T]):
         self.kind: Kind = meta.kind if meta is not None else "message"
         self.sender = meta.sender if meta is not None else None
         self.thread = meta.thread if meta is not None else None
+        self.topic = meta.topic if meta is not None else None
         self.headers: dict[str, str] = dict(meta.headers) if meta is not None else {}
         self.correlation_id = meta.correlation_id if meta is not None else None
         self.sent_at = meta.sent_at if meta is not None else None
@@ -161,6 +172,8 @@ class Delivery(Generic[T]):
         self.reply_task = meta.reply_task if meta is not None else None
         self.payload: dict[str, Any] = dict(claimed.payload or {})
         self.settled: Settled | None = settled
+        self.notes: dict[str, str] = {}
+        self.cancelled = cancelled if cancelled is not None else threading.Event()
 
     def leave(self) -> None:
         """Leave it unsettled on purpose: the receive loop will not ack it.

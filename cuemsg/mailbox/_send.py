@@ -32,6 +32,7 @@ class SendFlows(CoreState):
         correlation_id: str | None = None,
         reply_task: str | None = None,
         message_id: str | None = None,
+        topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
         """The envelope of an outgoing message (pure: the id is made here, once)."""
         sent_at = utcnow()
@@ -45,6 +46,7 @@ class SendFlows(CoreState):
             correlation_id=correlation_id,
             reply_task=reply_task,
             thread=thread,
+            topic=topic,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
             headers=dict(headers or {}),
@@ -68,6 +70,7 @@ class SendFlows(CoreState):
             body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
         )
         when = as_datetime(send_at)
+        self.remember_peer(thread, to_cue)
         fired = yield Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
         self.stats.count("sent")
         return Sent(
@@ -87,6 +90,7 @@ class SendFlows(CoreState):
     ) -> Flow[list[Sent]]:
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
         when = as_datetime(send_at)
+        self.remember_peer(thread, to_cue)
         metas: list[Meta] = []
         fires: list[FireRequest] = []
         for body in bodies:

@@ -40,6 +40,7 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import ConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
 from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
@@ -49,9 +50,11 @@ from cuemsg.mailbox._ops import (
     Deliver,
     Drain,
     Flow,
+    HoldSlot,
     IdleWait,
     Op,
     Pause,
+    ReleaseSlot,
     Spawn,
     StartReplies,
     WaitSlots,
@@ -59,6 +62,7 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import ThreadSlots
+from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["Mailbox", "Message"]
@@ -69,7 +73,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase):
+class Mailbox(MailboxBase, ConversationMethods):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager
@@ -382,6 +386,7 @@ class Mailbox(MailboxBase):
         concurrency: int = 1,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
@@ -398,6 +403,13 @@ class Mailbox(MailboxBase):
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+            on_busy: what a message of a thread whose handler still runs meets:
+                `"queue"` (it waits its turn: one handler per thread at a time,
+                in arrival order; other threads run in parallel), `"reject"`
+                (a request is answered with a `busy` error, a message rejected
+                as busy), `"interrupt"` (the running message's `cancelled` event
+                is set; the new one runs once that handler returns). Its outcome
+                records what the policy did.
 
         Sync: with concurrency > 1 the handler runs in a pool thread.
         """
@@ -410,11 +422,17 @@ class Mailbox(MailboxBase):
                 return slots.wait_free()
             if isinstance(op, Spawn):
                 if pool is None:
-                    self._drive(op.flow)
+                    self._drive(op.flow, perform)
                 else:
                     slots.take()
-                    future: Future[None] = pool.submit(self._drive, op.flow)
+                    future: Future[None] = pool.submit(self._drive, op.flow, perform)
                     future.add_done_callback(slots.give)
+                return None
+            if isinstance(op, HoldSlot):
+                slots.take()
+                return None
+            if isinstance(op, ReleaseSlot):
+                slots.give()
                 return None
             if isinstance(op, Drain):
                 slots.drain()
@@ -424,7 +442,11 @@ class Mailbox(MailboxBase):
         try:
             self._drive(
                 self._core.serve(
-                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                    handler,
+                    concurrency=concurrency,
+                    type=type,
+                    idle_timeout=idle_timeout,
+                    on_busy=on_busy,
                 ),
                 perform,
             )
