@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
 from cuemsg._exceptions import AlreadySettled
 from cuemsg.cueapi.models import Claimed
 from cuemsg.envelope import Envelope, Kind
-from cuemsg.mailbox._replies import Event
 
 T = TypeVar("T")
 
@@ -107,6 +106,14 @@ class MailboxStats:
         return f"MailboxStats({shown})"
 
 
+class CancelEvent(Protocol):
+    """`Delivery.cancelled`: a `threading.Event`, or an `anyio.Event` for `AsyncMessage`."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+
 class Delivery(Generic[T]):
     """A received message: its body and metadata (the data part of `Message`).
 
@@ -139,7 +146,7 @@ class Delivery(Generic[T]):
             its outcome's metadata.
     """
 
-    cancelled: Event
+    cancelled: CancelEvent
 
     def __init__(
         self,
@@ -149,7 +156,7 @@ class Delivery(Generic[T]):
         claimed: Claimed,
         mailbox_address: str,
         settled: Settled | None = None,
-        cancelled: Event | None = None,
+        cancelled: CancelEvent | None = None,
     ) -> None:
         meta = envelope.meta
         self.body = body

@@ -117,6 +117,15 @@ class ThreadGate:
             del self._busy[thread]
             return None
 
+    def abandon(self, thread: str) -> list[Claimed]:
+        """Make `thread` idle at once; answers the executions that were waiting for it."""
+        with self._lock:
+            busy = self._busy.pop(thread, None)
+            left = list(busy.waiting) if busy is not None else []
+            for claimed in left:
+                self._notes.pop(claimed.execution_id, None)
+            return left
+
 
 class ThreadPeers:
     """The cues this process sent each thread's messages to (for `history`)."""

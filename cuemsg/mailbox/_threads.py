@@ -110,16 +110,22 @@ class ThreadFlows(ReceiveFlows):
     ) -> Flow[None]:
         """Handle `first`, then each message that queued for `thread` meanwhile, in order."""
         current = first
-        while True:
-            try:
+        try:
+            while True:
                 yield from run(current)
-            finally:
                 self.threads.forget(current.execution_id)
                 following = self.threads.next(thread)
-            if following is None:
-                return
-            yield ReleaseSlot()  # the slot `current` held; `following` holds one since it queued
-            current = following
+                if following is None:
+                    return
+                yield ReleaseSlot()  # the slot `current` held; `following` holds its own
+                current = following
+        except Exception:
+            # Not expected (handle() settles what it can); free the thread so serving goes
+            # on: the messages left waiting are let go and, their leases lapsing, come back.
+            for left in self.threads.abandon(thread):
+                self.leases.release(left.execution_id)
+                yield ReleaseSlot()
+            raise
 
     def _turn_away(self, claimed: Claimed, thread: str) -> Flow[None]:
         """`on_busy="reject"`: settle the message as busy without its handler."""
