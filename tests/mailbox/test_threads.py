@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cuemsg._exceptions import RemoteError
+from cuemsg._exceptions import RemoteError, RequestTimeout
 from cuemsg.cueapi import AsyncCueClient, CueClient
 from cuemsg.mailbox import AsyncMailbox, AsyncMessage, Mailbox, Message
 from tests.mailbox.conftest import POLL, serving
@@ -266,6 +266,20 @@ def test_history_has_both_directions_with_their_records(client: CueClient, mailb
         assert [e.body for e in fresh.history("h2", peers=[c.address])] == ["unanswered"]
     finally:
         fresh.close()
+
+
+def test_history_shows_an_unanswered_request(mailboxes: Open) -> None:
+    a, nobody = mailboxes("a"), mailboxes("nobody")
+    with pytest.raises(RequestTimeout):
+        a.request(nobody.address, "anyone?", thread="q", timeout=0.5)
+    [entry] = a.history("q")
+    assert (entry.direction, entry.kind, entry.body, entry.cue_id) == (
+        "out",
+        "request",
+        "anyone?",
+        nobody.address,
+    )
+    assert entry.status == "pending" and entry.claimed_by is None and entry.outcome is None
 
 
 def test_history_arguments_are_checked(mailboxes: Open) -> None:
