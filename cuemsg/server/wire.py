@@ -7,13 +7,13 @@ instead of silently dropping data (CUEAPI.md, Conventions).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
-from cuemsg.server.errors import ApiProblem, invalid
+from cuemsg.server import timestamps
+from cuemsg.server.errors import ApiProblem
 from cuemsg.server.storage.base import CueRow, ExecutionRow
 
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
@@ -143,20 +143,12 @@ def _validation_problem(text: str) -> ApiProblem:
 
 
 def parse_time(value: str, field: str) -> float:
-    """ISO 8601 to UNIX seconds; a time without offset is read as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise invalid(field, f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    """ISO 8601 to UNIX seconds, range-checked (see `cuemsg.server.timestamps`)."""
+    return timestamps.parse_time(value, field)
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return timestamps.render(ts)
 
 
 def cue_json(cue: CueRow) -> dict[str, Any]:
