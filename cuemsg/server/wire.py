@@ -14,6 +14,7 @@ from msgspec import Meta
 
 from cuemsg.server import timestamps
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.nesting import check_depth, too_deep
 from cuemsg.server.storage.base import CueRow, ExecutionRow
 
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
@@ -119,8 +120,11 @@ def decode(body: bytes, type_: type[T]) -> T:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
     if not body.strip():
         body = b"{}"
+    check_depth(body)
     try:
         return decoder.decode(body)  # type: ignore[no-any-return]
+    except RecursionError:  # deeper than the stack allows, whatever check_depth let by
+        raise too_deep() from None
     except msgspec.ValidationError as exc:
         raise _validation_problem(str(exc)) from None
     except msgspec.DecodeError as exc:
