@@ -3,7 +3,8 @@
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405/500 answers.
+backend, the lifespan (storage and sweeper), and the 404/405 answers (other errors:
+`guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
 from cuemsg.server.keys import ensure_dev_key
@@ -35,8 +37,6 @@ from cuemsg.server.sweeper import sweep_forever
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
 
-log = logging.getLogger("cuemsg.server")
-
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException) and exc.status_code == 405:
@@ -48,11 +48,6 @@ async def _not_found(request: Request, exc: Exception) -> Response:
             )
         )
     return problem(ApiProblem(404, "not_found", f"no route {request.url.path}"))
-
-
-async def _crash(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(ApiProblem(500, "internal_error", f"internal error: {type(exc).__name__}"))
 
 
 def open_storage(settings: ServerSettings) -> Storage:
@@ -103,7 +98,9 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _not_found, Exception: _crash},
+        # Other exceptions: answered by the guard, which keeps the connection.
+        middleware=[Middleware(ErrorGuard)],
+        exception_handlers={HTTPException: _not_found},
     )
     app.state.server = server
     return app
