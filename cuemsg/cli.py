@@ -30,6 +30,7 @@ from cuemsg._exceptions import (
     MissingAPIKey,
     RemoteError,
     RequestTimeout,
+    StorageOpenError,
     TransportError,
 )
 from cuemsg._inspect import CommandError
@@ -75,7 +76,11 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             await storage.close()
 
-    key = asyncio.run(dev_key())
+    try:
+        key = asyncio.run(dev_key())
+    except StorageOpenError as exc:  # one line naming the path and what is wrong
+        print(f"cuemsg serve: {exc}", file=sys.stderr)
+        return 2
     host = args.host
     url_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{url_host}:{args.port}"

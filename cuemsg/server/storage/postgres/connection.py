@@ -19,7 +19,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.adapt import Buffer, Loader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cuemsg._exceptions import StorageError
+from cuemsg._exceptions import StorageError, StorageFull
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.postgres.relay import channel_name, decode_relay, relay_payloads
@@ -59,8 +59,14 @@ def split_pool_params(url: str) -> tuple[str, dict[str, int]]:
     return urlunsplit(parts._replace(query=rest)), ours
 
 
+#: PostgreSQL's SQLSTATE for "disk full" (class 53, insufficient resources).
+DISK_FULL = "53100"
+
+
 def _storage_error(exc: BaseException) -> StorageError:
-    error = StorageError(f"PostgreSQL: {type(exc).__name__}: {exc}".strip())
+    full = getattr(exc, "sqlstate", None) == DISK_FULL
+    kind = StorageFull if full else StorageError
+    error = kind(f"PostgreSQL: {type(exc).__name__}: {exc}".strip())
     error.__cause__ = exc
     return error
 
