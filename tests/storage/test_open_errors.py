@@ -1,6 +1,7 @@
-"""Opening a SQLite database that cannot work raises one `StorageOpenError`
-naming the path and what is wrong; `cuemsg serve --db` prints it as one line
-and exits 2. Damaged pages are found at start, not by failed requests later."""
+"""Opening a database that cannot work raises one `StorageOpenError` naming the
+path (or URL, password hidden) and what is wrong; `cuemsg serve --db` prints it
+as one line and exits 2. Damaged SQLite pages are found at start, not by failed
+requests later."""
 
 from __future__ import annotations
 
@@ -117,3 +118,31 @@ def test_serve_prints_one_line_and_exits_2(tmp_path: Path, case: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert path in lines[0] and reason in lines[0]
     assert "Traceback" not in proc.stdout
+
+
+# A PostgreSQL URL nothing listens on (port 1): refused at once, no server needed.
+UNREACHABLE = "postgresql://cuemsg:s3cret@127.0.0.1:1/test"
+
+
+async def test_postgres_unreachable_is_one_line_without_the_password() -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL extra is not installed")
+    storage = open_storage(ServerSettings(db=UNREACHABLE))
+    with pytest.raises(StorageOpenError) as caught:
+        await storage.open()
+    err = caught.value
+    assert err.path == "postgresql://cuemsg:***@127.0.0.1:1/test"
+    assert "s3cret" not in str(err) and "\n" not in str(err)
+    assert "refused" in err.reason or "failed" in err.reason
+
+
+def test_serve_on_an_unreachable_postgres_exits_2() -> None:
+    pytest.importorskip("psycopg", reason="the PostgreSQL extra is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cuemsg", "serve", "--db", UNREACHABLE, "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "cuemsg:***@127.0.0.1:1/test" in line and "s3cret" not in line
