@@ -83,15 +83,17 @@ class ServerProcess:
 class Traffic:
     """A sender sending `total` numbered messages to a receiver, both riding out faults.
 
-    The sender retries a failed send (a new message id: a duplicate number is
+    The sender's client retries a fire under the same message id; should it
+    give up, the sender sends again (a new message id: a duplicate number is
     possible when the failed send had in fact landed, and is counted as a
-    resend); the receiver's mailbox rides out errors itself. `handled` maps
+    resend). The receiver's mailbox rides out errors itself. `handled` maps
     each message id to the times the handler ran for it (dedupe keeps it at 1).
     """
 
     def __init__(self, base_url: str, key: str, total: int, *, pace: float = 0.005) -> None:
         self.total = total
         self.pace = pace
+        self._base_url, self._key = base_url, key
         self.sent = 0
         self.resends = 0
         self.handled: collections.Counter[str] = collections.Counter()
@@ -99,7 +101,9 @@ class Traffic:
         self.errors: list[str] = []
         self._lock = threading.Lock()
         self._all_in = threading.Event()
-        self._sender_client = CueClient(key, base_url)
+        # Enough retries to outlast a restart: a retried fire keeps its message id
+        # (the idempotency key), so the outage makes no duplicate.
+        self._sender_client = CueClient(key, base_url, max_retries=30)
         self._receiver_client = CueClient(key, base_url)
         self.inbox = Mailbox.open(self._receiver_client, "inbox", poll_wait=POLL)
         self.outbox = Mailbox.open(self._sender_client, "outbox", poll_wait=POLL)
@@ -152,6 +156,16 @@ class Traffic:
         self._sender_client.close()
         self._receiver_client.close()
 
+    def _redelivered(self) -> int:
+        """Executions of the inbox claimed more than once (a fault cut their first lease)."""
+        answer = httpx.get(
+            f"{self._base_url}/v1/executions",
+            params={"cue_id": self.inbox.address, "limit": 1000},
+            headers={"Authorization": f"Bearer {self._key}"},
+        )
+        answer.raise_for_status()
+        return sum(1 for e in answer.json()["executions"] if e["attempts"] > 1)
+
     def check(self) -> dict[str, int]:
         """Assert 0 lost and 0 handled twice; the counts, for the report."""
         missing = sorted(set(range(self.total)) - set(self.numbers))
@@ -163,6 +177,7 @@ class Traffic:
         return {
             "sent": self.total,
             "received": len(self.numbers),
+            "redelivered": self._redelivered(),
             "handled_twice": len(twice),
             "resends": self.resends,
             "duplicate_numbers": repeated,

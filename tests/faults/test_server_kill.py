@@ -42,4 +42,5 @@ def test_sigkill_mid_stream_loses_nothing(server: ServerProcess) -> None:
         traffic.finish()
     counts = traffic.check()
     assert server.starts == 3
-    print(f"\nSIGKILL x2 on {server.db.split(':')[0]}: {counts}")
+    backend = "postgres" if server.db.startswith("postgresql:") else "sqlite"
+    print(f"\nSIGKILL x2 on {backend}: {counts}")
