@@ -51,7 +51,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 def open_storage(settings: ServerSettings) -> Storage:
-    """The backend that `settings.db` names."""
+    """The backend that `settings.db` names, not yet open.
+
+    Raises:
+        StorageOpenError: a SQLite file that cannot work (checked now, so that a
+            caller such as `cuemsg serve` can report it before the app starts).
+    """
     db = settings.db
     if db.startswith(("postgresql://", "postgres://")):
         try:
@@ -62,9 +67,11 @@ def open_storage(settings: ServerSettings) -> Storage:
             ) from exc
         return PostgresStorage(db)
     from cuemsg.server.storage.sqlite import SQLiteStorage
+    from cuemsg.server.storage.sqlite_files import check_file
 
-    path = db.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SQLiteStorage(path or ":memory:", synchronous=settings.sqlite_synchronous)
+    path = db.removeprefix("sqlite:///").removeprefix("sqlite://") or ":memory:"
+    check_file(path)
+    return SQLiteStorage(path, synchronous=settings.sqlite_synchronous)
 
 
 def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
