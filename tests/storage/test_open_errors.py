@@ -105,7 +105,7 @@ def test_reason_of_an_unopenable_file(tmp_path: Path) -> None:
     assert reason(caught.value).startswith("SQLite cannot open it for reading and writing")
 
 
-@pytest.mark.parametrize("case", ["not a database", "truncated", "a folder", "missing folder"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_serve_prints_one_line_and_exits_2(tmp_path: Path, case: str) -> None:
     make, reason = CASES[case]
     path = str(make(tmp_path))
