@@ -88,7 +88,8 @@ def test_sqlite_full_disk(tmp_path: Path, limit: str) -> None:
             if mounted:
                 # Leave little room, so the database fills the disk within a few fires.
                 ballast = tmp_path / "disk" / "ballast"
-                ballast.write_bytes(b"\0" * (DISK_BYTES - path.stat().st_size - 600_000))
+                disk = os.statvfs(ballast.parent)
+                ballast.write_bytes(b"\0" * (disk.f_bavail * disk.f_frsize - 600_000))
                 free_again = ballast.unlink
             else:
                 free_again = _cap_pages(srv)
