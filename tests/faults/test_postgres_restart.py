@@ -61,7 +61,6 @@ def cluster() -> Iterator[list[str]]:
             assert _up(60), "PostgreSQL did not come back after the restart test"
 
 
-@pytest.mark.slow
 def test_restart_under_load_loses_nothing(
     cluster: list[str], postgres_url: PostgresURLs, tmp_path: Path
 ) -> None:

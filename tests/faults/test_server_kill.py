@@ -28,7 +28,6 @@ def server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
         proc.stop()
 
 
-@pytest.mark.slow
 def test_sigkill_mid_stream_loses_nothing(server: ServerProcess) -> None:
     traffic = Traffic(server.base_url, server.register(), TOTAL)
     traffic.start()
