@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from cuemsg import __version__
+from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
 
@@ -72,7 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
             CANNOT_LISTEN,
         ) from None
     with sock:
-        storage = open_storage(settings)
+        try:
+            storage = open_storage(settings)
+        except StorageOpenError as exc:  # one line: the file and what is wrong with it
+            raise UsageError(f"serve: {exc}") from None
         port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         scheme = "https" if args.ssl_certfile else "http"
