@@ -77,26 +77,31 @@ class TopicFlows(SendFlows):
         check_pattern(pattern)
         name = subscription_name(self.info.address, pattern)
         about = {"pattern": pattern, "address": self.info.address, "mailbox": self.info.name}
-        cue: Cue | None
-        try:
-            cue = yield CreateCue(
-                name=name,
-                payload={SUBSCRIPTION_KEY: about},
-                schedule=MAILBOX_SCHEDULE,
-                retry={"max_attempts": 1},
-                description=f"cuemsg: mailbox {self.info.name!r} subscribes to {pattern!r}",
-            )
-        except Conflict as exc:
-            if exc.code != "cue_name_taken":
-                raise
-            cue = yield from find_cue(name, CUE_PAGE)
-            if cue is None:  # unsubscribed by another process in between: subscribe again
-                return (yield from self.subscribe(pattern))
-        if cue.status == "active":
-            cue = yield UpdateCue(cue.id, {"status": "paused"})  # it must never fire
+        cue: Cue | None = None
+        for _ in range(3):
+            try:
+                cue = yield CreateCue(
+                    name=name,
+                    payload={SUBSCRIPTION_KEY: about},
+                    schedule=MAILBOX_SCHEDULE,
+                    retry={"max_attempts": 1},
+                    description=f"cuemsg: mailbox {self.info.name!r} subscribes to {pattern!r}",
+                )
+                break
+            except Conflict as exc:
+                if exc.code != "cue_name_taken":
+                    raise
+                cue = yield from find_cue(name, CUE_PAGE)
+                if cue is not None:
+                    break
+                # Unsubscribed by another process in between: create it again.
+        if cue is None:  # pragma: no cover - created and deleted three times in a row
+            raise MailboxError(f"could not create or find the subscription cue {name!r}")
         found = read_subscription(cue)
-        if found is None:
+        if found is None:  # left untouched: it is someone else's
             raise MailboxError(f"the cue {name!r} ({cue.id}) exists but is not a subscription")
+        if cue.status == "active":
+            yield UpdateCue(cue.id, {"status": "paused"})  # it must never fire
         log.info("mailbox %s subscribed to %r", self.info.name, pattern)
         return found
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient, CueClient
 from cuemsg.mailbox import AsyncMailbox, Mailbox
 from tests.mailbox.conftest import POLL
@@ -154,6 +155,16 @@ def test_bad_names_are_refused_before_any_request(mailboxes: Open) -> None:
         mb.publish("docs.*", 1)
     with pytest.raises(ValueError, match="empty token"):
         mb.unsubscribe("docs..x")
+
+
+def test_a_cue_in_the_way_of_a_subscription_is_named(client: CueClient, mailboxes: Open) -> None:
+    mb = mailboxes("m")
+    name = f"cuemsg.sub:{mb.address}:news"
+    taken = client.cues.create(name, transport="worker", payload={"something": "else"})
+    with pytest.raises(MailboxError, match=f"{taken.id}\\) exists but is not a subscription"):
+        mb.subscribe("news")
+    assert mb.subscriptions() == []  # it is not taken for one, nor changed
+    assert client.cues.get(taken.id).status == taken.status
 
 
 @pytest.mark.anyio
