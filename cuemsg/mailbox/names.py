@@ -16,10 +16,14 @@ import difflib
 import re
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cuemsg._exceptions import MailboxError, MailboxNotFound
 from cuemsg.cueapi.models import Cue, Execution, ExecutionList
 from cuemsg.mailbox._ops import DeleteCue, Flow, GetCue, ListCues, ListExecutions
+
+if TYPE_CHECKING:  # the core imports this module; only its type is needed here
+    from cuemsg.mailbox._request import RequestFlows
 
 __all__ = ["MailboxAddress", "is_address"]
 
@@ -27,6 +31,10 @@ __all__ = ["MailboxAddress", "is_address"]
 PAGE = 200
 #: Close names offered by a failed lookup, at most.
 NEAR_MATCHES = 3
+#: Messages claimed at once by `delete(force=True)` to reject them.
+CLAIM_BATCH = 100
+#: The reason the messages waiting in a force-deleted mailbox are rejected with.
+DELETED = "the mailbox was deleted"
 _ADDRESS = re.compile(r"cue_[a-z0-9]{12}")
 
 
@@ -151,19 +159,31 @@ def _waits_for(exe: Execution, task: str) -> bool:
     return exe.payload is None or exe.task == task
 
 
-def delete_mailbox(name: str, address: str, task: str, *, force: bool) -> Flow[int]:
+def delete_mailbox(core: RequestFlows, *, force: bool) -> Flow[int]:
     """Delete the mailbox's cue; refuse while messages wait unless `force`.
 
-    Answers how many were waiting (deleted with it when `force`).
+    With `force`, the messages waiting are claimed and rejected first
+    ("the mailbox was deleted"), so each keeps an outcome (a dead letter;
+    a request's requester gets `NoReply`) and none is left for a mailbox
+    opened later on the same task. Answers how many were waiting.
 
     Raises:
         MailboxError: messages are waiting and `force` is False.
     """
-    waiting = yield from count_waiting(address, task)
+    info = core.info
+    waiting = yield from count_waiting(info.address, info.task)
     if waiting and not force:
         raise MailboxError(
-            f"the mailbox {name!r} has {waiting} message(s) waiting: receive them first, "
-            f"or delete it anyway with force=True (`cuemsg mailbox delete {name} --force`)"
+            f"the mailbox {info.name!r} has {waiting} message(s) waiting: receive them first, "
+            f"or delete it anyway with force=True (`cuemsg mailbox delete {info.name} --force`)"
         )
-    yield DeleteCue(address)
+    while waiting:
+        claims = yield from core.claim(info.task, None, CLAIM_BATCH)
+        if not claims:
+            break  # the rest are scheduled for later, or went to another receiver
+        for claimed in claims:
+            msg = yield from core.admit(claimed)
+            if msg is not None:
+                yield from core._quiet(core.reject(msg, DELETED))
+    yield DeleteCue(info.address)
     return waiting

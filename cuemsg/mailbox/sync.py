@@ -577,8 +577,9 @@ class Mailbox(MailboxBase):
         its address then fail with `NotFound`.
 
         Args:
-            force: delete it even with messages waiting; they are not
-                delivered to this mailbox any more.
+            force: delete it even with messages waiting: they are rejected
+                first ("the mailbox was deleted": dead letters, and the
+                requester of a request gets `NoReply`).
 
         Returns:
             How many messages were waiting (0 unless `force`).
@@ -587,7 +588,7 @@ class Mailbox(MailboxBase):
             MailboxError: messages are waiting and `force` is False (the error
                 says how many).
         """
-        flow = delete_mailbox(self.name, self.address, self.task, force=force)
+        flow = delete_mailbox(self._core, force=force)
         waiting = self._drive(flow)
         self._core.stopping = True
         return waiting

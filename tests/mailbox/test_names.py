@@ -130,7 +130,7 @@ def test_delete_refuses_while_messages_wait_unless_forced(
     client: CueClient, mailboxes: Open
 ) -> None:
     a, b = mailboxes("a"), mailboxes("b")
-    a.send_many(b.address, ["x", "y"])
+    sent = a.send_many(b.address, ["x", "y"])
     with pytest.raises(MailboxError, match=r"'b' has 2 message\(s\) waiting.*force=True"):
         b.delete()
     assert client.cues.get(b.address).name == "b"  # still there
@@ -140,6 +140,12 @@ def test_delete_refuses_while_messages_wait_unless_forced(
     with pytest.raises(MailboxNotFound):
         Mailbox.lookup(client, "b")
     assert list(b.receive(wait=0.5)) == []  # its loops are stopped
+    # What was waiting was rejected, for the record, not left for a later mailbox "b".
+    for s in sent:
+        record = client.executions.get(s.execution_id)
+        assert record.status == "failed" and record.outcome is not None
+        assert record.outcome["error"] == "rejected: the mailbox was deleted"
+    assert list(mailboxes("b").receive(wait=0.5)) == []
     empty = mailboxes("empty")
     assert empty.delete() == 0
 

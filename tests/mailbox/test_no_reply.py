@@ -9,7 +9,9 @@ from the deadline (`stats.timeouts` stays 0).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -103,6 +105,20 @@ def test_a_rejected_request_raises_no_reply_with_the_reason(
     record = client.executions.get(err.execution_id or "")
     assert record.status == "failed" and record.outcome is not None
     assert record.outcome["error"] == "rejected: not my job"
+
+
+def test_a_request_waiting_in_a_force_deleted_mailbox_raises_no_reply(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with ThreadPoolExecutor(1) as pool:
+        asked = pool.submit(a.request, b.address, "still there?", timeout=LONG)
+        while not b.waiting():  # the request is fired once a thread runs it
+            time.sleep(0.05)
+        assert b.delete(force=True) == 1
+        with pytest.raises(NoReply) as info:
+            asked.result(timeout=30)
+    err = info.value
+    assert (err.settled, err.reason) == ("rejected", "the mailbox was deleted")
+    assert a.stats.timeouts == 0
 
 
 def test_a_request_served_and_answered_is_no_no_reply(mailboxes: Open) -> None:
