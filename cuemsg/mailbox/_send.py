@@ -56,7 +56,7 @@ class SendFlows(CoreState):
 
     def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
         """Run `fire` at `address`; a 404 means its cue is gone, so the names that led
-        there are looked up again next time (a mailbox deleted and made anew moved)."""
+        there are looked up again next time (a mailbox opened again has a new address)."""
         try:
             return (yield fire)
         except NotFound:
