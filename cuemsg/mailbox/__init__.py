@@ -20,6 +20,7 @@ from cuemsg.mailbox._threads import ThreadEntry
 from cuemsg.mailbox._topics import Subscription
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "DedupeStore",
     "Delivery",
     "Mailbox",
+    "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",

@@ -166,11 +166,14 @@ class GetExecution(Op):
 @dataclass(frozen=True)
 class ListExecutions(Op):
     cue_id: str
+    status: str | None  # None: every status
     offset: int
     limit: int
 
     def call(self, client: Any) -> Any:
-        return client.executions.list(cue_id=self.cue_id, limit=self.limit, offset=self.offset)
+        return client.executions.list(
+            cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
+        )
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class Delivery(Generic[T]):
         id: the message id (for a foreign payload, `"exec:<execution id>"`).
         kind: `message`, `request`, `reply` or `error`.
         sender: the sender mailbox's address, when it said.
+        sender_name: the sender mailbox's name, when it said (older senders did not).
         thread: the conversation id, if any.
         topic: the topic it was published on (`publish`), if any.
         headers: free string metadata.
@@ -164,6 +165,7 @@ class Delivery(Generic[T]):
         self.id = meta.id if meta is not None else f"exec:{claimed.execution_id}"
         self.kind: Kind = meta.kind if meta is not None else "message"
         self.sender = meta.sender if meta is not None else None
+        self.sender_name = meta.sender_name if meta is not None else None
         self.thread = meta.thread if meta is not None else None
         self.topic = meta.topic if meta is not None else None
         self.headers: dict[str, str] = dict(meta.headers) if meta is not None else {}

@@ -40,6 +40,7 @@ class ThreadEntry(msgspec.Struct, frozen=True, kw_only=True):
         direction: `"in"` (sent to this mailbox) or `"out"` (sent by it).
         kind: `message`, `request`, `reply` or `error`.
         sender: the sending mailbox's address.
+        sender_name: its name (None in envelopes older than names).
         cue_id: the cue it was sent to.
         body: the body as JSON builtins.
         sent_at: when the sender made it.
@@ -60,6 +61,7 @@ class ThreadEntry(msgspec.Struct, frozen=True, kw_only=True):
     direction: Literal["in", "out"]
     kind: Kind
     sender: str | None
+    sender_name: str | None = None
     cue_id: str
     body: Any
     sent_at: datetime | None
@@ -187,7 +189,7 @@ class ThreadFlows(ReceiveFlows):
         offset = 0
         while offset < scan:
             page: ExecutionList = yield ListExecutions(
-                cue, offset=offset, limit=min(HISTORY_PAGE, scan - offset)
+                cue, None, offset=offset, limit=min(HISTORY_PAGE, scan - offset)
             )
             for execution in page.executions:
                 entry = self._entry(cue, execution, thread)
@@ -221,6 +223,7 @@ class ThreadFlows(ReceiveFlows):
             direction="in" if cue == me else "out",
             kind=meta.kind,
             sender=meta.sender,
+            sender_name=meta.sender_name,
             cue_id=cue,
             body=env.message,
             sent_at=meta.sent_at,

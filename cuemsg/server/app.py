@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.handlers.auth import register
@@ -81,7 +82,11 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await server.storage.open()
+        try:
+            await server.storage.open()
+        except StorageOpenError as exc:
+            server.startup_error = exc
+            raise
         sweeper = asyncio.create_task(sweep_forever(server))
         try:
             yield

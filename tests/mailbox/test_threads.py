@@ -243,6 +243,7 @@ def test_history_has_both_directions_with_their_records(client: CueClient, mailb
     assert mine[2].outcome == "replied" and mine[3].correlation_id == mine[2].correlation_id
     assert mine[4].id == pending.id and mine[4].status == "pending" and mine[4].outcome is None
     assert all(e.sender == (a.address if e.direction == "out" else b.address) for e in mine)
+    assert all(e.sender_name == ("a" if e.direction == "out" else "b") for e in mine)
 
     # The other side sees the same thread mirrored, from its own cue and a's.
     theirs = b.history("h")

@@ -137,7 +137,6 @@ async def test_postgres_unreachable_is_one_line_without_the_password() -> None:
     assert "refused" in err.reason or "failed" in err.reason
 
 
-@pytest.mark.xfail(strict=True, reason="CLI wiring pending")
 def test_serve_on_an_unreachable_postgres_exits_2() -> None:
     pytest.importorskip("psycopg", reason="the PostgreSQL extra is not installed")
     proc = subprocess.run(
