@@ -11,6 +11,7 @@ mailbox, in one `fire.batch` where the server has it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -150,15 +151,15 @@ class TopicFlows(SendFlows):
 
         Each copy is its own message (own id, execution, ack and record) and
         records `topic`. A mailbox with several matching patterns gets one
-        copy. A subscriber whose mailbox cue is gone is skipped (logged).
+        copy. A subscriber whose mailbox cue is gone is skipped and its
+        subscriptions are removed (logged): a deleted mailbox never comes back
+        at that address.
         Answers one `Sent` per copy, in subscription order; none is logged,
         not raised.
         """
         check_topic(topic)
-        targets: list[str] = []
-        for sub in (yield from self.all_subscriptions()):
-            if sub.address not in targets and matches(sub.pattern, topic):
-                targets.append(sub.address)
+        subs = yield from self.all_subscriptions()
+        targets = list(dict.fromkeys(s.address for s in subs if matches(s.pattern, topic)))
         if not targets:
             log.info("published on %r: no mailbox subscribes to it", topic)
             return []
@@ -186,11 +187,7 @@ class TopicFlows(SendFlows):
                         idempotency_key=str(fire.idempotency_key),
                     )
                 except NotFound:
-                    log.warning(
-                        "published on %r: subscriber %s has no mailbox cue any more; skipped",
-                        topic,
-                        fire.cue_id,
-                    )
+                    yield from self._drop_dead(topic, fire.cue_id, subs)
                     continue
                 made.append((fire, fired))
         self.stats.count("sent", len(made))
@@ -203,3 +200,17 @@ class TopicFlows(SendFlows):
             )
             for fire, fired in made
         ]
+
+    def _drop_dead(self, topic: str, address: str, subs: list[Subscription]) -> Flow[None]:
+        """Remove every subscription of `address`, a mailbox whose cue is gone for good."""
+        log.warning(
+            "published on %r: subscriber %s has no mailbox cue any more; skipped, and its "
+            "subscriptions removed",
+            topic,
+            address,
+        )
+        for sub in subs:
+            if sub.address != address:
+                continue
+            with contextlib.suppress(NotFound):  # removed meanwhile by another publisher
+                yield DeleteCue(sub.cue_id)

@@ -139,12 +139,18 @@ def test_a_subscriber_whose_mailbox_is_gone_is_skipped(
     pub, alive, gone = mailboxes("publisher"), mailboxes("alive"), mailboxes("gone")
     alive.subscribe("news")
     gone.subscribe("news")
+    gone.subscribe("other")  # not matching "news", removed all the same
+    gone.subscribe(">")
     client.cues.delete(gone.address)
     with caplog.at_level(logging.WARNING, logger="cuemsg.mailbox"):
         sent = pub.publish("news", "extra")
     assert [s.cue_id for s in sent] == [alive.address]
     assert f"subscriber {gone.address} has no mailbox cue any more; skipped" in caplog.text
     assert bodies(alive, 2) == [("news", "extra")]  # one copy, though a batch was retried
+    # Its subscriptions went with it: the next publication costs no retry.
+    assert [s.address for s in alive.subscriptions()] == [alive.address]
+    assert not any(c.name.startswith(f"cuemsg.sub:{gone.address}") for c in client.cues.list().cues)
+    assert [s.cue_id for s in pub.publish("news", "more")] == [alive.address]
 
 
 def test_bad_names_are_refused_before_any_request(mailboxes: Open) -> None:
