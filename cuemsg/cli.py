@@ -51,7 +51,7 @@ NO_KEY = "no CueAPI key: set CUEAPI_API_KEY or pass --api-key"
 def _serve(args: argparse.Namespace) -> int:
     from cuemsg.server.app import create_app, ensure_dev_key, open_storage
     from cuemsg.server.run import Uvicorn
-    from cuemsg.server.settings import ServerSettings
+    from cuemsg.server.settings import ServerSettings, parse_duration
 
     try:
         settings = ServerSettings.from_env(
@@ -62,13 +62,21 @@ def _serve(args: argparse.Namespace) -> int:
             sweep_interval=args.sweep_interval,
             extensions=False if args.no_extensions else None,
             access_log=args.access_log or None,
+            registration=args.registration,
+            retention=None if args.retention is None else parse_duration(args.retention),
+            dead_letter_retention=None
+            if args.dead_letter_retention is None
+            else parse_duration(args.dead_letter_retention),
+            quota_pending=args.quota_pending,
+            quota_stored_bytes=args.quota_stored_bytes,
+            host=args.host,
         )
     except ValueError as exc:
         print(f"cuemsg serve: {exc}", file=sys.stderr)
         return 2
     storage = open_storage(settings)
 
-    async def dev_key() -> str:
+    async def dev_key() -> str | None:
         await storage.open()
         try:
             return await ensure_dev_key(storage)
@@ -80,12 +88,19 @@ def _serve(args: argparse.Namespace) -> int:
     url_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{url_host}:{args.port}"
     print(f"cuemsg {__version__} serving CueAPI on {base_url} (db: {settings.db})")
-    print(f"development API key: {key}")
+    if key is not None:
+        print(f"development API key (shown once, stored hashed): {key}")
+    else:
+        print(
+            "development API key: made on first start and shown then (stored hashed); "
+            f"a new one: cuemsg keys create --db {settings.db}"
+        )
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
-    print(f"  export CUEAPI_API_KEY={key}")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    print(f"  export CUEAPI_API_KEY={key or 'cue_sk_...'}")
+    if not settings.loopback:
         print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
+    print(f"registration: {'open' if settings.registration_open else 'closed'}")
     sys.stdout.flush()
     server = Uvicorn(
         create_app(settings),
@@ -95,6 +110,35 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=settings.access_log,
     )
     server.run()
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    """`cuemsg keys create`: a new key for the database's development tenant."""
+    from cuemsg.server.app import open_storage
+    from cuemsg.server.keys import create_dev_key
+    from cuemsg.server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings.from_env(db=args.db)
+    except ValueError as exc:
+        print(f"cuemsg keys: {exc}", file=sys.stderr)
+        return 2
+    storage = open_storage(settings)
+
+    async def create() -> str:
+        await storage.open()
+        try:
+            return await create_dev_key(storage)
+        finally:
+            await storage.close()
+
+    key = asyncio.run(create())
+    print(
+        f"new development API key for {settings.db} (shown once, stored hashed; "
+        "earlier keys still work):"
+    )
+    print(key)
     return 0
 
 
@@ -585,7 +629,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-extensions", action="store_true", help="serve the plain CueAPI contract only"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--registration",
+        choices=("open", "closed"),
+        default=None,
+        help="POST /v1/auth/register (default: open on loopback, closed beyond)",
+    )
+    serve.add_argument(
+        "--retention", default=None, help="keep settled executions this long (7d; 0 = for ever)"
+    )
+    serve.add_argument(
+        "--dead-letter-retention", default=None, help="keep failed/missed ones (30d; 0 = for ever)"
+    )
+    serve.add_argument(
+        "--quota-pending", type=int, default=None, help="unsettled executions/tenant (100000)"
+    )
+    serve.add_argument(
+        "--quota-stored-bytes", type=int, default=None, help="payload bytes/tenant (1 GiB)"
+    )
     serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="API keys of a local database")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_create = keys_sub.add_parser(
+        "create", help="print a new key for the development tenant (stored hashed)"
+    )
+    keys_create.add_argument(
+        "--db", default=None, help="SQLite file or postgresql:// URL (env CUEMSG_DB; cuemsg.db)"
+    )
+    keys_create.set_defaults(func=_keys_create)
 
     demo = sub.add_parser("demo", help="two agents messaging through an in-process server")
     demo.set_defaults(func=_demo)
