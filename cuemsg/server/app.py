@@ -3,7 +3,8 @@
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405/500 answers.
+backend, the lifespan (storage, sweeper, retention purge), the Host guard of
+a loopback-bound server, and the 404/405/500 answers.
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,9 +25,11 @@ from starlette.routing import Route
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
+from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
 from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
+from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import ROUTES, authed, public
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
@@ -80,13 +84,16 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await server.storage.open()
-        sweeper = asyncio.create_task(sweep_forever(server))
+        tasks = [asyncio.create_task(sweep_forever(server))]
+        if settings.retention or settings.dead_letter_retention:
+            tasks.append(asyncio.create_task(purge_forever(server)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await server.storage.close()
 
     routes = [
@@ -100,9 +107,13 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         Route("/health", public(server, health), methods=["GET"]),
         Route("/openapi.json", public(server, openapi), methods=["GET"]),
     ]
+    middleware = []
+    if settings.host is not None and settings.loopback:
+        middleware.append(Middleware(HostGuard, bound=settings.host))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={HTTPException: _not_found, Exception: _crash},
     )
     app.state.server = server
