@@ -177,8 +177,8 @@ class ServerSettings:
         Reads `CUEMSG_DB`, `CUEMSG_LEASE_SECONDS`, `CUEMSG_UNCLAIMED_TIMEOUT`,
         `CUEMSG_RATE_LIMIT`, `CUEMSG_SWEEP_INTERVAL`, `CUEMSG_SQLITE_SYNCHRONOUS`,
         `CUEMSG_QUOTA_PENDING`, `CUEMSG_QUOTA_STORED_BYTES`, `CUEMSG_REGISTRATION`,
-        `CUEMSG_RETENTION`, `CUEMSG_DEAD_LETTER_RETENTION` (durations such as
-        `7d`) and `CUEMSG_EXTENSIONS` (0/1); a value that does not parse raises
+        `CUEMSG_RETENTION`, `CUEMSG_DEAD_LETTER_RETENTION`,
+        `CUEMSG_RETENTION_INTERVAL` (durations such as `7d`) and `CUEMSG_EXTENSIONS` (0/1); a value that does not parse raises
         ValueError.
         """
         values: dict[str, Any] = {}
@@ -195,6 +195,7 @@ class ServerSettings:
             "registration": str,
             "retention": parse_duration,
             "dead_letter_retention": parse_duration,
+            "retention_interval": parse_duration,
         }
         for name, cast in casts.items():
             raw = env.get(f"CUEMSG_{name.upper()}")
