@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     AuthenticationError,
     ClaimFailed,
     Conflict,
@@ -41,6 +42,7 @@ from cuemsg.mailbox import (
     MemoryDedupe,
     Message,
     Sent,
+    Settled,
     SQLiteDedupe,
 )
 
@@ -53,6 +55,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadySettled",
     "AsyncCueClient",
     "AsyncMailbox",
     "AsyncMessage",
@@ -83,6 +86,7 @@ __all__ = [
     "SQLiteDedupe",
     "Sent",
     "ServerError",
+    "Settled",
     "StorageError",
     "TransportError",
     "TransportTimeout",

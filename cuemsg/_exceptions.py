@@ -21,7 +21,8 @@ CuemsgError
 │   ├── RequestTimeout      no reply before the deadline (also a TimeoutError)
 │   ├── RemoteError         the responder's handler raised (.type, .message)
 │   ├── NoResponder         require_responder=True and no live worker for the task
-│   └── LeaseLost           heartbeat/outcome refused: another worker holds it now
+│   ├── LeaseLost           heartbeat/outcome refused: another worker holds it now
+│   └── AlreadySettled      a message settled twice (.message_id, .settled: how first)
 └── StorageError            server side only
 ```
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadySettled",
     "AuthenticationError",
     "ClaimFailed",
     "Conflict",
@@ -243,6 +245,18 @@ class NoResponder(MailboxError):
 
 class LeaseLost(MailboxError):
     """The lease on a message passed to another worker; its ack was not recorded."""
+
+
+class AlreadySettled(MailboxError):
+    """A message was settled twice; `settled` says how it was settled first.
+
+    A message is settled once: acked, rejected, retried later or replied to.
+    """
+
+    def __init__(self, message_id: str, settled: str) -> None:
+        super().__init__(f"message {message_id} is already settled ({settled})")
+        self.message_id = message_id
+        self.settled = settled
 
 
 class StorageError(CuemsgError):

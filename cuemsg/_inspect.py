@@ -16,6 +16,7 @@ from typing import Any
 from cuemsg._exceptions import NotFound
 from cuemsg.cueapi import CueClient
 from cuemsg.cueapi.models import Cue, Execution
+from cuemsg.envelope import body_of, meta_of, outcome_meta_of, outside_fields
 
 __all__ = [
     "PAGE",
@@ -156,8 +157,7 @@ def executions(
 
 
 def _meta(exe: Execution) -> dict[str, Any] | None:
-    meta = (exe.payload or {}).get("cuemsg")
-    return meta if isinstance(meta, dict) else None
+    return meta_of(exe.payload)
 
 
 def _kind(exe: Execution) -> str:
@@ -241,12 +241,11 @@ def record(client: CueClient, execution_id: str, *, follow: bool = True) -> dict
     found: dict[str, Any] = {
         "execution": exe.raw or {"id": exe.id},
         "envelope": _meta(exe),
-        "body": payload.get("message"),
+        "body": body_of(payload),
         "reply_execution_id": None,
         "reply": None,
     }
-    outcome_meta = ((exe.outcome or {}).get("metadata") or {}).get("cuemsg") or {}
-    reply_id = outcome_meta.get("reply_execution_id") if isinstance(outcome_meta, dict) else None
+    reply_id = outcome_meta_of(exe.outcome).get("reply_execution_id")
     if isinstance(reply_id, str):
         found["reply_execution_id"] = reply_id
         if follow:
@@ -306,8 +305,7 @@ def record_lines(found: dict[str, Any], names: Names, indent: str = "") -> list[
     ]
     items += [
         (k, names.long_label(v) if k == "reply_cue_id" else v)
-        for k, v in (payload or {}).items()
-        if k not in ("cuemsg", "message")
+        for k, v in outside_fields(payload).items()
     ]
     lines += _block(items)
     lines.append("body")

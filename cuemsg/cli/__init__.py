@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from cuemsg import __version__
 from cuemsg.cli import inspect, listen, messaging, serve
 from cuemsg.cli._connect import client_options, connection_options
-from cuemsg.mcp.cli import add_parser as add_mcp_command
 from cuemsg.cli._output import (
     EXIT_CODES,
     USAGE,
@@ -32,6 +31,7 @@ from cuemsg.cli._output import (
     report_error,
     run_command,
 )
+from cuemsg.mcp.cli import add_parser as add_mcp_command
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from cuemsg.mailbox.sync import Mailbox, Message
 
 #: What a request left for `cuemsg reply` is marked as (so the receive loop does not ack it).
-LEFT_FOR_REPLY = "left for cuemsg reply"
 #: A server that stopped answering is reported once, then at most this often.
 OUTAGE_REPORT_EVERY = 30.0
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -176,7 +175,7 @@ def _receive(
             emit(args, data, message_text(msg, sender or msg.sender or "-"))
             tally.received += 1
             if leave:
-                msg.settled = LEFT_FOR_REPLY  # the loop acks only what is unsettled
+                msg.leave()  # the loop acks only what is unsettled
                 quiet.left.add(msg.execution_id)
                 tally.left += 1
                 print(

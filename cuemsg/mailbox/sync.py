@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast, overload
 
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import CueClient
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -36,27 +36,29 @@ from cuemsg.mailbox._core import (
     DEFAULT_PRESENCE_TTL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+    OnError,
+)
+from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._message import Message
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
     Deliver,
-    Delivery,
     Drain,
     Flow,
     IdleWait,
-    MailboxBase,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    OnError,
     Op,
-    Sent,
-    Sleep,
+    Pause,
     Spawn,
     StartReplies,
     WaitSlots,
     advance,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox.dedupe import DedupeStore
 
 __all__ = ["Mailbox", "Message"]
@@ -65,81 +67,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Message(Delivery[T]):
-    """A message received by a `Mailbox`: its body, metadata, and how to settle it.
-
-    Settle it once: `ack()`, `reject(reason)`, `retry_later(delay)` or
-    `reply(body)`. A message left unsettled is acked when the `receive()`
-    loop moves on (by `serve()` as the handler's result says).
-    """
-
-    def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
-        super().__init__(**fields)
-        self._mailbox = mailbox
-
-    def ack(self, result: str | None = None) -> None:
-        """Record success (the outcome's `result` text may be given).
-
-        Raises:
-            LeaseLost: the lease passed to another receiver; nothing was recorded.
-            MailboxError: already settled.
-        """
-        self._mailbox.ack(self, result)
-
-    def reject(self, reason: str) -> None:
-        """Record failure, for good: the message becomes a dead letter with `reason`."""
-        self._mailbox.reject(self, reason)
-
-    def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
-        """Deliver it again in `delay` seconds (bounded by `max_attempts`, then rejected).
-
-        Returns:
-            The new execution's id, or None when the attempts ran out.
-        """
-        return self._mailbox.retry_later(self, delay, reason)
-
-    def reply(self, body: Any) -> str:
-        """Answer the sender (a request's requester gets `body`). Returns the reply's execution."""
-        return self._mailbox.reply(self, body)
-
-    def reply_error(self, type: str, message: str) -> str:
-        """Answer a request with an error: its requester raises `RemoteError(type, message)`."""
-        return self._mailbox.reply_error(self, type, message)
-
-    def heartbeat(self) -> None:
-        """Renew the lease now (the mailbox also does it every third of the lease)."""
-        self._mailbox.heartbeat(self)
-
-
-class _Slots:
-    """Handler slots of `serve()`: how many are free, and waiting for them."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.busy = 0
-        self._cond = threading.Condition()
-
-    def wait_free(self) -> int:
-        with self._cond:
-            while self.busy >= self.size:
-                self._cond.wait()
-            return self.size - self.busy
-
-    def take(self) -> None:
-        with self._cond:
-            self.busy += 1
-
-    def give(self, _: object = None) -> None:
-        with self._cond:
-            self.busy -= 1
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        with self._cond:
-            while self.busy:
-                self._cond.wait()
 
 
 class Mailbox(MailboxBase):
@@ -209,6 +136,9 @@ class Mailbox(MailboxBase):
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
 
+        Returns:
+            The open mailbox; `with Mailbox.open(...) as mb:` closes it on exit.
+
         Raises:
             MailboxError: a cue of that name exists and is not a mailbox.
         """
@@ -238,7 +168,7 @@ class Mailbox(MailboxBase):
             return None
         if isinstance(op, CallHandler):
             return op.handler(op.message)
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             self._wake_or_close(op.seconds)
             return None
         if isinstance(op, IdleWait):
@@ -407,6 +337,8 @@ class Mailbox(MailboxBase):
                 leases of the messages in hand are renewed meanwhile.
                 `stop()` ends the loop once the batch in hand is delivered.
 
+        Usage: `for msg in mb.receive(): ...`.
+
         Yields:
             Each `Message`; one left unsettled is acked when the loop moves
             on. Breaking out of the loop with one unsettled leaves it, and
@@ -462,13 +394,15 @@ class Mailbox(MailboxBase):
         messages and handler errors.
 
         Args:
-            handler: called with each `Message` (in a pool thread when concurrency > 1).
+            handler: called with each `Message`.
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+
+        Sync: with concurrency > 1 the handler runs in a pool thread.
         """
         self._ensure_heartbeats()
-        slots = _Slots(concurrency)
+        slots = ThreadSlots(concurrency)
         pool = ThreadPoolExecutor(concurrency, f"cuemsg-{self.name}") if concurrency > 1 else None
 
         def perform(op: Op) -> Any:
@@ -538,7 +472,7 @@ class Mailbox(MailboxBase):
         headers: dict[str, str] | None = None,
         require_responder: bool = False,
     ) -> Any:
-        """Send a request to `to_cue` and wait for its reply (thread-safe: many may wait).
+        """Send a request to `to_cue` and wait for its reply (many may wait at once).
 
         Args:
             to_cue: the responder's address.
@@ -605,11 +539,14 @@ class Mailbox(MailboxBase):
     def stop(self) -> None:
         """Stop taking messages, for good: `receive()` and `serve()` end after their
         current poll, once the handlers in hand have finished. Safe to call twice,
-        and from any thread (or a handler)."""
+        and from a handler.
+
+        Sync: also safe from any thread.
+        """
         self._core.stopping = True
 
     def close(self) -> None:
-        """Stop, end the background threads, settle replies that came late. Idempotent.
+        """Stop, end the background loops, settle replies that came late. Idempotent.
 
         Requests still waiting fail with `MailboxError`. The client is not closed.
         """

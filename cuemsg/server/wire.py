@@ -1,7 +1,7 @@
 """Request bodies (msgspec Structs, validated on decode) and response rendering.
 
 Routes cuemsg owns (fire, claim) forbid unknown fields, so a typo answers 422
-instead of silently dropping data (CUEAPI.md, Conventions).
+instead of silently dropping data (docs/cueapi.md, Conventions).
 """
 
 from __future__ import annotations
