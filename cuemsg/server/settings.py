@@ -178,8 +178,8 @@ class ServerSettings:
         `CUEMSG_RATE_LIMIT`, `CUEMSG_SWEEP_INTERVAL`, `CUEMSG_SQLITE_SYNCHRONOUS`,
         `CUEMSG_QUOTA_PENDING`, `CUEMSG_QUOTA_STORED_BYTES`, `CUEMSG_REGISTRATION`,
         `CUEMSG_RETENTION`, `CUEMSG_DEAD_LETTER_RETENTION`,
-        `CUEMSG_RETENTION_INTERVAL` (durations such as `7d`) and `CUEMSG_EXTENSIONS` (0/1); a value that does not parse raises
-        ValueError.
+        `CUEMSG_RETENTION_INTERVAL` (durations such as `7d`) and
+        `CUEMSG_EXTENSIONS` (0/1); a value that does not parse raises ValueError.
         """
         values: dict[str, Any] = {}
         env = os.environ
