@@ -11,10 +11,10 @@ from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, u
 from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
-from cuemsg.mailbox._state import CoreState
+from cuemsg.mailbox._signed import SignatureFlows
 
 
-class SendFlows(CoreState):
+class SendFlows(SignatureFlows):
     """Sending: fire messages keyed by their id."""
 
     # -- sending ---------------------------------------------------------------------------
@@ -50,7 +50,7 @@ class SendFlows(CoreState):
             headers=dict(headers or {}),
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
-        return meta, payload
+        return meta, self.signed(payload)
 
     def send(
         self,
