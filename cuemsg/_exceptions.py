@@ -24,6 +24,8 @@ CuemsgError
 │   ├── LeaseLost           heartbeat/outcome refused: another worker holds it now
 │   └── AlreadySettled      a message settled twice (.message_id, .settled: how first)
 └── StorageError            server side only
+    ├── StorageFull         the disk (or database) is full: writes refused, reads go on
+    └── StorageOpenError    the database cannot be opened (.path, .reason)
 ```
 
 `RetryLater(delay=...)` is raised by a handler to ask for redelivery later:
@@ -56,6 +58,8 @@ __all__ = [
     "RetryLater",
     "ServerError",
     "StorageError",
+    "StorageFull",
+    "StorageOpenError",
     "TransportError",
     "TransportTimeout",
     "ValidationError",
@@ -261,6 +265,22 @@ class AlreadySettled(MailboxError):
 
 class StorageError(CuemsgError):
     """The embedded server's storage failed (server side only)."""
+
+
+class StorageFull(StorageError):
+    """The storage has no room left: writes fail until space is freed; reads still work."""
+
+
+class StorageOpenError(StorageError):
+    """The database at `path` cannot be opened; `reason` says why, in a few words.
+
+    `str()` is one line naming both, fit to print as it is (the CLI does).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot open the database {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class RetryLater(Exception):
