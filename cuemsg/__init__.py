@@ -52,6 +52,7 @@ from cuemsg.mailbox import (
     Subscription,
     ThreadEntry,
 )
+from cuemsg.signing import SigningKey
 
 # A library logs; the application decides where to. No output unless logging is set up.
 _logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
@@ -97,6 +98,7 @@ __all__ = [
     "Sent",
     "ServerError",
     "Settled",
+    "SigningKey",
     "StorageError",
     "StorageFull",
     "StorageOpenError",
