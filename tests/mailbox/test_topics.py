@@ -14,6 +14,7 @@ import pytest
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient, CueClient
 from cuemsg.mailbox import AsyncMailbox, Mailbox
+from cuemsg.signing import SigningKey, generate_key
 from tests.mailbox.conftest import POLL
 
 Open = Callable[..., Mailbox]
@@ -151,6 +152,20 @@ def test_a_subscriber_whose_mailbox_is_gone_is_skipped(
     assert [s.address for s in alive.subscriptions()] == [alive.address]
     assert not any(c.name.startswith(f"cuemsg.sub:{gone.address}") for c in client.cues.list().cues)
     assert [s.cue_id for s in pub.publish("news", "more")] == [alive.address]
+
+
+def test_a_signed_publication_passes_a_subscriber_that_requires_signatures(
+    client: CueClient, mailboxes: Open
+) -> None:
+    signed = mailboxes("signed", signing_key=SigningKey(generate_key()))
+    unsigned = mailboxes("unsigned")
+    strict = mailboxes("strict", require_signed=True)
+    strict.subscribe("alerts")
+    [ok] = signed.publish("alerts", "from a known key")
+    [refused] = unsigned.publish("alerts", "from nobody we can check")
+    assert [(m.topic, m.body) for m in strict.receive(wait=2)] == [("alerts", "from a known key")]
+    assert client.executions.get(ok.execution_id).status == "success"
+    assert client.executions.get(refused.execution_id).status == "failed"
 
 
 def test_bad_names_are_refused_before_any_request(mailboxes: Open) -> None:
