@@ -45,12 +45,13 @@ class Plan:
     batch_size: int
     peer_calls: int
     deadline: float  # seconds any one role may run
+    timed_seconds: float  # the sender/receiver processes' run in the brokers' timed shape
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
-            return cls(True, 1.0, 1, 100, 20, 40, 40, 15, 4, 2.0, 6.0, 600, 50, 200, 30.0)
-        return cls(False, 3.0, 3, 250, 50, 300, 300, 60, 16, 10.0, 40.0, 4000, 50, 2000, 60.0)
+            return cls(True, 1.0, 1, 100, 20, 40, 40, 15, 4, 2.0, 6.0, 600, 50, 200, 30.0, 2.0)
+        return cls(False, 3.0, 3, 250, 50, 300, 300, 60, 16, 10.0, 40.0, 4000, 50, 2000, 60.0, 10.0)
 
 
 class Counter:
