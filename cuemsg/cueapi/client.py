@@ -37,6 +37,7 @@ import httpx
 from cuemsg._exceptions import CueAPIError, MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
+from cuemsg.cueapi._async_transport import default_async_transport
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES, RetryPolicy
 from cuemsg.cueapi._routes import Call, Send, Step
 from cuemsg.cueapi._transport import KeepAliveTransport
@@ -168,6 +169,47 @@ class _BaseClient:
             return True, stop.value
         return False, step
 
+    def _init_building(self, http: httpx.Client | httpx.AsyncClient) -> None:
+        """What `_build_request` needs from the httpx client, worked out once."""
+        # httpx's default headers that every request of ours keeps (Accept-Encoding,
+        # Connection), in their order; `_request_args` always sets Accept and User-Agent.
+        self._default_headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in http.headers.raw
+            if name.lower() not in _OWN_HEADERS
+        ]
+        self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _build_request(self, call: Call) -> httpx.Request:
+        """What `self._http.build_request(**self._request_args(call))` gives, built directly.
+
+        For a client made here only: its headers (httpx's defaults) are merged
+        once, in `__init__`, and it has no base URL, cookies or params of its
+        own to merge. The same method, URL, query, body, headers and timeouts
+        (test_transport.py compares the two).
+        """
+        args = self._request_args(call)
+        ours: dict[str, str] = args["headers"]
+        if any(name.lower() in self._default_names for name in call.headers):
+            http: httpx.Client | httpx.AsyncClient = self._http  # type: ignore[attr-defined]
+            return http.build_request(**args)
+        timeout: httpx.Timeout = args["timeout"]
+        url = self._urls.get(args["url"])  # parsing a URL is a third of building a request
+        if url is None:
+            url = httpx.URL(args["url"])
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[args["url"]] = url
+        return httpx.Request(
+            call.method,
+            url,
+            params=args["params"],
+            content=args["content"],
+            headers=[*self._default_headers, *ours.items()],
+            extensions={"timeout": timeout.as_dict()},
+        )
+
 
 class _Resource:
     def __init__(self, client: Any) -> None:
@@ -237,15 +279,7 @@ class CueClient(_BaseClient):
             else:
                 self._http = httpx.Client(transport=transport, timeout=timeout)
                 self._transport = transport
-        # httpx's default headers that every request of ours keeps (Accept-Encoding,
-        # Connection), in their order; `_request_args` always sets Accept and User-Agent.
-        self._default_headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in self._http.headers.raw
-            if name.lower() not in _OWN_HEADERS
-        ]
-        self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
-        self._urls: dict[str, httpx.URL] = {}
+        self._init_building(self._http)
         self.cues = Cues(self)
         self.executions = Executions(self)
         self.workers = Workers(self)
@@ -265,34 +299,6 @@ class CueClient(_BaseClient):
         """Close the connection pool (unless it came from `http_client=`)."""
         if self._owns_http:
             self._http.close()
-
-    def _build_request(self, call: Call) -> httpx.Request:
-        """What `self._http.build_request(**self._request_args(call))` gives, built directly.
-
-        For a client made here only: its headers (httpx's defaults) are merged
-        once, in `__init__`, and it has no base URL, cookies or params of its
-        own to merge. The same method, URL, query, body, headers and timeouts
-        (test_transport.py compares the two).
-        """
-        args = self._request_args(call)
-        ours: dict[str, str] = args["headers"]
-        if any(name.lower() in self._default_names for name in call.headers):
-            return self._http.build_request(**args)
-        timeout: httpx.Timeout = args["timeout"]
-        url = self._urls.get(args["url"])  # parsing a URL is a third of building a request
-        if url is None:
-            url = httpx.URL(args["url"])
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[args["url"]] = url
-        return httpx.Request(
-            call.method,
-            url,
-            params=args["params"],
-            content=args["content"],
-            headers=[*self._default_headers, *ours.items()],
-            extensions={"timeout": timeout.as_dict()},
-        )
 
     def _send(self, call: Call) -> httpx.Response:
         transport = self._transport
@@ -624,9 +630,19 @@ class AsyncCueClient(_BaseClient):
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client= or transport=, not both")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
-        )
+        # As `CueClient`: requests go straight to a transport made here (see `_send`).
+        self._transport: httpx.AsyncBaseTransport | None = None
+        if http_client is not None:
+            self._http = http_client
+        else:
+            if transport is None:
+                transport = default_async_transport()
+            if transport is None:
+                self._http = httpx.AsyncClient(timeout=timeout, limits=DEFAULT_LIMITS)
+            else:
+                self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
+                self._transport = transport
+        self._init_building(self._http)
         self.cues = AsyncCues(self)
         self.executions = AsyncExecutions(self)
         self.workers = AsyncWorkers(self)
@@ -648,9 +664,27 @@ class AsyncCueClient(_BaseClient):
             await self._http.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
-        request = self._http.build_request(**self._request_args(call))
+        transport = self._transport
+        if transport is None:
+            request = self._http.build_request(**self._request_args(call))
+            self.request_count += 1
+            return await self._http.send(request)
+        request = self._build_request(call)
         self.request_count += 1
-        return await self._http.send(request)
+        if request.url.userinfo:  # user:pass@ in the URL: httpx's auth
+            return await self._http.send(request)
+        # What `httpx.AsyncClient.send` would do for a client made here, without its
+        # layers (see `CueClient._send`).
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await transport.handle_async_request(request)
+        try:
+            response.request = request
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     async def _run(self, flow: Generator[Step, Any, _T]) -> _T:
         value: Any = None
