@@ -95,6 +95,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         expires_at: after this a receiver skips the message (records it expired).
         headers: free string metadata.
         attempt: 1 on the first send, +1 on each retry-later re-fire.
+        gather: for a request sent by `gather`, the id of that gather.
     """
 
     v: int = FORMAT_VERSION
@@ -108,6 +109,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
+    gather: str | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

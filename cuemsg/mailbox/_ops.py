@@ -148,6 +148,30 @@ class RecordOutcomes(Op):
 
 
 @dataclass(frozen=True)
+class ClaimById(Op):
+    """Claim one execution by id (plain contract too); 409 `ClaimFailed` if it is not free."""
+
+    execution_id: str
+    worker_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.claim(self.execution_id, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
+class ListExecutions(Op):
+    cue_id: str
+    status: str
+    offset: int
+    limit: int
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list(
+            cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
+        )
+
+
+@dataclass(frozen=True)
 class GetExecution(Op):
     execution_id: str
 

@@ -44,6 +44,7 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import AsyncConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
 from cuemsg.mailbox._message import AsyncMessage
 from cuemsg.mailbox._opening import open_mailbox
@@ -97,7 +98,7 @@ class _Opening:
         await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
-class AsyncMailbox(MailboxBase):
+class AsyncMailbox(MailboxBase, AsyncConversationMethods):
     """An asynchronous mailbox: see `Mailbox` for the behaviour, which is the same.
 
     `async with AsyncMailbox.open(client, name) as mb:` opens it and runs its

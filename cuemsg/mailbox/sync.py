@@ -40,6 +40,7 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import ConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
 from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
@@ -69,7 +70,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase):
+class Mailbox(MailboxBase, ConversationMethods):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager

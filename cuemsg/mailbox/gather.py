@@ -1,0 +1,252 @@
+"""Ask many: `gather` sends one request to each recipient and collects receipts.
+
+The requests go out in one `fire.batch` where the server has it (one fire
+each otherwise), each naming its gather (`Meta.gather`), and their replies
+come on the mailbox's reply stream, as `request()`'s do. `gather` returns
+when every recipient has answered, when `need` of them have replied, or at
+the deadline, with one `Receipt` per recipient.
+
+Requests not needed any more once `need` replies are in are withdrawn:
+the requester claims each one a responder has not claimed yet and closes
+it with a `cancelled` outcome, so no receiver can ever take it. One a
+responder already holds runs to its end; its reply comes late and is
+dropped (the receipt says so). Unanswered requests at the deadline get the
+reason read from their execution's record (`no_responder`,
+`dead_responder`, `slow_responder`).
+
+HTTP cost for n recipients that all answer: one batch fire (per 100), the
+reply stream's claims (up to 50 replies each, long-polled) and one
+`outcome.batch` per claim; withdrawing k requests costs k claims and one
+outcome batch; a reason at the deadline costs one GET per unanswered one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cuemsg._exceptions import ClaimFailed, CueAPIError, NotFound, RemoteError
+from cuemsg.cueapi.models import FireRequest, OutcomeRequest
+from cuemsg.envelope import new_id
+from cuemsg.mailbox._ops import (
+    AwaitReply,
+    ClaimById,
+    FireMany,
+    Flow,
+    RecordOutcomes,
+    StartReplies,
+)
+from cuemsg.mailbox._replies import PendingReply, unwrap
+from cuemsg.mailbox._request import RequestFlows
+
+log = logging.getLogger("cuemsg.mailbox")
+
+ReceiptState = Literal[
+    "replied", "error", "no_responder", "dead_responder", "slow_responder", "cancelled", "unknown"
+]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What became of one recipient's request in a `gather`.
+
+    Attributes:
+        to: the recipient's address.
+        state: `replied`, `error` (its handler raised: see `error`),
+            `no_responder`, `dead_responder`, `slow_responder` (no reply by
+            the deadline, and why), `cancelled` (not needed any more), or
+            `unknown` (its record could not be read).
+        execution_id: the request's execution on the recipient's cue.
+        correlation_id: the request's id.
+        detail: one sentence saying why.
+        error: the remote error of an `error` receipt.
+    """
+
+    to: str
+    state: ReceiptState
+    execution_id: str
+    correlation_id: str
+    detail: str
+    error: RemoteError | None = None
+
+
+@dataclass(frozen=True)
+class GatherResult:
+    """What `gather` returns: the replies by recipient, and a receipt for each recipient.
+
+    Attributes:
+        gather_id: the id every request of this gather carries (`Meta.gather`).
+        replies: recipient address -> reply body, for those that replied.
+        receipts: recipient address -> `Receipt`, one per recipient, in the order given.
+    """
+
+    gather_id: str
+    replies: dict[str, Any] = field(default_factory=dict)
+    receipts: dict[str, Receipt] = field(default_factory=dict)
+
+
+class GatherFlows(RequestFlows):
+    """Scatter-gather over the reply stream."""
+
+    def gather(
+        self,
+        to: Sequence[str],
+        body: Any,
+        *,
+        timeout: float,
+        need: int | None = None,
+        type: Any = None,
+        task: str | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Flow[GatherResult]:
+        """Ask every recipient; return at all answers, `need` replies, or the deadline."""
+        recipients = _check_recipients(to, timeout, need)
+        goal = len(recipients) if need is None else need
+        gid = new_id()
+        fires: list[FireRequest] = []
+        pendings: dict[str, PendingReply] = {}
+        yield StartReplies()
+        for recipient in recipients:
+            cid = new_id()
+            _, payload = self.message_payload(
+                body,
+                kind="request",
+                task=task,
+                ttl=timeout,
+                thread=thread,
+                headers=headers,
+                correlation_id=cid,
+                reply_task=self.info.reply_task,
+                message_id=cid,
+                gather=gid,
+            )
+            fires.append(
+                FireRequest(cue_id=recipient, payload_override=payload, idempotency_key=cid)
+            )
+        deadline = self.clock() + timeout
+        for recipient, fire in zip(recipients, fires, strict=True):
+            pendings[recipient] = self.router.expect(str(fire.idempotency_key))
+        try:
+            fired = yield FireMany(fires)
+            self.stats.count("sent", len(fired))
+            self.stats.count("requests", len(fired))
+            while True:
+                replies = [p for p in pendings.values() if p.reply is not None]
+                ok = sum(1 for p in replies if _is_reply(p))
+                if ok >= goal or len(replies) == len(pendings):
+                    break
+                left = deadline - self.clock()
+                if left <= 0:
+                    break
+                waiting = [p for p in pendings.values() if p.reply is None]
+                self.router.share_event(waiting)
+                if any(p.reply is not None for p in waiting):
+                    continue  # one came while the event was swapped in
+                yield AwaitReply(waiting[0], left)
+        finally:
+            for p in pendings.values():
+                self.router.give_up(p.correlation_id)
+        executions = {r: f.id for r, f in zip(recipients, fired, strict=True)}
+        return (yield from self._receipts(gid, recipients, pendings, executions, goal, type))
+
+    def _receipts(
+        self,
+        gid: str,
+        recipients: list[str],
+        pendings: dict[str, PendingReply],
+        executions: dict[str, str],
+        goal: int,
+        type: Any,
+    ) -> Flow[GatherResult]:
+        result = GatherResult(gather_id=gid)
+        open_: list[str] = []
+        for r in recipients:
+            p = pendings[r]
+            eid = executions[r]
+            if p.reply is None:
+                open_.append(r)
+                continue
+            try:
+                result.replies[r] = unwrap(p.reply, type)
+            except RemoteError as exc:
+                result.receipts[r] = Receipt(r, "error", eid, p.correlation_id, str(exc), exc)
+            else:
+                self.stats.count("replies_received")
+                result.receipts[r] = Receipt(r, "replied", eid, p.correlation_id, "replied")
+        met = sum(1 for r in result.receipts.values() if r.state == "replied") >= goal
+        if met:
+            yield from self._withdraw(gid, open_, pendings, executions, result)
+        else:
+            for r in open_:
+                reason, detail = yield from self.diagnose(executions[r])
+                self.stats.count("timeouts")
+                result.receipts[r] = Receipt(
+                    r, reason, executions[r], pendings[r].correlation_id, detail
+                )
+        # One receipt per recipient, in the order given.
+        ordered = {r: result.receipts[r] for r in recipients}
+        result.receipts.clear()
+        result.receipts.update(ordered)
+        return result
+
+    def _withdraw(
+        self,
+        gid: str,
+        open_: list[str],
+        pendings: dict[str, PendingReply],
+        executions: dict[str, str],
+        result: GatherResult,
+    ) -> Flow[None]:
+        """Withdraw the requests not needed any more: claim each one still free, close it."""
+        outcomes: list[OutcomeRequest] = []
+        for r in open_:
+            eid, cid = executions[r], pendings[r].correlation_id
+            try:
+                yield ClaimById(eid, self.info.worker_id)
+            except (ClaimFailed, NotFound) as exc:
+                detail = (
+                    f"not needed any more; a responder already had it ({exc.message}), "
+                    "so its reply will come late and be dropped"
+                )
+            else:
+                detail = "withdrawn before any responder claimed it: not needed any more"
+                outcomes.append(
+                    OutcomeRequest(
+                        execution_id=eid,
+                        success=False,
+                        error=f"cancelled: gather {gid} had the replies it needed; withdrawn",
+                        metadata=self._meta_state("cancelled", gather=gid, correlation_id=cid),
+                    )
+                )
+            result.receipts[r] = Receipt(r, "cancelled", eid, cid, detail)
+        if outcomes:
+            answers = yield RecordOutcomes(outcomes, self.info.worker_id)
+            for item, answer in zip(outcomes, answers, strict=False):
+                if isinstance(answer, CueAPIError):
+                    log.warning("withdrawal of %s not recorded: %s", item.execution_id, answer)
+
+
+def _is_reply(pending: PendingReply) -> bool:
+    meta = pending.reply.meta if pending.reply is not None else None
+    return meta is not None and meta.kind == "reply"
+
+
+def _check_recipients(to: Sequence[str], timeout: float, need: int | None) -> list[str]:
+    if isinstance(to, str):
+        raise TypeError("gather takes a list of addresses, not one string")
+    recipients = list(to)
+    if not recipients:
+        raise ValueError("gather needs at least one recipient")
+    seen: set[str] = set()
+    for r in recipients:
+        if r in seen:
+            raise ValueError(f"recipient {r!r} is listed twice: each gets one request")
+        seen.add(r)
+    if timeout <= 0:
+        raise ValueError(f"timeout must be > 0, not {timeout}")
+    if need is not None and not 1 <= need <= len(recipients):
+        raise ValueError(f"need must be 1..{len(recipients)} (the recipients), not {need}")
+    return recipients
