@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
+    AlreadyCollected,
     AlreadySettled,
     AuthenticationError,
     ClaimFailed,
@@ -24,6 +25,7 @@ from cuemsg._exceptions import (
     PayloadTooLarge,
     RateLimited,
     RemoteError,
+    ReplyNotReady,
     RequestTimeout,
     RetryLater,
     ServerError,
@@ -37,13 +39,17 @@ from cuemsg.mailbox import (
     AsyncMailbox,
     AsyncMessage,
     DedupeStore,
+    GatherResult,
     Mailbox,
     MailboxStats,
     MemoryDedupe,
     Message,
+    Receipt,
     Sent,
     Settled,
     SQLiteDedupe,
+    Ticket,
+    TicketStatus,
 )
 
 # A library logs; the application decides where to. No output unless logging is set up.
@@ -55,6 +61,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadyCollected",
     "AlreadySettled",
     "AsyncCueClient",
     "AsyncMailbox",
@@ -69,6 +76,7 @@ __all__ = [
     "EnvelopeError",
     "ExtensionNotAvailable",
     "Forbidden",
+    "GatherResult",
     "LeaseLost",
     "Mailbox",
     "MailboxError",
@@ -80,7 +88,9 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Receipt",
     "RemoteError",
+    "ReplyNotReady",
     "RequestTimeout",
     "RetryLater",
     "SQLiteDedupe",
@@ -88,6 +98,8 @@ __all__ = [
     "ServerError",
     "Settled",
     "StorageError",
+    "Ticket",
+    "TicketStatus",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

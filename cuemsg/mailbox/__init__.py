@@ -17,7 +17,9 @@ from cuemsg.mailbox._config import (
 from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.gather import GatherResult, Receipt
 from cuemsg.mailbox.sync import Mailbox, Message
+from cuemsg.mailbox.ticket import Ticket, TicketStatus
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -32,11 +34,15 @@ __all__ = [
     "AsyncMessage",
     "DedupeStore",
     "Delivery",
+    "GatherResult",
     "Mailbox",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
+    "Receipt",
     "SQLiteDedupe",
     "Sent",
     "Settled",
+    "Ticket",
+    "TicketStatus",
 ]
