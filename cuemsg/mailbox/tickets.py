@@ -332,7 +332,7 @@ class TicketFlows(RequestFlows):
         now = self.clock()
         reply_prefix = f"{self.info.task}{REPLY_SUFFIX}."
         outstanding: list[Ticket] = []
-        expired: list[tuple[str, str]] = []  # (execution id, why)
+        expired: list[tuple[str, str, str]] = []  # (execution id, why, reason)
         for exe in rows:
             if exe.payload is None:  # a server that lists no payloads: read each one
                 exe = yield GetExecution(exe.id)
@@ -344,16 +344,19 @@ class TicketFlows(RequestFlows):
                 if ticket.deadline > now:
                     outstanding.append(ticket)
                 else:
-                    expired.append((exe.id, f"ticket {ticket.correlation_id}: no reply collected"))
+                    reason, detail = yield from self.diagnose(ticket.request_execution_id)
+                    why = f"ticket {ticket.correlation_id}: no reply collected ({detail})"
+                    expired.append((exe.id, why, reason))
             elif task.startswith(reply_prefix):
                 try:
                     env = decode_payload(exe.payload)
                 except EnvelopeError:
                     continue
                 if env.expires_at is not None and env.expires_at < now and env.meta is not None:
-                    expired.append((exe.id, f"reply to {env.meta.correlation_id}: not collected"))
+                    why = f"reply to {env.meta.correlation_id}: not collected"
+                    expired.append((exe.id, why, "expired"))
         outcomes: list[OutcomeRequest] = []
-        for eid, why in expired:
+        for eid, why, reason in expired:
             try:
                 yield ClaimById(eid, self.info.worker_id)
             except (ClaimFailed, NotFound):
@@ -363,7 +366,7 @@ class TicketFlows(RequestFlows):
                     execution_id=eid,
                     success=True,
                     result=cut(f"expired: {why} by its deadline; settled by the requester"),
-                    metadata=self._meta_state("expired", reason="expired"),
+                    metadata=self._meta_state("expired", reason=reason),
                 )
             )
         settled = 0
