@@ -97,6 +97,7 @@ class Suite:
             self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
             self.add("Bm", "Mailbox send_many", lambda: rows.batch_mailbox(p, s, key="Bm"))
             self.add("4", "RPC", lambda: rows.rpc(p, s, key="4", kind=k))
+            self.add("4g", "gather of 50", lambda: rows.gather(p, s, key="4g"))
             self.add(
                 "5a",
                 "fire-to-handler, long-poll",

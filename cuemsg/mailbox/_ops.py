@@ -159,6 +159,14 @@ class ClaimById(Op):
 
 
 @dataclass(frozen=True)
+class ListClaimable(Op):
+    task: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list_claimable(task=self.task)
+
+
+@dataclass(frozen=True)
 class ListExecutions(Op):
     cue_id: str
     status: str

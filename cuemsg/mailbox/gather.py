@@ -10,9 +10,10 @@ Requests not needed any more once `need` replies are in are withdrawn:
 the requester claims each one a responder has not claimed yet and closes
 it with a `cancelled` outcome, so no receiver can ever take it. One a
 responder already holds runs to its end; its reply comes late and is
-dropped (the receipt says so). Unanswered requests at the deadline get the
-reason read from their execution's record (`no_responder`,
-`dead_responder`, `slow_responder`).
+dropped (the receipt says so), and if that responder dies, the one that
+claims it again skips it (`_withdrawn`: a marker lists it). Unanswered
+requests at the deadline get the reason read from their execution's
+record (`no_responder`, `dead_responder`, `slow_responder`).
 
 HTTP cost for n recipients that all answer: one batch fire (per 100), the
 reply stream's claims (up to 50 replies each, long-polled) and one
@@ -27,12 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cuemsg._exceptions import ClaimFailed, CueAPIError, NotFound, RemoteError
+from cuemsg._exceptions import ClaimFailed, CueAPIError, CuemsgError, NotFound, RemoteError
 from cuemsg.cueapi.models import FireRequest, OutcomeRequest
 from cuemsg.envelope import new_id
 from cuemsg.mailbox._ops import (
     AwaitReply,
     ClaimById,
+    Fire,
     FireMany,
     Flow,
     RecordOutcomes,
@@ -40,6 +42,7 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._replies import PendingReply, unwrap
 from cuemsg.mailbox._request import RequestFlows
+from cuemsg.mailbox._withdrawn import CANCELLED_KEY, marker_task
 
 log = logging.getLogger("cuemsg.mailbox")
 
@@ -150,7 +153,9 @@ class GatherFlows(RequestFlows):
             for p in pendings.values():
                 self.router.give_up(p.correlation_id)
         executions = {r: f.id for r, f in zip(recipients, fired, strict=True)}
-        return (yield from self._receipts(gid, recipients, pendings, executions, goal, type))
+        return (
+            yield from self._receipts(gid, recipients, pendings, executions, goal, type, deadline)
+        )
 
     def _receipts(
         self,
@@ -160,6 +165,7 @@ class GatherFlows(RequestFlows):
         executions: dict[str, str],
         goal: int,
         type: Any,
+        deadline: float,
     ) -> Flow[GatherResult]:
         result = GatherResult(gather_id=gid)
         open_: list[str] = []
@@ -178,7 +184,7 @@ class GatherFlows(RequestFlows):
                 result.receipts[r] = Receipt(r, "replied", eid, p.correlation_id, "replied")
         met = sum(1 for r in result.receipts.values() if r.state == "replied") >= goal
         if met:
-            yield from self._withdraw(gid, open_, pendings, executions, result)
+            yield from self._withdraw(gid, open_, pendings, executions, result, deadline)
         else:
             for r in open_:
                 reason, detail = yield from self.diagnose(executions[r])
@@ -199,17 +205,21 @@ class GatherFlows(RequestFlows):
         pendings: dict[str, PendingReply],
         executions: dict[str, str],
         result: GatherResult,
+        deadline: float,
     ) -> Flow[None]:
         """Withdraw the requests not needed any more: claim each one still free, close it."""
         outcomes: list[OutcomeRequest] = []
+        held: list[str] = []  # correlation ids a responder already had
         for r in open_:
             eid, cid = executions[r], pendings[r].correlation_id
             try:
                 yield ClaimById(eid, self.info.worker_id)
             except (ClaimFailed, NotFound) as exc:
+                held.append(cid)
                 detail = (
-                    f"not needed any more; a responder already had it ({exc.message}), "
-                    "so its reply will come late and be dropped"
+                    f"not needed any more; a responder already had it ({exc.message}): "
+                    "its reply will come late and be dropped, and a responder that gets "
+                    "it again skips it"
                 )
             else:
                 detail = "withdrawn before any responder claimed it: not needed any more"
@@ -222,6 +232,18 @@ class GatherFlows(RequestFlows):
                     )
                 )
             result.receipts[r] = Receipt(r, "cancelled", eid, cid, detail)
+        if held:
+            # Some could not be withdrawn: mark them, so a responder that gets one again skips it.
+            _, marker = self.message_payload(
+                {CANCELLED_KEY: held},
+                task=marker_task(self.info.reply_task, gid),
+                ttl=max(1.0, deadline - self.clock()),
+                correlation_id=gid,
+            )
+            try:
+                yield Fire(self.info.address, marker, idempotency_key=f"{gid}.cancelled")
+            except CuemsgError as exc:
+                log.warning("gather %s: the cancellation marker was not fired: %s", gid, exc)
         if outcomes:
             answers = yield RecordOutcomes(outcomes, self.info.worker_id)
             for item, answer in zip(outcomes, answers, strict=False):

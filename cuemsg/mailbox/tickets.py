@@ -353,10 +353,10 @@ class TicketFlows(RequestFlows):
                 except EnvelopeError:
                     continue
                 if env.expires_at is not None and env.expires_at < now and env.meta is not None:
-                    why = f"reply to {env.meta.correlation_id}: not collected"
+                    why = f"{env.meta.kind} for {env.meta.correlation_id}: not collected"
                     expired.append((exe.id, why, "expired"))
         outcomes: list[OutcomeRequest] = []
-        for eid, why, reason in expired:
+        for eid, why, code in expired:
             try:
                 yield ClaimById(eid, self.info.worker_id)
             except (ClaimFailed, NotFound):
@@ -366,7 +366,7 @@ class TicketFlows(RequestFlows):
                     execution_id=eid,
                     success=True,
                     result=cut(f"expired: {why} by its deadline; settled by the requester"),
-                    metadata=self._meta_state("expired", reason=reason),
+                    metadata=self._meta_state("expired", reason=code),
                 )
             )
         settled = 0

@@ -118,3 +118,49 @@ def test_gather_bad_arguments(mailboxes: Open) -> None:
         a.gather([b.address], "q", timeout=0)
     with pytest.raises(TypeError, match="not one string"):
         a.gather(b.address, "q")
+
+
+def test_a_cancelled_request_claimed_again_is_skipped(short_lease_server: RunningServer) -> None:
+    """A responder holds one request when `need` is met, then dies (leases of 1 s): the
+    receiver that claims it again skips it, with an outcome saying why."""
+    with CueClient(short_lease_server.new_key(), short_lease_server.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=POLL)
+        fast, slow = Mailbox.open(client, "fast", poll_wait=POLL), Mailbox.open(client, "slow")
+        try:
+            held = threading.Event()
+
+            def hold_then_die() -> None:  # claims its request, never settles it
+                while not held.is_set():
+                    if client.executions.claim_next(
+                        worker_id="doomed", task=slow.task, wait=1
+                    ).claimed:
+                        held.set()
+
+            def answer_once_held(msg: Message[Any]) -> str:
+                held.wait(10)  # the other request is in a responder's hands by now
+                return "first"
+
+            dying = threading.Thread(target=hold_then_die, daemon=True)
+            dying.start()
+            with serving(fast, answer_once_held):
+                result = a.gather([fast.address, slow.address], "q", timeout=20, need=1)
+            held.set()
+            dying.join(timeout=5)
+            receipt = result.receipts[slow.address]
+            assert receipt.state == "cancelled" and "already had it" in receipt.detail
+            handled: list[Any] = []
+            with serving(Mailbox.open(client, "slow", poll_wait=POLL), handled.append):
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    exe = client.executions.get(receipt.execution_id)
+                    if exe.outcome is not None:
+                        break
+                    time.sleep(0.1)
+            assert handled == []
+            assert exe.attempts == 2 and exe.status == "failed"
+            assert (exe.outcome or {})["metadata"]["cuemsg"]["state"] == "cancelled"
+            error = (exe.outcome or {})["error"]
+            assert result.gather_id in error and "skipped, not handled" in error
+        finally:
+            for mb in (a, fast, slow):
+                mb.close()
