@@ -18,6 +18,7 @@ from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
 from cuemsg.mailbox.gather import GatherResult, Receipt
+from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
 from cuemsg.mailbox.ticket import Ticket, TicketStatus
 
@@ -36,6 +37,7 @@ __all__ = [
     "Delivery",
     "GatherResult",
     "Mailbox",
+    "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",

@@ -76,6 +76,14 @@ class UpdateCue(Op):
 
 
 @dataclass(frozen=True)
+class DeleteCue(Op):
+    cue_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.delete(self.cue_id)
+
+
+@dataclass(frozen=True)
 class Fire(Op):
     cue_id: str
     payload: dict[str, Any]
@@ -167,6 +175,14 @@ class ListClaimable(Op):
 
 
 @dataclass(frozen=True)
+class GetExecution(Op):
+    execution_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.get(self.execution_id)
+
+
+@dataclass(frozen=True)
 class ListExecutions(Op):
     cue_id: str
     status: str
@@ -177,14 +193,6 @@ class ListExecutions(Op):
         return client.executions.list(
             cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
         )
-
-
-@dataclass(frozen=True)
-class GetExecution(Op):
-    execution_id: str
-
-    def call(self, client: Any) -> Any:
-        return client.executions.get(self.execution_id)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cuemsg._exceptions import ClaimFailed, CueAPIError, CuemsgError, NotFound, RemoteError
+from cuemsg._exceptions import (
+    ClaimFailed,
+    CueAPIError,
+    CuemsgError,
+    NoReply,
+    NotFound,
+    RemoteError,
+)
 from cuemsg.cueapi.models import FireRequest, OutcomeRequest
 from cuemsg.envelope import new_id
 from cuemsg.mailbox._ops import (
@@ -47,7 +54,14 @@ from cuemsg.mailbox._withdrawn import CANCELLED_KEY, marker_task
 log = logging.getLogger("cuemsg.mailbox")
 
 ReceiptState = Literal[
-    "replied", "error", "no_responder", "dead_responder", "slow_responder", "cancelled", "unknown"
+    "replied",
+    "error",
+    "no_reply",
+    "no_responder",
+    "dead_responder",
+    "slow_responder",
+    "cancelled",
+    "unknown",
 ]
 
 
@@ -58,13 +72,14 @@ class Receipt:
     Attributes:
         to: the recipient's address.
         state: `replied`, `error` (its handler raised: see `error`),
-            `no_responder`, `dead_responder`, `slow_responder` (no reply by
+            `no_reply` (acked or rejected without a reply: `error` is the
+            `NoReply`), `no_responder`, `dead_responder`, `slow_responder` (no reply by
             the deadline, and why), `cancelled` (not needed any more), or
             `unknown` (its record could not be read).
         execution_id: the request's execution on the recipient's cue.
         correlation_id: the request's id.
         detail: one sentence saying why.
-        error: the remote error of an `error` receipt.
+        error: the `RemoteError` of an `error` receipt, the `NoReply` of a `no_reply` one.
     """
 
     to: str
@@ -72,7 +87,7 @@ class Receipt:
     execution_id: str
     correlation_id: str
     detail: str
-    error: RemoteError | None = None
+    error: RemoteError | NoReply | None = None
 
 
 @dataclass(frozen=True)
@@ -108,11 +123,14 @@ class GatherFlows(RequestFlows):
         """Ask every recipient; return at all answers, `need` replies, or the deadline."""
         recipients = _check_recipients(to, timeout, need)
         goal = len(recipients) if need is None else need
+        addresses: list[str] = []
+        for recipient in recipients:  # names are looked up once per mailbox, then cached
+            addresses.append((yield from self.addresses.resolve(recipient)))
         gid = new_id()
         fires: list[FireRequest] = []
         pendings: dict[str, PendingReply] = {}
         yield StartReplies()
-        for recipient in recipients:
+        for address in addresses:
             cid = new_id()
             _, payload = self.message_payload(
                 body,
@@ -126,9 +144,7 @@ class GatherFlows(RequestFlows):
                 message_id=cid,
                 gather=gid,
             )
-            fires.append(
-                FireRequest(cue_id=recipient, payload_override=payload, idempotency_key=cid)
-            )
+            fires.append(FireRequest(cue_id=address, payload_override=payload, idempotency_key=cid))
         deadline = self.clock() + timeout
         for recipient, fire in zip(recipients, fires, strict=True):
             pendings[recipient] = self.router.expect(str(fire.idempotency_key))
@@ -179,6 +195,8 @@ class GatherFlows(RequestFlows):
                 result.replies[r] = unwrap(p.reply, type)
             except RemoteError as exc:
                 result.receipts[r] = Receipt(r, "error", eid, p.correlation_id, str(exc), exc)
+            except NoReply as exc:
+                result.receipts[r] = Receipt(r, "no_reply", eid, p.correlation_id, str(exc), exc)
             else:
                 self.stats.count("replies_received")
                 result.receipts[r] = Receipt(r, "replied", eid, p.correlation_id, "replied")
@@ -187,11 +205,14 @@ class GatherFlows(RequestFlows):
             yield from self._withdraw(gid, open_, pendings, executions, result, deadline)
         else:
             for r in open_:
-                reason, detail = yield from self.diagnose(executions[r])
+                cid = pendings[r].correlation_id
+                try:
+                    reason, detail = yield from self.diagnose(executions[r], cid)
+                except NoReply as exc:  # settled without a reply, and its notice never came
+                    result.receipts[r] = Receipt(r, "no_reply", executions[r], cid, str(exc), exc)
+                    continue
                 self.stats.count("timeouts")
-                result.receipts[r] = Receipt(
-                    r, reason, executions[r], pendings[r].correlation_id, detail
-                )
+                result.receipts[r] = Receipt(r, reason, executions[r], cid, detail)
         # One receipt per recipient, in the order given.
         ordered = {r: result.receipts[r] for r in recipients}
         result.receipts.clear()

@@ -31,6 +31,7 @@ from cuemsg._exceptions import (
     CueAPIError,
     EnvelopeError,
     MailboxError,
+    NoReply,
     NotFound,
     ReplyNotReady,
     RequestTimeout,
@@ -93,6 +94,7 @@ class TicketFlows(RequestFlows):
         """Fire a request and its ticket record (one `fire.batch` where served)."""
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, not {timeout}")
+        to_cue = yield from self.addresses.resolve(to_cue)
         cid = new_id()
         reply_task = f"{self.info.task}{REPLY_SUFFIX}.{cid}"
         _, request = self.message_payload(
@@ -108,7 +110,7 @@ class TicketFlows(RequestFlows):
         )
         deadline = self.clock() + timeout
         # The request first: its record names its execution (one batch could not).
-        fired = yield Fire(to_cue, request, idempotency_key=cid)
+        fired = yield from self.fire_to(to_cue, Fire(to_cue, request, idempotency_key=cid))
         self.stats.count("sent")
         self.stats.count("requests")
         ticket = Ticket(
@@ -251,7 +253,13 @@ class TicketFlows(RequestFlows):
 
     def _expire(self, ticket: Ticket) -> Flow[None]:
         """The deadline passed with no reply: settle the record as expired, and raise."""
-        reason, detail = yield from self.diagnose(ticket.request_execution_id)
+        ended: NoReply | None = None
+        try:
+            reason, detail = yield from self.diagnose(
+                ticket.request_execution_id, ticket.correlation_id
+            )
+        except NoReply as exc:  # settled without a reply (and its notice never came)
+            ended, reason, detail = exc, "unknown", str(exc)
         record = yield from self._claim_record(ticket)
         text = f"expired: no reply by the deadline {ticket.expires_at.isoformat()}: {detail}"
         if record is not None:
@@ -262,12 +270,16 @@ class TicketFlows(RequestFlows):
                         success=True,
                         result=cut(text),
                         metadata=self._meta_state(
-                            "expired", correlation_id=ticket.correlation_id, reason=reason
+                            "expired",
+                            correlation_id=ticket.correlation_id,
+                            reason="no_reply" if ended is not None else reason,
                         ),
                     )
                 ],
                 self.info.worker_id,
             )
+        if ended is not None:
+            raise ended
         self.stats.count("timeouts")
         raise RequestTimeout(
             f"ticket {ticket.correlation_id} {text}",
@@ -344,9 +356,15 @@ class TicketFlows(RequestFlows):
                 if ticket.deadline > now:
                     outstanding.append(ticket)
                 else:
-                    reason, detail = yield from self.diagnose(ticket.request_execution_id)
+                    code: str
+                    try:
+                        code, detail = yield from self.diagnose(
+                            ticket.request_execution_id, ticket.correlation_id
+                        )
+                    except NoReply as exc:
+                        code, detail = "no_reply", str(exc)
                     why = f"ticket {ticket.correlation_id}: no reply collected ({detail})"
-                    expired.append((exe.id, why, reason))
+                    expired.append((exe.id, why, code))
             elif task.startswith(reply_prefix):
                 try:
                     env = decode_payload(exe.payload)
