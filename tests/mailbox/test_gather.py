@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cuemsg import RemoteError
+from cuemsg import NoReply, RemoteError
 from cuemsg.cueapi import CueClient
 from cuemsg.mailbox import Mailbox, Message
 from cuemsg.testing import RunningServer
@@ -164,3 +164,17 @@ def test_a_cancelled_request_claimed_again_is_skipped(short_lease_server: Runnin
         finally:
             for mb in (a, fast, slow):
                 mb.close()
+
+
+def test_gather_names_and_a_request_rejected_without_reply(mailboxes: Open) -> None:
+    a, ok, picky = mailboxes("a"), mailboxes("ok"), mailboxes("picky")
+
+    def refuse(msg: Message[Any]) -> None:
+        msg.reject("not today")
+
+    with serving(ok, lambda m: "yes"), serving(picky, refuse):
+        result = a.gather(["ok", "picky"], "q", timeout=20)
+    assert result.replies == {"ok": "yes"}  # keyed as the caller named them
+    receipt = result.receipts["picky"]
+    assert receipt.state == "no_reply" and isinstance(receipt.error, NoReply)
+    assert receipt.error.reason == "not today"

@@ -20,6 +20,7 @@ import pytest
 from cuemsg import (
     AlreadyCollected,
     MailboxError,
+    NoReply,
     RemoteError,
     ReplyNotReady,
     RequestTimeout,
@@ -191,3 +192,14 @@ def test_ticket_errors(mailboxes: Open) -> None:
         Ticket.parse("cuemsg-ticket:e30")  # {} lacks every field
     with pytest.raises(ValueError, match="is a string"):
         Ticket.parse(42)  # type: ignore[arg-type]
+
+
+def test_a_rejected_request_is_collected_as_no_reply(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    ticket = a.submit("b", "please", timeout=30)  # a name works as well as an address
+    assert ticket.to == b.address
+    next(b.receive(wait=5, limit=1)).reject("not my job")
+    with pytest.raises(NoReply) as err:
+        a.collect(ticket)
+    assert (err.value.settled, err.value.reason) == ("rejected", "not my job")
+    assert a.status(ticket).state == "collected"  # the notice was collected, once
