@@ -56,6 +56,7 @@ from cuemsg.mailbox import (
     Ticket,
     TicketStatus,
 )
+from cuemsg.signing import SigningKey
 
 # A library logs; the application decides where to. No output unless logging is set up.
 _logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
@@ -105,6 +106,7 @@ __all__ = [
     "Sent",
     "ServerError",
     "Settled",
+    "SigningKey",
     "StorageError",
     "StorageFull",
     "StorageOpenError",
