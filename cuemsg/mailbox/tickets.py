@@ -91,7 +91,7 @@ class TicketFlows(RequestFlows):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Flow[Ticket]:
-        """Fire a request and its ticket record (one `fire.batch` where served)."""
+        """Fire a request, then its ticket record on this mailbox's cue; the `Ticket`."""
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, not {timeout}")
         to_cue = yield from self.addresses.resolve(to_cue)
