@@ -53,6 +53,8 @@ from cuemsg.mailbox import (
     Sent,
     Settled,
     SQLiteDedupe,
+    Subscription,
+    ThreadEntry,
     Ticket,
     TicketStatus,
 )
@@ -110,6 +112,8 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageOpenError",
+    "Subscription",
+    "ThreadEntry",
     "Ticket",
     "TicketStatus",
     "TransportError",

@@ -97,6 +97,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             request, its own id.
         reply_task: the task a reply to this request must be fired with.
         thread: free conversation id, carried over by replies.
+        topic: the topic a published message was published on (`publish`).
         sent_at: when the sender made the message (UTC).
         expires_at: after this a receiver skips the message (records it expired).
         headers: free string metadata.
@@ -113,6 +114,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
     reply_task: str | None = None
     thread: str | None = None
+    topic: str | None = None
     sent_at: datetime | None = None
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)

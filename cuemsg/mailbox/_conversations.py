@@ -1,7 +1,8 @@
-"""The durable-conversation methods of `Mailbox` and `AsyncMailbox`: tickets and gather.
+"""The thread and topic methods of `Mailbox` and `AsyncMailbox` (history, publish/subscribe).
 
-Thin twins over the flows of `tickets` and `gather`, kept apart from
-`sync.py` and `aio.py` so each shell stays small; the mailboxes inherit them.
+Each is one line that drives a flow of the core (`_threads`, `_topics`);
+they sit in twin mixins, side by side, so the mailboxes' own modules stay
+small and `tests/mailbox/test_twins.py` holds the two surfaces equal.
 """
 
 from __future__ import annotations
@@ -9,287 +10,170 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cuemsg.mailbox._config import DEFAULT_REQUEST_TIMEOUT
 from cuemsg.mailbox._core import MailboxCore
 from cuemsg.mailbox._ops import Flow, Op
-from cuemsg.mailbox.gather import GatherResult
-from cuemsg.mailbox.ticket import Ticket, TicketStatus
-
-if TYPE_CHECKING:
-    from anyio.abc import TaskGroup
+from cuemsg.mailbox._records import Sent
+from cuemsg.mailbox._threads import HISTORY_SCAN, ThreadEntry
+from cuemsg.mailbox._topics import Subscription
 
 R = TypeVar("R")
 
-#: `submit()` deadline when none is given (seconds): durable requests are for long work.
-DEFAULT_SUBMIT_TIMEOUT = 600.0
-
 
 class ConversationMethods:
-    """`Mailbox`'s tickets and gather."""
+    """`Mailbox`'s thread and topic methods."""
 
     _core: MailboxCore
 
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # Mailbox's own driver
 
         def _drive(self, flow: Flow[R], perform: Callable[[Op], Any] | None = None) -> R: ...
 
-    def submit(
+    def history(
+        self, thread: str, *, limit: int = 50, peers: Sequence[str] = (), scan: int = HISTORY_SCAN
+    ) -> list[ThreadEntry]:
+        """The last `limit` messages of `thread`, both directions, oldest first.
+
+        Built from the server's executions: this mailbox's cue (what came in,
+        replies included), and the cues of those who wrote in the thread,
+        that this process sent it to, and `peers` (what went out). Each
+        entry carries its record: status, who claimed it, attempts, outcome,
+        the reply it was answered with.
+
+        Args:
+            thread: the conversation id.
+            limit: how many messages, the newest.
+            peers: more cues to look for messages this mailbox sent in the thread.
+            scan: at most this many executions read per cue, newest first.
+
+        Raises:
+            ValueError: an empty thread, or a limit or scan below 1.
+        """
+        return self._drive(self._core.history(thread, limit=limit, peers=peers, scan=scan))
+
+    def subscribe(self, pattern: str) -> Subscription:
+        """Subscribe this mailbox to a topic pattern; kept on the server (survives restarts).
+
+        Args:
+            pattern: dotted tokens; `*` matches one token, `>` (last) the rest.
+
+        Returns:
+            The `Subscription` (subscribing twice to a pattern is one subscription).
+
+        Raises:
+            ValueError: the pattern is not valid (the message says why).
+        """
+        return self._drive(self._core.subscribe(pattern))
+
+    def unsubscribe(self, pattern: str) -> bool:
+        """End this mailbox's subscription to `pattern`; False when there was none."""
+        return self._drive(self._core.unsubscribe(pattern))
+
+    def subscriptions(self) -> list[Subscription]:
+        """This mailbox's subscriptions, as the server keeps them."""
+        return self._drive(self._core.subscriptions())
+
+    def publish(
         self,
-        to_cue: str,
+        topic: str,
         msg: Any,
         *,
-        timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        task: str | None = None,
+        ttl: float | None = None,
         thread: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> Ticket:
-        """Send a request and return at once with its `Ticket`; collect the reply later.
+    ) -> list[Sent]:
+        """Send one copy of `msg` to every mailbox subscribed to a pattern matching `topic`.
 
-        The ticket outlives this process: any process that opens this mailbox
-        can `collect` it (`str(ticket)` / `Ticket.parse` to keep it anywhere).
-
-        Args:
-            to_cue: the responder's address.
-            msg: the request body.
-            timeout: seconds until the request (and its reply) expire.
-            task: the routing task; default the responder cue's task.
-            thread: conversation id. headers: free string metadata.
+        Each copy is its own message, with its own execution, ack and record,
+        and carries `topic` (`msg.topic` on receipt). One `fire.batch` where
+        the server has it.
 
         Returns:
-            The `Ticket`.
+            One `Sent` per subscribed mailbox; an empty list (logged) when none is.
 
         Raises:
-            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be encoded.
+            ValueError: the topic is not valid (e.g. it holds a wildcard).
+            EnvelopeError: the body cannot be encoded, or is over the size limit.
         """
-        return self._drive(
-            self._core.submit(
-                to_cue, msg, timeout=timeout, task=task, thread=thread, headers=headers
-            )
-        )
-
-    def collect(self, ticket: Ticket, *, wait: float | None = None, type: Any = None) -> Any:
-        """The reply to `ticket`, collected exactly once (from any process of this mailbox).
-
-        Args:
-            ticket: what `submit` returned (or `Ticket.parse(text)`).
-            wait: seconds to wait for the reply; None waits up to the deadline.
-            type: decode the reply body to this type.
-
-        Returns:
-            The reply body.
-
-        Raises:
-            RemoteError: the responder's handler raised.
-            RequestTimeout: the deadline passed with no reply collected (`.reason`).
-            ReplyNotReady: `wait` ran out before the reply came; collect again later.
-            AlreadyCollected: it was collected before (says when, and by which worker).
-            MailboxError: the ticket belongs to another mailbox.
-        """
-        return self._drive(self._core.collect(ticket, wait=wait, type=type))
-
-    def status(self, ticket: Ticket) -> TicketStatus:
-        """Where `ticket`'s request is, read from the server; consumes nothing.
-
-        Returns:
-            A `TicketStatus`: `waiting`, `in_progress` (worker, attempts),
-            `answered`, `collected`, `failed` or `expired`, with a detail.
-        """
-        return self._drive(self._core.status(ticket))
-
-    def pending(self) -> list[Ticket]:
-        """This mailbox's outstanding tickets, read from the server (soonest deadline first).
-
-        Expired tickets and expired uncollected replies are settled first (`sweep`).
-        """
-        return self._drive(self._core.pending())
-
-    def sweep(self) -> int:
-        """Record as expired every ticket and uncollected reply of this mailbox past its
-        deadline; answers how many were settled.
-        """
-        return self._drive(self._core.sweep())
-
-    def gather(
-        self,
-        to: Sequence[str],
-        msg: Any,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        need: int | None = None,
-        type: Any = None,
-        task: str | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> GatherResult:
-        """Send `msg` as a request to each of `to`; return when all have answered, when
-        `need` have replied, or at the deadline.
-
-        Args:
-            to: the recipients' addresses (each once).
-            msg: the request body, the same for all.
-            timeout: seconds to wait; also each request's deadline.
-            need: return once this many have replied; the requests still open
-                are then cancelled (withdrawn where no responder has them yet).
-            type: decode reply bodies to this type.
-            task: the routing task; default each recipient cue's task.
-            thread: conversation id. headers: free string metadata.
-
-        Returns:
-            `GatherResult`: `.replies` (address -> body) and `.receipts`
-            (address -> `Receipt`: replied, error, no_responder,
-            dead_responder, slow_responder or cancelled).
-
-        Raises:
-            ValueError: no recipients, one listed twice, or `need` out of range.
-        """
-        return self._drive(
-            self._core.gather(
-                to,
-                msg,
-                timeout=timeout,
-                need=need,
-                type=type,
-                task=task,
-                thread=thread,
-                headers=headers,
-            )
-        )
+        return self._drive(self._core.publish(topic, msg, ttl=ttl, thread=thread, headers=headers))
 
 
 class AsyncConversationMethods:
-    """`AsyncMailbox`'s tickets and gather."""
+    """`AsyncMailbox`'s thread and topic methods."""
 
     _core: MailboxCore
 
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # AsyncMailbox's own driver
 
         async def _drive(
             self, flow: Flow[R], perform: Callable[[Op], Awaitable[Any]] | None = None
         ) -> R: ...
 
-        def _running(self) -> TaskGroup: ...
+    async def history(
+        self, thread: str, *, limit: int = 50, peers: Sequence[str] = (), scan: int = HISTORY_SCAN
+    ) -> list[ThreadEntry]:
+        """The last `limit` messages of `thread`, both directions, oldest first.
 
-    async def submit(
+        Built from the server's executions: this mailbox's cue (what came in,
+        replies included), and the cues of those who wrote in the thread,
+        that this process sent it to, and `peers` (what went out). Each
+        entry carries its record: status, who claimed it, attempts, outcome,
+        the reply it was answered with.
+
+        Args:
+            thread: the conversation id.
+            limit: how many messages, the newest.
+            peers: more cues to look for messages this mailbox sent in the thread.
+            scan: at most this many executions read per cue, newest first.
+
+        Raises:
+            ValueError: an empty thread, or a limit or scan below 1.
+        """
+        return await self._drive(self._core.history(thread, limit=limit, peers=peers, scan=scan))
+
+    async def subscribe(self, pattern: str) -> Subscription:
+        """Subscribe this mailbox to a topic pattern; kept on the server (survives restarts).
+
+        Args:
+            pattern: dotted tokens; `*` matches one token, `>` (last) the rest.
+
+        Returns:
+            The `Subscription` (subscribing twice to a pattern is one subscription).
+
+        Raises:
+            ValueError: the pattern is not valid (the message says why).
+        """
+        return await self._drive(self._core.subscribe(pattern))
+
+    async def unsubscribe(self, pattern: str) -> bool:
+        """End this mailbox's subscription to `pattern`; False when there was none."""
+        return await self._drive(self._core.unsubscribe(pattern))
+
+    async def subscriptions(self) -> list[Subscription]:
+        """This mailbox's subscriptions, as the server keeps them."""
+        return await self._drive(self._core.subscriptions())
+
+    async def publish(
         self,
-        to_cue: str,
+        topic: str,
         msg: Any,
         *,
-        timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        task: str | None = None,
+        ttl: float | None = None,
         thread: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> Ticket:
-        """Send a request and return at once with its `Ticket`; collect the reply later.
+    ) -> list[Sent]:
+        """Send one copy of `msg` to every mailbox subscribed to a pattern matching `topic`.
 
-        The ticket outlives this process: any process that opens this mailbox
-        can `collect` it (`str(ticket)` / `Ticket.parse` to keep it anywhere).
-
-        Args:
-            to_cue: the responder's address.
-            msg: the request body.
-            timeout: seconds until the request (and its reply) expire.
-            task: the routing task; default the responder cue's task.
-            thread: conversation id. headers: free string metadata.
+        Each copy is its own message, with its own execution, ack and record,
+        and carries `topic` (`msg.topic` on receipt). One `fire.batch` where
+        the server has it.
 
         Returns:
-            The `Ticket`.
+            One `Sent` per subscribed mailbox; an empty list (logged) when none is.
 
         Raises:
-            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be encoded.
+            ValueError: the topic is not valid (e.g. it holds a wildcard).
+            EnvelopeError: the body cannot be encoded, or is over the size limit.
         """
         return await self._drive(
-            self._core.submit(
-                to_cue, msg, timeout=timeout, task=task, thread=thread, headers=headers
-            )
-        )
-
-    async def collect(self, ticket: Ticket, *, wait: float | None = None, type: Any = None) -> Any:
-        """The reply to `ticket`, collected exactly once (from any process of this mailbox).
-
-        Args:
-            ticket: what `submit` returned (or `Ticket.parse(text)`).
-            wait: seconds to wait for the reply; None waits up to the deadline.
-            type: decode the reply body to this type.
-
-        Returns:
-            The reply body.
-
-        Raises:
-            RemoteError: the responder's handler raised.
-            RequestTimeout: the deadline passed with no reply collected (`.reason`).
-            ReplyNotReady: `wait` ran out before the reply came; collect again later.
-            AlreadyCollected: it was collected before (says when, and by which worker).
-            MailboxError: the ticket belongs to another mailbox.
-        """
-        return await self._drive(self._core.collect(ticket, wait=wait, type=type))
-
-    async def status(self, ticket: Ticket) -> TicketStatus:
-        """Where `ticket`'s request is, read from the server; consumes nothing.
-
-        Returns:
-            A `TicketStatus`: `waiting`, `in_progress` (worker, attempts),
-            `answered`, `collected`, `failed` or `expired`, with a detail.
-        """
-        return await self._drive(self._core.status(ticket))
-
-    async def pending(self) -> list[Ticket]:
-        """This mailbox's outstanding tickets, read from the server (soonest deadline first).
-
-        Expired tickets and expired uncollected replies are settled first (`sweep`).
-        """
-        return await self._drive(self._core.pending())
-
-    async def sweep(self) -> int:
-        """Record as expired every ticket and uncollected reply of this mailbox past its
-        deadline; answers how many were settled.
-        """
-        return await self._drive(self._core.sweep())
-
-    async def gather(
-        self,
-        to: Sequence[str],
-        msg: Any,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        need: int | None = None,
-        type: Any = None,
-        task: str | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> GatherResult:
-        """Send `msg` as a request to each of `to`; return when all have answered, when
-        `need` have replied, or at the deadline.
-
-        Args:
-            to: the recipients' addresses (each once).
-            msg: the request body, the same for all.
-            timeout: seconds to wait; also each request's deadline.
-            need: return once this many have replied; the requests still open
-                are then cancelled (withdrawn where no responder has them yet).
-            type: decode reply bodies to this type.
-            task: the routing task; default each recipient cue's task.
-            thread: conversation id. headers: free string metadata.
-
-        Returns:
-            `GatherResult`: `.replies` (address -> body) and `.receipts`
-            (address -> `Receipt`: replied, error, no_responder,
-            dead_responder, slow_responder or cancelled).
-
-        Raises:
-            ValueError: no recipients, one listed twice, or `need` out of range.
-
-        Async: needs the mailbox entered (its replies come on the reply stream task).
-        """
-        self._running()
-        return await self._drive(
-            self._core.gather(
-                to,
-                msg,
-                timeout=timeout,
-                need=need,
-                type=type,
-                task=task,
-                thread=thread,
-                headers=headers,
-            )
+            self._core.publish(topic, msg, ttl=ttl, thread=thread, headers=headers)
         )

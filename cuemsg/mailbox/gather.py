@@ -125,7 +125,9 @@ class GatherFlows(RequestFlows):
         goal = len(recipients) if need is None else need
         addresses: list[str] = []
         for recipient in recipients:  # names are looked up once per mailbox, then cached
-            addresses.append((yield from self.addresses.resolve(recipient)))
+            address = yield from self.addresses.resolve(recipient)
+            self.remember_peer(thread, address)  # history() finds it before any answer
+            addresses.append(address)
         gid = new_id()
         fires: list[FireRequest] = []
         pendings: dict[str, PendingReply] = {}

@@ -108,6 +108,7 @@ class TicketFlows(RequestFlows):
             reply_task=reply_task,
             message_id=cid,
         )
+        self.remember_peer(thread, to_cue)  # history() finds it before any answer
         deadline = self.clock() + timeout
         # The request first: its record names its execution (one batch could not).
         fired = yield from self.fire_to(to_cue, Fire(to_cue, request, idempotency_key=cid))
