@@ -7,6 +7,7 @@ Explicit arguments win; `ServerSettings.from_env()` reads `CUEMSG_*` variables
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from typing import Any
 
@@ -26,6 +27,11 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_SWEEP_INTERVAL = 0.5
 #: Requests per minute per key; 0 = no limit (the hosted service allows 60).
 DEFAULT_RATE_LIMIT = 0
+
+#: Seconds a webhook delivery may take before it counts as failed.
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
+#: Webhook deliveries in flight at once (a bounded pool; tenants share it fairly).
+DEFAULT_WEBHOOK_POOL = 16
 
 EXTENSIONS = (
     "claim.task",
@@ -55,6 +61,14 @@ class ServerSettings:
         sqlite_synchronous: `NORMAL` (a killed process loses nothing) or
             `FULL` (survives a power cut too, slower).
         access_log: log every request (uvicorn's access log).
+        loopback_only: the server is bound to loopback only (local development):
+            webhooks to loopback addresses are then allowed.
+        webhook_allow: CIDR ranges webhooks may reach even though they are
+            private, link-local or loopback (e.g. `10.0.0.0/8`).
+        webhook_backoff_scale: multiplies a cue's `retry.backoff_minutes`
+            (tests use a small value; 1 = minutes as given).
+        webhook_timeout: seconds one webhook delivery may take.
+        webhook_pool: webhook deliveries in flight at once.
     """
 
     db: str = "cuemsg.db"
@@ -66,6 +80,11 @@ class ServerSettings:
     rate_limit: int = DEFAULT_RATE_LIMIT
     sqlite_synchronous: str = "NORMAL"
     access_log: bool = False
+    loopback_only: bool = True
+    webhook_allow: tuple[str, ...] = ()
+    webhook_backoff_scale: float = 1.0
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    webhook_pool: int = DEFAULT_WEBHOOK_POOL
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
@@ -78,6 +97,21 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be > 0, not {self.max_body_bytes}")
         if self.rate_limit < 0:
             raise ValueError(f"rate_limit must be >= 0, not {self.rate_limit}")
+        if self.webhook_backoff_scale < 0:
+            raise ValueError(
+                f"webhook_backoff_scale must be >= 0, not {self.webhook_backoff_scale}"
+            )
+        if self.webhook_timeout <= 0:
+            raise ValueError(f"webhook_timeout must be > 0, not {self.webhook_timeout}")
+        if self.webhook_pool < 1:
+            raise ValueError(f"webhook_pool must be >= 1, not {self.webhook_pool}")
+        for cidr in self.webhook_allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"webhook_allow: {cidr!r} is not a CIDR range (e.g. 10.0.0.0/8)"
+                ) from None
 
     @property
     def extension_names(self) -> tuple[str, ...]:
