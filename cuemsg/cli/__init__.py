@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from cuemsg import __version__
-from cuemsg.cli import inspect, listen, messaging, serve
+from cuemsg.cli import inspect, listen, messaging, serve, webhook
 from cuemsg.cli._connect import client_options, connection_options
 from cuemsg.cli._output import (
     EXIT_CODES,
@@ -56,6 +56,7 @@ def build_parser() -> Parser:
     listen.add_commands(sub, common)
     inspect.add_commands(sub, common)
     add_mcp_command(sub)
+    webhook.add_commands(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from cuemsg import __version__
 from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
+from cuemsg.cli.webhook import add_webhook_options, is_loopback
 
 #: The `--db` URL schemes the server knows; anything else with `://` is a mistake.
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
@@ -58,6 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
             sweep_interval=args.sweep_interval,
             extensions=False if args.no_extensions else None,
             access_log=args.access_log or None,
+            loopback_only=is_loopback(args.host),
+            webhook_allow=tuple(args.webhook_allow) or None,
+            webhook_backoff_scale=args.webhook_backoff_scale,
         )
     except ValueError as exc:
         raise UsageError(f"serve: {exc}") from None
@@ -213,6 +217,7 @@ def add_commands(sub: Any) -> None:
         "--no-extensions", action="store_true", help="serve the plain CueAPI contract only"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    add_webhook_options(serve)
     serve.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument(
         "--ssl-keyfile", metavar="FILE", help="the certificate's private key (if not in it)"
