@@ -227,10 +227,10 @@ class Dispatcher:
             detail["last_status"] = status
         if error is None:
             outcome = OutcomeRecord(success=True, result=result, recorded_at=now)
-            await self.storage.finish_delivery(
+            if await self.storage.finish_delivery(
                 execution.id, execution.attempts, outcome=outcome, retry_at=None, detail=detail
-            )
-            await complete_once(self.storage, _closed(execution, "success"), now)
+            ):
+                await complete_once(self.storage, _closed(execution, "success"), now)
             return
         detail["last_error"] = error
         if execution.attempts < execution.max_attempts:

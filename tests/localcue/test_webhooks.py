@@ -18,7 +18,11 @@ from cuemsg.testing import RunningServer, run_server
 from cuemsg.webhook import verify
 from tests.localcue.receiver import receiver
 
-FAST = {"sweep_interval": 0.05, "webhook_backoff_scale": 0.0005, "webhook_timeout": 1.0}
+FAST: dict[str, Any] = {
+    "sweep_interval": 0.05,
+    "webhook_backoff_scale": 0.0005,
+    "webhook_timeout": 1.0,
+}
 
 
 @pytest.fixture

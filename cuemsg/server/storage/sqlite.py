@@ -62,6 +62,8 @@ CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
 CREATE INDEX IF NOT EXISTS ix_cues_due ON cues (next_run) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS ix_exec_webhook_due ON executions (tenant_id, scheduled_for)
+    WHERE transport = 'webhook' AND status IN ('pending', 'retry_ready');
 """
 
 # Steps from version N-1 to N, applied in order by open().

@@ -101,6 +101,9 @@ _MIGRATIONS: tuple[str, ...] = (
     UPDATE cuemsg_cues SET next_run = (doc->>'next_run')::double precision;
     CREATE INDEX cuemsg_cues_due ON cuemsg_cues (next_run) WHERE status = 'active';
     ALTER TABLE cuemsg_executions ADD COLUMN detail jsonb;
+    -- Webhook deliveries due: only webhook rows, so a worker backlog costs nothing here.
+    CREATE INDEX cuemsg_exec_webhook_due ON cuemsg_executions (tenant_id, scheduled_for, seq)
+        WHERE transport = 'webhook' AND status IN ('pending', 'retry_ready');
     CREATE TABLE cuemsg_webhook_secrets (
         tenant_id text PRIMARY KEY,
         secret text NOT NULL,
