@@ -10,6 +10,7 @@ CuemsgError
 │   ├── AuthenticationError       401
 │   ├── Forbidden                 403 (e.g. not_execution_owner)
 │   ├── NotFound                  404
+│   │   └── MailboxNotFound       no mailbox of that name (.name, .near: close names)
 │   ├── Conflict                  409
 │   │   └── ClaimFailed           409 claim_failed
 │   ├── PayloadTooLarge           413
@@ -20,6 +21,7 @@ CuemsgError
 ├── MailboxError
 │   ├── RequestTimeout      no reply before the deadline (also a TimeoutError)
 │   ├── RemoteError         the responder's handler raised (.type, .message)
+│   ├── NoReply             the request was settled with no reply (.worker_id, .settled)
 │   ├── NoResponder         require_responder=True and no live worker for the task
 │   ├── LeaseLost           heartbeat/outcome refused: another worker holds it now
 │   └── AlreadySettled      a message settled twice (.message_id, .settled: how first)
@@ -48,7 +50,9 @@ __all__ = [
     "Forbidden",
     "LeaseLost",
     "MailboxError",
+    "MailboxNotFound",
     "MissingAPIKey",
+    "NoReply",
     "NoResponder",
     "NotFound",
     "PayloadTooLarge",
@@ -163,6 +167,16 @@ class NotFound(CueAPIError):
     """404: no such cue, execution or route (or it belongs to another tenant)."""
 
 
+class MailboxNotFound(NotFound):
+    """No mailbox of that name; `near` lists the tenant's mailboxes with close names."""
+
+    def __init__(self, name: str, near: list[str]) -> None:
+        hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+        super().__init__(f"no mailbox named {name!r}{hint}", status=404, code="mailbox_not_found")
+        self.name = name
+        self.near = near
+
+
 class Conflict(CueAPIError):
     """409: the request conflicts with the current state."""
 
@@ -241,6 +255,33 @@ class RemoteError(MailboxError):
         self.type = type
         self.message = message
         self.correlation_id = correlation_id
+
+
+class NoReply(MailboxError):
+    """The request was settled without a reply: it will never get one.
+
+    The responder's mailbox says so at once (a notice on the reply stream);
+    a request whose deadline passes first reads it from the request's record.
+    `settled` is how (`"acked"`, `"rejected"`), `worker_id` who did it,
+    `reason` the reject's reason (None for an ack).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: str | None = None,
+        settled: str | None = None,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+        execution_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.settled = settled
+        self.reason = reason
+        self.correlation_id = correlation_id
+        self.execution_id = execution_id
 
 
 class NoResponder(MailboxError):

@@ -5,7 +5,6 @@ receivers), and the webhook options of `cuemsg serve` (`--webhook-allow`,
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from typing import Any
@@ -13,16 +12,6 @@ from typing import Any
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import ERROR, EXIT_CODES, UsageError
 from cuemsg.webhook import DEFAULT_TOLERANCE, verify
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `serve --host` listens on loopback only (then webhooks may call loopback)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def add_webhook_options(serve: argparse.ArgumentParser) -> None:

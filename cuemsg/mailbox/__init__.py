@@ -15,8 +15,12 @@ from cuemsg.mailbox._config import (
     REPLY_SUFFIX,
 )
 from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
+from cuemsg.mailbox._thread_state import BusyPolicy
+from cuemsg.mailbox._threads import ThreadEntry
+from cuemsg.mailbox._topics import Subscription
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
 
 __all__ = [
@@ -30,13 +34,17 @@ __all__ = [
     "REPLY_SUFFIX",
     "AsyncMailbox",
     "AsyncMessage",
+    "BusyPolicy",
     "DedupeStore",
     "Delivery",
     "Mailbox",
+    "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
     "SQLiteDedupe",
     "Sent",
     "Settled",
+    "Subscription",
+    "ThreadEntry",
 ]

@@ -76,6 +76,14 @@ class UpdateCue(Op):
 
 
 @dataclass(frozen=True)
+class DeleteCue(Op):
+    cue_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.delete(self.cue_id)
+
+
+@dataclass(frozen=True)
 class Fire(Op):
     cue_id: str
     payload: dict[str, Any]
@@ -156,6 +164,19 @@ class GetExecution(Op):
 
 
 @dataclass(frozen=True)
+class ListExecutions(Op):
+    cue_id: str
+    status: str | None  # None: every status
+    offset: int
+    limit: int
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list(
+            cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
+        )
+
+
+@dataclass(frozen=True)
 class ListWorkers(Op):
     def call(self, client: Any) -> Any:
         return client.workers.list()
@@ -233,6 +254,16 @@ class Spawn(Op):
     """Run `flow` concurrently in a handler slot."""
 
     flow: Flow[None]
+
+
+@dataclass(frozen=True)
+class HoldSlot(Op):
+    """Count one more handler slot busy: a message waits for its thread in `serve()`."""
+
+
+@dataclass(frozen=True)
+class ReleaseSlot(Op):
+    """Give back one slot taken by `HoldSlot` (its message's handling ended)."""
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from cuemsg._exceptions import NotFound
 from cuemsg.cueapi.models import FireRequest
 from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, utcnow
 from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
-from cuemsg.mailbox._state import CoreState
+from cuemsg.mailbox._signed import SignatureFlows
 
 
-class SendFlows(CoreState):
+class SendFlows(SignatureFlows):
     """Sending: fire messages keyed by their id."""
 
     # -- sending ---------------------------------------------------------------------------
@@ -32,6 +33,7 @@ class SendFlows(CoreState):
         correlation_id: str | None = None,
         reply_task: str | None = None,
         message_id: str | None = None,
+        topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
         """The envelope of an outgoing message (pure: the id is made here, once)."""
         sent_at = utcnow()
@@ -42,15 +44,26 @@ class SendFlows(CoreState):
             id=message_id or new_id(),
             kind=kind,
             sender=self.info.address,
+            sender_name=self.info.name,
             correlation_id=correlation_id,
             reply_task=reply_task,
             thread=thread,
+            topic=topic,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
             headers=dict(headers or {}),
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
-        return meta, payload
+        return meta, self.signed(payload)
+
+    def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
+        """Run `fire` at `address`; a 404 means its cue is gone, so the names that led
+        there are looked up again next time (a mailbox opened again has a new address)."""
+        try:
+            return (yield fire)
+        except NotFound:
+            self.addresses.forget(address)
+            raise
 
     def send(
         self,
@@ -63,12 +76,17 @@ class SendFlows(CoreState):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Flow[Sent]:
-        """Fire one message at `to_cue` (keyed by its id: a retried fire makes no copy)."""
+        """Fire one message at `to_cue`, a name or an address (keyed by its id: a retried
+        fire makes no copy)."""
         meta, payload = self.message_payload(
             body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
         )
         when = as_datetime(send_at)
-        fired = yield Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
+        to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
+        fired = yield from self.fire_to(
+            to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
+        )
         self.stats.count("sent")
         return Sent(
             id=meta.id, execution_id=fired.id, cue_id=to_cue, scheduled_for=fired.scheduled_for
@@ -87,6 +105,8 @@ class SendFlows(CoreState):
     ) -> Flow[list[Sent]]:
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
         when = as_datetime(send_at)
+        to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
         metas: list[Meta] = []
         fires: list[FireRequest] = []
         for body in bodies:
@@ -99,7 +119,7 @@ class SendFlows(CoreState):
                     cue_id=to_cue, payload_override=payload, send_at=when, idempotency_key=meta.id
                 )
             )
-        results = yield FireMany(fires)
+        results = yield from self.fire_to(to_cue, FireMany(fires))
         self.stats.count("sent", len(results))
         return [
             Sent(id=m.id, execution_id=r.id, cue_id=to_cue, scheduled_for=r.scheduled_for)

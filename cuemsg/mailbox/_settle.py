@@ -21,6 +21,7 @@ from cuemsg.envelope import ErrorBody, Kind, from_timestamp, payload_bytes, with
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
+from cuemsg.mailbox._noreply import notice_body
 from cuemsg.mailbox._ops import Fire, Flow, Pause, RecordOutcome, RecordOutcomes, RenewLease
 from cuemsg.mailbox._records import CachedReply, Delivery, Settled
 from cuemsg.mailbox._send import SendFlows
@@ -60,6 +61,10 @@ class SettleFlows(SendFlows):
         finally:
             self.leases.release(execution_id)
 
+    def _msg_state(self, msg: Delivery[Any], state: str, **extra: Any) -> dict[str, Any]:
+        """An outcome's metadata for `msg`, with what the busy policy did to it."""
+        return self._meta_state(state, **extra, **msg.notes)
+
     # -- settling --------------------------------------------------------------------------
 
     def _begin(self, msg: Delivery[Any], how: Settled) -> None:
@@ -75,28 +80,60 @@ class SettleFlows(SendFlows):
             msg.id,
             success=True,
             result=result or f"handled message {msg.id}",
-            metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
         )
         self.stats.count("acked")
+        yield from self._tell_no_reply(msg, "acked", None)
 
     def reject(self, msg: Delivery[Any], reason: str) -> Flow[None]:
         """Outcome failure, terminal: the message shows in the dead letters with `reason`.
 
-        A rejected request also gets an error reply, so its requester does
-        not wait for its deadline.
+        A rejected request's requester is told at once (it raises `NoReply`).
         """
-        if msg.is_request and msg.settled is None and msg.reply_cue_id:
-            yield from self.reply_error(msg, "Rejected", reason)
-            return
         self._begin(msg, Settled.REJECTED)
         yield from self._settle_eid(
             msg.execution_id,
             msg.id,
             success=False,
             error=f"rejected: {reason}",
-            metadata=self._meta_state("rejected", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "rejected", id=msg.id, kind=msg.kind),
         )
         self.stats.count("rejected")
+        yield from self._tell_no_reply(msg, "rejected", reason)
+
+    def _tell_no_reply(self, msg: Delivery[Any], settled: str, reason: str | None) -> Flow[None]:
+        """Tell a request's requester it was settled without a reply (see `_noreply`).
+
+        Sent after the outcome is recorded, so it is true once said. A notice
+        that cannot be sent is logged: the requester learns at its deadline.
+        """
+        if not (msg.is_request and msg.reply_cue_id and msg.reply_task):
+            return
+        body = notice_body(
+            request_id=msg.correlation_id or msg.id,
+            worker_id=self.info.worker_id,
+            settled=settled,
+            reason=reason,
+            execution_id=msg.execution_id,
+        )
+        meta, payload = self.message_payload(
+            body,
+            kind="error",
+            task=msg.reply_task,
+            thread=msg.thread,
+            correlation_id=msg.correlation_id or msg.id,
+        )
+        try:
+            yield Fire(msg.reply_cue_id, payload, idempotency_key=meta.id)
+        except CuemsgError as exc:
+            log.warning(
+                "could not tell the requester of %s that no reply will come (%s); "
+                "it learns at its deadline",
+                msg.id,
+                exc,
+            )
+            return
+        self.stats.count("sent")
 
     def retry_later(self, msg: Delivery[Any], delay: float, reason: str = "") -> Flow[str | None]:
         """Fire the same message again at now + `delay` (attempt + 1); close this execution.
@@ -127,8 +164,8 @@ class SettleFlows(SendFlows):
                 f"retry later: re-fired as execution {fired.id} (attempt {attempt}) "
                 f"for {when.isoformat()}" + (f"; reason: {reason}" if reason else "")
             ),
-            metadata=self._meta_state(
-                "retried", id=msg.id, next_execution_id=fired.id, attempt=attempt
+            metadata=self._msg_state(
+                msg, "retried", id=msg.id, next_execution_id=fired.id, attempt=attempt
             ),
         )
         self.stats.count("retried")
@@ -179,7 +216,8 @@ class SettleFlows(SendFlows):
         text = (
             f"replied: {what} sent as execution {fired.id} (correlation id {meta.correlation_id})"
         )
-        metadata = self._meta_state(
+        metadata = self._msg_state(
+            msg,
             "replied" if error is None else "replied_error",
             id=msg.id,
             reply_id=meta.id,
@@ -230,7 +268,7 @@ class SettleFlows(SendFlows):
             execution_id=eid,
             success=True,
             result=cut(f"handled message {msg.id}"),
-            metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
         )
         return self.acks.add(PendingAck(outcome, msg.id, self.monotonic() + delay))
 

@@ -116,7 +116,7 @@ class Dispatcher:
         self.storage = storage
         self.settings = settings
         self.now = now
-        self.guard = Guard(loopback_ok=settings.loopback_only, allow=settings.webhook_allow)
+        self.guard = Guard(loopback_ok=settings.loopback, allow=settings.webhook_allow)
         self.inflight: set[asyncio.Task[None]] = set()
         self._turn = 0  # which tenant goes first this pass (round robin)
         self._client: httpx.AsyncClient | None = None

@@ -24,6 +24,10 @@ FAST: dict[str, Any] = {
     "webhook_timeout": 1.0,
 }
 
+# Settings of a server that is not bound to loopback only (so webhooks may not
+# call loopback), with registration open for the tests' keys.
+PUBLIC = ServerSettings(db=":memory:", host="0.0.0.0", registration="open")
+
 
 @pytest.fixture
 def srv() -> Iterator[RunningServer]:
@@ -178,7 +182,7 @@ def test_the_secret_is_regenerated_only_when_confirmed(srv: RunningServer) -> No
     ],
 )
 def test_private_addresses_are_refused_at_creation(url: str, why: str) -> None:
-    with run_server(ServerSettings(db=":memory:", loopback_only=False)) as srv, _http(srv) as http:
+    with run_server(PUBLIC) as srv, _http(srv) as http:
         answer = http.post(
             "/v1/cues", json={"name": "h", "transport": "webhook", "callback": {"url": url}}
         )
@@ -198,7 +202,7 @@ def test_private_addresses_are_refused_at_creation(url: str, why: str) -> None:
 
 
 def test_webhook_allow_lets_a_range_through() -> None:
-    settings = ServerSettings(db=":memory:", loopback_only=False, webhook_allow=("127.0.0.0/8",))
+    settings = PUBLIC.replace(webhook_allow=("127.0.0.0/8",))
     with run_server(settings, **FAST) as srv, receiver() as rec, _http(srv) as http:
         cue = _hook(http, rec.url)
         fired = http.post(f"/v1/cues/{cue['id']}/fire", json={}).json()

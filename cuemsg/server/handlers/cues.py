@@ -24,7 +24,7 @@ async def _check_webhook(ctx: Ctx, field: str, url: object) -> None:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise invalid(field, "must be an http or https URL")
     settings = ctx.server.settings
-    guard = Guard(loopback_ok=settings.loopback_only, allow=settings.webhook_allow)
+    guard = Guard(loopback_ok=settings.loopback, allow=settings.webhook_allow)
     try:
         await guard.check(url, must_resolve=False)
     except UrlRefused as exc:

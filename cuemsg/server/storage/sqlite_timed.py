@@ -26,6 +26,26 @@ from cuemsg.server.storage.base import (
     execution_from_row,
 )
 
+# Schema version 3: the cue's next run as a column (the scheduler's claim and
+# index; 0 = to be computed, for a scheduled cue made before), an execution's
+# `detail`, and each tenant's webhook signing secret.
+MIGRATION_3 = """
+ALTER TABLE cues ADD COLUMN next_run REAL;
+UPDATE cues SET doc = json_set(doc, '$.next_run', 0)
+    WHERE json_extract(doc, '$.next_run') IS NULL AND json_extract(doc, '$.schedule') IS NOT NULL;
+UPDATE cues SET next_run = json_extract(doc, '$.next_run');
+ALTER TABLE executions ADD COLUMN detail TEXT;
+CREATE TABLE webhook_secrets (
+    tenant_id TEXT PRIMARY KEY, secret TEXT NOT NULL, created_at REAL NOT NULL);
+"""
+# Due cues (active ones only: mailboxes are paused) and due webhook deliveries
+# (webhook rows only, so a worker backlog costs the dispatcher nothing).
+TIMED_INDEXES = """
+CREATE INDEX IF NOT EXISTS ix_cues_due ON cues (next_run) WHERE status = 'active';
+CREATE INDEX IF NOT EXISTS ix_exec_webhook_due ON executions (tenant_id, scheduled_for)
+    WHERE transport = 'webhook' AND status IN ('pending', 'retry_ready');
+"""
+
 _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
