@@ -208,3 +208,13 @@ async def test_async_publish_subscribe(aclient: AsyncCueClient) -> None:
         assert await one.subscriptions() == []
         assert [s.cue_id for s in await pub.publish("a.b", "third")] == [two.address]
         assert [m.body async for m in one.receive(wait=1)] == ["first"]
+
+
+def test_deleting_a_mailbox_removes_its_subscriptions(client: CueClient, mailboxes: Open) -> None:
+    pub, gone, stays = mailboxes("pub"), mailboxes("gone"), mailboxes("stays")
+    cue_id = gone.subscribe("news.*").cue_id
+    stays.subscribe("news.*")
+    gone.delete()
+    names = {c.name for c in client.cues.list(limit=1000).cues}
+    assert all(c.id != cue_id for c in client.cues.list(limit=1000).cues), names
+    assert [s.cue_id for s in pub.publish("news.today", 1)] == [stays.address]
