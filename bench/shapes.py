@@ -23,8 +23,12 @@ from bench.rows import measured, open_inboxes, with_cpu
 UNBOUNDED = 10**9
 
 
-def timed(server: ServerProc, *, key: str, seconds: float, label: str = "") -> Row:
-    """One Mailbox sender and one Mailbox receiver process on one inbox for `seconds`."""
+def timed(server: ServerProc, *, key: str, seconds: float, label: str = "", batch: int = 1) -> Row:
+    """One Mailbox sender and one Mailbox receiver process on one inbox for `seconds`.
+
+    `batch`: the receiver's `receive(batch=)`, claims of up to that many when a
+    backlog is there and their acks recorded together (a broker's prefetch).
+    """
     name = f"timed-{key}"
     [inbox] = open_inboxes("mailbox", server, [f"{name}-in"], True)
     common = dict(
@@ -32,7 +36,7 @@ def timed(server: ServerProc, *, key: str, seconds: float, label: str = "") -> R
         deadline=seconds,
     )  # fmt: skip
     role_list = [
-        Role(roles.receiver, dict(name=f"{name}-in", **common)),
+        Role(roles.receiver, dict(name=f"{name}-in", batch=batch, **common)),
         Role(roles.sender, dict(name=f"{name}-out", to=inbox, **common)),
     ]
     results, counter = measured([server], role_list, seconds + 30)
@@ -48,7 +52,8 @@ def timed(server: ServerProc, *, key: str, seconds: float, label: str = "") -> R
         percentile(recv["latencies"], 50),
         percentile(recv["latencies"], 99),
         counter.count / got if got else None,
-        f"{sent / span:,.0f}/s sent, backlog {backlog:,} at the end; {driver_label('mailbox')}",
+        f"{sent / span:,.0f}/s sent, backlog {backlog:,} at the end; {driver_label('mailbox')}"
+        + (f", receive(batch={batch})" if batch > 1 else ""),
         extra={"sent": sent, "backlog": backlog},
     )
     return with_cpu(row, counter, results, got)
