@@ -603,9 +603,11 @@ class Workers(_Resource):
 
 
 class AsyncCueClient(_BaseClient):
-    """The asynchronous twin of `CueClient` (one pooled `httpx.AsyncClient`).
+    """The asynchronous twin of `CueClient` (an `httpx.AsyncClient` over `AsyncKeepAliveTransport`).
 
-    Same arguments and resources as `CueClient`; every call is awaited, and
+    Same arguments and resources as `CueClient` (the default transport is
+    `AsyncKeepAliveTransport`, httpx's own with a proxy in the environment;
+    `transport=` takes an `httpx.AsyncBaseTransport`); every call is awaited, and
     `aclose()` / `async with` replace `close()` / `with`. Works on asyncio and trio.
     """
 
