@@ -40,15 +40,22 @@ from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.tls import TLSStream
 
+from cuemsg.cueapi._http11 import (
+    MAX_HEAD,
+    MAX_LINE,
+    chunk_size,
+    encode_request,
+    framing,
+    is_final,
+    parse_head,
+    reusable,
+)
 from cuemsg.cueapi._transport import DEFAULT_KEEPALIVE_EXPIRY, DEFAULT_MAX_IDLE
 
 __all__ = ["AsyncKeepAliveTransport"]
 
 _Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_MAX_HEAD = 64 * 1024  # bytes of status line and headers we accept
-_MAX_LINE = 8 * 1024  # bytes of a chunk-size line or a trailer
-_NO_BODY = {204, 304}
 
 
 @dataclass
@@ -87,67 +94,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def encode_request(request: httpx.Request, body: bytes) -> bytes:
-    """The request's head and body as the bytes to write (one write).
-
-    Raises:
-        httpx.LocalProtocolError: a header name or value holds CR or LF.
-    """
-    url = request.url
-    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), url.raw_path)]
-    has_host = chunked = False
-    for name, value in request.headers.raw:
-        if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value:
-            raise httpx.LocalProtocolError(f"header {name!r} holds a line break", request=request)
-        lower = name.lower()
-        if lower == b"host":
-            has_host = True
-        elif lower == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        lines.append(name + b": " + value)
-    if not has_host:
-        lines.insert(1, b"Host: " + url.netloc)
-    if chunked:  # a streamed request body, read whole: send it as one chunk
-        body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-def parse_head(head: bytes) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
-    """(version, status, reason, headers) of an answer's head (without its blank line).
-
-    Raises:
-        ValueError: not an HTTP/1.x status line, or a header line without a colon.
-    """
-    status_line, *lines = head.split(b"\r\n")
-    version, _, rest = status_line.partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ValueError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-    headers = []
-    for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not name.strip():
-            raise ValueError(f"malformed header line: {line[:80]!r}")
-        headers.append((name.strip(), value.strip()))
-    return version, int(code), reason, headers
-
-
-def _tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
-    return {t.strip().lower() for n, v in headers if n.lower() == name for t in v.split(b",") if t}
-
-
 async def _read_chunked(reader: BufferedByteReceiveStream) -> bytes:
     parts: list[bytes] = []
-    while True:
-        line = await reader.receive_until(b"\r\n", _MAX_LINE)
-        size = int(line.split(b";", 1)[0].strip(), 16)  # ValueError on a bad size
-        if size == 0:
-            while await reader.receive_until(b"\r\n", _MAX_LINE):  # trailers, then a blank line
-                pass
-            return b"".join(parts)
+    while size := chunk_size(await reader.receive_until(b"\r\n", MAX_LINE)):
         parts.append(await reader.receive_exactly(size))
         if await reader.receive_exactly(2) != b"\r\n":
             raise ValueError("a chunk does not end with CRLF")
+    while await reader.receive_until(b"\r\n", MAX_LINE):  # trailers, then a blank line
+        pass
+    return b"".join(parts)
 
 
 async def _read_to_eof(reader: BufferedByteReceiveStream) -> bytes:
@@ -162,28 +117,22 @@ async def _read_to_eof(reader: BufferedByteReceiveStream) -> bytes:
 async def read_answer(reader: BufferedByteReceiveStream, method: str) -> _Answer:
     """Read one whole answer (1xx ones skipped); `reusable` if the connection may serve more."""
     while True:
-        head = await reader.receive_until(b"\r\n\r\n", _MAX_HEAD)
-        version, status, reason, headers = parse_head(head)
-        if not 100 <= status < 200 or status == 101:
+        version, status, reason, headers = parse_head(
+            await reader.receive_until(b"\r\n\r\n", MAX_HEAD)
+        )
+        if is_final(status):
             break
-    connection = _tokens(headers, b"connection")
-    reusable = b"close" not in connection and (
-        version == b"HTTP/1.1" or b"keep-alive" in connection
-    )
-    if method == "HEAD" or status in _NO_BODY or status == 101:
+    keep = reusable(version, headers)
+    kind, length = framing(method, status, headers)
+    if kind == "none":
         content = b""
-    elif b"chunked" in _tokens(headers, b"transfer-encoding"):
+    elif kind == "chunked":
         content = await _read_chunked(reader)
-    else:
-        lengths = {v for n, v in headers if n.lower() == b"content-length"}
-        if len(lengths) > 1:
-            raise ValueError(f"conflicting Content-Length headers: {sorted(lengths)}")
-        if lengths:
-            content = await reader.receive_exactly(int(lengths.pop()))
-        else:  # the answer ends with the connection
-            content = await _read_to_eof(reader)
-            reusable = False
-    return _Answer(status, reason, version, headers, content, reusable)
+    elif kind == "length":
+        content = await reader.receive_exactly(length)
+    else:  # the answer ends with the connection
+        content, keep = await _read_to_eof(reader), False
+    return _Answer(status, reason, version, headers, content, keep)
 
 
 class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):

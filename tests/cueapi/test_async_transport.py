@@ -21,7 +21,8 @@ import pytest
 from cuemsg.cueapi import AsyncCueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
-from cuemsg.cueapi._async_transport import AsyncKeepAliveTransport, parse_head
+from cuemsg.cueapi._async_transport import AsyncKeepAliveTransport
+from cuemsg.cueapi._http11 import parse_head
 from cuemsg.testing import RunningServer, free_port, run_server
 from tests.cueapi.test_transport import PEER_BODY, PROXY_VARS, Peer, _wait_until
 
