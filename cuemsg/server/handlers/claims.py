@@ -7,7 +7,7 @@ import time
 
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
 from cuemsg.server.settings import MAX_CLAIM_WAIT
@@ -21,7 +21,7 @@ async def claim(ctx: Ctx) -> Response:
     execution = await server.storage.claim(
         ctx.tenant_id, ctx.param("execution_id"), body.worker_id, time.time(), lease
     )
-    return ok(wire.claim_json(execution, lease, "claim.payload" in server.extensions))
+    return ok(wire.claim_answer(execution, lease, "claim.payload" in server.extensions))
 
 
 async def claim_next(ctx: Ctx) -> Response:
@@ -53,7 +53,7 @@ async def claim_next(ctx: Ctx) -> Response:
                 agent=body.agent,
                 now=time.time(),
                 lease_seconds=lease,
-                limit=body.limit or 1,
+                limit=int(body.limit or 1),
             )
             if claimed:
                 break
@@ -77,9 +77,11 @@ async def claim_next(ctx: Ctx) -> Response:
                 waiter.close()
     with_payload = "claim.payload" in server.extensions
     if body.limit is None:
-        return ok(wire.claim_json(claimed[0], lease, with_payload))
+        return ok(wire.claim_answer(claimed[0], lease, with_payload))
     return ok(
-        {"claimed": True, "executions": [wire.claim_json(e, lease, with_payload) for e in claimed]}
+        answers.ClaimedMany(
+            claimed=True, executions=[wire.claim_answer(e, lease, with_payload) for e in claimed]
+        )
     )
 
 
@@ -93,9 +95,9 @@ async def heartbeat(ctx: Ctx) -> Response:
         lease,
     )
     return ok(
-        {
-            "execution_id": execution.id,
-            "lease_extended_until": wire.iso(execution.lease_expires_at),
-            "acknowledged": True,
-        }
+        answers.LeaseExtended(
+            execution_id=execution.id,
+            lease_extended_until=wire.iso(execution.lease_expires_at),
+            acknowledged=True,
+        )
     )

@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
+from cuemsg.server.answers import Schedule, ScheduleOnce
 from cuemsg.server.errors import cue_not_found, invalid
 from cuemsg.server.handlers.paging import page
 from cuemsg.server.keys import new_cue_id
@@ -17,34 +18,30 @@ from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
 
 
-def _check_schedule(schedule: dict[str, Any] | None) -> None:
+def _schedule(schedule: Schedule | None) -> tuple[dict[str, Any] | None, float | None]:
+    """The schedule as stored, and the next run it sets (the body decoder checked
+    its shape: `type`, and a 5-field `cron`)."""
     if schedule is None:
-        return
-    kind = schedule.get("type")
-    if kind == "once":
-        at = schedule.get("at")
-        if not isinstance(at, str):
-            raise invalid("schedule.at", "a 'once' schedule needs 'at', an ISO 8601 timestamp")
-        wire.parse_time(at, "schedule.at")
-    elif kind == "recurring":
-        cron = schedule.get("cron")
-        if not isinstance(cron, str) or len(cron.split()) != 5:
-            raise invalid("schedule.cron", "a 'recurring' schedule needs a 5-field 'cron'")
-    else:
-        raise invalid("schedule.type", "must be 'once' or 'recurring'")
+        return None, None
+    next_run = None
+    if isinstance(schedule, ScheduleOnce):
+        next_run = wire.parse_time(schedule.at, "schedule.at")
+    return msgspec.to_builtins(schedule), next_run
 
 
 def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
-    return msgspec.to_builtins(retry or wire.Retry())  # type: ignore[no-any-return]
+    retry = retry or wire.Retry()
+    return {
+        "max_attempts": int(retry.max_attempts),
+        "backoff_minutes": [int(m) for m in retry.backoff_minutes],
+    }
 
 
 async def create_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CueCreate)
-    _check_schedule(body.schedule)
-    if body.transport == "webhook":
-        url = (body.callback or {}).get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
+    schedule, next_run = _schedule(body.schedule)
+    if body.transport == "webhook" and body.callback is None:
+        raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
     now = time.time()
     cue = CueRow(
         id=new_cue_id(),
@@ -52,17 +49,16 @@ async def create_cue(ctx: Ctx) -> Response:
         name=body.name,
         description=body.description,
         transport=body.transport,
-        schedule=body.schedule,
-        callback=body.callback,
+        schedule=schedule,
+        callback=None if body.callback is None else msgspec.to_builtins(body.callback),
         payload=body.payload,
         retry=_retry_dict(body.retry),
+        next_run=next_run,
         created_at=now,
         updated_at=now,
     )
-    if body.schedule and body.schedule["type"] == "once":
-        cue.next_run = wire.parse_time(body.schedule["at"], "schedule.at")
     cue = await ctx.server.storage.create_cue(cue)
-    return ok(wire.cue_json(cue), 201)
+    return ok(wire.cue_answer(cue), 201)
 
 
 async def list_cues(ctx: Ctx) -> Response:
@@ -72,7 +68,9 @@ async def list_cues(ctx: Ctx) -> Response:
         ctx.tenant_id, status=status, limit=limit, offset=offset
     )
     return ok(
-        {"cues": [wire.cue_json(c) for c in cues], "total": total, "limit": limit, "offset": offset}
+        answers.CuePage(
+            cues=[wire.cue_answer(c) for c in cues], total=total, limit=limit, offset=offset
+        )
     )
 
 
@@ -81,7 +79,7 @@ async def get_cue(ctx: Ctx) -> Response:
     cue = await ctx.server.storage.get_cue(ctx.tenant_id, cue_id)
     if cue is None:
         raise cue_not_found(cue_id)
-    return ok(wire.cue_json(cue))
+    return ok(wire.cue_answer(cue))
 
 
 async def patch_cue(ctx: Ctx) -> Response:
@@ -93,13 +91,13 @@ async def patch_cue(ctx: Ctx) -> Response:
         if getattr(body, f) is not None
     }
     if "schedule" in changes:
-        _check_schedule(changes["schedule"])
+        changes["schedule"], _ = _schedule(body.schedule)
     if body.retry is not None:
         changes["retry"] = _retry_dict(body.retry)
     cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, time.time())
     if cue is None:
         raise cue_not_found(cue_id)
-    return ok(wire.cue_json(cue))
+    return ok(wire.cue_answer(cue))
 
 
 async def delete_cue(ctx: Ctx) -> Response:

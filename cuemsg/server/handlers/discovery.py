@@ -3,11 +3,10 @@ extensions) and `GET /health` (liveness and the counters the benchmark reads).""
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cuemsg.server.answers import Health, Info
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Server
 
@@ -15,18 +14,18 @@ from cuemsg.server.state import Server
 async def info(request: Request, server: Server) -> Response:
     from cuemsg import __version__
 
-    body: dict[str, Any] = {"version": __version__, "server": "cuemsg"}
+    body = Info(version=__version__, server="cuemsg")
     if server.extensions:
-        body["extensions"] = sorted(server.extensions)
+        body.extensions = sorted(server.extensions)
     return ok(body)
 
 
 async def health(request: Request, server: Server) -> Response:
     return ok(
-        {
-            "status": "ok",
-            "requests": server.stats.requests,
-            "claim_attempts": server.stats.claim_attempts,
-            "waiting_claims": server.storage.notifier.waiting(),
-        }
+        Health(
+            status="ok",
+            requests=server.stats.requests,
+            claim_attempts=server.stats.claim_attempts,
+            waiting_claims=server.storage.notifier.waiting(),
+        )
     )

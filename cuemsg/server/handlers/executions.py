@@ -6,7 +6,7 @@ import time
 
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.errors import execution_not_found, invalid
 from cuemsg.server.handlers.paging import page
 from cuemsg.server.responses import ok
@@ -24,12 +24,12 @@ async def list_executions(ctx: Ctx) -> Response:
         ctx.tenant_id, cue_id=query.get("cue_id"), status=status, limit=limit, offset=offset
     )
     return ok(
-        {
-            "executions": [wire.execution_json(e) for e in executions],
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-        }
+        answers.ExecutionPage(
+            executions=[wire.execution_answer(e) for e in executions],
+            total=total,
+            limit=limit,
+            offset=offset,
+        )
     )
 
 
@@ -38,7 +38,7 @@ async def get_execution(ctx: Ctx) -> Response:
     execution = await ctx.server.storage.get_execution(ctx.tenant_id, execution_id)
     if execution is None:
         raise execution_not_found(execution_id)
-    return ok(wire.execution_json(execution))
+    return ok(wire.execution_answer(execution))
 
 
 async def list_claimable(ctx: Ctx) -> Response:
@@ -50,4 +50,4 @@ async def list_claimable(ctx: Ctx) -> Response:
         now=time.time(),
         limit=CLAIMABLE_LIST_LIMIT,
     )
-    return ok({"executions": [wire.claimable_json(e) for e in executions]})
+    return ok(answers.ClaimableList(executions=[wire.claimable_answer(e) for e in executions]))

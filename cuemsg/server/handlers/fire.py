@@ -9,7 +9,7 @@ import time
 import msgspec
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import NewFire
@@ -41,7 +41,7 @@ async def fire(ctx: Ctx) -> Response:
     now = time.time()
     new = _new_fire(ctx.param("cue_id"), body, now, "")
     [execution] = await ctx.server.storage.fire(ctx.tenant_id, [new], now)
-    return ok(wire.fire_json(execution))
+    return ok(wire.fire_answer(execution))
 
 
 async def fire_batch(ctx: Ctx) -> Response:
@@ -49,4 +49,4 @@ async def fire_batch(ctx: Ctx) -> Response:
     now = time.time()
     fires = [_new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
     executions = await ctx.server.storage.fire(ctx.tenant_id, fires, now)
-    return ok({"executions": [wire.fire_json(e) for e in executions]})
+    return ok(answers.FiredMany(executions=[wire.fire_answer(e) for e in executions]))

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
@@ -26,12 +25,22 @@ def _outcome(body: wire.OutcomeBody, worker: str | None) -> OutcomeRecord:
     )
 
 
-def _recorded(execution: ExecutionRow) -> dict[str, Any]:
-    return {
-        "execution_id": execution.id,
-        "outcome_recorded": True,
-        "outcome_state": execution.status,
-    }
+def _recorded(execution: ExecutionRow) -> answers.OutcomeRecorded:
+    return answers.OutcomeRecorded(
+        execution_id=execution.id,
+        outcome_recorded=True,
+        outcome_state=execution.status,  # type: ignore[arg-type]  # stored as text
+    )
+
+
+def _result(execution_id: str, r: ExecutionRow | ApiProblem) -> answers.OutcomeResult:
+    if isinstance(r, ApiProblem):
+        return answers.OutcomeResult(execution_id=execution_id, error=r.detail())
+    return answers.OutcomeResult(
+        execution_id=r.id,
+        outcome_recorded=True,
+        outcome_state=r.status,  # type: ignore[arg-type]
+    )
 
 
 async def outcome(ctx: Ctx) -> Response:
@@ -49,12 +58,10 @@ async def outcome_batch(ctx: Ctx) -> Response:
     items = [(item.execution_id, _outcome(item, worker)) for item in body.outcomes]
     results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
     return ok(
-        {
-            "results": [
-                {"execution_id": execution_id, **r.body()}
-                if isinstance(r, ApiProblem)
-                else _recorded(r)
+        answers.OutcomeResults(
+            results=[
+                _result(execution_id, r)
                 for (execution_id, _), r in zip(items, results, strict=True)
             ]
-        }
+        )
     )
