@@ -36,7 +36,9 @@ class ScheduleOnce(msgspec.Struct, tag_field="type", tag="once", kw_only=True):
 class ScheduleRecurring(msgspec.Struct, tag_field="type", tag="recurring", kw_only=True):
     """Fire on a 5-field cron expression, read in `timezone`."""
 
-    cron: Annotated[str, Meta(pattern=r"^\s*\S+(\s+\S+){4}\s*$")]
+    # Five fields of printable ASCII; spelled without `\s`, which JSON Schema's
+    # (ECMA) regexes and Python's read differently.
+    cron: Annotated[str, Meta(pattern=r"^[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$")]
     timezone: str = "UTC"
 
 

@@ -18,15 +18,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from cuemsg.server.errors import ApiProblem
-from cuemsg.server.handlers.auth import register
-from cuemsg.server.handlers.discovery import health, info
 from cuemsg.server.keys import ensure_dev_key
-from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
-from cuemsg.server.routes import ROUTES, authed, public
+from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
 from cuemsg.server.storage.base import Storage
@@ -40,11 +37,17 @@ log = logging.getLogger("cuemsg.server")
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException) and exc.status_code == 405:
+        # Each method of a path is its own Route, so Starlette's own `Allow` names
+        # only the route it tried first; name every method of that route's path.
+        routes = [r for r in request.app.routes if isinstance(r, Route)]
+        path = next(r.path for r in routes if r.matches(request.scope)[0] != Match.NONE)
+        allowed = sorted({m for r in routes if r.path == path for m in r.methods or ()})
         return problem(
             ApiProblem(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.url.path}",
+                headers={"Allow": ", ".join(allowed)},
             )
         )
     return problem(ApiProblem(404, "not_found", f"no route {request.url.path}"))
@@ -90,15 +93,9 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
             await server.storage.close()
 
     routes = [
-        Route(e.path, authed(server, e.handler), methods=[e.method])
-        for e in ROUTES
+        Route(e.path, (authed if e.auth else public)(server, e.handler), methods=[e.method])
+        for e in ROUTES + OPEN_ROUTES
         if e.extension is None or e.extension in server.extensions
-    ]
-    routes += [
-        Route("/v1/info", public(server, info), methods=["GET"]),
-        Route("/v1/auth/register", public(server, register), methods=["POST"]),
-        Route("/health", public(server, health), methods=["GET"]),
-        Route("/openapi.json", public(server, openapi), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -119,6 +119,8 @@ T = TypeVar("T")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+# A `\u0000` escape not itself escaped (an even run of backslashes before it).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -126,8 +128,11 @@ def decode(body: bytes, type_: type[T]) -> T:
     decoder = _decoders.get(type_)
     if decoder is None:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
-    if not body.strip():
+    if not body:  # no body at all is `{}`; blank bytes are not JSON and get 422
         body = b"{}"
+    if b"\\u0000" in body and _NUL.search(body):
+        # PostgreSQL text and jsonb cannot hold NUL; refuse it on every backend alike.
+        raise ApiProblem(422, "validation_error", "strings may not contain NUL (\\u0000)")
     try:
         return decoder.decode(body)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
@@ -159,6 +164,10 @@ def parse_time(value: str, field: str) -> float:
         raise invalid(field, f"{value!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
+    try:
+        parsed.astimezone(timezone.utc)  # it must render back in UTC
+    except OverflowError:
+        raise invalid(field, f"{value!r} is outside years 0001 to 9999 in UTC") from None
     return parsed.timestamp()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from starlette.responses import Response
@@ -16,6 +16,9 @@ from cuemsg.server.keys import new_cue_id
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
+
+
+_CUE_STATES: tuple[str, ...] = get_args(answers.CueStatus)
 
 
 def _schedule(schedule: Schedule | None) -> tuple[dict[str, Any] | None, float | None]:
@@ -64,6 +67,8 @@ async def create_cue(ctx: Ctx) -> Response:
 async def list_cues(ctx: Ctx) -> Response:
     limit, offset = page(ctx.request)
     status = ctx.request.query_params.get("status")
+    if status is not None and status not in _CUE_STATES:
+        raise invalid("status", f"must be one of {', '.join(_CUE_STATES)}")
     cues, total = await ctx.server.storage.list_cues(
         ctx.tenant_id, status=status, limit=limit, offset=offset
     )

@@ -1,5 +1,6 @@
 """Open endpoints that describe the server: `GET /v1/info` (version and
-extensions) and `GET /health` (liveness and the counters the benchmark reads)."""
+extensions), `GET /health` (liveness and the counters the benchmark reads)
+and `GET /openapi.json`."""
 
 from __future__ import annotations
 
@@ -29,3 +30,10 @@ async def health(request: Request, server: Server) -> Response:
             waiting_claims=server.storage.notifier.waiting(),
         )
     )
+
+
+async def openapi(request: Request, server: Server) -> Response:
+    # Imported here: the document is generated from the route table, which imports us.
+    from cuemsg.server.openapi import openapi_document
+
+    return ok(openapi_document(server.extensions))
