@@ -17,7 +17,6 @@ from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
 
-
 _CUE_STATES: tuple[str, ...] = get_args(answers.CueStatus)
 
 
