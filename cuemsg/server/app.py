@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -75,10 +76,19 @@ def open_storage(settings: ServerSettings) -> Storage:
     return SQLiteStorage(path or ":memory:", synchronous=settings.sqlite_synchronous)
 
 
-def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
-    """Build the ASGI app. Storage is opened on startup and closed on shutdown."""
+def create_app(
+    settings: ServerSettings | None = None,
+    storage: Storage | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the ASGI app. Storage is opened on startup and closed on shutdown.
+
+    `clock` gives the time in UNIX seconds (default `time.time`); a test passes
+    a fake one to move past leases and timeouts without waiting.
+    """
     settings = settings or ServerSettings()
-    server = Server(settings, storage or open_storage(settings))
+    server = Server(settings, storage or open_storage(settings), clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

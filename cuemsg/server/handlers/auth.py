@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,5 +15,5 @@ from cuemsg.server.state import Server
 async def register(request: Request, server: Server) -> Response:
     body = wire.decode(await server.read_body(request), wire.Register)
     key = new_api_key()
-    await server.storage.create_tenant(new_tenant_id(), body.email, hash_key(key), time.time())
+    await server.storage.create_tenant(new_tenant_id(), body.email, hash_key(key), server.clock())
     return ok(Registered(api_key=key, email=body.email), 201)

@@ -19,7 +19,7 @@ async def claim(ctx: Ctx) -> Response:
     server = ctx.server
     lease = server.settings.lease_seconds
     execution = await server.storage.claim(
-        ctx.tenant_id, ctx.param("execution_id"), body.worker_id, time.time(), lease
+        ctx.tenant_id, ctx.param("execution_id"), body.worker_id, server.clock(), lease
     )
     return ok(wire.claim_answer(execution, lease, "claim.payload" in server.extensions))
 
@@ -51,7 +51,7 @@ async def claim_next(ctx: Ctx) -> Response:
                 body.worker_id,
                 task=body.task,
                 agent=body.agent,
-                now=time.time(),
+                now=server.clock(),
                 lease_seconds=lease,
                 limit=int(body.limit or 1),
             )
@@ -91,7 +91,7 @@ async def heartbeat(ctx: Ctx) -> Response:
         ctx.tenant_id,
         ctx.param("execution_id"),
         ctx.request.headers.get("x-worker-id"),
-        time.time(),
+        ctx.server.clock(),
         lease,
     )
     return ok(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any, get_args
 
 import msgspec
@@ -44,7 +43,7 @@ async def create_cue(ctx: Ctx) -> Response:
     schedule, next_run = _schedule(body.schedule)
     if body.transport == "webhook" and body.callback is None:
         raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
-    now = time.time()
+    now = ctx.server.clock()
     cue = CueRow(
         id=new_cue_id(),
         tenant_id=ctx.tenant_id,
@@ -98,7 +97,7 @@ async def patch_cue(ctx: Ctx) -> Response:
         changes["schedule"], _ = _schedule(body.schedule)
     if body.retry is not None:
         changes["retry"] = _retry_dict(body.retry)
-    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, time.time())
+    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, ctx.server.clock())
     if cue is None:
         raise cue_not_found(cue_id)
     return ok(wire.cue_answer(cue))

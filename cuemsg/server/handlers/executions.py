@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.responses import Response
 
 from cuemsg.server import answers, wire
@@ -47,7 +45,7 @@ async def list_claimable(ctx: Ctx) -> Response:
         ctx.tenant_id,
         task=query.get("task"),
         agent=query.get("agent"),
-        now=time.time(),
+        now=ctx.server.clock(),
         limit=CLAIMABLE_LIST_LIMIT,
     )
     return ok(answers.ClaimableList(executions=[wire.claimable_answer(e) for e in executions]))

@@ -4,7 +4,6 @@ extension): executions made from cues, idempotency keys hashed with their body."
 from __future__ import annotations
 
 import hashlib
-import time
 
 import msgspec
 from starlette.responses import Response
@@ -38,7 +37,7 @@ def _new_fire(cue_id: str, body: wire.FireBody, now: float, field: str) -> NewFi
 
 async def fire(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.FireBody)
-    now = time.time()
+    now = ctx.server.clock()
     new = _new_fire(ctx.param("cue_id"), body, now, "")
     [execution] = await ctx.server.storage.fire(ctx.tenant_id, [new], now)
     return ok(wire.fire_answer(execution))
@@ -46,7 +45,7 @@ async def fire(ctx: Ctx) -> Response:
 
 async def fire_batch(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.BatchFire)
-    now = time.time()
+    now = ctx.server.clock()
     fires = [_new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
     executions = await ctx.server.storage.fire(ctx.tenant_id, fires, now)
     return ok(answers.FiredMany(executions=[wire.fire_answer(e) for e in executions]))

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.responses import Response
 
 from cuemsg.server import answers, wire
@@ -14,13 +12,13 @@ from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 
 
-def _outcome(body: wire.OutcomeBody, worker: str | None) -> OutcomeRecord:
+def _outcome(body: wire.OutcomeBody, worker: str | None, now: float) -> OutcomeRecord:
     return OutcomeRecord(
         success=body.success,
         result=body.result,
         error=body.error,
         metadata=body.metadata,
-        recorded_at=time.time(),
+        recorded_at=now,
         worker_id=worker,
     )
 
@@ -47,7 +45,7 @@ async def outcome(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.OutcomeBody)
     worker = ctx.request.headers.get("x-worker-id")
     execution = await ctx.server.storage.record_outcome(
-        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker)
+        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker, ctx.server.clock())
     )
     return ok(_recorded(execution))
 
@@ -55,7 +53,8 @@ async def outcome(ctx: Ctx) -> Response:
 async def outcome_batch(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.BatchOutcome)
     worker = ctx.request.headers.get("x-worker-id")
-    items = [(item.execution_id, _outcome(item, worker)) for item in body.outcomes]
+    now = ctx.server.clock()
+    items = [(item.execution_id, _outcome(item, worker, now)) for item in body.outcomes]
     results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
     return ok(
         answers.OutcomeResults(

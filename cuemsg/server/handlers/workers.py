@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.responses import Response
 
 from cuemsg.server import answers, wire
@@ -14,7 +12,7 @@ from cuemsg.server.state import Ctx
 
 async def worker_heartbeat(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.WorkerHeartbeat)
-    now = time.time()
+    now = ctx.server.clock()
     await ctx.server.storage.worker_heartbeat(ctx.tenant_id, body.worker_id, body.handlers, now)
     return ok(answers.WorkerAck(acknowledged=True, server_time=wire.stamp(now)))
 
