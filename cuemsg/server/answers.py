@@ -36,9 +36,10 @@ class ScheduleOnce(msgspec.Struct, tag_field="type", tag="once", kw_only=True):
 class ScheduleRecurring(msgspec.Struct, tag_field="type", tag="recurring", kw_only=True):
     """Fire on a 5-field cron expression, read in `timezone`."""
 
-    # Five fields of printable ASCII; spelled without `\s`, which JSON Schema's
-    # (ECMA) regexes and Python's read differently.
-    cron: Annotated[str, Meta(pattern=r"^[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$")]
+    # Five fields of printable ASCII. The patterns here and in `wire` read the same
+    # in JSON Schema (ECMA) and in Python: no `\s` (the two differ on what space
+    # is), and `(?!.*\n)` because Python's `$` also matches before a final newline.
+    cron: Annotated[str, Meta(pattern=r"^(?!.*\n)[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$")]
     timezone: str = "UTC"
 
 
@@ -48,7 +49,14 @@ Schedule = ScheduleOnce | ScheduleRecurring
 class Callback(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Where a webhook cue delivers its executions."""
 
-    url: Annotated[str, Meta(pattern=r"^https?://", max_length=2048)]
+    # http(s), a host (a name or IPv4 address, and a port) and printable ASCII after it.
+    url: Annotated[
+        str,
+        Meta(
+            pattern=r"^(?!.*\n)https?://[A-Za-z0-9.:_~%!$&'()*+,;=-]+([/?#][!-~]*)?$",
+            max_length=2048,
+        ),
+    ]
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
 

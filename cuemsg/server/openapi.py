@@ -33,7 +33,9 @@ _CLAIMED = "$response.body#/execution_id"
 _AS_CLAIMER = "$request.body#/worker_id"
 
 # operationId -> {link name: (target operationId, parameters)}: the steps of the
-# contract's life cycle (create -> fire -> claim -> heartbeat -> outcome).
+# contract's life cycle (create -> fire -> claim -> heartbeat -> outcome). Only
+# from answers that always hold the value: not from a listing (it may be empty)
+# nor from claim-next (with `limit` its answer is a list).
 _LINKS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     "create_cue": {
         "GetCue": ("get_cue", {"path.cue_id": "$response.body#/id"}),
@@ -42,7 +44,6 @@ _LINKS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "DeleteCue": ("delete_cue", {"path.cue_id": "$response.body#/id"}),
         "ListItsExecutions": ("list_executions", {"query.cue_id": "$response.body#/id"}),
     },
-    "list_cues": {"GetFirstCue": ("get_cue", {"path.cue_id": "$response.body#/cues/0/id"})},
     "get_cue": {"FireCue": ("fire", {"path.cue_id": "$response.body#/id"})},
     "fire": {
         "GetExecution": ("get_execution", {"path.execution_id": _EXECUTION}),
@@ -51,12 +52,6 @@ _LINKS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     },
     "fire_batch": {
         "ClaimFirst": ("claim", {"path.execution_id": "$response.body#/executions/0/id"}),
-    },
-    "list_claimable": {
-        "ClaimFirst": (
-            "claim",
-            {"path.execution_id": "$response.body#/executions/0/execution_id"},
-        ),
     },
     "claim": {
         "Heartbeat": (
@@ -68,16 +63,6 @@ _LINKS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
             {"path.execution_id": _CLAIMED, "header.X-Worker-Id": _AS_CLAIMER},
         ),
         "GetExecution": ("get_execution", {"path.execution_id": _CLAIMED}),
-    },
-    "claim_next": {
-        "Heartbeat": (
-            "heartbeat",
-            {"path.execution_id": _CLAIMED, "header.X-Worker-Id": _AS_CLAIMER},
-        ),
-        "RecordOutcome": (
-            "outcome",
-            {"path.execution_id": _CLAIMED, "header.X-Worker-Id": _AS_CLAIMER},
-        ),
     },
     "outcome": {
         "GetExecution": ("get_execution", {"path.execution_id": "$response.body#/execution_id"})

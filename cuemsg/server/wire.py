@@ -111,7 +111,9 @@ class WorkerHeartbeat(msgspec.Struct, kw_only=True):
 
 
 class Register(msgspec.Struct, kw_only=True):
-    email: Annotated[str, Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+    email: Annotated[
+        str, Meta(min_length=3, max_length=320, pattern=r"^(?!.*\n)[^@ \t\r]+@[^@ \t\r]+$")
+    ]
 
 
 T = TypeVar("T")

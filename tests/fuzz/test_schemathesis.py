@@ -25,7 +25,7 @@ from cuemsg.server.settings import ServerSettings
 from cuemsg.testing import run_server
 
 #: Test cases per operation and phase; with the fixed seed the run is repeatable.
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 60
 SEED = 20261201
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -86,4 +86,5 @@ def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path) -> None:
     assert result["operations"]["tested"] == result["operations"]["total"] >= 20
     assert result["failures"] == [], run.stdout[-8000:]
     assert result["errors"] == [], run.stdout[-8000:]
+    assert cases["errored"] == 0, run.stdout[-8000:]
     assert run.returncode == 0, run.stdout[-8000:]
