@@ -26,7 +26,10 @@ _ERRORS = {
     413: "The request body is over the size limit (`payload_too_large`)",
     422: "A field is missing or not valid (`validation_error`; `error.field` names it)",
     429: "Over the per-key rate limit (`rate_limited`); retry after `Retry-After` seconds",
+    503: "The storage is unavailable (`storage_unavailable`); retry after `Retry-After`",
+    507: "The storage is full (`storage_full`): nothing can be written, reads still work",
 }
+_RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
 
 _EXECUTION = "$response.body#/id"
 _CLAIMED = "$response.body#/execution_id"
@@ -164,15 +167,18 @@ def _operation(e: Endpoint, served_ops: set[str]) -> dict[str, Any]:
         statuses |= {401, 429}
     if e.body is not None:
         statuses |= {413, 422}
+    writes = e.method != "GET"
+    if e.auth or writes:  # the key is looked up in storage (guard.py answers its failures)
+        statuses.add(503)
+    if writes:
+        statuses.add(507)
     for status in sorted(statuses):
         answer_doc: dict[str, Any] = {
             "description": _ERRORS[status],
             "content": _json(_ref(ErrorBody)),
         }
-        if status == 429:
-            answer_doc["headers"] = {
-                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
-            }
+        if status in (429, 503, 507):
+            answer_doc["headers"] = _RETRY_AFTER
         responses[str(status)] = answer_doc
     op["responses"] = responses
     return op

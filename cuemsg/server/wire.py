@@ -2,21 +2,21 @@
 stored rows into the answer Structs of `cuemsg.server.answers`.
 
 Routes cuemsg owns (fire, claim) forbid unknown fields, so a typo answers 422
-instead of silently dropping data (CUEAPI.md, Conventions).
+instead of silently dropping data (docs/cueapi.md, Conventions).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import msgspec
 from msgspec import Meta
 
-from cuemsg.server import answers
+from cuemsg.server import answers, timestamps
 from cuemsg.server.answers import Callback, DateTime, Schedule
-from cuemsg.server.errors import ApiProblem, invalid
+from cuemsg.server.errors import ApiProblem
+from cuemsg.server.nesting import check_depth, too_deep
 from cuemsg.server.storage.base import CueRow, ExecutionRow
 
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
@@ -135,8 +135,11 @@ def decode(body: bytes, type_: type[T]) -> T:
     if b"\\u0000" in body and _NUL.search(body):
         # PostgreSQL text and jsonb cannot hold NUL; refuse it on every backend alike.
         raise ApiProblem(422, "validation_error", "strings may not contain NUL (\\u0000)")
+    check_depth(body)
     try:
         return decoder.decode(body)  # type: ignore[no-any-return]
+    except RecursionError:  # deeper than the stack allows, whatever check_depth let by
+        raise too_deep() from None
     except msgspec.ValidationError as exc:
         raise _validation_problem(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -159,28 +162,17 @@ def _validation_problem(text: str) -> ApiProblem:
 
 
 def parse_time(value: str, field: str) -> float:
-    """ISO 8601 to UNIX seconds; a time without offset is read as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise invalid(field, f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    try:
-        parsed.astimezone(timezone.utc)  # it must render back in UTC
-    except OverflowError:
-        raise invalid(field, f"{value!r} is outside years 0001 to 9999 in UTC") from None
-    return parsed.timestamp()
+    """ISO 8601 to UNIX seconds, range-checked (see `cuemsg.server.timestamps`)."""
+    return timestamps.parse_time(value, field)
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return timestamps.render(ts)
 
 
 def stamp(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    """A time every row has (`created_at`, `scheduled_for`) as ISO 8601."""
+    return cast(str, timestamps.render(ts))  # only None renders as None
 
 
 def _as(value: Any, type_: Any) -> Any:

@@ -81,8 +81,11 @@ def test_every_operation_documents_its_answers_and_errors(srv: RunningServer) ->
             if success != ["204"]:
                 assert responses[success[0]]["content"]["application/json"]["schema"], where
             if op["security"]:
-                assert {"401", "429"} <= set(responses), where
+                assert {"401", "429", "503"} <= set(responses), where
                 assert "Retry-After" in responses["429"]["headers"], where
+            if method != "get":
+                assert {"503", "507"} <= set(responses), where
+                assert "Retry-After" in responses["507"]["headers"], where
             if "requestBody" in op:
                 assert {"413", "422"} <= set(responses), where
             if "{" in path:
@@ -91,7 +94,7 @@ def test_every_operation_documents_its_answers_and_errors(srv: RunningServer) ->
                 if not status.startswith("2"):
                     assert answer["content"]["application/json"]["schema"] == error_ref, where
     register = doc["paths"]["/v1/auth/register"]["post"]
-    assert set(register["responses"]) == {"201", "413", "422"}
+    assert set(register["responses"]) == {"201", "413", "422", "503", "507"}
     assert register["security"] == []
     assert register["requestBody"]["required"] is True
     # An absent fire body is `{}`: every field is optional.
