@@ -121,8 +121,6 @@ T = TypeVar("T")
 _decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
 _AT = re.compile(r" - at `\$(.*)`$")
 _NAMED = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
-# A `\u0000` escape not itself escaped (an even run of backslashes before it).
-_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def decode(body: bytes, type_: type[T]) -> T:
@@ -132,9 +130,6 @@ def decode(body: bytes, type_: type[T]) -> T:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
     if not body:  # no body at all is `{}`; blank bytes are not JSON and get 422
         body = b"{}"
-    if b"\\u0000" in body and _NUL.search(body):
-        # PostgreSQL text and jsonb cannot hold NUL; refuse it on every backend alike.
-        raise ApiProblem(422, "validation_error", "strings may not contain NUL (\\u0000)")
     check_depth(body)
     try:
         return decoder.decode(body)  # type: ignore[no-any-return]

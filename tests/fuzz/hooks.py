@@ -3,10 +3,10 @@
 - A claim's `wait` (0..30 s) is a real long-poll: a generated `"wait": 29` on
   an empty queue holds the request for 29 s. The run keeps every valid `wait`
   valid but shortens it to a tenth of a second, so the budget goes to requests.
-- No string may hold NUL (U+0000): PostgreSQL cannot store it, so the server
-  answers 422 on every backend (docs/cueapi.md). JSON Schema cannot say so for
-  the free-form `payload` and `metadata` objects at every depth, so generated
-  data holding NUL is dropped here instead of being called schema-valid.
+- PostgreSQL cannot store NUL (U+0000) in a string: there the server answers
+  422 for it, while SQLite stores it (docs/cueapi.md). JSON Schema cannot say
+  so for the free-form `payload` and `metadata` objects at every depth, so
+  generated data holding NUL is left out of the run on both backends.
 """
 
 from __future__ import annotations

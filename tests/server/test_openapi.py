@@ -286,16 +286,17 @@ def test_a_blank_body_is_not_json(api: Api) -> None:
     assert api.http.post(f"/v1/cues/{cue['id']}/fire").status_code == 200
 
 
-def test_nul_in_any_string_is_refused_on_every_backend(api: Api) -> None:
+def test_nul_is_stored_where_the_backend_can_hold_it(api: Api, backend: str) -> None:
+    # The fuzz run leaves NUL out of its data (tests/fuzz/hooks.py): this is why.
     cue = api.cue()
-    answer = api.http.post(
-        f"/v1/cues/{cue['id']}/fire", json={"payload_override": {"deep": [{"k\x00": "v"}]}}
-    )
-    assert "NUL" in error_of(answer, 422, "validation_error")["message"]
-    # An escaped backslash before `u0000` is a plain string, stored as sent.
-    text = "\\u0000"
-    fired = api.fire(cue["id"], payload_override={"text": text})
-    assert api.execution(fired["id"])["payload"]["text"] == text
+    payload = {"deep": [{"k\x00": "v\x00"}]}
+    answer = api.http.post(f"/v1/cues/{cue['id']}/fire", json={"payload_override": payload})
+    if backend == "postgres":  # PostgreSQL text and jsonb cannot hold NUL
+        assert "value not storable" in error_of(answer, 422, "validation_error")["message"]
+        assert api.http.get("/v1/executions").json()["executions"] == []
+    else:
+        assert answer.status_code == 200, answer.text
+        assert api.execution(answer.json()["id"])["payload"]["deep"] == payload["deep"]
 
 
 def test_cue_status_filter_is_checked(api: Api) -> None:
