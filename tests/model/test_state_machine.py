@@ -89,6 +89,7 @@ class ContractMachine(RuleBasedStateMachine):
         self.model = Contract(LEASE, UNCLAIMED_TIMEOUT, START)
         self.client: TestClient | None = None
         self.cues: dict[str, str] = {}  # task -> cue id
+        self.reached["examples"] += 1
         self._start()
         key = self.http.post("/v1/auth/register", json={"email": "model@example.com"})
         assert key.status_code == 201, key.text
@@ -101,7 +102,11 @@ class ContractMachine(RuleBasedStateMachine):
 
     def _start(self) -> None:
         self.client = TestClient(create_app(self.settings, clock=self.clock))
+        self.client.event_hooks = {"request": [self._count]}
         self.client.__enter__()
+
+    def _count(self, request: Any) -> None:
+        self.reached["requests"] += 1
 
     def _stop(self) -> None:
         if self.client is not None:
