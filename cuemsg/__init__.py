@@ -49,7 +49,10 @@ from cuemsg.mailbox import (
     Sent,
     Settled,
     SQLiteDedupe,
+    Subscription,
+    ThreadEntry,
 )
+from cuemsg.signing import SigningKey
 
 # A library logs; the application decides where to. No output unless logging is set up.
 _logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
@@ -95,9 +98,12 @@ __all__ = [
     "Sent",
     "ServerError",
     "Settled",
+    "SigningKey",
     "StorageError",
     "StorageFull",
     "StorageOpenError",
+    "Subscription",
+    "ThreadEntry",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

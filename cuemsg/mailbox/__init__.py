@@ -15,6 +15,9 @@ from cuemsg.mailbox._config import (
     REPLY_SUFFIX,
 )
 from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
+from cuemsg.mailbox._thread_state import BusyPolicy
+from cuemsg.mailbox._threads import ThreadEntry
+from cuemsg.mailbox._topics import Subscription
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
 from cuemsg.mailbox.names import MailboxAddress
@@ -31,6 +34,7 @@ __all__ = [
     "REPLY_SUFFIX",
     "AsyncMailbox",
     "AsyncMessage",
+    "BusyPolicy",
     "DedupeStore",
     "Delivery",
     "Mailbox",
@@ -41,4 +45,6 @@ __all__ = [
     "SQLiteDedupe",
     "Sent",
     "Settled",
+    "Subscription",
+    "ThreadEntry",
 ]

@@ -166,7 +166,7 @@ class GetExecution(Op):
 @dataclass(frozen=True)
 class ListExecutions(Op):
     cue_id: str
-    status: str
+    status: str | None  # None: every status
     offset: int
     limit: int
 
@@ -254,6 +254,16 @@ class Spawn(Op):
     """Run `flow` concurrently in a handler slot."""
 
     flow: Flow[None]
+
+
+@dataclass(frozen=True)
+class HoldSlot(Op):
+    """Count one more handler slot busy: a message waits for its thread in `serve()`."""
+
+
+@dataclass(frozen=True)
+class ReleaseSlot(Op):
+    """Give back one slot taken by `HoldSlot` (its message's handling ended)."""
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ class RequestFlows(ReceiveFlows):
             reply_task=self.info.reply_task,
             message_id=message_id,
         )
+        self.remember_peer(thread, to_cue)  # history() finds it before any answer
         deadline = self.monotonic() + timeout
         yield StartReplies()
         pending = self.router.expect(message_id)

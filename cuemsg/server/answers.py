@@ -150,6 +150,7 @@ class ExecutionPage(msgspec.Struct, kw_only=True):
     total: int
     limit: int
     offset: int
+    truncated: bool | UnsetType = UNSET  # true when the page was cut by its size in bytes
 
 
 class Claimable(msgspec.Struct, kw_only=True):

@@ -3,8 +3,8 @@
 `create_app(settings)` returns a Starlette app whose routes are the lists
 `cuemsg.server.routes.ROUTES` and `OPEN_ROUTES` (info, register, health, the
 OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405 answers (other errors:
-`guard.py`).
+backend, the lifespan (storage, sweeper, retention purge), the Host guard of
+a loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -25,8 +25,10 @@ from starlette.routing import Match, Route
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
+from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
 from cuemsg.server.responses import problem
+from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
@@ -100,13 +102,16 @@ def create_app(
         except StorageOpenError as exc:
             server.startup_error = exc
             raise
-        sweeper = asyncio.create_task(sweep_forever(server))
+        tasks = [asyncio.create_task(sweep_forever(server))]
+        if settings.retention or settings.dead_letter_retention:
+            tasks.append(asyncio.create_task(purge_forever(server)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await server.storage.close()
 
     routes = [
@@ -114,11 +119,14 @@ def create_app(
         for e in ROUTES + OPEN_ROUTES
         if e.extension is None or e.extension in server.extensions
     ]
+    middleware = []
+    if settings.host is not None and settings.loopback:
+        middleware.append(Middleware(HostGuard, bound=settings.host))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
-        middleware=[Middleware(ErrorGuard)],
+        middleware=[Middleware(ErrorGuard), *middleware],
         exception_handlers={HTTPException: _not_found},
     )
     app.state.server = server

@@ -19,15 +19,19 @@ _REF = "#/components/schemas/{name}"
 
 _ERRORS = {
     401: "No API key, or one that is not valid (`invalid_api_key`)",
-    403: "The lease belongs to another worker (`not_execution_owner`)",
+    403: "The lease belongs to another worker (`not_execution_owner`); registration "
+    "is closed (`registration_closed`)",
     404: "No such cue or execution for this key (`cue_not_found`, `execution_not_found`)",
     409: "A conflict with the current state: `claim_failed`, `cue_name_taken`, "
     "`execution_not_claiming`, `outcome_already_recorded`, `idempotency_key_conflict`",
     413: "The request body is over the size limit (`payload_too_large`)",
+    421: "A loopback-bound server asked for another host (`misdirected_request`)",
     422: "A field is missing or not valid (`validation_error`; `error.field` names it)",
-    429: "Over the per-key rate limit (`rate_limited`); retry after `Retry-After` seconds",
+    429: "Over a rate limit (`rate_limited`) or the tenant's unsettled executions "
+    "(`quota_exceeded`); retry after `Retry-After` seconds",
     503: "The storage is unavailable (`storage_unavailable`); retry after `Retry-After`",
-    507: "The storage is full (`storage_full`): nothing can be written, reads still work",
+    507: "The storage is full (`storage_full`) or the tenant's stored bytes are "
+    "(`quota_exceeded`): nothing more is written, reads still work",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds", "schema": {"type": "integer"}}}
 
@@ -162,7 +166,7 @@ def _operation(e: Endpoint, served_ops: set[str]) -> dict[str, Any]:
     if links:
         success["links"] = links
     responses: dict[str, Any] = {str(e.status): success}
-    statuses = set(e.errors)
+    statuses = set(e.errors) | {421}  # the Host guard of a loopback-bound server
     if e.auth:
         statuses |= {401, 429}
     if e.body is not None:

@@ -157,7 +157,7 @@ OPEN_ROUTES: list[Endpoint] = [
     ),
     Endpoint(
         "/v1/auth/register", "POST", register, "Create a tenant and its API key", wire.Register,
-        answer=answers.Registered, status=201, auth=False,
+        answer=answers.Registered, status=201, errors=(403, 429), auth=False,
     ),
     Endpoint("/health", "GET", health, "Liveness and counters", answer=answers.Health, auth=False),
     Endpoint("/openapi.json", "GET", openapi, "This document", auth=False),

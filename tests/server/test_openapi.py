@@ -94,7 +94,7 @@ def test_every_operation_documents_its_answers_and_errors(srv: RunningServer) ->
                 if not status.startswith("2"):
                     assert answer["content"]["application/json"]["schema"] == error_ref, where
     register = doc["paths"]["/v1/auth/register"]["post"]
-    assert set(register["responses"]) == {"201", "413", "422", "503", "507"}
+    assert set(register["responses"]) == {"201", "403", "413", "421", "422", "429", "503", "507"}
     assert register["security"] == []
     assert register["requestBody"]["required"] is True
     # An absent fire body is `{}`: every field is optional.

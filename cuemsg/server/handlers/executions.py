@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from cuemsg.server import answers, wire
+from cuemsg.server import wire
 from cuemsg.server.errors import execution_not_found, invalid
 from cuemsg.server.handlers.paging import page
-from cuemsg.server.responses import ok
+from cuemsg.server.responses import listing, ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CLAIMABLE_LIST_LIMIT, EXECUTION_STATES
 
@@ -19,15 +19,25 @@ async def list_executions(ctx: Ctx) -> Response:
     if status is not None and status not in EXECUTION_STATES:
         raise invalid("status", f"must be one of {', '.join(EXECUTION_STATES)}")
     executions, total = await ctx.server.storage.list_executions(
-        ctx.tenant_id, cue_id=query.get("cue_id"), status=status, limit=limit, offset=offset
+        ctx.tenant_id,
+        cue_id=query.get("cue_id"),
+        status=status,
+        limit=limit,
+        offset=offset,
+        max_bytes=ctx.server.settings.max_page_bytes,
     )
-    return ok(
-        answers.ExecutionPage(
-            executions=[wire.execution_answer(e) for e in executions],
-            total=total,
-            limit=limit,
-            offset=offset,
-        )
+    extra = {}
+    if len(executions) < limit and offset + len(executions) < total:
+        extra["truncated"] = True  # cut by max_page_bytes: page on with offset
+    return await listing(
+        "executions",
+        executions,
+        wire.execution_answer,
+        sum(e.size for e in executions),
+        total=total,
+        limit=limit,
+        offset=offset,
+        **extra,
     )
 
 
@@ -47,5 +57,8 @@ async def list_claimable(ctx: Ctx) -> Response:
         agent=query.get("agent"),
         now=ctx.server.clock(),
         limit=CLAIMABLE_LIST_LIMIT,
+        max_bytes=ctx.server.settings.max_page_bytes,
     )
-    return ok(answers.ClaimableList(executions=[wire.claimable_answer(e) for e in executions]))
+    return await listing(
+        "executions", executions, wire.claimable_answer, sum(e.size for e in executions)
+    )
