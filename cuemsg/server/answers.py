@@ -7,14 +7,15 @@ cannot drift from what is served. A field that is present only sometimes
 (the `claim.payload` fields, an error's `field`) defaults to `UNSET`, which
 msgspec leaves out of the JSON and out of the schema's `required`.
 
-`Schedule` (a union tagged by `type`), `Callback` and `DateTime` are used by
-the request bodies too (`cuemsg.server.wire`), so a cue answers with the very
+`Schedule` (a union tagged by `type`), `Callback`, `OnFailure` and `DateTime`
+are used by the request bodies too (`cuemsg.server.wire`), so a cue answers with the very
 shapes it was created with.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -24,41 +25,74 @@ DateTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 #: The states of an execution (CUEAPI.md); `storage.base.EXECUTION_STATES` in order.
 ExecutionStatus = Literal["pending", "retry_ready", "delivering", "success", "failed", "missed"]
-CueStatus = Literal["active", "paused"]
+# `completed` / `failed`: a `once` cue after its scheduled run (as the hosted service marks it)
+CueStatus = Literal["active", "paused", "completed", "failed"]
+
+
+#: An IANA time zone name (checked by `schedules.py`; the document lists them).
+TimeZone = Annotated[
+    str,
+    Meta(
+        extra_json_schema={"enum": sorted(available_timezones())} if available_timezones() else {}
+    ),
+]
 
 
 class ScheduleOnce(msgspec.Struct, tag_field="type", tag="once", kw_only=True):
     """Fire once, at `at`."""
 
     at: DateTime
+    timezone: TimeZone | UnsetType = UNSET
 
 
 class ScheduleRecurring(msgspec.Struct, tag_field="type", tag="recurring", kw_only=True):
     """Fire on a 5-field cron expression, read in `timezone`."""
 
-    # Five fields of printable ASCII. The patterns here and in `wire` read the same
-    # in JSON Schema (ECMA) and in Python: no `\s` (the two differ on what space
-    # is), and `(?!.*\n)` because Python's `$` also matches before a final newline.
-    cron: Annotated[str, Meta(pattern=r"^(?!.*\n)[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$")]
-    timezone: str = "UTC"
+    # Five fields of printable ASCII, then `schedules.py` checks the expression
+    # (`format: cron` in the document). The patterns here and in `wire` read the
+    # same in JSON Schema (ECMA) and in Python: no `\s` (the two differ on what
+    # space is), and `(?!.*\n)` as Python's `$` also matches before a final newline.
+    cron: Annotated[
+        str,
+        Meta(
+            pattern=r"^(?!.*\n)[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$",
+            extra_json_schema={"format": "cron"},
+        ),
+    ]
+    timezone: TimeZone = "UTC"
 
 
 Schedule = ScheduleOnce | ScheduleRecurring
 
 
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+#: http(s), a host (a name, an IPv4 address or a bracketed IPv6 one; a port up to
+#: 65535) and printable ASCII after it. The SSRF guard (`ssrf.py`) also checks the
+#: IPv6 literal and where the host resolves to.
+WebhookUrl = Annotated[
+    str,
+    Meta(
+        pattern=rf"^(?!.*\n)https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:{_PORT})?([/?#][!-~]*)?$",
+        max_length=2048,
+    ),
+]
+
+
 class Callback(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Where a webhook cue delivers its executions."""
 
-    # http(s), a host (a name or IPv4 address, and a port) and printable ASCII after it.
-    url: Annotated[
-        str,
-        Meta(
-            pattern=r"^(?!.*\n)https?://[A-Za-z0-9.:_~%!$&'()*+,;=-]+([/?#][!-~]*)?$",
-            max_length=2048,
-        ),
-    ]
+    url: WebhookUrl
     method: Literal["POST", "PUT", "PATCH"] = "POST"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class OnFailure(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What runs when a webhook execution fails for good (`email` is accepted
+    for the hosted service's sake; the local server sends no mail)."""
+
+    email: bool = True
+    webhook: WebhookUrl | None = None
+    pause: bool = False
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):
@@ -89,6 +123,7 @@ class Cue(msgspec.Struct, kw_only=True):
     callback: Callback | None
     payload: dict[str, Any]
     retry: RetryPolicy
+    on_failure: OnFailure | None
     next_run: DateTime | None
     last_run: DateTime | None
     run_count: int
@@ -143,6 +178,7 @@ class Execution(msgspec.Struct, kw_only=True):
     claimed_at: DateTime | None
     lease_expires_at: DateTime | None
     outcome: OutcomeInfo | None
+    detail: dict[str, Any] | None  # scheduled runs fired late, webhook delivery attempts
 
 
 class ExecutionPage(msgspec.Struct, kw_only=True):
@@ -226,6 +262,10 @@ class Worker(msgspec.Struct, kw_only=True):
 
 class WorkerList(msgspec.Struct, kw_only=True):
     workers: list[Worker]
+
+
+class WebhookSecret(msgspec.Struct, kw_only=True):
+    webhook_secret: str
 
 
 class Registered(msgspec.Struct, kw_only=True):

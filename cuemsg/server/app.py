@@ -3,8 +3,9 @@
 `create_app(settings)` returns a Starlette app whose routes are the lists
 `cuemsg.server.routes.ROUTES` and `OPEN_ROUTES` (info, register, health, the
 OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage, sweeper, retention purge), the Host guard of
-a loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
+backend, the lifespan (storage, sweeper, retention purge, scheduler and webhook
+dispatcher), the Host guard of a loopback-bound server, and the 404/405 answers
+(other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -30,10 +31,12 @@ from cuemsg.server.keys import ensure_dev_key
 from cuemsg.server.responses import problem
 from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
+from cuemsg.server.schedules import Scheduler
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
 from cuemsg.server.storage.base import Storage
 from cuemsg.server.sweeper import sweep_forever
+from cuemsg.server.webhooks import Dispatcher
 
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
@@ -102,7 +105,14 @@ def create_app(
         except StorageOpenError as exc:
             server.startup_error = exc
             raise
-        tasks = [asyncio.create_task(sweep_forever(server))]
+        interval = server.settings.sweep_interval
+        scheduler = Scheduler(server.storage, now=server.clock)
+        dispatcher = Dispatcher(server.storage, server.settings, now=server.clock)
+        tasks = [
+            asyncio.create_task(sweep_forever(server)),
+            asyncio.create_task(scheduler.run_forever(interval)),
+            asyncio.create_task(dispatcher.run_forever(interval)),
+        ]
         if settings.retention or settings.dead_letter_retention:
             tasks.append(asyncio.create_task(purge_forever(server)))
         try:
@@ -112,6 +122,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await dispatcher.aclose()  # deliveries cut short are made again (leases)
             await server.storage.close()
 
     routes = [

@@ -18,6 +18,7 @@ from cuemsg.server.routes import OPEN_ROUTES, ROUTES, Endpoint
 _REF = "#/components/schemas/{name}"
 
 _ERRORS = {
+    400: "A required confirmation header is missing (`confirmation_required`)",
     401: "No API key, or one that is not valid (`invalid_api_key`)",
     403: "The lease belongs to another worker (`not_execution_owner`); registration "
     "is closed (`registration_closed`)",

@@ -21,6 +21,7 @@ from cuemsg.server.handlers.discovery import health, info, openapi
 from cuemsg.server.handlers.executions import get_execution, list_claimable, list_executions
 from cuemsg.server.handlers.fire import fire, fire_batch
 from cuemsg.server.handlers.outcomes import outcome, outcome_batch
+from cuemsg.server.handlers.webhook_secret import get_webhook_secret, regenerate_webhook_secret
 from cuemsg.server.handlers.workers import list_workers, worker_heartbeat
 from cuemsg.server.responses import problem
 from cuemsg.server.state import Ctx, Server
@@ -66,6 +67,13 @@ WORKER = Param(
     {"type": "string"},
     "header",
     "The caller's worker id; when sent, the lease must be this worker's (403 otherwise).",
+)
+
+CONFIRM = Param(
+    "X-Confirm-Destructive",
+    {"type": "string", "pattern": "^[Tt][Rr][Uu][Ee]$"},
+    "header",
+    "Must be `true`: the current secret stops working (400 `confirmation_required` otherwise).",
 )
 
 
@@ -147,6 +155,15 @@ ROUTES: list[Endpoint] = [
     Endpoint(
         "/v1/workers", "GET", list_workers, "List workers", None, "workers.list",
         answer=answers.WorkerList,
+    ),
+    Endpoint(
+        "/v1/auth/webhook-secret", "GET", get_webhook_secret, "Get the webhook secret",
+        answer=answers.WebhookSecret,
+    ),
+    Endpoint(
+        "/v1/auth/webhook-secret/regenerate", "POST", regenerate_webhook_secret,
+        "Regenerate the webhook secret (X-Confirm-Destructive: true)",
+        answer=answers.WebhookSecret, errors=(400,), params=(CONFIRM,),
     ),
 ]
 

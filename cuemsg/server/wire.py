@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from cuemsg.server import answers, timestamps
-from cuemsg.server.answers import Callback, DateTime, Schedule
+from cuemsg.server.answers import Callback, DateTime, OnFailure, Schedule
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.nesting import check_depth, too_deep
 from cuemsg.server.storage.base import CueRow, ExecutionRow
@@ -46,6 +46,7 @@ class CueCreate(msgspec.Struct, kw_only=True):
     callback: Callback | None = None
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     retry: Retry | None = None
+    on_failure: OnFailure | None = None
 
 
 class CuePatch(msgspec.Struct, kw_only=True):
@@ -55,6 +56,8 @@ class CuePatch(msgspec.Struct, kw_only=True):
     schedule: Schedule | None = None
     payload: dict[str, Any] | None = None
     retry: Retry | None = None
+    callback: Callback | None = None
+    on_failure: OnFailure | None = None
 
 
 class FireBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -192,7 +195,9 @@ def cue_answer(cue: CueRow) -> answers.Cue:
         callback=_as(cue.callback, Callback),
         payload=cue.payload,
         retry=msgspec.convert(cue.retry, answers.RetryPolicy, strict=False),
-        next_run=iso(cue.next_run),
+        on_failure=_as(cue.on_failure, OnFailure),
+        # 0 is "not computed yet" (a cue from before schedules ran): none to show.
+        next_run=iso(cue.next_run or None),
         last_run=iso(cue.last_run),
         run_count=cue.run_count,
         fired_count=cue.fired_count,
@@ -238,6 +243,7 @@ def execution_answer(e: ExecutionRow) -> answers.Execution:
         claimed_at=iso(e.claimed_at),
         lease_expires_at=iso(e.lease_expires_at),
         outcome=outcome,
+        detail=e.detail,
     )
 
 

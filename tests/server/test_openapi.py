@@ -131,6 +131,9 @@ def test_schedule_is_a_tagged_union_and_callback_is_typed(srv: RunningServer) ->
         "recurring": "#/components/schemas/ScheduleRecurring",
     }
     assert schemas["ScheduleOnce"]["properties"]["at"]["format"] == "date-time"
+    recurring = schemas["ScheduleRecurring"]["properties"]
+    assert recurring["cron"]["format"] == "cron"
+    assert "Europe/Paris" in recurring["timezone"]["enum"]
     assert schemas["Callback"]["required"] == ["url"]
 
 
@@ -374,3 +377,11 @@ def test_patterns_read_alike_in_json_schema_and_python(srv: RunningServer, api: 
     # ...and a character JSON Schema does not call space is not one here either.
     answer = httpx.post(f"{srv.base_url}/v1/auth/register", json={"email": "a\x1cb@c.d"})
     assert answer.status_code == 201, answer.text
+
+
+def test_a_bracketed_host_that_is_no_ipv6_address_is_refused(api: Api) -> None:
+    # It fits the pattern; the URL parser refuses it, and that is a 422, not a 500.
+    answer = api.http.post("/v1/cues", json={"name": "h", "callback": {"url": "http://[1]/x"}})
+    error = error_of(answer, 422, "validation_error")
+    assert error["field"] == "callback.url"
+    assert "not a valid URL" in error["message"]

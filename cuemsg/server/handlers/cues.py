@@ -8,26 +8,42 @@ import msgspec
 from starlette.responses import Response
 
 from cuemsg.server import answers, wire
-from cuemsg.server.answers import Schedule, ScheduleOnce
+from cuemsg.server.answers import OnFailure, Schedule
 from cuemsg.server.errors import cue_not_found, invalid
 from cuemsg.server.handlers.paging import page
 from cuemsg.server.keys import new_cue_id
 from cuemsg.server.responses import ok
+from cuemsg.server.schedules import check_schedule, first_run
+from cuemsg.server.ssrf import Guard, UrlRefused
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
 
 _CUE_STATES: tuple[str, ...] = get_args(answers.CueStatus)
 
 
-def _schedule(schedule: Schedule | None) -> tuple[dict[str, Any] | None, float | None]:
-    """The schedule as stored, and the next run it sets (the body decoder checked
-    its shape: `type`, and a 5-field `cron`)."""
-    if schedule is None:
-        return None, None
-    next_run = None
-    if isinstance(schedule, ScheduleOnce):
-        next_run = wire.parse_time(schedule.at, "schedule.at")
-    return msgspec.to_builtins(schedule), next_run
+async def _check_webhook(ctx: Ctx, field: str, url: object) -> None:
+    """A webhook URL must be http(s) and reach an address the SSRF guard allows."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise invalid(field, "must be an http or https URL")
+    settings = ctx.server.settings
+    guard = Guard(loopback_ok=settings.loopback, allow=settings.webhook_allow)
+    try:
+        await guard.check(url, must_resolve=False)
+    except UrlRefused as exc:
+        raise invalid(field, str(exc)) from None
+
+
+def _stored(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A decoded schedule as the cue stores it (and `schedules.py` reads it)."""
+    return None if schedule is None else msgspec.to_builtins(schedule)
+
+
+async def _check_on_failure(ctx: Ctx, on_failure: OnFailure | None) -> dict[str, Any] | None:
+    if on_failure is None:
+        return None
+    if on_failure.webhook is not None:
+        await _check_webhook(ctx, "on_failure.webhook", on_failure.webhook)
+    return msgspec.to_builtins(on_failure)  # type: ignore[no-any-return]
 
 
 def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
@@ -40,9 +56,13 @@ def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
 
 async def create_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CueCreate)
-    schedule, next_run = _schedule(body.schedule)
-    if body.transport == "webhook" and body.callback is None:
-        raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
+    schedule = _stored(body.schedule)
+    check_schedule(schedule)
+    if body.transport == "webhook":
+        if body.callback is None:
+            raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
+        await _check_webhook(ctx, "callback.url", body.callback.url)
+    on_failure = await _check_on_failure(ctx, body.on_failure)
     now = ctx.server.clock()
     cue = CueRow(
         id=new_cue_id(),
@@ -54,7 +74,8 @@ async def create_cue(ctx: Ctx) -> Response:
         callback=None if body.callback is None else msgspec.to_builtins(body.callback),
         payload=body.payload,
         retry=_retry_dict(body.retry),
-        next_run=next_run,
+        on_failure=on_failure,
+        next_run=first_run(schedule, now),
         created_at=now,
         updated_at=now,
     )
@@ -90,14 +111,30 @@ async def patch_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CuePatch)
     changes = {
         f: getattr(body, f)
-        for f in ("name", "description", "status", "schedule", "payload")
+        for f in ("name", "description", "status", "payload")
         if getattr(body, f) is not None
     }
-    if "schedule" in changes:
-        changes["schedule"], _ = _schedule(body.schedule)
+    if body.schedule is not None:
+        changes["schedule"] = _stored(body.schedule)
+        check_schedule(changes["schedule"])
     if body.retry is not None:
         changes["retry"] = _retry_dict(body.retry)
-    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, ctx.server.clock())
+    if body.callback is not None:
+        await _check_webhook(ctx, "callback.url", body.callback.url)
+        changes["callback"] = msgspec.to_builtins(body.callback)
+    if body.on_failure is not None:
+        changes["on_failure"] = await _check_on_failure(ctx, body.on_failure)
+    now = ctx.server.clock()
+    # A new schedule, or a resumed cue, runs from now on (a pause is not caught up).
+    if "schedule" in changes:
+        changes["next_run"] = first_run(changes["schedule"], now)
+    elif changes.get("status") == "active":
+        current = await ctx.server.storage.get_cue(ctx.tenant_id, cue_id)
+        if current is None:
+            raise cue_not_found(cue_id)
+        if current.status != "active":
+            changes["next_run"] = first_run(current.schedule, now)
+    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, now)
     if cue is None:
         raise cue_not_found(cue_id)
     return ok(wire.cue_answer(cue))

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
+from cuemsg.server.schedules import complete_once
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 
@@ -44,9 +45,11 @@ def _result(execution_id: str, r: ExecutionRow | ApiProblem) -> answers.OutcomeR
 async def outcome(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.OutcomeBody)
     worker = ctx.request.headers.get("x-worker-id")
+    now = ctx.server.clock()
     execution = await ctx.server.storage.record_outcome(
-        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker, ctx.server.clock())
+        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker, now)
     )
+    await complete_once(ctx.server.storage, execution, now)
     return ok(_recorded(execution))
 
 
@@ -56,6 +59,9 @@ async def outcome_batch(ctx: Ctx) -> Response:
     now = ctx.server.clock()
     items = [(item.execution_id, _outcome(item, worker, now)) for item in body.outcomes]
     results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
+    for result in results:
+        if isinstance(result, ExecutionRow):
+            await complete_once(ctx.server.storage, result, now)
     return ok(
         answers.OutcomeResults(
             results=[
