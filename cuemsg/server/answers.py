@@ -48,14 +48,20 @@ class ScheduleOnce(msgspec.Struct, tag_field="type", tag="once", kw_only=True):
 class ScheduleRecurring(msgspec.Struct, tag_field="type", tag="recurring", kw_only=True):
     """Fire on a 5-field cron expression, read in `timezone`."""
 
-    # Five fields of printable ASCII, then `schedules.py` checks the expression
-    # (`format: cron` in the document). The patterns here and in `wire` read the
-    # same in JSON Schema (ECMA) and in Python: no `\s` (the two differ on what
-    # space is), and `(?!.*\n)` as Python's `$` also matches before a final newline.
+    # Five fields of cron characters (the shortest fit is a valid expression),
+    # then `schedules.py` checks the expression (`format: cron` in the document).
+    # The patterns here and in `wire` read the same in JSON Schema (ECMA) and in
+    # Python: no `\s` (the two differ on what space is), and `(?!.*\n)` as
+    # Python's `$` also matches before a final newline.
     cron: Annotated[
         str,
         Meta(
-            pattern=r"^(?!.*\n)[ \t]*[!-~]+([ \t]+[!-~]+){4}[ \t]*$",
+            pattern=r"^(?!.*\n)[ \t]*"
+            r"[*0-9,/-]+[ \t]+"  # minute
+            r"[*0-9,/-]+[ \t]+"  # hour
+            r"[*?1-9L][*?0-9,/LW-]*[ \t]+"  # day of month
+            r"[*1-9A-Za-z][*0-9A-Za-z,/-]*[ \t]+"  # month
+            r"[*?0-9A-Za-z][*?0-9A-Za-z,/#L-]*[ \t]*$",  # day of week
             extra_json_schema={"format": "cron"},
         ),
     ]
@@ -65,6 +71,8 @@ class ScheduleRecurring(msgspec.Struct, tag_field="type", tag="recurring", kw_on
 Schedule = ScheduleOnce | ScheduleRecurring
 
 
+# An IPv6 literal's shape (groups of hex, an IPv4 tail); the URL parser checks the rest.
+_IPV6 = r"\[[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){1,6}:[0-9A-Fa-f.]{0,15}\]"
 _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 #: http(s), a host (a name, an IPv4 address or a bracketed IPv6 one; a port up to
 #: 65535) and printable ASCII after it. The SSRF guard (`ssrf.py`) also checks the
@@ -72,7 +80,7 @@ _PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|
 WebhookUrl = Annotated[
     str,
     Meta(
-        pattern=rf"^(?!.*\n)https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:{_PORT})?([/?#][!-~]*)?$",
+        pattern=rf"^(?!.*\n)https?://({_IPV6}|[A-Za-z0-9._~-]+)(:{_PORT})?([/?#][!-~]*)?$",
         max_length=2048,
     ),
 ]

@@ -140,7 +140,7 @@ def _operation(e: Endpoint, served_ops: set[str]) -> dict[str, Any]:
         if p.startswith("{")
     ]
     params += [
-        {"name": p.name, "in": p.where, "required": False, "schema": p.schema}
+        {"name": p.name, "in": p.where, "required": p.required, "schema": p.schema}
         | ({"description": p.description} if p.description else {})
         for p in e.params
     ]

@@ -35,6 +35,7 @@ class Param:
     schema: dict[str, Any]
     where: str = "query"
     description: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ CONFIRM = Param(
     {"type": "string", "pattern": "^[Tt][Rr][Uu][Ee]$"},
     "header",
     "Must be `true`: the current secret stops working (400 `confirmation_required` otherwise).",
+    required=True,
 )
 
 
