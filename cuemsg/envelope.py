@@ -104,6 +104,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         attempt: 1 on the first send, +1 on each retry-later re-fire.
         signature: the sender's Ed25519 signature of `signed_content` (base64),
             when it signs (`cuemsg.signing`).
+        gather: for a request sent by `gather`, the id of that gather.
     """
 
     v: int = FORMAT_VERSION
@@ -120,6 +121,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     attempt: int = 1
     sender_name: str | None = None  # added after 0.1.0: last, with a default
     signature: str | None = None
+    gather: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,8 +20,10 @@ from cuemsg.mailbox._threads import ThreadEntry
 from cuemsg.mailbox._topics import Subscription
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.gather import GatherResult, Receipt
 from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
+from cuemsg.mailbox.ticket import Ticket, TicketStatus
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -37,14 +39,18 @@ __all__ = [
     "BusyPolicy",
     "DedupeStore",
     "Delivery",
+    "GatherResult",
     "Mailbox",
     "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
+    "Receipt",
     "SQLiteDedupe",
     "Sent",
     "Settled",
     "Subscription",
     "ThreadEntry",
+    "Ticket",
+    "TicketStatus",
 ]

@@ -156,6 +156,25 @@ class RecordOutcomes(Op):
 
 
 @dataclass(frozen=True)
+class ClaimById(Op):
+    """Claim one execution by id (plain contract too); 409 `ClaimFailed` if it is not free."""
+
+    execution_id: str
+    worker_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.claim(self.execution_id, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
+class ListClaimable(Op):
+    task: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list_claimable(task=self.task)
+
+
+@dataclass(frozen=True)
 class GetExecution(Op):
     execution_id: str
 

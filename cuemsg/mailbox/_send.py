@@ -33,6 +33,7 @@ class SendFlows(SignatureFlows):
         correlation_id: str | None = None,
         reply_task: str | None = None,
         message_id: str | None = None,
+        gather: str | None = None,
         topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
         """The envelope of an outgoing message (pure: the id is made here, once)."""
@@ -52,6 +53,7 @@ class SendFlows(SignatureFlows):
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
             headers=dict(headers or {}),
+            gather=gather,
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
         return meta, self.signed(payload)

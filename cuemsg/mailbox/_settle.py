@@ -190,10 +190,14 @@ class SettleFlows(SendFlows):
         _check_unsettled(msg)
         kind: Kind = ("error" if error is not None else "reply") if msg.is_request else "message"
         reply_task = msg.reply_task if msg.is_request else None
+        # A request's reply expires with the request: past it, the requester's mailbox
+        # settles an uncollected reply as expired (`sweep`) instead of leaving it pending.
+        expires = msg.expires_at.timestamp() if msg.is_request and msg.expires_at else None
         meta, payload = self.message_payload(
             body if error is None else error,
             kind=kind,
             task=reply_task,
+            ttl=None if expires is None else expires - self.clock(),
             thread=msg.thread,
             correlation_id=msg.correlation_id or msg.id,
         )  # may raise EnvelopeError: the message stays unsettled

@@ -47,6 +47,7 @@ from cuemsg.mailbox._config import (
 )
 from cuemsg.mailbox._conversations import AsyncConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import AsyncDurableMethods
 from cuemsg.mailbox._message import AsyncMessage
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -104,7 +105,7 @@ class _Opening:
         await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
-class AsyncMailbox(MailboxBase, AsyncConversationMethods):
+class AsyncMailbox(MailboxBase, AsyncConversationMethods, AsyncDurableMethods):
     """An asynchronous mailbox: see `Mailbox` for the behaviour, which is the same.
 
     `async with AsyncMailbox.open(client, name) as mb:` opens it and runs its

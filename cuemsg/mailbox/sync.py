@@ -43,6 +43,7 @@ from cuemsg.mailbox._config import (
 )
 from cuemsg.mailbox._conversations import ConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import DurableMethods
 from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -76,7 +77,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase, ConversationMethods):
+class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager
