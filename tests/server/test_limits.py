@@ -155,6 +155,6 @@ def test_quota_settings_are_checked() -> None:
 
     for field in ("quota_pending", "quota_stored_bytes", "registration_rate"):
         with pytest.raises(ValueError, match=field):
-            ServerSettings(**{field: -1})
+            ServerSettings(**dict[str, Any]({field: -1}))
     with pytest.raises(ValueError, match="max_page_bytes"):
         ServerSettings(max_page_bytes=0)
