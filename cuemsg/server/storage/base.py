@@ -165,6 +165,15 @@ def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
     return " AND ".join(f"{name} = {mark}" for name, _ in given), [v for _, v in given]
 
 
+def unknown_cursor(execution_id: str) -> ApiProblem:
+    return ApiProblem(
+        422,
+        "validation_error",
+        f"before: no execution {execution_id!r} to page from (use an id from the listing)",
+        field="before",
+    )
+
+
 def claimable_condition(mark: str) -> str:
     """The condition of an execution a worker may claim at the time bound to `mark`."""
     return (
@@ -297,7 +306,11 @@ class Storage(Protocol):
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[ExecutionRow], int]: ...
+        before: str | None = None,
+    ) -> tuple[list[ExecutionRow], int]:
+        """Newest first; `total` counts every match. `before` (an execution id) is a
+        cursor: only executions fired before that one (422 when it is not the tenant's)."""
+
     async def list_claimable(
         self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
     ) -> list[ExecutionRow]:

@@ -39,6 +39,7 @@ from cuemsg.server.storage.base import (
     new_execution,
     new_execution_id,
     outcome_already_recorded,
+    unknown_cursor,
     where_equal,
 )
 
@@ -365,13 +366,22 @@ class SQLiteStorage:
         status: str | None,
         limit: int,
         offset: int,
+        before: str | None = None,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
+        page, page_args = clause, list(args)
+        if before is not None:
+            # The cursor is an id; its rowid `seq` keeps the page an index range.
+            cursor = self.db.execute(
+                "SELECT seq FROM executions WHERE id = ? AND tenant_id = ?", (before, tenant_id)
+            ).fetchone()
+            if cursor is None:
+                raise unknown_cursor(before)
+            page, page_args = f"{clause} AND seq < ?", [*args, cursor[0]]
         rows = self.db.execute(
-            f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
-            "ORDER BY seq DESC LIMIT ? OFFSET ?",
-            [*args, limit, offset],
+            f"SELECT {_EXEC_COLS} FROM executions WHERE {page} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            [*page_args, limit, offset],
         ).fetchall()
         return [execution_from_row(r) for r in rows], total[0]
 

@@ -25,6 +25,7 @@ from cuemsg.server.storage.base import (
     execution_from_row,
     name_taken,
     outcome_already_recorded,
+    unknown_cursor,
     where_equal,
 )
 from cuemsg.server.storage.postgres.fires import PostgresFires
@@ -184,15 +185,27 @@ class PostgresStorage(PostgresFires):
         status: str | None,
         limit: int,
         offset: int,
+        before: str | None = None,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
             total = await cur.fetchone()
+            page, page_args = clause, list(args)
+            if before is not None:
+                # The cursor is an id; its `seq` keeps the page an index range.
+                cur = await conn.execute(
+                    "SELECT seq FROM cuemsg_executions WHERE id = %s AND tenant_id = %s",
+                    (before, tenant_id),
+                )
+                cursor = await cur.fetchone()
+                if cursor is None:
+                    raise unknown_cursor(before)
+                page, page_args = f"{clause} AND seq < %s", [*args, cursor[0]]
             cur = await conn.execute(
-                f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE {clause} "
+                f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE {page} "
                 "ORDER BY seq DESC LIMIT %s OFFSET %s",
-                [*args, limit, offset],
+                [*page_args, limit, offset],
             )
             rows = await cur.fetchall()
         assert total is not None
