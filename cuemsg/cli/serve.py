@@ -122,6 +122,7 @@ def _announce(base_url: str, db: str, key: str, host: str) -> None:
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
     print(f"  export CUEAPI_API_KEY={key}")
+    print(f"web console: {base_url}/console/ (sign in with the key above)")
     if host not in LOOPBACK:
         print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     sys.stdout.flush()

@@ -2,8 +2,9 @@
 
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
-the OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405/500 answers.
+the OpenAPI document) and the web console's files (`cuemsg.console`); this
+module owns only the assembly: opening the backend, the lifespan (storage and
+sweeper), and the 404/405/500 answers.
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -18,8 +19,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from cuemsg.console import console_routes
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
@@ -89,7 +91,7 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
                 await sweeper
             await server.storage.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(e.path, authed(server, e.handler), methods=[e.method])
         for e in ROUTES
         if e.extension is None or e.extension in server.extensions
@@ -99,6 +101,7 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         Route("/v1/auth/register", public(server, register), methods=["POST"]),
         Route("/health", public(server, health), methods=["GET"]),
         Route("/openapi.json", public(server, openapi), methods=["GET"]),
+        *console_routes(),  # the web console: static files that call the API above
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,181 @@
+// dead.js: the dead letters (executions whose outcome failed), with their
+// error, and redrive: one, or all the selected ones, each row showing what
+// became of it. Paged by cursor like a mailbox.
+
+import { api, hasExtension, learnNames, nameOf, redrive } from "./api.js";
+import { fill, h, kindOf, link, meta, notice, short, when } from "./dom.js";
+import { senderLabel } from "./messages.js";
+
+const PAGE = 50;
+
+export async function deadPage(main, ctx) {
+  const cueId = ctx.query.get("cue_id") || "";
+  const before = ctx.query.get("before") || "";
+  const canRedrive = await hasExtension("executions.redrive").catch(() => false);
+  const status = h("p", { class: "muted", role: "status" }, "Loading dead letters…");
+  const result = h("p", { class: "result", role: "status", "aria-live": "polite" });
+  const selectAll = h("input", { type: "checkbox", id: "select-all", "aria-label": "Select every dead letter on this page" });
+  const redriveSelected = h("button", { type: "button", class: "primary", disabled: true }, "Redrive selected");
+  const tbody = h("tbody");
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  const base = cueId ? `#/dead?cue_id=${encodeURIComponent(cueId)}` : "#/dead";
+  fill(main, 
+    h(
+      "div",
+      { class: "page-head" },
+      h("h1", {}, "Dead letters", cueId ? h("span", { class: "sub" }, ` in ${nameOf(cueId) || cueId}`) : null),
+      status,
+    ),
+    canRedrive
+      ? h("div", { class: "toolbar" }, redriveSelected, result)
+      : notice("This server does not offer redrive (executions.redrive): the dead letters are shown, not sent again."),
+    h(
+      "table",
+      { class: "grid dead" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col", class: "pick" }, canRedrive ? selectAll : ""),
+          h("th", { scope: "col" }, "Mailbox"),
+          h("th", { scope: "col" }, "Message"),
+          h("th", { scope: "col" }, "From"),
+          h("th", { scope: "col" }, "Error"),
+          h("th", { scope: "col" }, "Failed"),
+          h("th", { scope: "col" }, "Redrive"),
+        ),
+      ),
+      tbody,
+    ),
+    pager,
+  );
+
+  const boxes = () => [...tbody.querySelectorAll("input.pick:not(:disabled)")];
+  function syncSelection() {
+    const picked = boxes().filter((b) => b.checked);
+    redriveSelected.disabled = picked.length === 0;
+    redriveSelected.textContent = picked.length ? `Redrive selected (${picked.length})` : "Redrive selected";
+    selectAll.checked = picked.length > 0 && picked.length === boxes().length;
+  }
+  selectAll.addEventListener("change", () => {
+    for (const box of boxes()) box.checked = selectAll.checked;
+    syncSelection();
+  });
+
+  function outcomeCell(cell, answer) {
+    cell.replaceChildren(
+      h("span", { class: "badge state-success" }, answer.redriven ? "✓ sent again" : "already sent again"),
+      " as ",
+      link(`#/message/${encodeURIComponent(answer.redriven_to)}`, short(answer.redriven_to), { class: "mono" }),
+    );
+  }
+
+  // Redrives one row; answers "sent", "already" or "error".
+  async function redriveRow(row) {
+    const cell = row.querySelector("td.redrive");
+    const box = row.querySelector("input.pick");
+    cell.textContent = "Redriving…";
+    try {
+      const answer = await redrive(row.dataset.execution);
+      outcomeCell(cell, answer);
+      if (box) {
+        box.checked = false;
+        box.disabled = true;
+      }
+      return answer.redriven ? "sent" : "already";
+    } catch (err) {
+      cell.replaceChildren(h("span", { class: "badge state-failed" }, `✗ ${err.message}`));
+      return "error";
+    }
+  }
+
+  function row(exe) {
+    const m = meta(exe) || {};
+    const tr = h("tr", { dataset: { execution: exe.id } });
+    const box = canRedrive
+      ? h("input", {
+          type: "checkbox",
+          class: "pick",
+          disabled: Boolean(exe.redriven_to),
+          "aria-label": `Select ${kindOf(exe)} ${short(m.id || exe.id)}`,
+          onchange: syncSelection,
+        })
+      : "";
+    const action = h("td", { "data-label": "Redrive", class: "redrive" });
+    if (exe.redriven_to) {
+      outcomeCell(action, { redriven: false, redriven_to: exe.redriven_to });
+    } else if (canRedrive) {
+      action.append(
+        h("button", { type: "button", onclick: async () => { await redriveRow(tr); syncSelection(); } }, "Redrive"),
+      );
+    }
+    tr.append(
+      h("td", { class: "pick" }, box),
+      h("td", { "data-label": "Mailbox" }, link(`#/mailbox/${encodeURIComponent(exe.cue_id)}`, nameOf(exe.cue_id) || exe.cue_id)),
+      h(
+        "td",
+        { "data-label": "Message" },
+        link(`#/message/${encodeURIComponent(exe.id)}`, `${kindOf(exe)} ${short(m.id || exe.id)}`),
+        h("span", { class: "sub" }, `${exe.attempts} attempt${exe.attempts === 1 ? "" : "s"}`),
+      ),
+      h("td", { "data-label": "From" }, senderLabel(exe)),
+      h("td", { "data-label": "Error", class: "wide error-text" }, (exe.outcome && exe.outcome.error) || "rejected"),
+      h("td", { "data-label": "Failed" }, when(exe.outcome ? exe.outcome.recorded_at : exe.updated_at)),
+      action,
+    );
+    return tr;
+  }
+
+  redriveSelected.addEventListener("click", async () => {
+    const picked = boxes().filter((b) => b.checked).map((b) => b.closest("tr"));
+    redriveSelected.disabled = true;
+    result.textContent = `Redriving ${picked.length}…`;
+    const tally = { sent: 0, already: 0, error: 0 };
+    for (const tr of picked) tally[await redriveRow(tr)] += 1;
+    result.textContent =
+      `Redrove ${picked.length}: ${tally.sent} sent again, ${tally.already} already sent again, ` +
+      `${tally.error} failed.`;
+    result.className = `result ${tally.error ? "bad" : "good"}`;
+    syncSelection();
+  });
+
+  let page;
+  try {
+    page = await api("/v1/executions", { params: { status: "failed", cue_id: cueId, limit: PAGE, before } });
+  } catch (err) {
+    status.replaceWith(notice(`Could not list the dead letters: ${err.message}`, "error"));
+    return;
+  }
+  await learnNames(page.executions.flatMap((e) => [e.cue_id, meta(e) && meta(e).sender]));
+  tbody.append(...page.executions.map(row));
+  status.textContent = page.total ? `${page.total} dead letter${page.total === 1 ? "" : "s"}` : "No dead letters.";
+  if (before) pager.append(link(base, "« Newest"));
+  if (page.executions.length === PAGE) {
+    const last = page.executions[page.executions.length - 1].id;
+    pager.append(link(`${base}${cueId ? "&" : "?"}before=${encodeURIComponent(last)}`, "Older »"));
+  }
+
+  // Live: on the first page, a new dead letter is added on top; a redrive elsewhere shows here.
+  ctx.subscribe(async (event) => {
+    if (cueId && event.cue_id !== cueId) return;
+    const shown = event.execution_id && tbody.querySelector(`tr[data-execution="${CSS.escape(event.execution_id)}"]`);
+    if (event.type === "redriven" && shown && event.redriven_to) {
+      outcomeCell(shown.querySelector("td.redrive"), { redriven: false, redriven_to: event.redriven_to });
+      const box = shown.querySelector("input.pick");
+      if (box) {
+        box.checked = false;
+        box.disabled = true;
+      }
+      syncSelection();
+    } else if (event.type === "outcome" && event.status === "failed" && !shown && !before) {
+      const exe = await api(`/v1/executions/${encodeURIComponent(event.execution_id)}`).catch(() => null);
+      if (!exe || tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`)) return;
+      await learnNames([exe.cue_id, meta(exe) && meta(exe).sender]);
+      const tr = row(exe);
+      tr.classList.add("flash");
+      tbody.prepend(tr);
+    }
+  });
+}
