@@ -25,6 +25,7 @@ const ROUTES = [
 
 let feed = null;
 let leaving = [];
+let checkingKey = false; // a 401 while a key is being tried is the sign-in's to report
 
 function showLive(state, detail) {
   const text = {
@@ -134,11 +135,13 @@ function signInPage(message) {
     button.disabled = true;
     error.textContent = "Checking the key…";
     setApiKey(key);
+    checkingKey = true;
     try {
       await api("/v1/cues", { params: { limit: 1 } });
       await serverInfo();
     } catch (err) {
       forgetApiKey();
+      checkingKey = false;
       button.disabled = false;
       error.textContent =
         err instanceof ApiError && err.status === 401
@@ -148,6 +151,7 @@ function signInPage(message) {
       input.select();
       return;
     }
+    checkingKey = false;
     if (!location.hash || location.hash === "#/signin") location.hash = "#/mailboxes";
     else route();
   });
@@ -163,7 +167,7 @@ document.querySelector("a.skip").addEventListener("click", (event) => {
 });
 // A key refused mid-session (revoked, another server): back to sign-in, saying why.
 window.addEventListener("cuemsg:signed-out", () => {
-  if (!apiKey()) return;
+  if (!apiKey() || checkingKey) return;
   forgetApiKey();
   leave();
   signInPage("The server no longer accepts this key (401). Sign in again.");

@@ -64,26 +64,28 @@ export async function deadPage(main, ctx) {
     syncSelection();
   });
 
-  function outcomeCell(cell, answer) {
-    cell.replaceChildren(
-      h("span", { class: "badge state-success" }, answer.redriven ? "✓ sent again" : "already sent again"),
+  // Shows what became of a row's dead letter: `note` says how we know.
+  function outcomeCell(row, redrivenTo, note) {
+    row.dataset.redriven = redrivenTo;
+    row.querySelector("td.redrive").replaceChildren(
+      h("span", { class: "badge state-success" }, note),
       " as ",
-      link(`#/message/${encodeURIComponent(answer.redriven_to)}`, short(answer.redriven_to), { class: "mono" }),
+      link(`#/message/${encodeURIComponent(redrivenTo)}`, short(redrivenTo), { class: "mono" }),
     );
+    const box = row.querySelector("input.pick");
+    if (box) {
+      box.checked = false;
+      box.disabled = true;
+    }
   }
 
   // Redrives one row; answers "sent", "already" or "error".
   async function redriveRow(row) {
     const cell = row.querySelector("td.redrive");
-    const box = row.querySelector("input.pick");
     cell.textContent = "Redriving…";
     try {
       const answer = await redrive(row.dataset.execution);
-      outcomeCell(cell, answer);
-      if (box) {
-        box.checked = false;
-        box.disabled = true;
-      }
+      outcomeCell(row, answer.redriven_to, answer.redriven ? "✓ sent again" : "already sent again");
       return answer.redriven ? "sent" : "already";
     } catch (err) {
       cell.replaceChildren(h("span", { class: "badge state-failed" }, `✗ ${err.message}`));
@@ -104,9 +106,7 @@ export async function deadPage(main, ctx) {
         })
       : "";
     const action = h("td", { "data-label": "Redrive", class: "redrive" });
-    if (exe.redriven_to) {
-      outcomeCell(action, { redriven: false, redriven_to: exe.redriven_to });
-    } else if (canRedrive) {
+    if (canRedrive && !exe.redriven_to) {
       action.append(
         h("button", { type: "button", onclick: async () => { await redriveRow(tr); syncSelection(); } }, "Redrive"),
       );
@@ -125,6 +125,7 @@ export async function deadPage(main, ctx) {
       h("td", { "data-label": "Failed" }, when(exe.outcome ? exe.outcome.recorded_at : exe.updated_at)),
       action,
     );
+    if (exe.redriven_to) outcomeCell(tr, exe.redriven_to, "sent again");
     return tr;
   }
 
@@ -162,13 +163,11 @@ export async function deadPage(main, ctx) {
     if (cueId && event.cue_id !== cueId) return;
     const shown = event.execution_id && tbody.querySelector(`tr[data-execution="${CSS.escape(event.execution_id)}"]`);
     if (event.type === "redriven" && shown && event.redriven_to) {
-      outcomeCell(shown.querySelector("td.redrive"), { redriven: false, redriven_to: event.redriven_to });
-      const box = shown.querySelector("input.pick");
-      if (box) {
-        box.checked = false;
-        box.disabled = true;
+      // Redriven from elsewhere (the CLI, another tab); ours are shown already.
+      if (!shown.dataset.redriven && shown.querySelector("td.redrive").textContent !== "Redriving…") {
+        outcomeCell(shown, event.redriven_to, "sent again");
+        syncSelection();
       }
-      syncSelection();
     } else if (event.type === "outcome" && event.status === "failed" && !shown && !before) {
       const exe = await api(`/v1/executions/${encodeURIComponent(event.execution_id)}`).catch(() => null);
       if (!exe || tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`)) return;

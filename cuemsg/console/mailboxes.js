@@ -99,7 +99,7 @@ export async function mailboxesPage(main, ctx) {
     : "No mailboxes yet: open one with Mailbox.open(...) or `cuemsg send`.";
   const rows = new Map();
 
-  async function fill(cue) {
+  async function fillRow(cue) {
     const row = rows.get(cue.id);
     const s = await stats(cue);
     const mailbox = `#/mailbox/${encodeURIComponent(cue.id)}`;
@@ -127,7 +127,7 @@ export async function mailboxesPage(main, ctx) {
   const queue = [...cues];
   await Promise.all(
     [1, 2, 3, 4].map(async () => {
-      while (queue.length) await fill(queue.shift()).catch(() => {});
+      while (queue.length) await fillRow(queue.shift()).catch(() => {});
     }),
   );
 
@@ -148,7 +148,7 @@ export async function mailboxesPage(main, ctx) {
       event.cue_id,
       setTimeout(async () => {
         due.delete(event.cue_id);
-        await fill(cue).catch(() => {});
+        await fillRow(cue).catch(() => {});
         const row = rows.get(cue.id);
         row.classList.remove("flash");
         void row.offsetWidth; // restart the highlight
@@ -159,7 +159,7 @@ export async function mailboxesPage(main, ctx) {
   // Presence changes without events: look again every 30 s.
   const timer = setInterval(async () => {
     byTask = await responders().catch(() => byTask);
-    for (const cue of cues) await fill(cue).catch(() => {});
+    for (const cue of cues) await fillRow(cue).catch(() => {});
   }, 30000);
   ctx.onLeave(() => {
     clearInterval(timer);

@@ -238,13 +238,17 @@ export async function threadPage(main, ctx, thread) {
   const feed = new Feed({ thread, last_event_id: "0" }, (state, detail) => {
     if (state === "off") status.textContent = `The feed refused: ${detail}`;
   });
-  feed.subscribe((event) => {
+  const reading = [];
+  feed.subscribe(async (event) => {
     if (event.type === "ready") {
-      status.textContent = items.size ? "" : "No messages in this thread on record.";
+      await Promise.all(reading); // the replayed messages are on the page first
+      status.textContent = items.size
+        ? `${items.size} message${items.size === 1 ? "" : "s"}, oldest first`
+        : "No messages in this thread on record.";
       return;
     }
     if (event.execution_id && (event.type === "fired" || items.has(event.execution_id))) {
-      show(event.execution_id);
+      reading.push(show(event.execution_id));
     }
   });
   feed.start();
