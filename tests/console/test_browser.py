@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cuemsg import Mailbox
 from tests.console.conftest import WAIT, Scene, Shots
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
@@ -215,6 +216,30 @@ def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None
     assert not browser.find_elements(
         By.XPATH, "//button[normalize-space()='Redrive this dead letter']"
     )
+
+
+def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots) -> None:
+    with Mailbox.open(scene.client, "bulk") as bulk:
+        for start in range(0, 120, 40):
+            scene.planner.send_many(bulk.address, [{"n": n} for n in range(start, start + 40)])
+        browser.get(f"{scene.server.base_url}/console/#/mailbox/{bulk.address}")
+
+        def bodies(driver: Any) -> list[str]:
+            return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "tbody a.row-link")]
+
+        until(browser, lambda d: len(bodies(d)) == 50, "the first page holds 50 messages")
+        assert "120 messages" in text_of(browser, "main")
+        assert bodies(browser)[0] == '{"n":119}' and bodies(browser)[-1] == '{"n":70}'
+        browser.find_element(By.LINK_TEXT, "Older »").click()
+        until(browser, lambda d: bodies(d)[:1] == ['{"n":69}'], "the next page starts after it")
+        assert len(bodies(browser)) == 50 and bodies(browser)[-1] == '{"n":20}'
+        browser.find_element(By.LINK_TEXT, "Older »").click()
+        until(browser, lambda d: bodies(d)[:1] == ['{"n":19}'], "the last page opens")
+        assert len(bodies(browser)) == 20 and bodies(browser)[-1] == '{"n":0}'
+        assert not browser.find_elements(By.LINK_TEXT, "Older »")  # the end
+        shots.take(browser, "last-page")
+        browser.find_element(By.LINK_TEXT, "« Newest").click()
+        until(browser, lambda d: bodies(d)[:1] == ['{"n":119}'], "Newest goes back to the top")
 
 
 def test_phone_width_has_no_sideways_scroll(browser: Any, scene: Scene, shots: Shots) -> None:
