@@ -101,9 +101,14 @@ export function nameOf(cueId) {
   return names.get(cueId) || null;
 }
 
+// Whether the cue was seen in a listing (a mailbox or not).
+export function knownCue(cueId) {
+  return names.has(cueId);
+}
+
 export async function mailboxes() {
   const found = [];
-  for (let offset = 0; ; ) {
+  for (let offset = 0; ;) {
     const page = await api("/v1/cues", { params: { limit: 100, offset } });
     for (const cue of page.cues) {
       names.set(cue.id, cue.name);
@@ -117,7 +122,9 @@ export async function mailboxes() {
 
 // Learns names of cues not seen yet (a sender from another page), quietly.
 export async function learnNames(cueIds) {
-  const unknown = [...new Set(cueIds)].filter((id) => id && id.startsWith("cue_") && !names.has(id));
+  const unknown = [...new Set(cueIds)].filter(
+    (id) => id && id.startsWith("cue_") && !names.has(id),
+  );
   await Promise.all(
     unknown.map(async (id) => {
       try {

@@ -15,12 +15,14 @@ const nav = document.getElementById("nav");
 const live = document.getElementById("live");
 const signOut = document.getElementById("signout");
 
+// Each page renders into a view of its own: one still loading when the reader
+// has moved on writes into a view no longer on screen, never over the new page.
 const ROUTES = [
-  [/^\/mailboxes$/, "mailboxes", (ctx) => mailboxesPage(main, ctx)],
-  [/^\/mailbox\/([^/]+)$/, "mailboxes", (ctx, id) => mailboxPage(main, ctx, id)],
-  [/^\/message\/([^/]+)$/, "mailboxes", (ctx, id) => messagePage(main, ctx, id)],
-  [/^\/thread\/(.+)$/, "mailboxes", (ctx, thread) => threadPage(main, ctx, thread)],
-  [/^\/dead$/, "dead", (ctx) => deadPage(main, ctx)],
+  [/^\/mailboxes$/, "mailboxes", (view, ctx) => mailboxesPage(view, ctx)],
+  [/^\/mailbox\/([^/]+)$/, "mailboxes", (view, ctx, id) => mailboxPage(view, ctx, id)],
+  [/^\/message\/([^/]+)$/, "mailboxes", (view, ctx, id) => messagePage(view, ctx, id)],
+  [/^\/thread\/(.+)$/, "mailboxes", (view, ctx, thread) => threadPage(view, ctx, thread)],
+  [/^\/dead$/, "dead", (view, ctx) => deadPage(view, ctx)],
 ];
 
 let feed = null;
@@ -37,7 +39,8 @@ function showLive(state, detail) {
   live.hidden = false;
   live.className = `live ${state}`;
   live.replaceChildren(h("span", { class: "glyph", "aria-hidden": "true" }, "●"), text);
-  live.title = detail || (state === "live" ? "Updates arrive from the event feed as they happen" : "");
+  live.title =
+    detail || (state === "live" ? "Updates arrive from the event feed as they happen" : "");
 }
 
 async function startFeed() {
@@ -60,8 +63,11 @@ function leave() {
   leaving = [];
 }
 
+let visit = 0; // counts page visits: a context from an earlier one is stale
+
 async function route() {
   leave();
+  const current = ++visit;
   if (!apiKey()) {
     signInPage();
     return;
@@ -69,6 +75,8 @@ async function route() {
   nav.hidden = false;
   signOut.hidden = false;
   startFeed();
+  const view = h("div", { class: "view" });
+  fill(main, view);
   const [path, queryText] = (location.hash.slice(1) || "/mailboxes").split("?");
   for (const [pattern, section, page] of ROUTES) {
     const match = pattern.exec(path);
@@ -76,20 +84,26 @@ async function route() {
     for (const a of nav.querySelectorAll("a")) {
       a.setAttribute("aria-current", a.dataset.nav === section ? "page" : "false");
     }
+    const stale = () => current !== visit;
     const ctx = {
       query: new URLSearchParams(queryText || ""),
+      // A listener or clean-up given after the reader moved on is dropped at once.
       subscribe: (listener) => {
-        if (feed) leaving.push(feed.subscribe(listener));
+        if (feed && !stale()) leaving.push(feed.subscribe(listener));
       },
-      onLeave: (fn) => leaving.push(fn),
+      onLeave: (fn) => (stale() ? fn() : leaving.push(fn)),
       reload: () => route(),
     };
     const args = match.slice(1).map(decodeURIComponent);
-    await page(ctx, ...args);
-    main.focus({ preventScroll: true });
+    await page(view, ctx, ...args);
+    if (!stale()) main.focus({ preventScroll: true });
     return;
   }
-  fill(main, notice(`There is no page ${location.hash}.`, "error"), h("p", {}, h("a", { href: "#/mailboxes" }, "Go to the mailboxes")));
+  fill(
+    view,
+    notice(`There is no page ${location.hash}.`, "error"),
+    h("p", {}, h("a", { href: "#/mailboxes" }, "Go to the mailboxes")),
+  );
 }
 
 function signInPage(message) {
@@ -106,7 +120,11 @@ function signInPage(message) {
     required: true,
     "aria-describedby": "key-help",
   });
-  const error = h("p", { class: "notice error", role: "alert", id: "signin-error", hidden: !message }, message || "");
+  const error = h(
+    "p",
+    { class: "notice error", role: "alert", id: "signin-error", hidden: !message },
+    message || "",
+  );
   const button = h("button", { type: "submit", class: "primary" }, "Sign in");
   const form = h(
     "form",
@@ -128,7 +146,8 @@ function signInPage(message) {
     const key = input.value.trim();
     error.hidden = false;
     if (!key) {
-      error.textContent = "Paste an API key first: it looks like cue_sk_ followed by 32 characters.";
+      error.textContent =
+        "Paste an API key first: it looks like cue_sk_ followed by 32 characters.";
       input.focus();
       return;
     }

@@ -4,6 +4,7 @@
 
 import { api, hasExtension, learnNames, nameOf, redrive } from "./api.js";
 import { fill, h, kindOf, link, meta, notice, short, when } from "./dom.js";
+import { throttled } from "./feed.js";
 import { senderLabel } from "./messages.js";
 
 const PAGE = 50;
@@ -14,41 +15,58 @@ export async function deadPage(main, ctx) {
   const canRedrive = await hasExtension("executions.redrive").catch(() => false);
   const status = h("p", { class: "muted", role: "status" }, "Loading dead letters…");
   const result = h("p", { class: "result", role: "status", "aria-live": "polite" });
-  const selectAll = h("input", { type: "checkbox", id: "select-all", "aria-label": "Select every dead letter on this page" });
-  const redriveSelected = h("button", { type: "button", class: "primary", disabled: true }, "Redrive selected");
+  const selectAll = h("input", {
+    type: "checkbox",
+    id: "select-all",
+    "aria-label": "Select every dead letter on this page",
+  });
+  const redriveSelected = h(
+    "button",
+    { type: "button", class: "primary", disabled: true },
+    "Redrive selected",
+  );
   const tbody = h("tbody");
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
+  const table = h(
+    "table",
+    { class: "grid dead" },
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        h("th", { scope: "col", class: "pick" }, canRedrive ? selectAll : ""),
+        h("th", { scope: "col" }, "Mailbox"),
+        h("th", { scope: "col" }, "Message"),
+        h("th", { scope: "col" }, "From"),
+        h("th", { scope: "col" }, "Error"),
+        h("th", { scope: "col" }, "Failed"),
+        h("th", { scope: "col" }, "Redrive"),
+      ),
+    ),
+    tbody,
+  );
   const base = cueId ? `#/dead?cue_id=${encodeURIComponent(cueId)}` : "#/dead";
-  fill(main, 
+  fill(
+    main,
     h(
       "div",
       { class: "page-head" },
-      h("h1", {}, "Dead letters", cueId ? h("span", { class: "sub" }, ` in ${nameOf(cueId) || cueId}`) : null),
+      h(
+        "h1",
+        {},
+        "Dead letters",
+        cueId ? h("span", { class: "sub" }, ` in ${nameOf(cueId) || cueId}`) : null,
+      ),
       status,
     ),
     canRedrive
       ? h("div", { class: "toolbar" }, redriveSelected, result)
-      : notice("This server does not offer redrive (executions.redrive): the dead letters are shown, not sent again."),
-    h(
-      "table",
-      { class: "grid dead" },
-      h(
-        "thead",
-        {},
-        h(
-          "tr",
-          {},
-          h("th", { scope: "col", class: "pick" }, canRedrive ? selectAll : ""),
-          h("th", { scope: "col" }, "Mailbox"),
-          h("th", { scope: "col" }, "Message"),
-          h("th", { scope: "col" }, "From"),
-          h("th", { scope: "col" }, "Error"),
-          h("th", { scope: "col" }, "Failed"),
-          h("th", { scope: "col" }, "Redrive"),
+      : notice(
+          "This server does not offer redrive (executions.redrive): the dead letters are shown, not sent again.",
         ),
-      ),
-      tbody,
-    ),
+    table,
     pager,
   );
 
@@ -56,7 +74,9 @@ export async function deadPage(main, ctx) {
   function syncSelection() {
     const picked = boxes().filter((b) => b.checked);
     redriveSelected.disabled = picked.length === 0;
-    redriveSelected.textContent = picked.length ? `Redrive selected (${picked.length})` : "Redrive selected";
+    redriveSelected.textContent = picked.length
+      ? `Redrive selected (${picked.length})`
+      : "Redrive selected";
     selectAll.checked = picked.length > 0 && picked.length === boxes().length;
   }
   selectAll.addEventListener("change", () => {
@@ -67,11 +87,13 @@ export async function deadPage(main, ctx) {
   // Shows what became of a row's dead letter: `note` says how we know.
   function outcomeCell(row, redrivenTo, note) {
     row.dataset.redriven = redrivenTo;
-    row.querySelector("td.redrive").replaceChildren(
-      h("span", { class: "badge state-success" }, note),
-      " as ",
-      link(`#/message/${encodeURIComponent(redrivenTo)}`, short(redrivenTo), { class: "mono" }),
-    );
+    row
+      .querySelector("td.redrive")
+      .replaceChildren(
+        h("span", { class: "badge state-success" }, note),
+        " as ",
+        link(`#/message/${encodeURIComponent(redrivenTo)}`, short(redrivenTo), { class: "mono" }),
+      );
     const box = row.querySelector("input.pick");
     if (box) {
       box.checked = false;
@@ -108,12 +130,26 @@ export async function deadPage(main, ctx) {
     const action = h("td", { "data-label": "Redrive", class: "redrive" });
     if (canRedrive && !exe.redriven_to) {
       action.append(
-        h("button", { type: "button", onclick: async () => { await redriveRow(tr); syncSelection(); } }, "Redrive"),
+        h(
+          "button",
+          {
+            type: "button",
+            onclick: async () => {
+              await redriveRow(tr);
+              syncSelection();
+            },
+          },
+          "Redrive",
+        ),
       );
     }
     tr.append(
       h("td", { class: "pick" }, box),
-      h("td", { "data-label": "Mailbox" }, link(`#/mailbox/${encodeURIComponent(exe.cue_id)}`, nameOf(exe.cue_id) || exe.cue_id)),
+      h(
+        "td",
+        { "data-label": "Mailbox" },
+        link(`#/mailbox/${encodeURIComponent(exe.cue_id)}`, nameOf(exe.cue_id) || exe.cue_id),
+      ),
       h(
         "td",
         { "data-label": "Message" },
@@ -121,8 +157,16 @@ export async function deadPage(main, ctx) {
         h("span", { class: "sub" }, `${exe.attempts} attempt${exe.attempts === 1 ? "" : "s"}`),
       ),
       h("td", { "data-label": "From" }, senderLabel(exe)),
-      h("td", { "data-label": "Error", class: "wide error-text" }, (exe.outcome && exe.outcome.error) || "rejected"),
-      h("td", { "data-label": "Failed" }, when(exe.outcome ? exe.outcome.recorded_at : exe.updated_at)),
+      h(
+        "td",
+        { "data-label": "Error", class: "wide error-text" },
+        (exe.outcome && exe.outcome.error) || "rejected",
+      ),
+      h(
+        "td",
+        { "data-label": "Failed" },
+        when(exe.outcome ? exe.outcome.recorded_at : exe.updated_at),
+      ),
       action,
     );
     if (exe.redriven_to) outcomeCell(tr, exe.redriven_to, "sent again");
@@ -130,7 +174,9 @@ export async function deadPage(main, ctx) {
   }
 
   redriveSelected.addEventListener("click", async () => {
-    const picked = boxes().filter((b) => b.checked).map((b) => b.closest("tr"));
+    const picked = boxes()
+      .filter((b) => b.checked)
+      .map((b) => b.closest("tr"));
     redriveSelected.disabled = true;
     result.textContent = `Redriving ${picked.length}…`;
     const tally = { sent: 0, already: 0, error: 0 };
@@ -144,37 +190,65 @@ export async function deadPage(main, ctx) {
 
   let page;
   try {
-    page = await api("/v1/executions", { params: { status: "failed", cue_id: cueId, limit: PAGE, before } });
+    page = await api("/v1/executions", {
+      params: { status: "failed", cue_id: cueId, limit: PAGE, before },
+    });
   } catch (err) {
     status.replaceWith(notice(`Could not list the dead letters: ${err.message}`, "error"));
     return;
   }
   await learnNames(page.executions.flatMap((e) => [e.cue_id, meta(e) && meta(e).sender]));
   tbody.append(...page.executions.map(row));
-  status.textContent = page.total ? `${page.total} dead letter${page.total === 1 ? "" : "s"}` : "No dead letters.";
+  const countText = (total) =>
+    total ? `${total} dead letter${total === 1 ? "" : "s"}` : "No dead letters.";
+  status.textContent = countText(page.total);
+  table.hidden = !tbody.rows.length;
   if (before) pager.append(link(base, "« Newest"));
   if (page.executions.length === PAGE) {
     const last = page.executions[page.executions.length - 1].id;
     pager.append(link(`${base}${cueId ? "&" : "?"}before=${encodeURIComponent(last)}`, "Older »"));
   }
 
-  // Live: on the first page, a new dead letter is added on top; a redrive elsewhere shows here.
-  ctx.subscribe(async (event) => {
-    if (cueId && event.cue_id !== cueId) return;
-    const shown = event.execution_id && tbody.querySelector(`tr[data-execution="${CSS.escape(event.execution_id)}"]`);
-    if (event.type === "redriven" && shown && event.redriven_to) {
-      // Redriven from elsewhere (the CLI, another tab); ours are shown already.
-      if (!shown.dataset.redriven && shown.querySelector("td.redrive").textContent !== "Redriving…") {
-        outcomeCell(shown, event.redriven_to, "sent again");
-        syncSelection();
-      }
-    } else if (event.type === "outcome" && event.status === "failed" && !shown && !before) {
-      const exe = await api(`/v1/executions/${encodeURIComponent(event.execution_id)}`).catch(() => null);
-      if (!exe || tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`)) return;
-      await learnNames([exe.cue_id, meta(exe) && meta(exe).sender]);
-      const tr = row(exe);
-      tr.classList.add("flash");
-      tbody.prepend(tr);
+  // Live: failures and redrives re-read the page shown (at most once a second):
+  // a new dead letter goes on top of the first page, one redriven elsewhere (the
+  // CLI, another tab) says so. Redrives made here are shown already.
+  const refresh = throttled(1000, async () => {
+    let fresh;
+    try {
+      fresh = await api("/v1/executions", {
+        params: { status: "failed", cue_id: cueId, limit: PAGE, before },
+      });
+    } catch {
+      return;
     }
+    await learnNames(fresh.executions.flatMap((e) => [e.cue_id, meta(e) && meta(e).sender]));
+    const added = [];
+    for (const exe of fresh.executions) {
+      const shown = tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`);
+      if (!shown) added.push(exe);
+      else if (
+        exe.redriven_to &&
+        !shown.dataset.redriven &&
+        shown.querySelector("td.redrive").textContent !== "Redriving…"
+      ) {
+        outcomeCell(shown, exe.redriven_to, "sent again");
+      }
+    }
+    if (!before) {
+      for (const exe of added.reverse()) {
+        const tr = row(exe);
+        tr.classList.add("flash");
+        tbody.prepend(tr);
+      }
+      table.hidden = !tbody.rows.length;
+      status.textContent = countText(fresh.total);
+    }
+    syncSelection();
   });
+  ctx.subscribe((event) => {
+    if (cueId && event.cue_id !== cueId) return;
+    if ((event.type === "outcome" && event.status === "failed") || event.type === "redriven")
+      refresh();
+  });
+  ctx.onLeave(refresh.cancel);
 }

@@ -114,3 +114,22 @@ export class Feed {
     for (const listener of this.listeners) listener(event);
   }
 }
+
+// Calls `fn` at most once every `ms`, soon after the first call of a burst:
+// a busy mailbox's thousand events a second cost one refresh a second.
+export function throttled(ms, fn) {
+  let timer = null;
+  const trigger = () => {
+    if (timer === null) {
+      timer = setTimeout(async () => {
+        try {
+          await fn();
+        } finally {
+          timer = null;
+        }
+      }, ms);
+    }
+  };
+  trigger.cancel = () => clearTimeout(timer);
+  return trigger;
+}

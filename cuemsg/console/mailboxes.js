@@ -3,8 +3,9 @@
 // kept current by the event feed. Counts come from the listing's `total`,
 // so a mailbox of any size costs the same few small requests.
 
-import { api, count, hasExtension, mailboxes } from "./api.js";
+import { api, count, hasExtension, knownCue, mailboxes } from "./api.js";
 import { fill, h, link, notice, when } from "./dom.js";
+import { throttled } from "./feed.js";
 
 // A worker is alive while its presence heartbeat (every 15 s) is this fresh.
 const ALIVE_SECONDS = 60;
@@ -47,7 +48,9 @@ function responderCell(cue, byTask) {
     ? { id: worker.worker_id, at: worker.last_heartbeat }
     : stamp && { id: stamp.worker_id, at: stamp.at };
   const alive = seen && (Date.now() - Date.parse(seen.at)) / 1000 < ALIVE_SECONDS;
-  const title = seen ? `${seen.id}, last seen ${new Date(seen.at).toLocaleString()}` : "no worker seen";
+  const title = seen
+    ? `${seen.id}, last seen ${new Date(seen.at).toLocaleString()}`
+    : "no worker seen";
   return h(
     "span",
     { class: `presence ${alive ? "alive" : "absent"}`, title },
@@ -64,7 +67,8 @@ function numberCell(value, label, tone, href) {
 export async function mailboxesPage(main, ctx) {
   const status = h("p", { class: "muted", role: "status" }, "Loading mailboxes…");
   const body = h("tbody");
-  fill(main, 
+  fill(
+    main,
     h("div", { class: "page-head" }, h("h1", {}, "Mailboxes"), status),
     h(
       "table",
@@ -131,30 +135,32 @@ export async function mailboxesPage(main, ctx) {
     }),
   );
 
-  // Live: an event refreshes its mailbox's row (at most a few times a second);
-  // a mailbox not listed yet reloads the page.
-  const due = new Map();
+  // Live: an event refreshes its mailbox's row (at most once a second, however
+  // busy it is); a fire on a cue this page has never seen (a new mailbox)
+  // lists the mailboxes again.
   const byId = new Map(cues.map((cue) => [cue.id, cue]));
-  ctx.subscribe((event) => {
-    if (!event.cue_id || due.has(event.cue_id)) return;
-    const cue = byId.get(event.cue_id);
-    if (!cue) {
-      if (event.type === "fired" && event.task && !event.task.endsWith(".replies")) {
-        due.set(event.cue_id, setTimeout(() => ctx.reload(), 300));
-      }
-      return;
+  const refreshers = new Map();
+  function refresher(cue) {
+    if (!refreshers.has(cue.id)) {
+      refreshers.set(
+        cue.id,
+        throttled(1000, async () => {
+          await fillRow(cue).catch(() => {});
+          const row = rows.get(cue.id);
+          row.classList.remove("flash");
+          void row.offsetWidth; // restart the highlight
+          row.classList.add("flash");
+        }),
+      );
     }
-    due.set(
-      event.cue_id,
-      setTimeout(async () => {
-        due.delete(event.cue_id);
-        await fillRow(cue).catch(() => {});
-        const row = rows.get(cue.id);
-        row.classList.remove("flash");
-        void row.offsetWidth; // restart the highlight
-        row.classList.add("flash");
-      }, 250),
-    );
+    return refreshers.get(cue.id);
+  }
+  const relist = throttled(1000, () => ctx.reload());
+  ctx.subscribe((event) => {
+    if (!event.cue_id) return;
+    const cue = byId.get(event.cue_id);
+    if (cue) refresher(cue)();
+    else if (event.type === "fired" && !knownCue(event.cue_id)) relist();
   });
   // Presence changes without events: look again every 30 s.
   const timer = setInterval(async () => {
@@ -163,6 +169,7 @@ export async function mailboxesPage(main, ctx) {
   }, 30000);
   ctx.onLeave(() => {
     clearInterval(timer);
-    for (const t of due.values()) clearTimeout(t);
+    relist.cancel();
+    for (const refresh of refreshers.values()) refresh.cancel();
   });
 }

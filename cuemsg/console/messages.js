@@ -4,7 +4,7 @@
 // Also the thread page: a conversation in order, from the event feed.
 
 import { api, hasExtension, learnNames, nameOf } from "./api.js";
-import { Feed } from "./feed.js";
+import { Feed, throttled } from "./feed.js";
 import {
   FILTERS,
   badge,
@@ -34,16 +34,27 @@ function messageRow(exe) {
   const href = `#/message/${encodeURIComponent(exe.id)}`;
   return h(
     "tr",
-    { dataset: { execution: exe.id }, class: "clickable" },
+    {
+      dataset: { execution: exe.id, status: exe.status, attempts: String(exe.attempts ?? 0) },
+      class: "clickable",
+    },
     h("td", { "data-label": "When" }, when(exe.created_at)),
     h("td", { "data-label": "Kind" }, h("span", { class: "kind" }, kindOf(exe))),
     h("td", { "data-label": "From" }, senderLabel(exe)),
     h(
       "td",
       { "data-label": "Message", class: "wide" },
-      link(href, preview(exe), { class: "row-link", "aria-label": `Open message ${short(m ? m.id : exe.id)}` }),
+      link(href, preview(exe), {
+        class: "row-link",
+        "aria-label": `Open message ${short(m ? m.id : exe.id)}`,
+      }),
       m && m.thread
-        ? h("span", { class: "sub" }, "thread ", link(`#/thread/${encodeURIComponent(m.thread)}`, m.thread))
+        ? h(
+            "span",
+            { class: "sub" },
+            "thread ",
+            link(`#/thread/${encodeURIComponent(m.thread)}`, m.thread),
+          )
         : null,
     ),
     h("td", { "data-label": "State" }, badge(exe.status)),
@@ -108,7 +119,8 @@ export async function mailboxPage(main, ctx, cueId) {
   const tbody = h("tbody");
   clickableRows(tbody);
   const pager = h("nav", { class: "pager", "aria-label": "Pages" });
-  fill(main, 
+  fill(
+    main,
     h(
       "div",
       { class: "page-head" },
@@ -134,9 +146,11 @@ export async function mailboxPage(main, ctx, cueId) {
   await learnNames(page.executions.map((e) => meta(e) && meta(e).sender));
   tbody.append(...page.executions.map(messageRow));
   const what = state ? `${stateLabel(state)} ` : "";
-  status.textContent = page.total
-    ? `${page.total} ${what}message${page.total === 1 ? "" : "s"}${before ? " (older page)" : ""}`
-    : `No ${what}messages.`;
+  const countText = (total) =>
+    total
+      ? `${total} ${what}message${total === 1 ? "" : "s"}${before ? " (older page)" : ""}`
+      : `No ${what}messages.`;
+  status.textContent = countText(page.total);
   const query = state ? `state=${state}&` : "";
   if (before) pager.append(link(state ? `${base}?state=${state}` : base, "« Newest"));
   if (page.executions.length === PAGE) {
@@ -144,35 +158,52 @@ export async function mailboxPage(main, ctx, cueId) {
     pager.append(link(`${base}?${query}before=${encodeURIComponent(last)}`, "Older »"));
   }
 
-  // Live: a state change updates its row; on the first page a new message is added on top.
-  ctx.subscribe(async (event) => {
-    if (event.cue_id !== cueId || !event.execution_id) return;
-    const shown = tbody.querySelector(`tr[data-execution="${CSS.escape(event.execution_id)}"]`);
-    const isNew = event.type === "fired" && !before && !shown;
-    if (!shown && !isNew) return;
-    let exe;
+  // Live: events for this mailbox re-read the page shown (at most once a second,
+  // one request however busy it is): new messages go on top of the first page,
+  // rows whose state changed are redrawn in place.
+  const refresh = throttled(1000, async () => {
+    let fresh;
     try {
-      exe = await api(`/v1/executions/${encodeURIComponent(event.execution_id)}`);
+      fresh = await api("/v1/executions", {
+        params: { cue_id: cueId, status: state, limit: PAGE, before },
+      });
     } catch {
       return;
     }
-    const current = tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`);
-    if (current) {
-      current.replaceWith(messageRow(exe));
-    } else if (!state || exe.status === state) {
-      await learnNames([meta(exe) && meta(exe).sender]);
-      const row = messageRow(exe);
-      row.classList.add("flash");
-      tbody.prepend(row);
-      if (tbody.rows.length > PAGE) tbody.lastElementChild.remove();
+    await learnNames(fresh.executions.map((e) => meta(e) && meta(e).sender));
+    const added = [];
+    for (const exe of fresh.executions) {
+      const shown = tbody.querySelector(`tr[data-execution="${CSS.escape(exe.id)}"]`);
+      if (!shown) added.push(exe);
+      else if (
+        shown.dataset.status !== exe.status ||
+        shown.dataset.attempts !== String(exe.attempts)
+      ) {
+        shown.replaceWith(messageRow(exe));
+      }
+    }
+    if (!before) {
+      for (const exe of added.reverse()) {
+        const row = messageRow(exe);
+        row.classList.add("flash");
+        tbody.prepend(row);
+      }
+      status.textContent = countText(fresh.total);
     }
   });
+  ctx.subscribe((event) => {
+    if (event.cue_id !== cueId || !event.execution_id) return;
+    const shown = tbody.querySelector(`tr[data-execution="${CSS.escape(event.execution_id)}"]`);
+    if (shown || (!before && event.type === "fired")) refresh();
+  });
+  ctx.onLeave(refresh.cancel);
 }
 
 export async function threadPage(main, ctx, thread) {
   const list = h("ol", { class: "thread" });
   const status = h("p", { class: "muted", role: "status" }, "Reading the thread…");
-  fill(main, 
+  fill(
+    main,
     h(
       "div",
       { class: "page-head" },
@@ -184,7 +215,10 @@ export async function threadPage(main, ctx, thread) {
   );
   if (!(await hasExtension("events.stream"))) {
     status.replaceWith(
-      notice("The thread view reads the event feed, which this server does not offer (events.stream).", "error"),
+      notice(
+        "The thread view reads the event feed, which this server does not offer (events.stream).",
+        "error",
+      ),
     );
     return;
   }

@@ -14,7 +14,9 @@ function cueLabel(cueId) {
 }
 
 function messageLink(executionId) {
-  return link(`#/message/${encodeURIComponent(executionId)}`, short(executionId), { class: "mono" });
+  return link(`#/message/${encodeURIComponent(executionId)}`, short(executionId), {
+    class: "mono",
+  });
 }
 
 // The steps of an execution's life, oldest first: {at, tone, title, detail}.
@@ -40,7 +42,7 @@ export function steps(exe, seen = []) {
   const lostBefore = Math.max((exe.attempts || 0) - (holding ? 1 : 0) - lostEvents.length, 0);
   if (lostBefore) {
     out.push({
-      at: exe.lost_at || null,
+      at: null, // the record keeps how many, not when
       tone: "lost",
       title: `Lease ran out ${lostBefore === 1 ? "once" : `${lostBefore} times`}`,
       detail: "no heartbeat from the worker in time: the message went back to waiting",
@@ -55,7 +57,10 @@ export function steps(exe, seen = []) {
     });
   }
   if (exe.claimed_at && holding) {
-    const lease = exe.status === "delivering" && exe.lease_expires_at ? `, lease until ${exact(exe.lease_expires_at)}` : "";
+    const lease =
+      exe.status === "delivering" && exe.lease_expires_at
+        ? `, lease until ${exact(exe.lease_expires_at)}`
+        : "";
     out.push({
       at: exe.claimed_at,
       tone: "claimed",
@@ -72,7 +77,12 @@ export function steps(exe, seen = []) {
       detail: o.success ? o.result || "acknowledged" : o.error || "rejected",
     });
   } else if (exe.status === "missed") {
-    out.push({ at: exe.updated_at, tone: "missed", title: "Missed", detail: "nobody claimed it in time" });
+    out.push({
+      at: exe.updated_at,
+      tone: "missed",
+      title: "Missed",
+      detail: "nobody claimed it in time",
+    });
   } else if (exe.status === "pending" || exe.status === "retry_ready") {
     out.push({ at: null, tone: "waiting", title: "Waiting to be claimed", detail: "" });
   }
@@ -96,7 +106,13 @@ function timeline(exe, seen) {
         "li",
         { class: `step tone-${step.tone}` },
         h("span", { class: "dot", "aria-hidden": "true" }),
-        h("p", { class: "step-title" }, h("strong", {}, step.title), " ", step.at ? h("time", { datetime: step.at }, exact(step.at)) : null),
+        h(
+          "p",
+          { class: "step-title" },
+          h("strong", {}, step.title),
+          " ",
+          step.at ? h("time", { datetime: step.at }, exact(step.at)) : null,
+        ),
         h("p", { class: "step-detail" }, step.detail),
       ),
     ),
@@ -114,47 +130,68 @@ function pre(value, label) {
 }
 
 async function replySection(exe, seen) {
-  const replyId = exe.outcome && exe.outcome.metadata && exe.outcome.metadata.cuemsg
-    ? exe.outcome.metadata.cuemsg.reply_execution_id
-    : null;
+  const replyId =
+    exe.outcome && exe.outcome.metadata && exe.outcome.metadata.cuemsg
+      ? exe.outcome.metadata.cuemsg.reply_execution_id
+      : null;
   if (!replyId) return null;
   let reply;
   try {
     reply = await api(`/v1/executions/${encodeURIComponent(replyId)}`);
   } catch (err) {
-    return h("section", {}, h("h2", {}, "Reply"), notice(`The reply ${replyId} could not be read: ${err.message}`, "error"));
+    return h(
+      "section",
+      {},
+      h("h2", {}, "Reply"),
+      notice(`The reply ${replyId} could not be read: ${err.message}`, "error"),
+    );
   }
   await learnNames([meta(reply) && meta(reply).sender, reply.cue_id]);
   return h(
     "section",
     { class: "reply" },
     h("h2", {}, "Reply ", badge(reply.status)),
-    h("p", {}, link(`#/message/${encodeURIComponent(reply.id)}`, `Open the reply ${short(reply.id)}`)),
-    timeline(reply, seen.filter((e) => e.execution_id === reply.id)),
+    h(
+      "p",
+      {},
+      link(`#/message/${encodeURIComponent(reply.id)}`, `Open the reply ${short(reply.id)}`),
+    ),
+    timeline(
+      reply,
+      seen.filter((e) => e.execution_id === reply.id),
+    ),
     h("h3", {}, "Reply body"),
     pre(reply.payload ? reply.payload.message : null, "reply body"),
   );
 }
 
 async function redriveButton(exe, after) {
-  if (exe.status !== "failed" || exe.redriven_to || !(await hasExtension("executions.redrive"))) return null;
+  if (exe.status !== "failed" || exe.redriven_to || !(await hasExtension("executions.redrive")))
+    return null;
   const result = h("span", { role: "status", class: "result" });
-  const button = h("button", {
-    type: "button",
-    class: "primary",
-    onclick: async () => {
-      button.disabled = true;
-      result.textContent = "Redriving…";
-      try {
-        const answer = await redrive(exe.id);
-        result.replaceChildren(answer.redriven ? "✓ Sent again as " : "Already sent again as ", messageLink(answer.redriven_to));
-        after();
-      } catch (err) {
-        result.textContent = `✗ ${err.message}`;
-        button.disabled = false;
-      }
+  const button = h(
+    "button",
+    {
+      type: "button",
+      class: "primary",
+      onclick: async () => {
+        button.disabled = true;
+        result.textContent = "Redriving…";
+        try {
+          const answer = await redrive(exe.id);
+          result.replaceChildren(
+            answer.redriven ? "✓ Sent again as " : "Already sent again as ",
+            messageLink(answer.redriven_to),
+          );
+          after();
+        } catch (err) {
+          result.textContent = `✗ ${err.message}`;
+          button.disabled = false;
+        }
+      },
     },
-  }, "Redrive this dead letter");
+    "Redrive this dead letter",
+  );
   return h("p", { class: "actions" }, button, " ", result);
 }
 
@@ -172,27 +209,63 @@ export async function messagePage(main, ctx, executionId) {
     await learnNames([m.sender, exe.cue_id, m.reply_cue_id]);
     const reply = await replySection(exe, seen);
     const mailbox = `#/mailbox/${encodeURIComponent(exe.cue_id)}`;
-    fill(main, 
+    fill(
+      main,
       h(
         "div",
         { class: "page-head" },
-        h("p", { class: "crumbs" }, link("#/mailboxes", "Mailboxes"), " / ", link(mailbox, nameOf(exe.cue_id) || exe.cue_id), " /"),
+        h(
+          "p",
+          { class: "crumbs" },
+          link("#/mailboxes", "Mailboxes"),
+          " / ",
+          link(mailbox, nameOf(exe.cue_id) || exe.cue_id),
+          " /",
+        ),
         h("h1", {}, `${kindOf(exe)} ${short(m.id || exe.id)} `, badge(exe.status)),
         h(
           "p",
           { class: "sub mono" },
           `execution ${exe.id}`,
-          m.thread ? h("span", {}, " · thread ", link(`#/thread/${encodeURIComponent(m.thread)}`, m.thread)) : null,
+          m.thread
+            ? h(
+                "span",
+                {},
+                " · thread ",
+                link(`#/thread/${encodeURIComponent(m.thread)}`, m.thread),
+              )
+            : null,
         ),
       ),
       await redriveButton(exe, render),
-      h("div", { class: "columns" },
-        h("section", {}, h("h2", {}, "Timeline"), timeline(exe, seen.filter((e) => e.execution_id === exe.id))),
-        h("section", {}, h("h2", {}, "Body"), pre(exe.payload ? exe.payload.message : null, "message body"),
-          h("h2", {}, "Envelope"), pre(envelopeOf(exe), "envelope")),
+      h(
+        "div",
+        { class: "columns" },
+        h(
+          "section",
+          {},
+          h("h2", {}, "Timeline"),
+          timeline(
+            exe,
+            seen.filter((e) => e.execution_id === exe.id),
+          ),
+        ),
+        h(
+          "section",
+          {},
+          h("h2", {}, "Body"),
+          pre(exe.payload ? exe.payload.message : null, "message body"),
+          h("h2", {}, "Envelope"),
+          pre(envelopeOf(exe), "envelope"),
+        ),
       ),
       reply,
-      h("details", { class: "record" }, h("summary", {}, "The whole execution record"), pre(exe, "execution record")),
+      h(
+        "details",
+        { class: "record" },
+        h("summary", {}, "The whole execution record"),
+        pre(exe, "execution record"),
+      ),
     );
     return exe;
   }
@@ -208,12 +281,13 @@ export async function messagePage(main, ctx, executionId) {
     if (event.type === "heartbeat_lost") seen.push(event);
     clearTimeout(pending);
     pending = setTimeout(async () => {
-      const focused = document.activeElement;
+      const hadFocus = main.contains(document.activeElement);
       const fresh = await render();
       if (fresh && fresh.outcome && fresh.outcome.metadata && fresh.outcome.metadata.cuemsg) {
         replyId = fresh.outcome.metadata.cuemsg.reply_execution_id || replyId;
       }
-      if (focused && focused !== document.body && !main.contains(focused)) focused.focus();
+      // The page was redrawn: keep the keyboard in it rather than back at the top.
+      if (hadFocus && main.isConnected) main.parentElement.focus({ preventScroll: true });
     }, 200);
   });
   ctx.onLeave(() => clearTimeout(pending));

@@ -54,7 +54,6 @@ def new_driver(width: int = 1280, height: int = 860) -> Any:
         "--disable-gpu",
         "--hide-scrollbars",
         f"--window-size={width},{height}",
-        "--force-prefers-reduced-motion",
     ):
         options.add_argument(arg)
     return webdriver.Chrome(options=options, service=Service(str(shutil.which("chromedriver"))))
