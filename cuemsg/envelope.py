@@ -7,6 +7,7 @@
   "reply_cue_id": "cue_abc123def456",// where answers go (the sender's mailbox)
   "cuemsg": {                        // everything cuemsg adds, under one key
     "v": 1, "id": "01J...", "kind": "request", "sender": "cue_abc123def456",
+    "sender_name": "planner",
     "correlation_id": "01J...", "reply_task": "writer.replies", "thread": "t-1",
     "sent_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-01T00:00:30Z",
     "headers": {"trace": "x"}, "attempt": 1
@@ -87,6 +88,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             repeated fire and a redelivery are recognised as the same message.
         kind: `message`, `request`, `reply` or `error` (an error reply).
         sender: the sender mailbox's address (its cue id).
+        sender_name: the sender mailbox's name (absent from older envelopes).
         correlation_id: for replies, the id of the request answered; for a
             request, its own id.
         reply_task: the task a reply to this request must be fired with.
@@ -108,6 +110,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
+    sender_name: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

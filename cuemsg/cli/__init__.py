@@ -1,15 +1,15 @@
 """The `cuemsg` command line (also `python -m cuemsg`). The only place logging is set up.
 
-`serve` and `demo` need nothing; `send`, `request`, `reply`, `listen` and
-`inspect` talk to CueAPI with the key in `CUEAPI_API_KEY` (or `--api-key`)
+`serve` and `demo` need nothing; `send`, `request`, `reply`, `listen`,
+`inspect` and `mailbox` talk to CueAPI with the key in `CUEAPI_API_KEY` (or `--api-key`)
 at `CUEAPI_BASE_URL` (or `--base-url`), and print text, or JSON with
 `--json`. Expected failures print one line, `cuemsg: ...`, on stderr (one
 JSON object with `--json`) and exit non-zero (see `_output.EXIT_CODES`);
 only a bug prints a traceback.
 
 Modules: `serve.py` (serve, demo), `messaging.py` (send, request, reply),
-`listen.py` (listen, and `_exec.py` for --exec), `inspect.py`, `cuemsg.mcp.cli`
-(mcp), and
+`listen.py` (listen, and `_exec.py` for --exec), `inspect.py`, `mailbox.py`
+(mailbox delete), `cuemsg.mcp.cli` (mcp), and
 `_output.py` (printing, errors, exit codes).
 """
 
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from cuemsg import __version__
-from cuemsg.cli import inspect, listen, messaging, serve
+from cuemsg.cli import inspect, listen, mailbox, messaging, serve
 from cuemsg.cli._connect import client_options, connection_options
 from cuemsg.cli._output import (
     EXIT_CODES,
@@ -46,7 +46,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"cuemsg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     connection_options(
-        parser.add_argument_group("connection (send, request, reply, listen, inspect)"),
+        parser.add_argument_group("connection (send, request, reply, listen, inspect, mailbox)"),
         default=None,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +55,7 @@ def build_parser() -> Parser:
     messaging.add_commands(sub, common)
     listen.add_commands(sub, common)
     inspect.add_commands(sub, common)
+    mailbox.add_commands(sub, common)
     add_mcp_command(sub)
     return parser
 

@@ -8,18 +8,40 @@ from typing import Any
 from cuemsg.cli._connect import make_client, positive
 from cuemsg.cli._output import EXIT_CODES, emit
 
+#: Printed under `inspect mailboxes`: what its counts mean, and why every mailbox is paused.
+MAILBOXES_LEGEND = [
+    "WAITING: messages sent and not yet claimed. FIRED: every message it was ever sent "
+    "(replies to its requests included).",
+    'Status: every mailbox is "paused" on purpose: its cue never fires on a schedule of '
+    "its own; messages (manual fires) arrive all the same.",
+]
+
 
 def _mailboxes(args: argparse.Namespace) -> int:
     from cuemsg._inspect import all_cues, is_mailbox, mailbox_row, table
+    from cuemsg.mailbox.names import count_waiting
+    from cuemsg.mailbox.sync import _run as run_flow  # runs a flow that only calls the client
 
     with make_client(args) as client:
-        rows = [mailbox_row(c) for c in all_cues(client) if is_mailbox(c)]
+        rows = []
+        for cue in all_cues(client):
+            if is_mailbox(cue):
+                row = mailbox_row(cue)
+                row["waiting"] = run_flow(client, count_waiting(cue.id, str(row["task"])))
+                rows.append(row)
     rows.sort(key=lambda r: str(r["name"]))
     text = (
-        table(
-            [[r["name"], r["address"], r["task"], r["fired_count"]] for r in rows],
-            ["NAME", "ADDRESS", "TASK", "FIRED"],
-        )
+        [
+            *table(
+                [
+                    [r["name"], r["address"], r["task"], r["waiting"], r["fired_count"]]
+                    for r in rows
+                ],
+                ["NAME", "ADDRESS", "TASK", "WAITING", "FIRED"],
+            ),
+            "",
+            *MAILBOXES_LEGEND,
+        ]
         if rows
         else ["no mailboxes"]
     )
@@ -104,7 +126,14 @@ def add_commands(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     )
     what = inspect.add_subparsers(dest="what", metavar="WHAT", required=True)
     mailboxes = what.add_parser(
-        "mailboxes", parents=common, help="the mailboxes: name, address, task, fired count"
+        "mailboxes",
+        parents=common,
+        help="the mailboxes: name, address, task, messages waiting, fired count",
+        description=(
+            "Every mailbox: name, address, task, messages waiting (sent, not yet claimed) "
+            "and fired (ever sent). Every mailbox's status is paused on purpose: it never "
+            "fires on its own; messages arrive all the same."
+        ),
     )
     mailboxes.set_defaults(func=_mailboxes)
 

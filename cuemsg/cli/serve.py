@@ -9,9 +9,11 @@ import errno
 import logging
 import ssl
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from cuemsg import __version__
+from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
 
@@ -72,7 +74,10 @@ def _serve(args: argparse.Namespace) -> int:
             CANNOT_LISTEN,
         ) from None
     with sock:
-        storage = open_storage(settings)
+        try:
+            storage = open_storage(settings)
+        except StorageOpenError as exc:  # one line: the file and what is wrong with it
+            raise UsageError(f"serve: {exc}") from None
         port = sock.getsockname()[1]
         url_host = f"[{host}]" if ":" in host else host
         scheme = "https" if args.ssl_certfile else "http"
@@ -87,9 +92,17 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_keyfile=args.ssl_keyfile,
         )
 
+        app_server = server.app_server
+        # A storage that cannot open is said in one line below, not as uvicorn's traceback.
+        quiet = _QuietStartupFailure(lambda: app_server.startup_error is not None)
+
         async def serve() -> None:
-            with contextlib.suppress(SystemExit):  # how uvicorn ends when startup fails
-                await server.serve(sockets=[sock])
+            logging.getLogger("uvicorn.error").addFilter(quiet)
+            try:
+                with contextlib.suppress(SystemExit):  # how uvicorn ends when startup fails
+                    await server.serve(sockets=[sock])
+            finally:
+                logging.getLogger("uvicorn.error").removeFilter(quiet)
 
         async def run() -> bool:
             serving = asyncio.create_task(serve())
@@ -107,6 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
             started = asyncio.run(run())
         except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl-C it held
             return interrupted(f"the server on {base_url} stopped", as_json=False)
+    if not started and app_server.startup_error is not None:
+        raise UsageError(f"serve: {app_server.startup_error}")
     if not started:
         raise CommandError(
             f"serve: the server did not start: its database ({settings.db}) could not be "
@@ -126,6 +141,17 @@ def _announce(base_url: str, db: str, key: str, host: str) -> None:
     if host not in LOOPBACK:
         print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     sys.stdout.flush()
+
+
+class _QuietStartupFailure(logging.Filter):
+    """Drops uvicorn's startup-failure records once `failed()` says why in a line of ours."""
+
+    def __init__(self, failed: Callable[[], bool]) -> None:
+        super().__init__()
+        self.failed = failed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.failed()
 
 
 class _DemoNarration(logging.Filter):

@@ -17,6 +17,7 @@ from cuemsg.mailbox._config import (
 from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "DedupeStore",
     "Delivery",
     "Mailbox",
+    "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",

@@ -49,13 +49,13 @@ ACK_TRIES = 3
 MAX_CACHED_REPLY = 64 * 1024
 #: Pause after a transient error of a loop (doubled up to 5 s).
 ERROR_PAUSE = 0.2
-#: `result` and `error` of an outcome are cut to this many characters (CUEAPI.md).
+#: `result` and `error` of an outcome are cut to this many characters (docs/cueapi.md).
 OUTCOME_TEXT_LIMIT = 2000
 
 #: The mailbox cue's schedule: `recurring` (a `once` cue completes after its
 #: first outcome and would stop taking fires), on a cron that fires once a year,
 #: and the cue is paused at once, so it never fires on its own; manual fires
-#: work whatever the cue's status (CUEAPI.md, Fire).
+#: work whatever the cue's status (docs/cueapi.md, Fire).
 MAILBOX_SCHEDULE: dict[str, Any] = {"type": "recurring", "cron": "0 0 1 1 *", "timezone": "UTC"}
 #: Replies to a mailbox's requests come on the same cue with this task suffix.
 REPLY_SUFFIX = ".replies"

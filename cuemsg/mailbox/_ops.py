@@ -76,6 +76,14 @@ class UpdateCue(Op):
 
 
 @dataclass(frozen=True)
+class DeleteCue(Op):
+    cue_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.delete(self.cue_id)
+
+
+@dataclass(frozen=True)
 class Fire(Op):
     cue_id: str
     payload: dict[str, Any]
@@ -153,6 +161,19 @@ class GetExecution(Op):
 
     def call(self, client: Any) -> Any:
         return client.executions.get(self.execution_id)
+
+
+@dataclass(frozen=True)
+class ListExecutions(Op):
+    cue_id: str
+    status: str
+    offset: int
+    limit: int
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list(
+            cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
+        )
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ class ReceiveFlows(SettleFlows):
                         self.leases.release(rest.execution_id)
                     raise
                 if msg.settled is None:
-                    if batch == 1:
+                    if batch == 1 or msg.is_request:  # a request's ack tells its requester
                         yield from self._quiet(self.ack(msg))
                         continue
                     with contextlib.suppress(LeaseLost):  # logged and counted where raised

@@ -114,6 +114,7 @@ class Delivery(Generic[T]):
         id: the message id (for a foreign payload, `"exec:<execution id>"`).
         kind: `message`, `request`, `reply` or `error`.
         sender: the sender mailbox's address, when it said.
+        sender_name: the sender mailbox's name, when it said (older senders did not).
         thread: the conversation id, if any.
         headers: free string metadata.
         correlation_id: for a request, the id its reply will carry.
@@ -147,6 +148,7 @@ class Delivery(Generic[T]):
         self.id = meta.id if meta is not None else f"exec:{claimed.execution_id}"
         self.kind: Kind = meta.kind if meta is not None else "message"
         self.sender = meta.sender if meta is not None else None
+        self.sender_name = meta.sender_name if meta is not None else None
         self.thread = meta.thread if meta is not None else None
         self.headers: dict[str, str] = dict(meta.headers) if meta is not None else {}
         self.correlation_id = meta.correlation_id if meta is not None else None

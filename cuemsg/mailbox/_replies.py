@@ -13,6 +13,7 @@ from cuemsg.cueapi.models import Execution
 from cuemsg.envelope import Envelope, decode_body
 from cuemsg.mailbox._config import TimeoutReason
 from cuemsg.mailbox._helpers import parse_time
+from cuemsg.mailbox._noreply import from_notice
 
 # -- request/reply routing ------------------------------------------------------------------
 
@@ -100,9 +101,15 @@ class ReplyRouter:
 
 
 def unwrap(reply: Envelope, type: Any = None) -> Any:
-    """A reply's body, decoded to `type`; an error reply raises `RemoteError`."""
+    """A reply's body, decoded to `type`; an error reply raises `RemoteError`.
+
+    A no-reply notice (the request was acked or rejected unanswered) raises `NoReply`.
+    """
     meta = reply.meta
     if meta is not None and meta.kind == "error":
+        no_reply = from_notice(reply.message, meta.correlation_id)
+        if no_reply is not None:
+            raise no_reply
         err = reply.message if isinstance(reply.message, dict) else {}
         raise RemoteError(
             str(err.get("type", "Error")),

@@ -19,6 +19,7 @@ from cuemsg.cueapi.models import Claimed, Execution, OutcomeRequest
 from cuemsg.envelope import decode_payload, new_id
 from cuemsg.mailbox._config import PRESENCE_KEY, REPLY_BATCH, TimeoutReason
 from cuemsg.mailbox._helpers import cut, parse_time, pause_after
+from cuemsg.mailbox._noreply import from_record
 from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
@@ -59,6 +60,7 @@ class RequestFlows(ReceiveFlows):
         """Send a request and wait for its reply (see `Mailbox.request`)."""
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0, not {timeout}")
+        to_cue = yield from self.addresses.resolve(to_cue)
         if require_responder:
             yield from self.check_responder(to_cue, task)
         message_id = new_id()
@@ -77,7 +79,9 @@ class RequestFlows(ReceiveFlows):
         yield StartReplies()
         pending = self.router.expect(message_id)
         try:
-            fired = yield Fire(to_cue, payload, idempotency_key=message_id)
+            fired = yield from self.fire_to(
+                to_cue, Fire(to_cue, payload, idempotency_key=message_id)
+            )
             self.stats.count("sent")
             self.stats.count("requests")
             yield AwaitReply(pending, max(0.0, deadline - self.monotonic()))
@@ -87,8 +91,8 @@ class RequestFlows(ReceiveFlows):
         if reply is None:
             if self.router.closed:
                 raise MailboxError(f"the mailbox closed while request {message_id} waited")
+            reason, detail = yield from self.diagnose(fired.id, message_id)
             self.stats.count("timeouts")
-            reason, detail = yield from self.diagnose(fired.id)
             raise RequestTimeout(
                 f"no reply to request {message_id} within {timeout:g}s: {detail}",
                 correlation_id=message_id,
@@ -97,12 +101,19 @@ class RequestFlows(ReceiveFlows):
             )
         return unwrap(reply, type)
 
-    def diagnose(self, execution_id: str) -> Flow[tuple[TimeoutReason, str]]:
-        """Why a request got no reply, read from its execution's record."""
+    def diagnose(self, execution_id: str, request_id: str) -> Flow[tuple[TimeoutReason, str]]:
+        """Why a request got no reply, read from its execution's record.
+
+        Raises:
+            NoReply: it was acked or rejected without a reply (no timeout, then).
+        """
         try:
             exe: Execution = yield GetExecution(execution_id)
         except CuemsgError as exc:
             return "unknown", f"its execution {execution_id} could not be read ({exc})"
+        no_reply = from_record(exe, request_id)
+        if no_reply is not None:
+            raise no_reply
         return explain_timeout(exe, self.clock())
 
     def check_responder(self, to_cue: str, task: str | None) -> Flow[None]:

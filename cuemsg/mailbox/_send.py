@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from cuemsg._exceptions import NotFound
 from cuemsg.cueapi.models import FireRequest
 from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, utcnow
 from cuemsg.mailbox._helpers import as_datetime
@@ -42,6 +43,7 @@ class SendFlows(CoreState):
             id=message_id or new_id(),
             kind=kind,
             sender=self.info.address,
+            sender_name=self.info.name,
             correlation_id=correlation_id,
             reply_task=reply_task,
             thread=thread,
@@ -51,6 +53,15 @@ class SendFlows(CoreState):
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
         return meta, payload
+
+    def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
+        """Run `fire` at `address`; a 404 means its cue is gone, so the names that led
+        there are looked up again next time (a mailbox opened again has a new address)."""
+        try:
+            return (yield fire)
+        except NotFound:
+            self.addresses.forget(address)
+            raise
 
     def send(
         self,
@@ -63,12 +74,16 @@ class SendFlows(CoreState):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Flow[Sent]:
-        """Fire one message at `to_cue` (keyed by its id: a retried fire makes no copy)."""
+        """Fire one message at `to_cue`, a name or an address (keyed by its id: a retried
+        fire makes no copy)."""
         meta, payload = self.message_payload(
             body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
         )
         when = as_datetime(send_at)
-        fired = yield Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
+        to_cue = yield from self.addresses.resolve(to_cue)
+        fired = yield from self.fire_to(
+            to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
+        )
         self.stats.count("sent")
         return Sent(
             id=meta.id, execution_id=fired.id, cue_id=to_cue, scheduled_for=fired.scheduled_for
@@ -87,6 +102,7 @@ class SendFlows(CoreState):
     ) -> Flow[list[Sent]]:
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
         when = as_datetime(send_at)
+        to_cue = yield from self.addresses.resolve(to_cue)
         metas: list[Meta] = []
         fires: list[FireRequest] = []
         for body in bodies:
@@ -99,7 +115,7 @@ class SendFlows(CoreState):
                     cue_id=to_cue, payload_override=payload, send_at=when, idempotency_key=meta.id
                 )
             )
-        results = yield FireMany(fires)
+        results = yield from self.fire_to(to_cue, FireMany(fires))
         self.stats.count("sent", len(results))
         return [
             Sent(id=m.id, execution_id=r.id, cue_id=to_cue, scheduled_for=r.scheduled_for)

@@ -21,6 +21,7 @@ from cuemsg.envelope import ErrorBody, Kind, from_timestamp, payload_bytes, with
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
+from cuemsg.mailbox._noreply import notice_body
 from cuemsg.mailbox._ops import Fire, Flow, Pause, RecordOutcome, RecordOutcomes, RenewLease
 from cuemsg.mailbox._records import CachedReply, Delivery, Settled
 from cuemsg.mailbox._send import SendFlows
@@ -78,16 +79,13 @@ class SettleFlows(SendFlows):
             metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
         )
         self.stats.count("acked")
+        yield from self._tell_no_reply(msg, "acked", None)
 
     def reject(self, msg: Delivery[Any], reason: str) -> Flow[None]:
         """Outcome failure, terminal: the message shows in the dead letters with `reason`.
 
-        A rejected request also gets an error reply, so its requester does
-        not wait for its deadline.
+        A rejected request's requester is told at once (it raises `NoReply`).
         """
-        if msg.is_request and msg.settled is None and msg.reply_cue_id:
-            yield from self.reply_error(msg, "Rejected", reason)
-            return
         self._begin(msg, Settled.REJECTED)
         yield from self._settle_eid(
             msg.execution_id,
@@ -97,6 +95,41 @@ class SettleFlows(SendFlows):
             metadata=self._meta_state("rejected", id=msg.id, kind=msg.kind),
         )
         self.stats.count("rejected")
+        yield from self._tell_no_reply(msg, "rejected", reason)
+
+    def _tell_no_reply(self, msg: Delivery[Any], settled: str, reason: str | None) -> Flow[None]:
+        """Tell a request's requester it was settled without a reply (see `_noreply`).
+
+        Sent after the outcome is recorded, so it is true once said. A notice
+        that cannot be sent is logged: the requester learns at its deadline.
+        """
+        if not (msg.is_request and msg.reply_cue_id and msg.reply_task):
+            return
+        body = notice_body(
+            request_id=msg.correlation_id or msg.id,
+            worker_id=self.info.worker_id,
+            settled=settled,
+            reason=reason,
+            execution_id=msg.execution_id,
+        )
+        meta, payload = self.message_payload(
+            body,
+            kind="error",
+            task=msg.reply_task,
+            thread=msg.thread,
+            correlation_id=msg.correlation_id or msg.id,
+        )
+        try:
+            yield Fire(msg.reply_cue_id, payload, idempotency_key=meta.id)
+        except CuemsgError as exc:
+            log.warning(
+                "could not tell the requester of %s that no reply will come (%s); "
+                "it learns at its deadline",
+                msg.id,
+                exc,
+            )
+            return
+        self.stats.count("sent")
 
     def retry_later(self, msg: Delivery[Any], delay: float, reason: str = "") -> Flow[str | None]:
         """Fire the same message again at now + `delay` (attempt + 1); close this execution.

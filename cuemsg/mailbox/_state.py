@@ -20,6 +20,7 @@ from cuemsg.mailbox._ops import Flow
 from cuemsg.mailbox._records import Delivery, MailboxStats, MessageFactory
 from cuemsg.mailbox._replies import Event, ReplyRouter
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe
+from cuemsg.mailbox.names import AddressBook, MailboxAddress
 
 log = logging.getLogger("cuemsg.mailbox")
 T = TypeVar("T")
@@ -61,6 +62,7 @@ class CoreState:
         self.stopping = False  # receive/serve loops end after their current poll
         self.closing = False  # background loops end too
         self._tasks: dict[str, str] = {}  # cue id -> its task (require_responder)
+        self.addresses = AddressBook(MailboxAddress(info.name, info.address, info.task))
         self._handling = 0  # handle() flows running (serve): the last to end flushes acks
         self._handling_lock = threading.Lock()
 

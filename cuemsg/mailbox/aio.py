@@ -64,6 +64,7 @@ from cuemsg.mailbox._ops import (
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import TaskSlots
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
 
@@ -191,6 +192,25 @@ class AsyncMailbox(MailboxBase):
 
         return _Opening(make)
 
+    @classmethod
+    async def lookup(cls, client: AsyncCueClient, name: str) -> MailboxAddress:
+        """Find the mailbox `name` (or at the address `name`); never creates one.
+
+        Args:
+            client: the `AsyncCueClient` to talk through.
+            name: a mailbox name, or an address (cue id).
+
+        Returns:
+            `MailboxAddress(name, address, task)`.
+
+        Raises:
+            MailboxNotFound: no mailbox has that name; `.near` lists close names
+                (it is a `NotFound`).
+            NotFound: no cue has that address.
+            MailboxError: the cue of that name is not a mailbox.
+        """
+        return await _run(client, lookup(name))
+
     # -- driving ----------------------------------------------------------------------------
 
     def _message(self, **fields: Any) -> AsyncMessage[Any]:
@@ -298,7 +318,8 @@ class AsyncMailbox(MailboxBase):
         """Send `msg` to the mailbox (or any worker cue) `to_cue`.
 
         Args:
-            to_cue: the recipient's address (cue id).
+            to_cue: the recipient: a mailbox name or an address (cue id); a
+                name is looked up once per mailbox.
             msg: the body: any JSON value, a pydantic model or a msgspec Struct.
             task: the routing task; default the recipient cue's own task.
             send_at: deliver no sooner than this (`datetime` or UNIX seconds).
@@ -310,8 +331,9 @@ class AsyncMailbox(MailboxBase):
             `Sent(id, execution_id, ...)`: the message id and its execution.
 
         Raises:
-            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be
-            encoded, or is over the size limit.
+            MailboxNotFound: no mailbox is named `to_cue` (`.near`: close names).
+            NotFound: no cue at the address `to_cue`. EnvelopeError: the body
+            cannot be encoded, or is over the size limit.
         """
         return await self._drive(
             self._core.send(
@@ -330,7 +352,8 @@ class AsyncMailbox(MailboxBase):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> list[Sent]:
-        """Send many messages to `to_cue` in order, batched when the server allows it."""
+        """Send many messages to `to_cue` (a name or an address) in order, batched when
+        the server allows it."""
         return await self._drive(
             self._core.send_many(
                 to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
@@ -513,7 +536,7 @@ class AsyncMailbox(MailboxBase):
         """Send a request to `to_cue` and wait for its reply (many may wait at once).
 
         Args:
-            to_cue: the responder's address.
+            to_cue: the responder: a mailbox name or an address (cue id).
             msg: the request body.
             timeout: seconds to wait; also the request's deadline, after which
                 a responder skips it (and records it as expired).
@@ -530,8 +553,11 @@ class AsyncMailbox(MailboxBase):
             RequestTimeout: no reply in time; `.reason` is `no_responder`,
                 `dead_responder` or `slow_responder`.
             RemoteError: the responder's handler raised (`.type`, `.message`).
+            NoReply: the responder acked or rejected it without a reply
+                (`.worker_id`, `.settled`, `.reason`); raised as soon as it does.
             NoResponder: `require_responder=True` and nobody serves the task.
-            NotFound: no cue `to_cue`.
+            MailboxNotFound: no mailbox is named `to_cue`. NotFound: no cue at
+                the address `to_cue`.
         """
         self._running()
         return await self._drive(
@@ -574,6 +600,39 @@ class AsyncMailbox(MailboxBase):
     async def heartbeat(self, msg: Delivery[Any]) -> None:
         """See `AsyncMessage.heartbeat`."""
         await self._drive(self._core.heartbeat(msg))
+
+    # -- the mailbox itself -----------------------------------------------------------------
+
+    async def waiting(self) -> int:
+        """How many messages wait in this mailbox: sent, not yet claimed.
+
+        Replies to its own requests are not counted. Costs one request per
+        200 messages waiting.
+        """
+        return await self._drive(count_waiting(self.address, self.task))
+
+    async def delete(self, *, force: bool = False) -> int:
+        """Delete this mailbox (its cue); refused while messages wait in it.
+
+        Its loops stop; close it as usual (the `with` block does). Sends to
+        its address then fail with `NotFound`.
+
+        Args:
+            force: delete it even with messages waiting: they are rejected
+                first ("the mailbox was deleted": dead letters, and the
+                requester of a request gets `NoReply`).
+
+        Returns:
+            How many messages were waiting (0 unless `force`).
+
+        Raises:
+            MailboxError: messages are waiting and `force` is False (the error
+                says how many).
+        """
+        flow = delete_mailbox(self._core, force=force)
+        waiting = await self._drive(flow)
+        self._core.stopping = True
+        return waiting
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from cuemsg.mailbox._ops import (
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 
 __all__ = ["Mailbox", "Message"]
 
@@ -156,6 +157,25 @@ class Mailbox(MailboxBase):
         flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
         info = _run(client, flow)
         return cls(client, info, config)
+
+    @classmethod
+    def lookup(cls, client: CueClient, name: str) -> MailboxAddress:
+        """Find the mailbox `name` (or at the address `name`); never creates one.
+
+        Args:
+            client: the `CueClient` to talk through.
+            name: a mailbox name, or an address (cue id).
+
+        Returns:
+            `MailboxAddress(name, address, task)`.
+
+        Raises:
+            MailboxNotFound: no mailbox has that name; `.near` lists close names
+                (it is a `NotFound`).
+            NotFound: no cue has that address.
+            MailboxError: the cue of that name is not a mailbox.
+        """
+        return _run(client, lookup(name))
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -260,7 +280,8 @@ class Mailbox(MailboxBase):
         """Send `msg` to the mailbox (or any worker cue) `to_cue`.
 
         Args:
-            to_cue: the recipient's address (cue id).
+            to_cue: the recipient: a mailbox name or an address (cue id); a
+                name is looked up once per mailbox.
             msg: the body: any JSON value, a pydantic model or a msgspec Struct.
             task: the routing task; default the recipient cue's own task.
             send_at: deliver no sooner than this (`datetime` or UNIX seconds).
@@ -272,8 +293,9 @@ class Mailbox(MailboxBase):
             `Sent(id, execution_id, ...)`: the message id and its execution.
 
         Raises:
-            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be
-            encoded, or is over the size limit.
+            MailboxNotFound: no mailbox is named `to_cue` (`.near`: close names).
+            NotFound: no cue at the address `to_cue`. EnvelopeError: the body
+            cannot be encoded, or is over the size limit.
         """
         return self._drive(
             self._core.send(
@@ -292,7 +314,8 @@ class Mailbox(MailboxBase):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> list[Sent]:
-        """Send many messages to `to_cue` in order, batched when the server allows it."""
+        """Send many messages to `to_cue` (a name or an address) in order, batched when
+        the server allows it."""
         return self._drive(
             self._core.send_many(
                 to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
@@ -475,7 +498,7 @@ class Mailbox(MailboxBase):
         """Send a request to `to_cue` and wait for its reply (many may wait at once).
 
         Args:
-            to_cue: the responder's address.
+            to_cue: the responder: a mailbox name or an address (cue id).
             msg: the request body.
             timeout: seconds to wait; also the request's deadline, after which
                 a responder skips it (and records it as expired).
@@ -492,8 +515,11 @@ class Mailbox(MailboxBase):
             RequestTimeout: no reply in time; `.reason` is `no_responder`,
                 `dead_responder` or `slow_responder`.
             RemoteError: the responder's handler raised (`.type`, `.message`).
+            NoReply: the responder acked or rejected it without a reply
+                (`.worker_id`, `.settled`, `.reason`); raised as soon as it does.
             NoResponder: `require_responder=True` and nobody serves the task.
-            NotFound: no cue `to_cue`.
+            MailboxNotFound: no mailbox is named `to_cue`. NotFound: no cue at
+                the address `to_cue`.
         """
         return self._drive(
             self._core.request(
@@ -533,6 +559,39 @@ class Mailbox(MailboxBase):
     def heartbeat(self, msg: Delivery[Any]) -> None:
         """See `Message.heartbeat`."""
         self._drive(self._core.heartbeat(msg))
+
+    # -- the mailbox itself -----------------------------------------------------------------
+
+    def waiting(self) -> int:
+        """How many messages wait in this mailbox: sent, not yet claimed.
+
+        Replies to its own requests are not counted. Costs one request per
+        200 messages waiting.
+        """
+        return self._drive(count_waiting(self.address, self.task))
+
+    def delete(self, *, force: bool = False) -> int:
+        """Delete this mailbox (its cue); refused while messages wait in it.
+
+        Its loops stop; close it as usual (the `with` block does). Sends to
+        its address then fail with `NotFound`.
+
+        Args:
+            force: delete it even with messages waiting: they are rejected
+                first ("the mailbox was deleted": dead letters, and the
+                requester of a request gets `NoReply`).
+
+        Returns:
+            How many messages were waiting (0 unless `force`).
+
+        Raises:
+            MailboxError: messages are waiting and `force` is False (the error
+                says how many).
+        """
+        flow = delete_mailbox(self._core, force=force)
+        waiting = self._drive(flow)
+        self._core.stopping = True
+        return waiting
 
     # -- lifecycle --------------------------------------------------------------------------
 

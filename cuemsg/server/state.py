@@ -12,6 +12,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, invalid
 from cuemsg.server.keys import hash_key
 from cuemsg.server.settings import ServerSettings
@@ -55,6 +56,8 @@ class Server:
         self._windows: dict[str, deque[float]] = {}
         self.extensions = frozenset(settings.extension_names)
         self.draining = False
+        #: Why the storage did not open at startup (for `cuemsg serve` to say in one line).
+        self.startup_error: StorageOpenError | None = None
 
     def drain(self) -> None:
         """Shutdown begins: parked claims answer now instead of waiting on."""

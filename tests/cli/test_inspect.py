@@ -24,6 +24,7 @@ def test_inspect_mailboxes(cli: Any, client: CueClient) -> None:
         "address": box.address,
         "task": box.task,
         "fired_count": 1,
+        "waiting": 1,
         "status": "paused",
         "created_at": rows[box.name]["created_at"],
     }
@@ -32,8 +33,15 @@ def test_inspect_mailboxes(cli: Any, client: CueClient) -> None:
     run = cli("inspect", "mailboxes")
     assert run.code == 0, run.err
     lines = run.out.splitlines()
-    assert lines[0].split() == ["NAME", "ADDRESS", "TASK", "FIRED"]
-    assert [box.name, box.address, box.task, "1"] in [line.split() for line in lines]
+    assert lines[0].split() == ["NAME", "ADDRESS", "TASK", "WAITING", "FIRED"]
+    assert [box.name, box.address, box.task, "1", "1"] in [line.split() for line in lines]
+    assert lines[-2].startswith("WAITING: messages sent and not yet claimed.")
+    assert lines[-1].startswith('Status: every mailbox is "paused" on purpose')
+
+    for msg in box.receive(wait=2, limit=1):
+        msg.ack()
+    rows = {r["name"]: r for r in cli("inspect", "mailboxes", "--json").json()["mailboxes"]}
+    assert (rows[box.name]["waiting"], rows[box.name]["fired_count"]) == (0, 1)
 
 
 def test_inspect_messages(cli: Any, client: CueClient) -> None:

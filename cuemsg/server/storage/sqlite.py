@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
@@ -42,6 +43,7 @@ from cuemsg.server.storage.base import (
     unknown_cursor,
     where_equal,
 )
+from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
 
 SCHEMA_VERSION = 2
 
@@ -134,9 +136,17 @@ class SQLiteStorage:
     async def open(self) -> None:
         if self._db is not None:
             return
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per call.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = connect(self.path)  # a StorageOpenError names the path and what is wrong
+        try:
+            self._prepare(db)
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageOpenError(self.path, reason(exc)) from exc
+            raise
+        self._db = db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
@@ -144,10 +154,10 @@ class SQLiteStorage:
         # A new file gets the latest schema at once; an older one, each step since.
         version = SCHEMA_VERSION if row is None else int(row[0])
         if version > SCHEMA_VERSION:
-            db.close()
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, newer than this cuemsg "
-                f"understands ({SCHEMA_VERSION}); upgrade cuemsg"
+            raise StorageOpenError(
+                self.path,
+                f"it has schema version {version}, newer than this cuemsg "
+                f"understands ({SCHEMA_VERSION}); upgrade cuemsg",
             )
         steps = "".join(_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
         db.executescript(
@@ -155,7 +165,6 @@ class SQLiteStorage:
             "INSERT INTO meta (key, value) VALUES ('schema_version', "
             f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
         )
-        self._db = db
 
     async def close(self) -> None:
         self.notifier.close()
@@ -172,13 +181,20 @@ class SQLiteStorage:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")  # can fail too (a full disk): then roll back
+            except BaseException:
+                # SQLite may have rolled back already (it does on SQLITE_FULL).
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise full_error(self.path, exc) from exc
             raise
-        db.execute("COMMIT")
 
     async def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
