@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cuemsg import Mailbox
+from cuemsg import CueClient, Mailbox
+from cuemsg.testing import run_server
 from tests.console.conftest import WAIT, Scene, Shots
 
 pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[test]')")
@@ -288,3 +289,42 @@ def test_keyboard_reaches_a_mailbox_and_a_message(browser: Any, scene: Scene, sh
     assert "row-link" in focused, "Tab never reached a message"
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     until(browser, has_text("main h2", "Timeline"), "Enter opens the message")
+
+
+def test_what_cannot_be_shown_says_why(browser: Any, scene: Scene, shots: Shots) -> None:
+    sign_in(browser, scene)
+    until(browser, has_text("main h1", "Mailboxes"), "the sign-in lands on the mailboxes")
+    base = f"{scene.server.base_url}/console/"
+    for page, says in (
+        ("#/nowhere", "There is no page #/nowhere."),
+        ("#/mailbox/cue_nosuchcue000", "Could not open the mailbox cue_nosuchcue000"),
+        ("#/message/no-such-execution", "Could not read the message no-such-execution"),
+    ):
+        browser.get(base + page)
+        until(browser, has_text("main .notice.error", says), f"{page} says what is wrong")
+    assert "not found" in text_of(browser, "main .notice.error")
+    # A key that stops working mid-session brings the sign-in back, saying so.
+    browser.execute_script("sessionStorage.setItem('cuemsg.console.key', 'cue_sk_revoked')")
+    browser.get(base + "#/dead")
+    until(browser, has_text("#signin-error", "no longer accepts this key"), "the form returns")
+    assert browser.execute_script("return sessionStorage.length") == 0
+    shots.take(browser, "key-refused")
+
+
+def test_a_plain_cueapi_server_has_no_live_updates_and_no_redrive(browser: Any) -> None:
+    with run_server(extensions=False) as plain, CueClient(plain.api_key, plain.base_url) as client:
+        with Mailbox.open(client, "inbox") as inbox:
+            inbox.send(inbox.address, {"note": "to self"})
+            for msg in inbox.receive(wait=2, limit=1):
+                msg.reject("not today")
+        browser.get(f"{plain.base_url}/console")
+        browser.execute_script("sessionStorage.clear()")
+        browser.refresh()
+        field = until(browser, lambda d: d.find_elements(By.ID, "key"), "the sign-in form")[0]
+        field.send_keys(plain.api_key, Keys.ENTER)
+        until(browser, has_text("#live", "Live updates off"), "the top bar says there is no feed")
+        assert "events.stream" in (browser.find_element(By.ID, "live").get_attribute("title") or "")
+        browser.get(f"{plain.base_url}/console/#/dead")
+        until(browser, has_text("main .notice", "does not offer redrive"), "redrive is not offered")
+        assert "not today" in text_of(browser, "tbody")
+        assert not browser.find_elements(By.CSS_SELECTOR, "tbody button, tbody input")
