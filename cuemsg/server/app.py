@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.console import console_routes
@@ -97,7 +97,7 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
                 await sweeper
             await server.storage.close()
 
-    routes: list[BaseRoute] = [
+    routes = [
         Route(e.path, authed(server, e.handler), methods=[e.method])
         for e in ROUTES
         if e.extension is None or e.extension in server.extensions
@@ -107,10 +107,9 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         Route("/v1/auth/register", public(server, register), methods=["POST"]),
         Route("/health", public(server, health), methods=["GET"]),
         Route("/openapi.json", public(server, openapi), methods=["GET"]),
-        *console_routes(),  # the web console: static files that call the API above
     ]
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *console_routes()],  # the console: static files calling the API
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
         middleware=[Middleware(ErrorGuard)],
