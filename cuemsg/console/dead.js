@@ -85,16 +85,14 @@ export async function deadPage(main, ctx) {
   });
 
   // Shows what became of a row's dead letter: `note` says how we know.
-  function outcomeCell(row, redrivenTo, note) {
-    row.dataset.redriven = redrivenTo;
-    row
-      .querySelector("td.redrive")
-      .replaceChildren(
-        h("span", { class: "badge state-success" }, note),
-        " as ",
-        link(`#/message/${encodeURIComponent(redrivenTo)}`, short(redrivenTo), { class: "mono" }),
-      );
-    const box = row.querySelector("input.pick");
+  function outcomeCell(tr, redrivenTo, note) {
+    tr.dataset.redriven = redrivenTo;
+    tr.querySelector("td.redrive").replaceChildren(
+      h("span", { class: "badge state-success" }, note),
+      " as ",
+      link(`#/message/${encodeURIComponent(redrivenTo)}`, short(redrivenTo), { class: "mono" }),
+    );
+    const box = tr.querySelector("input.pick");
     if (box) {
       box.checked = false;
       box.disabled = true;
@@ -102,12 +100,12 @@ export async function deadPage(main, ctx) {
   }
 
   // Redrives one row; answers "sent", "already" or "error".
-  async function redriveRow(row) {
-    const cell = row.querySelector("td.redrive");
+  async function redriveRow(tr) {
+    const cell = tr.querySelector("td.redrive");
     cell.textContent = "Redriving…";
     try {
-      const answer = await redrive(row.dataset.execution);
-      outcomeCell(row, answer.redriven_to, answer.redriven ? "✓ sent again" : "already sent again");
+      const answer = await redrive(tr.dataset.execution);
+      outcomeCell(tr, answer.redriven_to, answer.redriven ? "✓ sent again" : "already sent again");
       return answer.redriven ? "sent" : "already";
     } catch (err) {
       cell.replaceChildren(h("span", { class: "badge state-failed" }, `✗ ${err.message}`));
@@ -115,7 +113,7 @@ export async function deadPage(main, ctx) {
     }
   }
 
-  function row(exe) {
+  function deadRow(exe) {
     const m = meta(exe) || {};
     const tr = h("tr", { dataset: { execution: exe.id } });
     const box = canRedrive
@@ -198,7 +196,7 @@ export async function deadPage(main, ctx) {
     return;
   }
   await learnNames(page.executions.flatMap((e) => [e.cue_id, meta(e) && meta(e).sender]));
-  tbody.append(...page.executions.map(row));
+  tbody.append(...page.executions.map(deadRow));
   const countText = (total) =>
     total ? `${total} dead letter${total === 1 ? "" : "s"}` : "No dead letters.";
   status.textContent = countText(page.total);
@@ -236,7 +234,7 @@ export async function deadPage(main, ctx) {
     }
     if (!before) {
       for (const exe of added.reverse()) {
-        const tr = row(exe);
+        const tr = deadRow(exe);
         tr.classList.add("flash");
         tbody.prepend(tr);
       }

@@ -58,7 +58,8 @@ export class Feed {
         }
         backoff = 500;
         await this.read(answer.body);
-      } catch (exc) {
+      } catch {
+        // A dropped connection or a server error: wait, then resume from the last id.
         if (this.stopped) return;
       }
       if (this.stopped) return;
