@@ -219,6 +219,41 @@ def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None
     )
 
 
+def test_redrive_one_by_its_button_and_a_failed_redrive_says_why(
+    browser: Any, scene: Scene, shots: Shots
+) -> None:
+    if "executions.redrive" not in extensions(scene):
+        pytest.skip("this server has no redrive route (executions.redrive) yet")
+    with Mailbox.open(scene.client, "scratch") as scratch:
+        scene.planner.send(scratch.address, {"x": 1})
+        scene.planner.send(scratch.address, {"x": 2})
+        for msg in scratch.receive(wait=2, limit=2):
+            msg.reject("no")
+        address = scratch.address
+    first, second = (
+        f'tr[data-execution="{e.id}"]'
+        for e in scene.client.executions.list(cue_id=address, status="failed").executions
+    )
+    browser.get(f"{scene.server.base_url}/console/#/dead?cue_id={address}")
+    until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, second), "both dead letters show")
+    browser.find_element(By.CSS_SELECTOR, first).find_element(
+        By.XPATH, ".//button[normalize-space()='Redrive']"
+    ).click()
+    until(browser, has_text(f"{first} td.redrive", "✓ sent again"), "the one redrive succeeds")
+    # The mailbox is deleted: the other one has nowhere to go, and the row says so.
+    gone = httpx.delete(
+        f"{scene.server.base_url}/v1/cues/{address}",
+        headers={"Authorization": f"Bearer {scene.server.api_key}"},
+    )
+    assert gone.status_code == 204
+    browser.find_element(By.CSS_SELECTOR, f"{second} input.pick").click()
+    browser.find_element(By.XPATH, "//button[normalize-space()='Redrive selected (1)']").click()
+    until(browser, has_text(".toolbar .result", "1 failed"), "the summary counts the failure")
+    assert "0 sent again" in text_of(browser, ".toolbar .result")
+    assert f"✗ cue '{address}' not found" in text_of(browser, f"{second} td.redrive")
+    shots.take(browser, "redrive-failed")
+
+
 def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots) -> None:
     with Mailbox.open(scene.client, "bulk") as bulk:
         for start in range(0, 120, 40):
