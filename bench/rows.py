@@ -10,12 +10,14 @@ after the start signal.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import roles
-from bench.drivers import driver_label, ensure_cue, mailbox_available
-from bench.procs import Role, ServerProc, run_roles
+from bench.drivers import body, driver_label, ensure_cue, mailbox_available
+from bench.procs import Role, ServerProc, run_roles, start_server
 from bench.report import Row, percentile
 
 #: Pauses of the paced floor and of the long-poll fire-to-handler sender (seconds).
@@ -469,6 +471,75 @@ def batch_mailbox(plan: Plan, server: ServerProc, *, key: str) -> Row:
         note=driver_label("mailbox") + ": fire.batch, claim.many, outcome.batch",
     )
     return with_cpu(row, counter, results, got)
+
+
+# -- H: bounded history ------------------------------------------------------------------
+
+
+def db_size(plan: Plan, wd: Path, *, key: str) -> Row:
+    """A long one-way run (fire_many / claim_next(limit) / report_outcomes) on a
+    server keeping 1 s of history, purged every 0.25 s: the SQLite file (and its
+    WAL) is measured each second and should stop growing once the purge keeps up."""
+    from cuemsg.cueapi import CueClient, FireRequest, OutcomeRequest
+
+    seconds = 10.0 if plan.quick else 30.0  # the file stops growing after about 5 s
+    db = wd / "history.db"
+    server = start_server(
+        str(db),
+        label="history",
+        workdir=wd,
+        args=["--retention", "1s", "--dead-letter-retention", "1s"],
+        env={"CUEMSG_RETENTION_INTERVAL": "0.25"},
+    )
+    try:
+        [inbox] = open_inboxes("raw", server, ["bench-history"], True)
+        sizes: list[float] = []
+        sent = 0
+        with CueClient(server.api_key, server.base_url) as client:
+            start = time.monotonic()
+            next_sample = start + 1.0
+            while time.monotonic() - start < seconds:
+                client.cues.fire_many(
+                    [
+                        FireRequest(cue_id=inbox, payload_override={"message": body(sent + i)})
+                        for i in range(50)
+                    ]
+                )
+                got = client.executions.claim_next(
+                    worker_id="bench-history", task="bench-history", limit=50
+                )
+                client.executions.report_outcomes(
+                    [
+                        OutcomeRequest(execution_id=e.execution_id, success=True)
+                        for e in got.executions
+                    ],
+                    worker_id="bench-history",
+                )
+                sent += 50
+                if time.monotonic() >= next_sample:
+                    sizes.append(_file_mib(db))
+                    next_sample += 1.0
+    finally:
+        server.stop()
+    half = len(sizes) // 2
+    steady = max(sizes[half:]) - min(sizes[half:]) if sizes[half:] else None
+    return Row(
+        key,
+        f"SQLite file + WAL after {sent:,} one-way messages, 1 s retention (steady state)",
+        sizes[-1] if sizes else None,
+        "MiB",
+        note=(
+            "size each second: "
+            + " ".join(f"{x:.1f}" for x in sizes)
+            + (f"; second half varies by {steady:.1f} MiB" if steady is not None else "")
+        ),
+        extra={"sizes_mib": sizes, "messages": sent},
+    )
+
+
+def _file_mib(db: Path) -> float:
+    total = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+    return total / 2**20
 
 
 # -- 9: memory ----------------------------------------------------------------------------

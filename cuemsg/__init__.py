@@ -50,6 +50,7 @@ from cuemsg.mailbox import (
     Settled,
     SQLiteDedupe,
 )
+from cuemsg.signing import SigningKey
 
 # A library logs; the application decides where to. No output unless logging is set up.
 _logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
@@ -95,6 +96,7 @@ __all__ = [
     "Sent",
     "ServerError",
     "Settled",
+    "SigningKey",
     "StorageError",
     "StorageFull",
     "StorageOpenError",

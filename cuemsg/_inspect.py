@@ -9,6 +9,7 @@ shown, as `foreign`.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -77,6 +78,7 @@ def find_mailbox(client: CueClient, to: str, names: Names | None = None) -> Cue:
         NotFound: no cue has that id.
     """
     cue: Cue | None = None
+    seen: list[str] = []
     if to.startswith("cue_"):
         cue = client.cues.get(to)
     else:
@@ -86,9 +88,13 @@ def find_mailbox(client: CueClient, to: str, names: Names | None = None) -> Cue:
             if candidate.name == to:
                 cue = candidate
                 break
+            if is_mailbox(candidate):
+                seen.append(candidate.name)
     if cue is None:
+        near = difflib.get_close_matches(to, seen, n=3)
+        hint = f"did you mean {', '.join(repr(n) for n in near)}? " if near else ""
         raise CommandError(
-            f"no mailbox named {to!r} (`cuemsg inspect mailboxes` lists them; "
+            f"no mailbox named {to!r} ({hint}`cuemsg inspect mailboxes` lists them; "
             "a cue id `cue_...` works too)"
         )
     if not is_mailbox(cue):

@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_REQUEST_BYTES",
     "NAMESPACE",
+    "SIGNING_KEY_FIELD",
     "Envelope",
     "ErrorBody",
     "Kind",
@@ -60,7 +61,10 @@ __all__ = [
     "outcome_meta_of",
     "outcome_metadata",
     "outside_fields",
+    "signature_of",
+    "signed_content",
     "with_attempt",
+    "with_signature",
 ]
 
 T = TypeVar("T")
@@ -97,6 +101,8 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         expires_at: after this a receiver skips the message (records it expired).
         headers: free string metadata.
         attempt: 1 on the first send, +1 on each retry-later re-fire.
+        signature: the sender's Ed25519 signature of `signed_content` (base64),
+            when it signs (`cuemsg.signing`).
     """
 
     v: int = FORMAT_VERSION
@@ -111,6 +117,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
     sender_name: str | None = None  # added after 0.1.0: last, with a default
+    signature: str | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -400,6 +407,44 @@ def outcome_meta_of(outcome: Any) -> dict[str, Any]:
     metadata = outcome.get("metadata") if isinstance(outcome, dict) else None
     meta = metadata.get(NAMESPACE) if isinstance(metadata, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+#: The key of a mailbox cue's payload that publishes its public signing key. Not
+#: under `cuemsg`: a cue's payload is merged into every fire's, and a `cuemsg`
+#: key there would make a foreign message look like a broken envelope.
+SIGNING_KEY_FIELD = "cuemsg_signing_key"
+#: Envelope fields a signature leaves out: itself, and the attempt count a
+#: receiver's retry-later re-fire rewrites.
+_UNSIGNED_META = ("signature", "attempt")
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def signed_content(payload: dict[str, Any]) -> bytes:
+    """The bytes a sender signs: the body, `reply_cue_id` and the envelope's
+    fields (sender, ids, kind, thread, times, deadline, headers), as
+    canonical JSON of their values, so they read the same after the server
+    stored and re-encoded them. The routing `task` is left out (a message
+    sent without one takes its recipient's)."""
+    body = payload.get("message")
+    if isinstance(body, msgspec.Raw):
+        body = _builtins_decoder.decode(bytes(body))
+    meta = {k: v for k, v in (meta_of(payload) or {}).items() if k not in _UNSIGNED_META}
+    return _canonical.encode(
+        {"message": body, "reply_cue_id": payload.get("reply_cue_id"), NAMESPACE: meta}
+    )
+
+
+def signature_of(payload: Any) -> str | None:
+    """The envelope's signature, or None when it has none."""
+    signature = (meta_of(payload) or {}).get("signature")
+    return signature if isinstance(signature, str) else None
+
+
+def with_signature(payload: dict[str, Any], signature: str) -> dict[str, Any]:
+    """A copy of `payload` whose envelope carries `signature`."""
+    return {**payload, NAMESPACE: {**(meta_of(payload) or {}), "signature": signature}}
 
 
 def payload_bytes(payload: dict[str, Any]) -> bytes:

@@ -135,7 +135,7 @@ function signInPage(message) {
     h(
       "p",
       { class: "muted", id: "key-help" },
-      "Paste the key `cuemsg serve` printed when it started. ",
+      "Paste the key `cuemsg serve` printed when it made its database (or one from `cuemsg keys create`). ",
       "It stays in this browser tab only and is sent with each request; closing the tab forgets it.",
     ),
     error,

@@ -197,12 +197,14 @@ export async function deadPage(main, ctx) {
   }
   await learnNames(page.executions.flatMap((e) => [e.cue_id, meta(e) && meta(e).sender]));
   tbody.append(...page.executions.map(deadRow));
+  const older = before ? "older " : ""; // past a cursor, the server counts what is left
   const countText = (total) =>
-    total ? `${total} dead letter${total === 1 ? "" : "s"}` : "No dead letters.";
+    total ? `${total} ${older}dead letter${total === 1 ? "" : "s"}` : `No ${older}dead letters.`;
   status.textContent = countText(page.total);
   table.hidden = !tbody.rows.length;
   if (before) pager.append(link(base, "« Newest"));
-  if (page.executions.length === PAGE) {
+  // A full page, or one the server cut by bytes ("truncated"), has more after it.
+  if (page.executions.length && (page.executions.length === PAGE || page.truncated)) {
     const last = page.executions[page.executions.length - 1].id;
     pager.append(link(`${base}${cueId ? "&" : "?"}before=${encodeURIComponent(last)}`, "Older »"));
   }

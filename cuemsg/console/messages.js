@@ -146,14 +146,16 @@ export async function mailboxPage(main, ctx, cueId) {
   await learnNames(page.executions.map((e) => meta(e) && meta(e).sender));
   tbody.append(...page.executions.map(messageRow));
   const what = state ? `${stateLabel(state)} ` : "";
+  // On an older page the server counts what is left from the cursor on.
   const countText = (total) =>
     total
-      ? `${total} ${what}message${total === 1 ? "" : "s"}${before ? " (older page)" : ""}`
-      : `No ${what}messages.`;
+      ? `${total} ${before ? "older " : ""}${what}message${total === 1 ? "" : "s"}`
+      : `No ${before ? "older " : ""}${what}messages.`;
   status.textContent = countText(page.total);
   const query = state ? `state=${state}&` : "";
   if (before) pager.append(link(state ? `${base}?state=${state}` : base, "« Newest"));
-  if (page.executions.length === PAGE) {
+  // A full page, or one the server cut by bytes ("truncated"), has more after it.
+  if (page.executions.length && (page.executions.length === PAGE || page.truncated)) {
     const last = page.executions[page.executions.length - 1].id;
     pager.append(link(`${base}?${query}before=${encodeURIComponent(last)}`, "Older »"));
   }

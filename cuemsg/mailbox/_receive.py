@@ -47,7 +47,8 @@ class ReceiveFlows(SettleFlows):
         """Read a claimed execution; the message to handle, or None if settled here.
 
         Settled here without the handler, each with an outcome saying why:
-        an unreadable envelope or a newer format (rejected), a message past
+        an unreadable envelope or a newer format (rejected), an unsigned or
+        forged message when `require_signed` is on (rejected), a message past
         its deadline (expired), a redelivered id already handled (acked as
         a duplicate; a request's recorded reply is sent again).
         """
@@ -69,6 +70,27 @@ class ReceiveFlows(SettleFlows):
             return None
         meta = env.meta
         message_id = meta.id if meta is not None else f"exec:{eid}"
+        try:
+            unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
+        except TRANSIENT as exc:  # the sender's key could not be read: it comes back later
+            log.warning("cannot check who sent %s (%s); it will be delivered again", eid, exc)
+            self.leases.release(eid)
+            return None
+        if unsigned is not None:
+            self.stats.count("unsigned")
+            log.warning("rejected message %s (execution %s): %s", message_id, eid, unsigned)
+            yield from self._quiet(
+                self._settle_eid(
+                    eid,
+                    message_id,
+                    success=False,
+                    error=f"rejected: {unsigned}; not handled",
+                    metadata=self._meta_state(
+                        "rejected", id=message_id, reason=unsigned.partition(":")[0]
+                    ),
+                )
+            )
+            return None
         expires = env.expires_at
         now = self.clock()
         if expires is not None and now > expires:

@@ -58,6 +58,7 @@ class MailboxStats:
         expired: skipped because their deadline had passed (outcome: expired).
         duplicates: redelivered ids acked without calling the handler.
         bad: payloads that were not readable envelopes (rejected).
+        unsigned: unsigned or forged messages refused by `require_signed` (rejected).
         redelivered: leases lost while holding a message (it goes to another receiver).
         handler_errors: handler exceptions.
         requests, timeouts, replies_received, late_replies: request/reply.
@@ -73,6 +74,7 @@ class MailboxStats:
         "expired",
         "duplicates",
         "bad",
+        "unsigned",
         "redelivered",
         "handler_errors",
         "requests",

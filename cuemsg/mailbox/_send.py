@@ -12,10 +12,10 @@ from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, u
 from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
-from cuemsg.mailbox._state import CoreState
+from cuemsg.mailbox._signed import SignatureFlows
 
 
-class SendFlows(CoreState):
+class SendFlows(SignatureFlows):
     """Sending: fire messages keyed by their id."""
 
     # -- sending ---------------------------------------------------------------------------
@@ -52,7 +52,7 @@ class SendFlows(CoreState):
             headers=dict(headers or {}),
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
-        return meta, payload
+        return meta, self.signed(payload)
 
     def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
         """Run `fire` at `address`; a 404 means its cue is gone, so the names that led

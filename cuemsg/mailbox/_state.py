@@ -63,6 +63,7 @@ class CoreState:
         self.closing = False  # background loops end too
         self._tasks: dict[str, str] = {}  # cue id -> its task (require_responder)
         self.addresses = AddressBook(MailboxAddress(info.name, info.address, info.task))
+        self._sender_keys: dict[str, str | None] = {}  # cue id -> its public key (_signed)
         self._handling = 0  # handle() flows running (serve): the last to end flushes acks
         self._handling_lock = threading.Lock()
 

@@ -24,6 +24,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -65,6 +66,7 @@ from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import TaskSlots
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
+from cuemsg.signing import SigningKey
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
 
@@ -137,6 +139,8 @@ class AsyncMailbox(MailboxBase):
         on_late_reply: Callable[[AsyncMessage[Any]], Any] | None = None,
         presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        signing_key: SigningKey | str | Path | None = None,
+        require_signed: bool = False,
     ) -> _Opening:
         """Open the mailbox `name`, creating its cue if it does not exist yet.
 
@@ -163,6 +167,13 @@ class AsyncMailbox(MailboxBase):
             on_late_reply: called with each reply that came after its request gave up.
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
+            signing_key: this mailbox's Ed25519 key (a `cuemsg.signing.SigningKey`, its
+                text, or a `Path` to a file holding it; `SigningKey.from_env()` reads an
+                environment variable): every envelope it sends is signed, and its
+                public key is published on its cue.
+            require_signed: handle only messages signed by the key their claimed
+                sender publishes; others are rejected (the outcome says why) and
+                never reach a handler or `receive()`.
 
         Returns:
             The open mailbox; `with AsyncMailbox.open(...) as mb:` closes it on exit.
@@ -183,10 +194,18 @@ class AsyncMailbox(MailboxBase):
             on_late_reply=on_late_reply,
             presence_interval=presence_interval,
             presence_ttl=presence_ttl,
+            signing_key=None if signing_key is None else SigningKey.coerce(signing_key),
+            require_signed=require_signed,
         )
 
         async def make() -> AsyncMailbox:
-            flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
+            flow = open_mailbox(
+                name,
+                task=task,
+                worker_id=worker_id,
+                max_deliveries=max_deliveries,
+                public_key=None if config.signing_key is None else config.signing_key.public_key,
+            )
             info = await _run(client, flow)
             return cls(client, info, config)
 

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -61,6 +62,7 @@ from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
+from cuemsg.signing import SigningKey
 
 __all__ = ["Mailbox", "Message"]
 
@@ -110,6 +112,8 @@ class Mailbox(MailboxBase):
         on_late_reply: Callable[[Message[Any]], Any] | None = None,
         presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        signing_key: SigningKey | str | Path | None = None,
+        require_signed: bool = False,
     ) -> Mailbox:
         """Open the mailbox `name`, creating its cue if it does not exist yet.
 
@@ -136,6 +140,13 @@ class Mailbox(MailboxBase):
             on_late_reply: called with each reply that came after its request gave up.
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
+            signing_key: this mailbox's Ed25519 key (a `cuemsg.signing.SigningKey`, its
+                text, or a `Path` to a file holding it; `SigningKey.from_env()` reads an
+                environment variable): every envelope it sends is signed, and its
+                public key is published on its cue.
+            require_signed: handle only messages signed by the key their claimed
+                sender publishes; others are rejected (the outcome says why) and
+                never reach a handler or `receive()`.
 
         Returns:
             The open mailbox; `with Mailbox.open(...) as mb:` closes it on exit.
@@ -153,8 +164,16 @@ class Mailbox(MailboxBase):
             on_late_reply=on_late_reply,
             presence_interval=presence_interval,
             presence_ttl=presence_ttl,
+            signing_key=None if signing_key is None else SigningKey.coerce(signing_key),
+            require_signed=require_signed,
         )
-        flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
+        flow = open_mailbox(
+            name,
+            task=task,
+            worker_id=worker_id,
+            max_deliveries=max_deliveries,
+            public_key=None if config.signing_key is None else config.signing_key.public_key,
+        )
         info = _run(client, flow)
         return cls(client, info, config)
 

@@ -24,6 +24,7 @@ from cuemsg import (
     CuemsgError,
     EnvelopeError,
     LeaseLost,
+    NoReply,
     NotFound,
     PayloadTooLarge,
     RemoteError,
@@ -171,6 +172,11 @@ class Agent:
             reason = exc.reason or "unknown"
             why = _TIMEOUT_REASONS.get(reason, "the reason is unknown").format(name=name)
             return f"no reply from {name!r} within {timeout:g}s ({reason}): {why}."
+        if isinstance(exc, NoReply):
+            return (
+                f"{name!r} settled the request without answering it ({exc}); "
+                "asking again will not help unless you change the request."
+            )
         if isinstance(exc, RemoteError):
             if exc.type == "Declined":
                 return f"{name!r} declined the request: {exc.message}"

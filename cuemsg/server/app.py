@@ -3,8 +3,9 @@
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document) and the web console's files (`cuemsg.console`); this
-module owns only the assembly: opening the backend, the lifespan (storage and
-sweeper), and the 404/405 answers (other errors: `guard.py`).
+module owns only the assembly: opening the backend, the lifespan (storage,
+sweeper, retention purge), the Host guard of a loopback-bound server, and the
+404/405 answers (other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -27,9 +28,11 @@ from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
+from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
 from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
+from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import ROUTES, authed, public
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
@@ -88,13 +91,16 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         except StorageOpenError as exc:
             server.startup_error = exc
             raise
-        sweeper = asyncio.create_task(sweep_forever(server))
+        tasks = [asyncio.create_task(sweep_forever(server))]
+        if settings.retention or settings.dead_letter_retention:
+            tasks.append(asyncio.create_task(purge_forever(server)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await server.storage.close()
 
     routes = [
@@ -108,11 +114,14 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         Route("/health", public(server, health), methods=["GET"]),
         Route("/openapi.json", public(server, openapi), methods=["GET"]),
     ]
+    middleware = []
+    if settings.host is not None and settings.loopback:
+        middleware.append(Middleware(HostGuard, bound=settings.host))
     app = Starlette(
         routes=[*routes, *console_routes()],  # the console: static files calling the API
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
-        middleware=[Middleware(ErrorGuard)],
+        middleware=[Middleware(ErrorGuard), *middleware],
         exception_handlers={HTTPException: _not_found},
     )
     app.state.server = server

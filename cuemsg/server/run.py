@@ -7,6 +7,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from cuemsg.server import redact
 from cuemsg.server.app import Server
 
 
@@ -22,6 +23,7 @@ class Uvicorn(uvicorn.Server):
         options.setdefault("log_level", "warning")
         options.setdefault("timeout_graceful_shutdown", 10)
         super().__init__(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        redact.install()  # after uvicorn set up its log handlers: no key reaches a log
         self.app_server: Server = app.state.server
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -159,6 +159,14 @@ def test_send_to_an_unknown_name(cli: Any, client: CueClient) -> None:
     assert len(run.err.splitlines()) == 1
 
 
+def test_send_to_a_misspelled_name_names_the_near_mailbox(cli: Any, client: CueClient) -> None:
+    name = unique("planner")
+    Mailbox.open(client, name)
+    run = cli("send", name[:-1], '"hi"')  # one letter short
+    assert run.code == 1 and run.out == ""
+    assert f"no mailbox named {name[:-1]!r} (did you mean {name!r}?" in run.err
+
+
 def test_send_to_a_cue_that_is_not_a_mailbox(cli: Any, client: CueClient) -> None:
     hook = client.cues.create(unique("hook"), transport="webhook", callback={"url": "http://x"})
     run = cli("send", hook.name, "1")

@@ -139,6 +139,6 @@ def test_serve_prints_where_the_web_console_is(serving: list[subprocess.Popen[st
     proc = serving[0]
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.strip() == f"web console: {base_url}/console/ (sign in with the key above)"
+    assert line.strip() == f"web console: {base_url}/console/ (sign in with the API key)"
     page = httpx.get(f"{base_url}/console/")
     assert page.status_code == 200 and "cuemsg console" in page.text

@@ -269,6 +269,7 @@ def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots)
         browser.find_element(By.LINK_TEXT, "Older »").click()
         until(browser, lambda d: bodies(d)[:1] == ['{"n":69}'], "the next page starts after it")
         assert len(bodies(browser)) == 50 and bodies(browser)[-1] == '{"n":20}'
+        assert "70 older messages" in text_of(browser, "main")  # counted from the cursor on
         browser.find_element(By.LINK_TEXT, "Older »").click()
         until(browser, lambda d: bodies(d)[:1] == ['{"n":19}'], "the last page opens")
         assert len(bodies(browser)) == 20 and bodies(browser)[-1] == '{"n":0}'

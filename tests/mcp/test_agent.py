@@ -88,3 +88,14 @@ async def test_names_and_addresses_resolve_and_unknowns_list_at_most_20(
     text = str(err.value)
     assert text.count(", ") == MAX_NAMES_SHOWN - 1
     assert "and 5 more." in text  # 25 mailboxes: ag, target and 23 made here
+
+
+async def test_ask_agent_settled_without_a_reply_says_so_at_once(
+    agent: Agent, client: CueClient
+) -> None:
+    with Mailbox.open(client, "silent") as silent:
+        # The loop moves on from the request: it is acked with no reply.
+        receiving = Background(lambda: [m.id for m in silent.receive(wait=10, limit=1)])
+        with pytest.raises(AgentError, match=r"'silent' settled the request without answering"):
+            await agent.ask_agent("silent", {"q": 1}, timeout_seconds=60)
+        assert len(receiving.result()) == 1

@@ -129,7 +129,8 @@ async def test_list_executions_pages_by_cursor_newest_first(db_url: str) -> None
         second, total = await s.list_executions(
             t, cue_id=cue.id, status=None, limit=2, offset=0, before=first[-1].id
         )
-        assert total == 5 and [e.id for e in second] == [fired[2], fired[1]]
+        # With a cursor, the total counts the executions older than it.
+        assert total == 3 and [e.id for e in second] == [fired[2], fired[1]]
         last, _ = await s.list_executions(
             t, cue_id=cue.id, status=None, limit=2, offset=0, before=second[-1].id
         )

@@ -21,7 +21,7 @@ lease, a scheduled execution coming due) a backend calls
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -31,6 +31,7 @@ from cuemsg.server.notify import Notifier
 
 CLAIMABLE = ("pending", "retry_ready")
 TERMINAL = ("success", "failed", "missed")
+UNSETTLED = ("pending", "retry_ready", "delivering")
 EXECUTION_STATES = ("pending", "retry_ready", "delivering", "success", "failed", "missed")
 CLAIMABLE_LIST_LIMIT = 50
 IDEMPOTENCY_TTL = 24 * 3600.0  # seconds a fire's idempotency_key is remembered
@@ -88,6 +89,7 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     outcome: OutcomeRecord | None = None
     cue_name: str | None = None  # filled where a listing needs it
+    size: int = 0  # bytes of the stored payload (JSON), when read from storage
 
 
 class NewFire(msgspec.Struct, kw_only=True):
@@ -155,7 +157,22 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
         lease_expires_at=row[16],
         outcome=_decode_outcome(row[17]) if row[17] is not None else None,
         cue_name=cue_name,
+        size=len(row[6]),
     )
+
+
+def within_bytes(rows: Iterable[Sequence[Any]], max_bytes: int) -> list[Sequence[Any]]:
+    """The rows of `EXECUTION_COLUMNS` up to the one whose payload takes the
+    page past `max_bytes` (0: no cap); always the first, so a page is never
+    empty while rows remain. Rows past the cap are never read from a lazy cursor."""
+    taken: list[Sequence[Any]] = []
+    total = 0
+    for row in rows:
+        total += len(row[6])
+        if taken and max_bytes and total > max_bytes:
+            break
+        taken.append(row)
+    return taken
 
 
 def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
@@ -270,6 +287,15 @@ class Storage(Protocol):
         self, tenant_id: str, email: str, key_hash: str, now: float
     ) -> None: ...
     async def tenant_for_key(self, key_hash: str) -> str | None: ...
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        """Another key for an existing tenant (`cuemsg keys create`)."""
+
+    # usage (per-tenant quotas)
+    async def count_unsettled(self, tenant_id: str) -> int:
+        """Executions of the tenant that are `pending`, `retry_ready` or `delivering`."""
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        """Bytes of the tenant's stored execution payloads (as JSON)."""
 
     # cues
     async def create_cue(self, cue: CueRow) -> CueRow:
@@ -307,14 +333,25 @@ class Storage(Protocol):
         limit: int,
         offset: int,
         before: str | None = None,
+        max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
-        """Newest first; `total` counts every match. `before` (an execution id) is a
-        cursor: only executions fired before that one (422 when it is not the tenant's)."""
+        """A page, newest first, and the total of every match; the page ends early
+        once its payloads pass `max_bytes` (0: no cap; see `within_bytes`). `before`
+        (an execution id; 422 when it is not the tenant's) is a cursor: only the
+        executions fired before that one are listed and counted."""
 
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
-        """Claimable executions of worker cues, oldest first, with `cue_name` set."""
+        """Claimable executions of worker cues, oldest first, with `cue_name` set
+        (cut by `max_bytes` like `list_executions`)."""
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -366,3 +403,10 @@ class Storage(Protocol):
         """Requeue expired leases (or fail them past the claim cap), mark long-unclaimed
         executions `missed`, and notify waiters of work that became claimable,
         including scheduled executions that came due in (since, now]."""
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        """Delete history (retention): `success` executions settled before
+        `settled_before`, `failed` and `missed` ones before `dead_before`, and
+        replies (`cuemsg.kind` `reply` or `error`) never claimed, made before
+        `settled_before`. Never a `pending` message or a `delivering` one.
+        None skips that part. Returns how many executions went."""

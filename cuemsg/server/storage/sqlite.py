@@ -12,6 +12,7 @@ cut may lose the last commits; `synchronous="FULL"` trades speed for that.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -42,6 +43,7 @@ from cuemsg.server.storage.base import (
     outcome_already_recorded,
     unknown_cursor,
     where_equal,
+    within_bytes,
 )
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
 
@@ -114,6 +116,8 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 _EXEC_COLS = EXECUTION_COLUMNS
+#: Rows (by seq) a purge looks at per transaction.
+_PURGE_WINDOW = 5000
 _CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
@@ -226,6 +230,28 @@ class SQLiteStorage:
             "SELECT tenant_id FROM api_keys WHERE key_hash = ?", (key_hash,)
         ).fetchone()
         return row[0] if row else None
+
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO api_keys (key_hash, tenant_id, created_at) VALUES (?, ?, ?)",
+                (key_hash, tenant_id, now),
+            )
+
+    async def count_unsettled(self, tenant_id: str) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM executions WHERE tenant_id = ? "
+            "AND status IN ('pending', 'retry_ready', 'delivering')",
+            (tenant_id,),
+        ).fetchone()
+        return int(row[0])
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        row = self.db.execute(
+            "SELECT coalesce(sum(length(payload)), 0) FROM executions WHERE tenant_id = ?",
+            (tenant_id,),
+        ).fetchone()
+        return int(row[0])
 
     # -- cues ------------------------------------------------------------------
 
@@ -383,10 +409,9 @@ class SQLiteStorage:
         limit: int,
         offset: int,
         before: str | None = None,
+        max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
-        total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
-        page, page_args = clause, list(args)
         if before is not None:
             # The cursor is an id; its rowid `seq` keeps the page an index range.
             cursor = self.db.execute(
@@ -394,22 +419,37 @@ class SQLiteStorage:
             ).fetchone()
             if cursor is None:
                 raise unknown_cursor(before)
-            page, page_args = f"{clause} AND seq < ?", [*args, cursor[0]]
-        rows = self.db.execute(
-            f"SELECT {_EXEC_COLS} FROM executions WHERE {page} ORDER BY seq DESC LIMIT ? OFFSET ?",
-            [*page_args, limit, offset],
-        ).fetchall()
+            clause, args = f"{clause} AND seq < ?", [*args, cursor[0]]
+        total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
+        rows = within_bytes(
+            self.db.execute(
+                f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
+                "ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ),
+            max_bytes,
+        )
         return [execution_from_row(r) for r in rows], total[0]
 
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
         where, args = claimable_where("?", tenant_id, task, agent, now)
-        rows = self.db.execute(
-            f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
-            "ORDER BY scheduled_for, seq LIMIT ?",
-            [*args, limit],
-        ).fetchall()
+        rows = within_bytes(
+            self.db.execute(
+                f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
+                "ORDER BY scheduled_for, seq LIMIT ?",
+                [*args, limit],
+            ),
+            max_bytes,
+        )
         names: dict[str, str | None] = {}
         for row in rows:
             if row[2] not in names:
@@ -600,3 +640,44 @@ class SQLiteStorage:
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,))
         for (tenant_id, task), count in wake.items():
             self.notifier.notify(tenant_id, task, count)
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        parts: list[tuple[str, float]] = []
+        if settled_before is not None:
+            parts.append(("status = 'success' AND updated_at < ?", settled_before))
+            # Replies whose requester is gone: no one will ever claim them.
+            parts.append(
+                (
+                    "status IN ('pending', 'retry_ready') AND created_at < ? "
+                    "AND json_extract(payload, '$.cuemsg.kind') IN ('reply', 'error')",
+                    settled_before,
+                )
+            )
+        if dead_before is not None:
+            parts.append(("status IN ('failed', 'missed') AND updated_at < ?", dead_before))
+        if not parts:
+            return 0
+        # Rows are in `seq` order of creation, and a row settled before a time was
+        # made before it: walk windows of seq from the oldest row up to the first
+        # row made after the latest cutoff, one short transaction per window, so
+        # requests are served between windows and new rows are never scanned.
+        cutoff = max(before for _, before in parts)
+        gone = 0
+        start = self.db.execute("SELECT min(seq) FROM executions").fetchone()[0]
+        while start is not None:
+            end = start + _PURGE_WINDOW
+            with self._tx() as db:
+                for where, before in parts:
+                    gone += db.execute(
+                        f"DELETE FROM executions WHERE seq >= ? AND seq < ? AND {where}",
+                        (start, end, before),
+                    ).rowcount
+            following = self.db.execute(
+                "SELECT seq, created_at FROM executions WHERE seq >= ? ORDER BY seq LIMIT 1",
+                (end,),
+            ).fetchone()
+            if following is None or following[1] >= cutoff:
+                break
+            start = following[0]
+            await asyncio.sleep(0)
+        return gone

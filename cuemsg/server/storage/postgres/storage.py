@@ -27,6 +27,7 @@ from cuemsg.server.storage.base import (
     outcome_already_recorded,
     unknown_cursor,
     where_equal,
+    within_bytes,
 )
 from cuemsg.server.storage.postgres.fires import PostgresFires
 from cuemsg.server.storage.postgres.statements import (
@@ -83,6 +84,30 @@ class PostgresStorage(PostgresFires):
             "SELECT tenant_id FROM cuemsg_api_keys WHERE key_hash = %s", (key_hash,)
         )
         return row[0] if row else None
+
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        await self._one(
+            "INSERT INTO cuemsg_api_keys (key_hash, tenant_id, created_at) "
+            "VALUES (%s, %s, %s) RETURNING 1",
+            (key_hash, tenant_id, now),
+        )
+
+    async def count_unsettled(self, tenant_id: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM cuemsg_executions WHERE tenant_id = %s "
+            "AND status IN ('pending', 'retry_ready', 'delivering')",
+            (tenant_id,),
+        )
+        return int(row[0]) if row else 0
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        # pg_column_size reads the stored size, not the value: no detoasting.
+        row = await self._one(
+            "SELECT coalesce(sum(pg_column_size(payload)), 0) FROM cuemsg_executions "
+            "WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+        return int(row[0]) if row else 0
 
     # -- cues ------------------------------------------------------------------
 
@@ -186,12 +211,10 @@ class PostgresStorage(PostgresFires):
         limit: int,
         offset: int,
         before: str | None = None,
+        max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
-            cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
-            total = await cur.fetchone()
-            page, page_args = clause, list(args)
             if before is not None:
                 # The cursor is an id; its `seq` keeps the page an index range.
                 cur = await conn.execute(
@@ -201,18 +224,27 @@ class PostgresStorage(PostgresFires):
                 cursor = await cur.fetchone()
                 if cursor is None:
                     raise unknown_cursor(before)
-                page, page_args = f"{clause} AND seq < %s", [*args, cursor[0]]
+                clause, args = f"{clause} AND seq < %s", [*args, cursor[0]]
+            cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
+            total = await cur.fetchone()
             cur = await conn.execute(
-                f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE {page} "
+                f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE {clause} "
                 "ORDER BY seq DESC LIMIT %s OFFSET %s",
-                [*page_args, limit, offset],
+                [*args, limit, offset],
             )
-            rows = await cur.fetchall()
+            rows = within_bytes(await cur.fetchall(), max_bytes)
         assert total is not None
         return [execution_from_row(r) for r in rows], int(total[0])
 
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
         where, args = claimable_where("%s", tenant_id, task, agent, now)
         rows = await self._all(
@@ -221,7 +253,7 @@ class PostgresStorage(PostgresFires):
             "LEFT JOIN cuemsg_cues c ON c.id = e.cue_id ORDER BY e.scheduled_for, e.seq",
             [*args, limit],
         )
-        return [execution_from_row(r, r[-1]) for r in rows]
+        return [execution_from_row(r, r[-1]) for r in within_bytes(rows, max_bytes)]
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -465,3 +497,33 @@ class PostgresStorage(PostgresFires):
             )
         for tenant_id, task, count in (*requeued, *due):
             self.notifier.notify(tenant_id, task, count)
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        # Batches of rows nobody holds (SKIP LOCKED): replicas purging at once
+        # split the work, and a row being written now is left for the next pass.
+        clauses: list[tuple[str, float]] = []
+        if settled_before is not None:
+            clauses.append(("status = 'success' AND updated_at < %s", settled_before))
+            # Replies whose requester is gone: no one will ever claim them.
+            clauses.append(
+                (
+                    "status IN ('pending', 'retry_ready') AND created_at < %s "
+                    "AND payload->'cuemsg'->>'kind' IN ('reply', 'error')",
+                    settled_before,
+                )
+            )
+        if dead_before is not None:
+            clauses.append(("status IN ('failed', 'missed') AND updated_at < %s", dead_before))
+        gone = 0
+        async with self._conn() as conn:
+            for where, before in clauses:
+                while True:
+                    cur = await conn.execute(
+                        "DELETE FROM cuemsg_executions WHERE seq IN (SELECT seq FROM "
+                        f"cuemsg_executions WHERE {where} LIMIT 10000 FOR UPDATE SKIP LOCKED)",
+                        (before,),
+                    )
+                    gone += cur.rowcount
+                    if cur.rowcount < 10000:
+                        break
+        return gone
