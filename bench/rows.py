@@ -321,6 +321,45 @@ def rpc(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
     return with_cpu(row, counter, results, len(lat))
 
 
+def gather(plan: Plan, server: ServerProc, *, key: str, recipients: int = 50) -> Row:
+    """`gather` to 50 mailboxes (one responder serves them all: they share a task)."""
+    case = f"ask many: gather to {recipients} mailboxes, 1 responder (reply stream)"
+    from cuemsg.cueapi import CueClient
+    from cuemsg.mailbox import Mailbox
+
+    if not hasattr(Mailbox, "gather"):
+        return Row(key, case, note="this cuemsg has no Mailbox.gather")
+    names = [f"bench-g{i:02}" for i in range(recipients)]
+    gathers = 3 if plan.quick else 10  # each is 50 round trips through one responder
+    with CueClient(server.api_key, server.base_url) as client:
+        to = []
+        for name in names:
+            with Mailbox.open(client, name, task="bench-gsvc") as mailbox:
+                to.append(mailbox.address)
+    common = dict(base_url=server.base_url, api_key=server.api_key)
+    role_list = [
+        Role(roles.responder, dict(kind="mailbox", name=names[0], **common)),
+        Role(
+            roles.gatherer,
+            dict(name="bench-gatherer", to=to, count=gathers, deadline=plan.deadline, **common),
+        ),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 60, stop_after=[1])
+    lat = results[1]["latencies"]
+    row = Row(
+        key,
+        case,
+        rate(len(lat), results[1]["elapsed"]),
+        "gather/s",
+        percentile(lat, 50),
+        percentile(lat, 99),
+        counter.count / len(lat) if lat else None,
+        f"server requests per gather of {recipients}, the responder's 3 per request "
+        f"included (all answer; {results[1]['short']} fell short)",
+    )
+    return with_cpu(row, counter, results, len(lat))
+
+
 # -- 5: fire-to-handler latency -----------------------------------------------------------
 
 

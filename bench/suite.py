@@ -34,7 +34,7 @@ from bench.rows import Plan
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "3a", "3b", "4", "5a", "5b", "5c", "6",
+    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "3a", "3b", "4", "4g", "5a", "5b", "5c", "6",
     "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B", "Bm", "H",
 ]  # fmt: skip
 
@@ -97,6 +97,7 @@ class Suite:
             self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
             self.add("Bm", "Mailbox send_many", lambda: rows.batch_mailbox(p, s, key="Bm"))
             self.add("4", "RPC", lambda: rows.rpc(p, s, key="4", kind=k))
+            self.add("4g", "gather of 50", lambda: rows.gather(p, s, key="4g"))
             self.add(
                 "5a",
                 "fire-to-handler, long-poll",

@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
+    AlreadyCollected,
     AlreadySettled,
     AuthenticationError,
     ClaimFailed,
@@ -26,6 +27,7 @@ from cuemsg._exceptions import (
     PayloadTooLarge,
     RateLimited,
     RemoteError,
+    ReplyNotReady,
     RequestTimeout,
     RetryLater,
     ServerError,
@@ -41,14 +43,20 @@ from cuemsg.mailbox import (
     AsyncMailbox,
     AsyncMessage,
     DedupeStore,
+    GatherResult,
     Mailbox,
     MailboxAddress,
     MailboxStats,
     MemoryDedupe,
     Message,
+    Receipt,
     Sent,
     Settled,
     SQLiteDedupe,
+    Subscription,
+    ThreadEntry,
+    Ticket,
+    TicketStatus,
 )
 from cuemsg.signing import SigningKey
 
@@ -61,6 +69,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadyCollected",
     "AlreadySettled",
     "AsyncCueClient",
     "AsyncMailbox",
@@ -75,6 +84,7 @@ __all__ = [
     "EnvelopeError",
     "ExtensionNotAvailable",
     "Forbidden",
+    "GatherResult",
     "LeaseLost",
     "Mailbox",
     "MailboxAddress",
@@ -89,7 +99,9 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Receipt",
     "RemoteError",
+    "ReplyNotReady",
     "RequestTimeout",
     "RetryLater",
     "SQLiteDedupe",
@@ -100,6 +112,10 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StorageOpenError",
+    "Subscription",
+    "ThreadEntry",
+    "Ticket",
+    "TicketStatus",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

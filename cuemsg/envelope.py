@@ -97,12 +97,14 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             request, its own id.
         reply_task: the task a reply to this request must be fired with.
         thread: free conversation id, carried over by replies.
+        topic: the topic a published message was published on (`publish`).
         sent_at: when the sender made the message (UTC).
         expires_at: after this a receiver skips the message (records it expired).
         headers: free string metadata.
         attempt: 1 on the first send, +1 on each retry-later re-fire.
         signature: the sender's Ed25519 signature of `signed_content` (base64),
             when it signs (`cuemsg.signing`).
+        gather: for a request sent by `gather`, the id of that gather.
     """
 
     v: int = FORMAT_VERSION
@@ -112,12 +114,14 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
     reply_task: str | None = None
     thread: str | None = None
+    topic: str | None = None
     sent_at: datetime | None = None
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
     sender_name: str | None = None  # added after 0.1.0: last, with a default
     signature: str | None = None
+    gather: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):

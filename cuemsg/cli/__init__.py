@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from cuemsg import __version__
-from cuemsg.cli import inspect, listen, mailbox, messaging, serve
+from cuemsg.cli import inspect, listen, mailbox, messaging, serve, webhook
 from cuemsg.cli._connect import client_options, connection_options
 from cuemsg.cli._output import (
     EXIT_CODES,
@@ -57,6 +57,7 @@ def build_parser() -> Parser:
     inspect.add_commands(sub, common)
     mailbox.add_commands(sub, common)
     add_mcp_command(sub)
+    webhook.add_commands(sub)
     return parser
 
 

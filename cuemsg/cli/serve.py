@@ -17,6 +17,7 @@ from cuemsg import __version__
 from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
+from cuemsg.cli.webhook import add_webhook_options
 
 if TYPE_CHECKING:
     from cuemsg.server.settings import ServerSettings
@@ -70,6 +71,8 @@ def _serve(args: argparse.Namespace) -> int:
             quota_pending=args.quota_pending,
             quota_stored_bytes=args.quota_stored_bytes,
             host=args.host,
+            webhook_allow=tuple(args.webhook_allow) or None,
+            webhook_backoff_scale=args.webhook_backoff_scale,
         )
     except ValueError as exc:
         raise UsageError(f"serve: {exc}") from None
@@ -268,6 +271,7 @@ def add_commands(sub: Any) -> None:
         "--no-extensions", action="store_true", help="serve the plain CueAPI contract only"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    add_webhook_options(serve)
     serve.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument(
         "--ssl-keyfile", metavar="FILE", help="the certificate's private key (if not in it)"

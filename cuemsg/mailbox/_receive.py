@@ -14,6 +14,7 @@ from cuemsg.mailbox._helpers import TRANSIENT, pause_after
 from cuemsg.mailbox._ops import Claim, Deliver, Fire, Flow, Pause
 from cuemsg.mailbox._records import Delivery, cached_reply_decoder
 from cuemsg.mailbox._settle import SettleFlows
+from cuemsg.mailbox._withdrawn import is_cancelled
 
 log = logging.getLogger("cuemsg.mailbox")
 
@@ -49,7 +50,8 @@ class ReceiveFlows(SettleFlows):
         Settled here without the handler, each with an outcome saying why:
         an unreadable envelope or a newer format (rejected), an unsigned or
         forged message when `require_signed` is on (rejected), a message past
-        its deadline (expired), a redelivered id already handled (acked as
+        its deadline (expired), a redelivered gather request its gather has
+        cancelled (`_withdrawn`), a redelivered id already handled (acked as
         a duplicate; a request's recorded reply is sent again).
         """
         eid = claimed.execution_id
@@ -111,6 +113,24 @@ class ReceiveFlows(SettleFlows):
                 )
             )
             return None
+        if (claimed.attempts or 1) > 1 and meta is not None and meta.gather and meta.reply_task:
+            # Claimed again after a responder lost it: its gather may have cancelled it since.
+            cid = meta.correlation_id or message_id
+            if (yield from is_cancelled(meta.reply_task, meta.gather, cid)):
+                log.info("skipped request %s: its gather %s cancelled it", message_id, meta.gather)
+                yield from self._quiet(
+                    self._settle_eid(
+                        eid,
+                        message_id,
+                        success=False,
+                        error=(
+                            f"cancelled: gather {meta.gather} had the replies it needed; "
+                            "skipped, not handled"
+                        ),
+                        metadata=self._meta_state("cancelled", id=message_id, gather=meta.gather),
+                    )
+                )
+                return None
         seen = self.dedupe.seen(self._dedupe_key(message_id))
         if seen is not None:
             self.stats.count("duplicates")

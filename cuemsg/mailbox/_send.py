@@ -33,6 +33,8 @@ class SendFlows(SignatureFlows):
         correlation_id: str | None = None,
         reply_task: str | None = None,
         message_id: str | None = None,
+        gather: str | None = None,
+        topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
         """The envelope of an outgoing message (pure: the id is made here, once)."""
         sent_at = utcnow()
@@ -47,9 +49,11 @@ class SendFlows(SignatureFlows):
             correlation_id=correlation_id,
             reply_task=reply_task,
             thread=thread,
+            topic=topic,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
             headers=dict(headers or {}),
+            gather=gather,
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
         return meta, self.signed(payload)
@@ -81,6 +85,7 @@ class SendFlows(SignatureFlows):
         )
         when = as_datetime(send_at)
         to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
         fired = yield from self.fire_to(
             to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
         )
@@ -103,6 +108,7 @@ class SendFlows(SignatureFlows):
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
         when = as_datetime(send_at)
         to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
         metas: list[Meta] = []
         fires: list[FireRequest] = []
         for body in bodies:

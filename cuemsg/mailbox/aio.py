@@ -45,7 +45,9 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import AsyncConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import AsyncDurableMethods
 from cuemsg.mailbox._message import AsyncMessage
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -54,9 +56,11 @@ from cuemsg.mailbox._ops import (
     Deliver,
     Drain,
     Flow,
+    HoldSlot,
     IdleWait,
     Op,
     Pause,
+    ReleaseSlot,
     Spawn,
     StartReplies,
     WaitSlots,
@@ -64,6 +68,7 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import TaskSlots
+from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.signing import SigningKey
@@ -100,7 +105,7 @@ class _Opening:
         await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
-class AsyncMailbox(MailboxBase):
+class AsyncMailbox(MailboxBase, AsyncConversationMethods, AsyncDurableMethods):
     """An asynchronous mailbox: see `Mailbox` for the behaviour, which is the same.
 
     `async with AsyncMailbox.open(client, name) as mb:` opens it and runs its
@@ -463,6 +468,7 @@ class AsyncMailbox(MailboxBase):
         concurrency: int = 1,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
@@ -479,6 +485,13 @@ class AsyncMailbox(MailboxBase):
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+            on_busy: what a message of a thread whose handler still runs meets:
+                `"queue"` (it waits its turn: one handler per thread at a time,
+                in arrival order; other threads run in parallel), `"reject"`
+                (a request is answered with a `busy` error, a message rejected
+                as busy), `"interrupt"` (the running message's `cancelled` event
+                is set; the new one runs once that handler returns). Its outcome
+                records what the policy did.
 
         Async: the handler may be a coroutine function (awaited) or a quick sync
         function (called in the event loop).
@@ -489,7 +502,7 @@ class AsyncMailbox(MailboxBase):
 
             async def run(flow: Flow[None]) -> None:
                 try:
-                    await self._drive(flow)
+                    await self._drive(flow, perform)  # slot ops too
                 finally:
                     slots.give()
 
@@ -500,6 +513,12 @@ class AsyncMailbox(MailboxBase):
                     slots.busy += 1
                     tg.start_soon(run, op.flow)
                     return None
+                if isinstance(op, HoldSlot):
+                    slots.busy += 1
+                    return None
+                if isinstance(op, ReleaseSlot):
+                    slots.give()
+                    return None
                 if isinstance(op, Drain):
                     await slots.drain()
                     return None
@@ -507,7 +526,11 @@ class AsyncMailbox(MailboxBase):
 
             await self._drive(
                 self._core.serve(
-                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                    handler,
+                    concurrency=concurrency,
+                    type=type,
+                    idle_timeout=idle_timeout,
+                    on_busy=on_busy,
                 ),
                 perform,
             )

@@ -41,7 +41,9 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import ConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import DurableMethods
 from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -50,9 +52,11 @@ from cuemsg.mailbox._ops import (
     Deliver,
     Drain,
     Flow,
+    HoldSlot,
     IdleWait,
     Op,
     Pause,
+    ReleaseSlot,
     Spawn,
     StartReplies,
     WaitSlots,
@@ -60,6 +64,7 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import ThreadSlots
+from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.signing import SigningKey
@@ -72,7 +77,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase):
+class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager
@@ -424,6 +429,7 @@ class Mailbox(MailboxBase):
         concurrency: int = 1,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
@@ -440,6 +446,13 @@ class Mailbox(MailboxBase):
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+            on_busy: what a message of a thread whose handler still runs meets:
+                `"queue"` (it waits its turn: one handler per thread at a time,
+                in arrival order; other threads run in parallel), `"reject"`
+                (a request is answered with a `busy` error, a message rejected
+                as busy), `"interrupt"` (the running message's `cancelled` event
+                is set; the new one runs once that handler returns). Its outcome
+                records what the policy did.
 
         Sync: with concurrency > 1 the handler runs in a pool thread.
         """
@@ -452,11 +465,17 @@ class Mailbox(MailboxBase):
                 return slots.wait_free()
             if isinstance(op, Spawn):
                 if pool is None:
-                    self._drive(op.flow)
+                    self._drive(op.flow, perform)
                 else:
                     slots.take()
-                    future: Future[None] = pool.submit(self._drive, op.flow)
+                    future: Future[None] = pool.submit(self._drive, op.flow, perform)
                     future.add_done_callback(slots.give)
+                return None
+            if isinstance(op, HoldSlot):
+                slots.take()
+                return None
+            if isinstance(op, ReleaseSlot):
+                slots.give()
                 return None
             if isinstance(op, Drain):
                 slots.drain()
@@ -466,7 +485,11 @@ class Mailbox(MailboxBase):
         try:
             self._drive(
                 self._core.serve(
-                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                    handler,
+                    concurrency=concurrency,
+                    type=type,
+                    idle_timeout=idle_timeout,
+                    on_busy=on_busy,
                 ),
                 perform,
             )

@@ -4,8 +4,8 @@
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document) and the web console's files (`cuemsg.console`); this
 module owns only the assembly: opening the backend, the lifespan (storage,
-sweeper, retention purge), the Host guard of a loopback-bound server, and the
-404/405 answers (other errors: `guard.py`).
+sweeper, retention purge, scheduler and webhook dispatcher), the Host guard of
+a loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -34,10 +34,12 @@ from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
 from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import ROUTES, authed, public
+from cuemsg.server.schedules import Scheduler
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
 from cuemsg.server.storage.base import Storage
 from cuemsg.server.sweeper import sweep_forever
+from cuemsg.server.webhooks import Dispatcher
 
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
@@ -91,7 +93,14 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         except StorageOpenError as exc:
             server.startup_error = exc
             raise
-        tasks = [asyncio.create_task(sweep_forever(server))]
+        interval = server.settings.sweep_interval
+        scheduler = Scheduler(server.storage)
+        dispatcher = Dispatcher(server.storage, server.settings)
+        tasks = [
+            asyncio.create_task(sweep_forever(server)),
+            asyncio.create_task(scheduler.run_forever(interval)),
+            asyncio.create_task(dispatcher.run_forever(interval)),
+        ]
         if settings.retention or settings.dead_letter_retention:
             tasks.append(asyncio.create_task(purge_forever(server)))
         try:
@@ -101,6 +110,7 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await dispatcher.aclose()  # deliveries cut short are made again (leases)
             await server.storage.close()
 
     routes = [

@@ -7,6 +7,7 @@ Explicit arguments win; `ServerSettings.from_env()` reads `CUEMSG_*` variables
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from typing import Any
 
@@ -46,6 +47,11 @@ DEFAULT_DEAD_LETTER_RETENTION = 30 * 86400.0
 DEFAULT_RETENTION_INTERVAL = 60.0
 #: Host names a loopback-bound server answers to (DNS rebinding guard).
 LOOPBACK_NAMES = frozenset(("127.0.0.1", "localhost", "::1", "[::1]"))
+
+#: Seconds a webhook delivery may take before it counts as failed.
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
+#: Webhook deliveries in flight at once (a bounded pool; tenants share it fairly).
+DEFAULT_WEBHOOK_POOL = 16
 
 EXTENSIONS = (
     "claim.task",
@@ -98,13 +104,20 @@ class ServerSettings:
             (or unknown, as for an app built in-process), closed otherwise.
         registration_rate: registrations per client address a minute; 0 = off.
         host: the interface the server is bound to. When it is a loopback
-            address, requests whose `Host` names anything else get 421.
+            address, requests whose `Host` names anything else get 421, and
+            webhooks may call loopback addresses (the receiver is local).
         retention: seconds settled executions are kept; 0 keeps everything.
         dead_letter_retention: seconds `failed` and `missed` ones are kept; 0 keeps them.
         retention_interval: seconds between purges.
         sqlite_synchronous: `NORMAL` (a killed process loses nothing) or
             `FULL` (survives a power cut too, slower).
         access_log: log every request (uvicorn's access log).
+        webhook_allow: CIDR ranges webhooks may reach even though they are
+            private, link-local or loopback (e.g. `10.0.0.0/8`).
+        webhook_backoff_scale: multiplies a cue's `retry.backoff_minutes`
+            (tests use a small value; 1 = minutes as given).
+        webhook_timeout: seconds one webhook delivery may take.
+        webhook_pool: webhook deliveries in flight at once.
     """
 
     db: str = "cuemsg.db"
@@ -125,6 +138,10 @@ class ServerSettings:
     retention: float = DEFAULT_RETENTION
     dead_letter_retention: float = DEFAULT_DEAD_LETTER_RETENTION
     retention_interval: float = DEFAULT_RETENTION_INTERVAL
+    webhook_allow: tuple[str, ...] = ()
+    webhook_backoff_scale: float = 1.0
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    webhook_pool: int = DEFAULT_WEBHOOK_POOL
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
@@ -151,6 +168,21 @@ class ServerSettings:
             raise ValueError(f"retention_interval must be > 0, not {self.retention_interval}")
         if self.registration not in (None, "open", "closed"):
             raise ValueError(f"registration must be 'open' or 'closed', not {self.registration!r}")
+        if self.webhook_backoff_scale < 0:
+            raise ValueError(
+                f"webhook_backoff_scale must be >= 0, not {self.webhook_backoff_scale}"
+            )
+        if self.webhook_timeout <= 0:
+            raise ValueError(f"webhook_timeout must be > 0, not {self.webhook_timeout}")
+        if self.webhook_pool < 1:
+            raise ValueError(f"webhook_pool must be >= 1, not {self.webhook_pool}")
+        for cidr in self.webhook_allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"webhook_allow: {cidr!r} is not a CIDR range (e.g. 10.0.0.0/8)"
+                ) from None
 
     @property
     def loopback(self) -> bool:

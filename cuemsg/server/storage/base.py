@@ -48,6 +48,7 @@ class CueRow(msgspec.Struct, kw_only=True):
     callback: dict[str, Any] | None = None
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     retry: dict[str, Any] = msgspec.field(default_factory=dict)
+    on_failure: dict[str, Any] | None = None
     next_run: float | None = None
     last_run: float | None = None
     run_count: int = 0
@@ -90,6 +91,9 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     outcome: OutcomeRecord | None = None
     cue_name: str | None = None  # filled where a listing needs it
     size: int = 0  # bytes of the stored payload (JSON), when read from storage
+    #: What the server adds about how this execution came to be or went (a late
+    #: scheduled run, the last webhook delivery's error); None for most.
+    detail: dict[str, Any] | None = None
 
 
 class NewFire(msgspec.Struct, kw_only=True):
@@ -129,7 +133,7 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 EXECUTION_COLUMNS = (
     "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
     "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome"
+    "claimed_at, lease_expires_at, outcome, detail"
 )
 _decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
@@ -158,6 +162,7 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
         outcome=_decode_outcome(row[17]) if row[17] is not None else None,
         cue_name=cue_name,
         size=len(row[6]),
+        detail=_decode_payload(row[18]) if row[18] is not None else None,
     )
 
 
@@ -397,6 +402,50 @@ class Storage(Protocol):
         self, tenant_id: str, worker_id: str, handlers: list[str], now: float
     ) -> None: ...
     async def list_workers(self, tenant_id: str) -> list[WorkerRow]: ...
+
+    # schedules (cuemsg.server.schedules)
+    async def due_cues(self, now: float, limit: int) -> list[CueRow]:
+        """Active cues whose `next_run` is at or before `now`, soonest first."""
+
+    async def advance_schedule(
+        self, cue: CueRow, due: float, next_run: float | None, execution: ExecutionRow | None
+    ) -> ExecutionRow | None:
+        """Claim the cue's run at `due` and, with `execution`, fire it.
+
+        One conditional update moves the cue's `next_run` from `due` to
+        `next_run` (only if it is still `due` and the cue active): of several
+        replicas, exactly one wins. The winner stores `execution` (triggered by
+        the schedule) and counts the run (`run_count`, `fired_count`,
+        `last_run`) in the same transaction. None when the claim was lost.
+        """
+
+    # webhooks (cuemsg.server.webhooks)
+    async def webhook_tenants_due(self, now: float) -> list[str]:
+        """Tenants with webhook executions due for delivery."""
+
+    async def claim_deliveries(
+        self, tenant_id: str, now: float, lease_seconds: float, limit: int
+    ) -> list[ExecutionRow]:
+        """Lease up to `limit` due webhook executions of a tenant, oldest first
+        (`attempts` counts deliveries; a lease left by a crashed server runs out
+        and the sweep requeues it, so delivery is at least once)."""
+
+    async def finish_delivery(
+        self,
+        execution_id: str,
+        attempt: int,
+        *,
+        outcome: OutcomeRecord | None,
+        retry_at: float | None,
+        detail: dict[str, Any],
+    ) -> bool:
+        """Close delivery `attempt`: with `outcome`, for good (`success` or
+        `failed`); else `retry_ready` again at `retry_at`. False if the
+        execution is no longer in that attempt (its lease ran out meanwhile)."""
+
+    async def webhook_secret(self, tenant_id: str, candidate: str, *, replace: bool) -> str:
+        """The tenant's webhook signing secret: `candidate` is stored if there is
+        none yet (or always, with `replace`); the stored one is returned."""
 
     # time-driven transitions (run by the server's sweeper)
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:

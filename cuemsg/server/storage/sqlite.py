@@ -46,8 +46,10 @@ from cuemsg.server.storage.base import (
     within_bytes,
 )
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
+from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES, SQLiteTimed
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+_BASE_VERSION = 2  # what _SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
 # claim order (the rowid `seq` ends every index): a claim reads one entry and
@@ -63,6 +65,7 @@ CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
 """
+_INDEXES += TIMED_INDEXES
 
 # Steps from version N-1 to N, applied in order by open().
 _MIGRATIONS = {
@@ -72,6 +75,7 @@ DROP INDEX IF EXISTS ix_exec_claim;
 DROP INDEX IF EXISTS ix_exec_due;
 DROP INDEX IF EXISTS ix_exec_lease;
 """,
+    3: MIGRATION_3,
 }
 
 _SCHEMA = """
@@ -124,7 +128,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage:
+class SQLiteStorage(SQLiteTimed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -155,8 +159,9 @@ class SQLiteStorage:
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        # A new file gets the latest schema at once; an older one, each step since.
-        version = SCHEMA_VERSION if row is None else int(row[0])
+        # `_SCHEMA` is version 2: a new file starts there and, like an older
+        # one, takes each step since (ALTERs that would clash if it were newer).
+        version = _BASE_VERSION if row is None else int(row[0])
         if version > SCHEMA_VERSION:
             raise StorageOpenError(
                 self.path,
@@ -259,9 +264,17 @@ class SQLiteStorage:
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cue.id, cue.tenant_id, cue.name, cue.status, cue.created_at, _encode(cue)),
+                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cue.id,
+                        cue.tenant_id,
+                        cue.name,
+                        cue.status,
+                        cue.created_at,
+                        _encode(cue),
+                        cue.next_run,
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise name_taken(cue.name) from exc
@@ -296,8 +309,8 @@ class SQLiteStorage:
                     return None
                 cue = msgspec.structs.replace(_decode_cue(row[0]), **changes, updated_at=now)
                 db.execute(
-                    "UPDATE cues SET name = ?, status = ?, doc = ? WHERE id = ?",
-                    (cue.name, cue.status, _encode(cue), cue_id),
+                    "UPDATE cues SET name = ?, status = ?, doc = ?, next_run = ? WHERE id = ?",
+                    (cue.name, cue.status, _encode(cue), cue.next_run, cue_id),
                 )
         except sqlite3.IntegrityError as exc:
             raise name_taken(str(changes.get("name"))) from exc

@@ -29,7 +29,6 @@ from cuemsg.server.storage.base import (
     where_equal,
     within_bytes,
 )
-from cuemsg.server.storage.postgres.fires import PostgresFires
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
@@ -39,11 +38,12 @@ from cuemsg.server.storage.postgres.statements import (
     cue_from_doc,
     encode_json,
 )
+from cuemsg.server.storage.postgres.timed import PostgresTimed
 
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFires):
+class PostgresStorage(PostgresTimed):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
@@ -115,8 +115,8 @@ class PostgresStorage(PostgresFires):
         try:
             await self._one(
                 "INSERT INTO cuemsg_cues "
-                "(id, tenant_id, name, status, created_at, fired_count, last_run, doc) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING 1",
+                "(id, tenant_id, name, status, created_at, fired_count, last_run, doc, next_run) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING 1",
                 (
                     cue.id,
                     cue.tenant_id,
@@ -126,6 +126,7 @@ class PostgresStorage(PostgresFires):
                     cue.fired_count,
                     cue.last_run,
                     encode_json(cue).decode(),
+                    cue.next_run,
                 ),
             )
         except StorageError as exc:
@@ -172,8 +173,9 @@ class PostgresStorage(PostgresFires):
                     return None
                 cue = msgspec.structs.replace(cue_from_doc(*row), **changes, updated_at=now)
                 await conn.execute(
-                    "UPDATE cuemsg_cues SET name = %s, status = %s, doc = %s WHERE id = %s",
-                    (cue.name, cue.status, encode_json(cue).decode(), cue_id),
+                    "UPDATE cuemsg_cues SET name = %s, status = %s, doc = %s, next_run = %s "
+                    "WHERE id = %s",
+                    (cue.name, cue.status, encode_json(cue).decode(), cue.next_run, cue_id),
                 )
         except StorageError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
