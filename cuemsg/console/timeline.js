@@ -23,8 +23,8 @@ function messageLink(executionId) {
 export function steps(exe, seen = []) {
   const m = meta(exe) || {};
   const out = [];
-  const headers = m.headers || {};
-  const redriveOf = exe.redrive_of || headers["cuemsg-redrive-of"];
+  // The record names the dead letter a redrive re-sends; so does the envelope.
+  const redriveOf = exe.redrive_of || m.redrive_of;
   out.push({
     at: m.sent_at || exe.created_at,
     tone: "sent",
