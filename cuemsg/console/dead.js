@@ -13,6 +13,7 @@ export async function deadPage(main, ctx) {
   const cueId = ctx.query.get("cue_id") || "";
   const before = ctx.query.get("before") || "";
   const canRedrive = await hasExtension("executions.redrive").catch(() => false);
+  if (cueId) await learnNames([cueId]); // the heading names the mailbox
   const status = h("p", { class: "muted", role: "status" }, "Loading dead letters…");
   const result = h("p", { class: "result", role: "status", "aria-live": "polite" });
   const selectAll = h("input", {

@@ -85,8 +85,12 @@ export function exact(iso) {
   return iso ? new Date(iso).toLocaleString() : "–";
 }
 
+// An id cut to 8 characters that still tell it apart: the start of a UUID,
+// the end of a message id (a ULID starts with its time, shared by a burst).
 export function short(id) {
-  return id ? String(id).slice(0, 8) : "–";
+  if (!id) return "–";
+  const text = String(id);
+  return /^[0-9A-HJKMNP-TV-Z]{26}$/.test(text) ? text.slice(-8) : text.slice(0, 8);
 }
 
 export function pretty(value) {

@@ -26,7 +26,7 @@ export function senderLabel(exe) {
   const m = meta(exe);
   const sender = m && m.sender;
   if (!sender) return "–";
-  return nameOf(sender) || sender;
+  return nameOf(sender) || m.sender_name || sender; // the envelope may carry the name too
 }
 
 function messageRow(exe) {
