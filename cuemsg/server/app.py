@@ -1,11 +1,11 @@
 """The embedded CueAPI server: an ASGI app over a `Storage` backend.
 
-`create_app(settings)` returns a Starlette app whose routes are the one list
-`cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
-the OpenAPI document) and the web console's files (`cuemsg.console`); this
-module owns only the assembly: opening the backend, the lifespan (storage,
-sweeper, retention purge, scheduler and webhook dispatcher), the Host guard of
-a loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
+`create_app(settings)` returns a Starlette app whose routes are the lists
+`cuemsg.server.routes.ROUTES` and `OPEN_ROUTES` (info, register, health, the
+OpenAPI document) and the web console's files (`cuemsg.console`); this module
+owns only the assembly: opening the backend, the lifespan (storage, sweeper,
+retention purge, scheduler and webhook dispatcher), the Host guard of a
+loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -13,27 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.console import console_routes
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
-from cuemsg.server.handlers.auth import register
-from cuemsg.server.handlers.discovery import health, info
 from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
-from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
 from cuemsg.server.retention import purge_forever
-from cuemsg.server.routes import ROUTES, authed, public
+from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
 from cuemsg.server.schedules import Scheduler
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
@@ -47,11 +45,17 @@ __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException) and exc.status_code == 405:
+        # Each method of a path is its own Route, so Starlette's own `Allow` names
+        # only the route it tried first; name every method of that route's path.
+        routes = [r for r in request.app.routes if isinstance(r, Route)]
+        path = next(r.path for r in routes if r.matches(request.scope)[0] != Match.NONE)
+        allowed = sorted({m for r in routes if r.path == path for m in r.methods or ()})
         return problem(
             ApiProblem(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.url.path}",
+                headers={"Allow": ", ".join(allowed)},
             )
         )
     return problem(ApiProblem(404, "not_found", f"no route {request.url.path}"))
@@ -81,10 +85,19 @@ def open_storage(settings: ServerSettings) -> Storage:
     return SQLiteStorage(path, synchronous=settings.sqlite_synchronous)
 
 
-def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
-    """Build the ASGI app. Storage is opened on startup and closed on shutdown."""
+def create_app(
+    settings: ServerSettings | None = None,
+    storage: Storage | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the ASGI app. Storage is opened on startup and closed on shutdown.
+
+    `clock` gives the time in UNIX seconds (default `time.time`); a test passes
+    a fake one to move past leases and timeouts without waiting.
+    """
     settings = settings or ServerSettings()
-    server = Server(settings, storage or open_storage(settings))
+    server = Server(settings, storage or open_storage(settings), clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -94,8 +107,8 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
             server.startup_error = exc
             raise
         interval = server.settings.sweep_interval
-        scheduler = Scheduler(server.storage)
-        dispatcher = Dispatcher(server.storage, server.settings)
+        scheduler = Scheduler(server.storage, now=server.clock)
+        dispatcher = Dispatcher(server.storage, server.settings, now=server.clock)
         tasks = [
             asyncio.create_task(sweep_forever(server)),
             asyncio.create_task(scheduler.run_forever(interval)),
@@ -114,15 +127,9 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
             await server.storage.close()
 
     routes = [
-        Route(e.path, authed(server, e.handler), methods=[e.method])
-        for e in ROUTES
+        Route(e.path, (authed if e.auth else public)(server, e.handler), methods=[e.method])
+        for e in ROUTES + OPEN_ROUTES
         if e.extension is None or e.extension in server.extensions
-    ]
-    routes += [
-        Route("/v1/info", public(server, info), methods=["GET"]),
-        Route("/v1/auth/register", public(server, register), methods=["POST"]),
-        Route("/health", public(server, health), methods=["GET"]),
-        Route("/openapi.json", public(server, openapi), methods=["GET"]),
     ]
     middleware = []
     if settings.host is not None and settings.loopback:
