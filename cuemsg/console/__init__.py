@@ -16,7 +16,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import Route
 
 __all__ = ["ASSETS", "console_routes"]
 
@@ -63,15 +63,11 @@ async def _to_index(request: Request) -> Response:
     return RedirectResponse("/console/", status_code=308)
 
 
-def console_routes() -> list[BaseRoute]:
-    """The routes the server app adds: `/console` (redirect) and `/console/{file}`."""
+def console_routes() -> list[Route]:
+    """The routes the server app adds: `/console` (a redirect), `/console/` and
+    `/console/{file}`; plain routes, so a wrong method is the API's usual 405."""
     return [
         Route("/console", _to_index, methods=["GET", "HEAD"]),
-        Mount(
-            "/console",
-            routes=[
-                Route("/", _asset, methods=["GET", "HEAD"]),
-                Route("/{name:str}", _asset, methods=["GET", "HEAD"]),
-            ],
-        ),
+        Route("/console/", _asset, methods=["GET", "HEAD"]),
+        Route("/console/{name:str}", _asset, methods=["GET", "HEAD"]),
     ]

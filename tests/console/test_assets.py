@@ -52,6 +52,13 @@ def test_only_listed_files_are_served(server: RunningServer, name: str) -> None:
     assert "no console file" in answer.text or answer.json()["error"]["code"] == "not_found"
 
 
+@pytest.mark.parametrize("path", ["/console", "/console/", "/console/app.js"])
+def test_a_wrong_method_is_the_apis_usual_405(server: RunningServer, path: str) -> None:
+    answer = httpx.post(f"{server.base_url}{path}")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET, HEAD"
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_the_console_needs_no_key_to_load_but_the_api_does(server: RunningServer) -> None:
     assert httpx.get(f"{server.base_url}/console/").status_code == 200
     refused = httpx.get(f"{server.base_url}/v1/cues")
