@@ -63,6 +63,9 @@ def new_driver(width: int = 1280, height: int = 860) -> Any:
 def browser() -> Iterator[Any]:
     problem = browser_problem()
     if problem:
+        # CI installs chromium (.ci/run) and sets CUEMSG_REQUIRE_BROWSER=1: there it must run.
+        if os.environ.get("CUEMSG_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CUEMSG_REQUIRE_BROWSER=1 but {problem}")
         pytest.skip(problem)
     driver = new_driver()
     try:
