@@ -238,10 +238,11 @@ class LeaseExtended(msgspec.Struct, kw_only=True):
     acknowledged: bool
 
 
-class OutcomeRecorded(msgspec.Struct, kw_only=True):
+class OutcomeRecorded(msgspec.Struct, kw_only=True, omit_defaults=True):
     execution_id: str
     outcome_recorded: bool
     outcome_state: ExecutionStatus
+    reply: Fired | None = None  # the reply it fired (`outcome.reply`)
 
 
 class OutcomeResult(msgspec.Struct, kw_only=True):

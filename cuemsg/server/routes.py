@@ -147,7 +147,7 @@ ROUTES: list[Endpoint] = [
     ),
     Endpoint(
         "/v1/executions/{execution_id}/outcome", "POST", outcome, "Record the outcome",
-        wire.OutcomeBody, answer=answers.OutcomeRecorded, errors=(403, 404, 409),
+        wire.OutcomeExtBody, answer=answers.OutcomeRecorded, errors=(403, 404, 409),
         params=(WORKER,),
     ),
     Endpoint(

@@ -60,6 +60,7 @@ EXTENSIONS = (
     "claim.many",
     "fire.batch",
     "outcome.batch",
+    "outcome.reply",
     "workers.list",
 )
 

@@ -100,6 +100,12 @@ class OutcomeBody(msgspec.Struct, kw_only=True):
     metadata: dict[str, Any] | None = None
 
 
+class OutcomeExtBody(OutcomeBody, kw_only=True):
+    """An outcome that may carry the fire of its reply (the `outcome.reply` extension)."""
+
+    reply: BatchFireItem | None = None
+
+
 class BatchOutcomeItem(OutcomeBody, kw_only=True):
     execution_id: str
 

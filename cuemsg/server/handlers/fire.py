@@ -16,7 +16,7 @@ from cuemsg.server.storage.base import NewFire
 _canonical = msgspec.json.Encoder(order="sorted")
 
 
-def _new_fire(cue_id: str, body: wire.FireBody, now: float, field: str) -> NewFire:
+def new_fire(cue_id: str, body: wire.FireBody, now: float, field: str) -> NewFire:
     when = now if body.send_at is None else wire.parse_time(body.send_at, f"{field}send_at")
     body_hash = None
     if body.idempotency_key is not None:
@@ -39,7 +39,7 @@ async def fire(ctx: Ctx) -> Response:
     raw = await ctx.body()
     body = wire.decode(raw, wire.FireBody)
     now = ctx.server.clock()
-    new = _new_fire(ctx.param("cue_id"), body, now, "")
+    new = new_fire(ctx.param("cue_id"), body, now, "")
     # The body's size stands for the payload it stores (the cue's own payload aside).
     await ctx.server.quotas.admit_fire(ctx.tenant_id, 1, len(raw))
     [execution] = await ctx.server.storage.fire(ctx.tenant_id, [new], now)
@@ -50,7 +50,7 @@ async def fire_batch(ctx: Ctx) -> Response:
     raw = await ctx.body()
     body = wire.decode(raw, wire.BatchFire)
     now = ctx.server.clock()
-    fires = [_new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
+    fires = [new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
     await ctx.server.quotas.admit_fire(ctx.tenant_id, len(fires), len(raw))
     executions = await ctx.server.storage.fire(ctx.tenant_id, fires, now)
     return ok(answers.FiredMany(executions=[wire.fire_answer(e) for e in executions]))

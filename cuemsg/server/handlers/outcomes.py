@@ -1,5 +1,6 @@
-"""Closing executions: `POST /v1/executions/{id}/outcome` and, with the
-`outcome.batch` extension, many at once (`POST /v1/executions/outcomes`)."""
+"""Closing executions: `POST /v1/executions/{id}/outcome` (with the
+`outcome.reply` extension, firing its reply in the same transaction) and, with
+the `outcome.batch` extension, many at once (`POST /v1/executions/outcomes`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from starlette.responses import Response
 
 from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.handlers.fire import new_fire
 from cuemsg.server.responses import ok
 from cuemsg.server.schedules import complete_once
 from cuemsg.server.state import Ctx
@@ -43,14 +45,33 @@ def _result(execution_id: str, r: ExecutionRow | ApiProblem) -> answers.OutcomeR
 
 
 async def outcome(ctx: Ctx) -> Response:
-    body = wire.decode(await ctx.body(), wire.OutcomeBody)
+    raw = await ctx.body()
+    body = wire.decode(raw, wire.OutcomeExtBody)
+    server = ctx.server
+    server.need("outcome.reply", "reply", body.reply)
     worker = ctx.request.headers.get("x-worker-id")
-    now = ctx.server.clock()
-    execution = await ctx.server.storage.record_outcome(
-        ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker, now)
-    )
-    await complete_once(ctx.server.storage, execution, now)
-    return ok(_recorded(execution))
+    now = server.clock()
+    record = _outcome(body, worker, now)
+    if body.reply is None:
+        execution = await server.storage.record_outcome(
+            ctx.tenant_id, ctx.param("execution_id"), worker, record
+        )
+        await complete_once(server.storage, execution, now)
+        return ok(_recorded(execution))
+    new = new_fire(body.reply.cue_id, body.reply, now, "reply.")
+    await server.quotas.admit_fire(ctx.tenant_id, 1, len(raw))
+    try:
+        execution, fired = await server.storage.record_outcome_and_fire(
+            ctx.tenant_id, ctx.param("execution_id"), worker, record, new, now
+        )
+    except ApiProblem as problem:
+        if problem.code == "cue_not_found":
+            problem.field = "reply.cue_id"
+        raise
+    await complete_once(server.storage, execution, now)
+    recorded = _recorded(execution)
+    recorded.reply = wire.fire_answer(fired)
+    return ok(recorded)
 
 
 async def outcome_batch(ctx: Ctx) -> Response:

@@ -254,6 +254,34 @@ def check_lease(execution_id: str, status: str, holder: str | None, worker_id: s
         )
 
 
+#: In an outcome that fires its reply (`outcome.reply`), this token stands for the
+#: reply's execution id, which does not exist before the request.
+REPLY_TOKEN = "{reply_execution_id}"
+MAX_OUTCOME_TEXT = 2000  # result / error, as the contract bounds them
+
+
+def _named(value: Any, execution_id: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(REPLY_TOKEN, execution_id)
+    if isinstance(value, dict):
+        return {k: _named(v, execution_id) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_named(v, execution_id) for v in value]
+    return value
+
+
+def name_reply(outcome: OutcomeRecord, execution_id: str) -> OutcomeRecord:
+    """`outcome` with `REPLY_TOKEN` replaced by the reply's execution id (text cut to bounds)."""
+    result = None if outcome.result is None else _named(outcome.result, execution_id)
+    error = None if outcome.error is None else _named(outcome.error, execution_id)
+    return msgspec.structs.replace(
+        outcome,
+        result=None if result is None else result[:MAX_OUTCOME_TEXT],
+        error=None if error is None else error[:MAX_OUTCOME_TEXT],
+        metadata=_named(outcome.metadata, execution_id),
+    )
+
+
 def outcome_already_recorded(execution_id: str) -> ApiProblem:
     return ApiProblem(
         409, "outcome_already_recorded", f"execution {execution_id!r} already has an outcome"
@@ -396,6 +424,19 @@ class Storage(Protocol):
     ) -> list[ExecutionRow | ApiProblem]:
         """Many outcomes in one transaction; each item succeeds or fails on its own
         (its `ApiProblem` is returned in its place, in order)."""
+
+    async def record_outcome_and_fire(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        worker_id: str | None,
+        outcome: OutcomeRecord,
+        reply: NewFire,
+        now: float,
+    ) -> tuple[ExecutionRow, ExecutionRow]:
+        """Fire `reply` and record `outcome` (named by `name_reply`) in one transaction:
+        both or neither. The outcome's errors as `record_outcome`, the fire's as `fire`.
+        Answers (the settled execution, the reply's execution)."""
 
     # workers
     async def worker_heartbeat(

@@ -42,6 +42,7 @@ from cuemsg.server.storage.base import (
     claimable_where,
     execution_from_row,
     idempotency_conflict,
+    name_reply,
     name_taken,
     new_execution,
     new_execution_id,
@@ -267,82 +268,93 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
     # -- fire ------------------------------------------------------------------
 
     async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
+        with self._tx() as db:
+            out, created = self._fire_in(db, tenant_id, fires, now)
+        self._wake(tenant_id, created, now)
+        return out
+
+    def _fire_in(
+        self, db: sqlite3.Connection, tenant_id: str, fires: list[NewFire], now: float
+    ) -> tuple[list[ExecutionRow], list[ExecutionRow]]:
+        """The fires, inside the caller's transaction: (answers in order, those created)."""
         out: list[ExecutionRow] = []
         created: list[ExecutionRow] = []
         cues: dict[str, CueRow] = {}
-        with self._tx() as db:
-            for i, fire in enumerate(fires):
-                cue = cues.get(fire.cue_id)
-                if cue is None:
-                    row = db.execute(
-                        "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?",
-                        (fire.cue_id, tenant_id),
+        for i, fire in enumerate(fires):
+            cue = cues.get(fire.cue_id)
+            if cue is None:
+                row = db.execute(
+                    "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?",
+                    (fire.cue_id, tenant_id),
+                ).fetchone()
+                if row is None:
+                    problem = cue_not_found(fire.cue_id)
+                    if len(fires) > 1:
+                        problem.field = f"fires[{i}].cue_id"
+                    raise problem
+                cue = cues[fire.cue_id] = _decode_cue(row[0])
+            if fire.idempotency_key is not None:
+                seen = db.execute(
+                    "SELECT body_hash, execution_id FROM idempotency "
+                    "WHERE tenant_id = ? AND cue_id = ? AND key = ? AND created_at > ?",
+                    (tenant_id, fire.cue_id, fire.idempotency_key, now - IDEMPOTENCY_TTL),
+                ).fetchone()
+                if seen is not None:
+                    if seen[0] != fire.body_hash:
+                        raise idempotency_conflict(fire.idempotency_key, i, len(fires))
+                    first = db.execute(
+                        f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (seen[1],)
                     ).fetchone()
-                    if row is None:
-                        problem = cue_not_found(fire.cue_id)
-                        if len(fires) > 1:
-                            problem.field = f"fires[{i}].cue_id"
-                        raise problem
-                    cue = cues[fire.cue_id] = _decode_cue(row[0])
-                if fire.idempotency_key is not None:
-                    seen = db.execute(
-                        "SELECT body_hash, execution_id FROM idempotency "
-                        "WHERE tenant_id = ? AND cue_id = ? AND key = ? AND created_at > ?",
-                        (tenant_id, fire.cue_id, fire.idempotency_key, now - IDEMPOTENCY_TTL),
-                    ).fetchone()
-                    if seen is not None:
-                        if seen[0] != fire.body_hash:
-                            raise idempotency_conflict(fire.idempotency_key, i, len(fires))
-                        first = db.execute(
-                            f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (seen[1],)
-                        ).fetchone()
-                        if first is not None:
-                            out.append(execution_from_row(first))
-                            continue
-                execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
+                    if first is not None:
+                        out.append(execution_from_row(first))
+                        continue
+            execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
+            db.execute(
+                "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
+                "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
+                "max_attempts) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 'manual_fire', ?, ?, ?, "
+                "0, ?)",
+                (
+                    execution.id,
+                    tenant_id,
+                    cue.id,
+                    execution.task,
+                    execution.agent,
+                    _encode(execution.payload),
+                    cue.transport,
+                    execution.scheduled_for,
+                    now,
+                    now,
+                    execution.max_attempts,
+                ),
+            )
+            if fire.idempotency_key is not None:
                 db.execute(
-                    "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
-                    "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
-                    "max_attempts) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 'manual_fire', ?, ?, ?, "
-                    "0, ?)",
+                    "INSERT OR REPLACE INTO idempotency "
+                    "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     (
-                        execution.id,
                         tenant_id,
                         cue.id,
-                        execution.task,
-                        execution.agent,
-                        _encode(execution.payload),
-                        cue.transport,
-                        execution.scheduled_for,
+                        fire.idempotency_key,
+                        fire.body_hash,
+                        execution.id,
                         now,
-                        now,
-                        execution.max_attempts,
                     ),
                 )
-                if fire.idempotency_key is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO idempotency "
-                        "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            tenant_id,
-                            cue.id,
-                            fire.idempotency_key,
-                            fire.body_hash,
-                            execution.id,
-                            now,
-                        ),
-                    )
-                cue.fired_count += 1
-                cue.last_run = now
-                out.append(execution)
-                created.append(execution)
-            for cue in cues.values():
-                db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(cue), cue.id))
+            cue.fired_count += 1
+            cue.last_run = now
+            out.append(execution)
+            created.append(execution)
+        for cue in cues.values():
+            db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(cue), cue.id))
+        return out, created
+
+    def _wake(self, tenant_id: str, created: list[ExecutionRow], now: float) -> None:
+        """After the commit: wake the claims waiting for what is claimable now."""
         due = Counter(e.task for e in created if e.scheduled_for <= now and e.transport == "worker")
         for task, count in due.items():
             self.notifier.notify(tenant_id, task, count)
-        return out
 
     # -- executions ------------------------------------------------------------
 
@@ -504,6 +516,33 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
                     results.append(problem)
         return results
 
+    async def record_outcome_and_fire(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        worker_id: str | None,
+        outcome: OutcomeRecord,
+        reply: NewFire,
+        now: float,
+    ) -> tuple[ExecutionRow, ExecutionRow]:
+        with self._tx() as db:
+            # The lease is checked before firing, so a refused outcome fires nothing.
+            self._check_open(db, tenant_id, execution_id, worker_id)
+            [fired], created = self._fire_in(db, tenant_id, [reply], now)
+            settled = self._record(
+                db, tenant_id, execution_id, worker_id, name_reply(outcome, fired.id)
+            )
+        self._wake(tenant_id, created, now)
+        return settled, fired
+
+    def _check_open(
+        self, db: sqlite3.Connection, tenant_id: str, execution_id: str, worker_id: str | None
+    ) -> None:
+        status, holder, recorded = self._owned(db, tenant_id, execution_id)
+        if recorded is not None:
+            raise outcome_already_recorded(execution_id)
+        check_lease(execution_id, status, holder, worker_id)
+
     def _record(
         self,
         db: sqlite3.Connection,
@@ -512,10 +551,7 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         worker_id: str | None,
         outcome: OutcomeRecord,
     ) -> ExecutionRow:
-        status, holder, recorded = self._owned(db, tenant_id, execution_id)
-        if recorded is not None:
-            raise outcome_already_recorded(execution_id)
-        check_lease(execution_id, status, holder, worker_id)
+        self._check_open(db, tenant_id, execution_id, worker_id)
         row = db.execute(
             "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
             f"lease_expires_at = NULL WHERE id = ? RETURNING {_EXEC_COLS}",

@@ -121,132 +121,143 @@ class PostgresFires(PostgresConnection):
         self, tenant_id: str, fires: list[NewFire], now: float
     ) -> list[ExecutionRow]:
         """Any number of fires in one transaction (all or none)."""
-        cue_ids = list(dict.fromkeys(f.cue_id for f in fires))
         async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT doc, fired_count, last_run FROM cuemsg_cues "
-                "WHERE tenant_id = %s AND id = ANY(%s)",
-                (tenant_id, cue_ids),
-            )
-            cues = {cue.id: cue for cue in (cue_from_doc(*r) for r in await cur.fetchall())}
-            # Fires before the first unknown cue are still checked in order, so a
-            # conflict earlier in a batch wins over a 404 later in it (as in SQLite).
-            missing = next((i for i, f in enumerate(fires) if f.cue_id not in cues), len(fires))
-            valid = fires[:missing]
+            out, wake = await self._fire_in(conn, tenant_id, fires, now)
+        self._wake(wake)
+        return out
 
-            ids = [new_execution_id() for _ in valid]
-            # Claim each idempotency key once (its first use in the batch leads).
-            leaders: dict[tuple[str, str], int] = {}
-            for i, f in enumerate(valid):
-                if f.idempotency_key is not None:
-                    leaders.setdefault((f.cue_id, f.idempotency_key), i)
-            stored: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (body_hash, exec id)
-            owned: set[tuple[str, str]] = set()
-            if leaders:
-                order = sorted(leaders)  # a fixed lock order: concurrent batches never deadlock
-                cur = await conn.execute(
-                    "INSERT INTO cuemsg_idempotency AS i "
-                    "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                    "SELECT %s, u.cue_id, u.key, u.body_hash, u.execution_id, %s "
-                    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-                    "AS u(cue_id, key, body_hash, execution_id) "
-                    # An expired key is taken over; a live one is left as it is.
-                    "ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
-                    "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
-                    "created_at = excluded.created_at WHERE i.created_at <= %s "
-                    "RETURNING cue_id, key",
-                    (
-                        tenant_id,
-                        now,
-                        [k[0] for k in order],
-                        [k[1] for k in order],
-                        [valid[leaders[k]].body_hash or "" for k in order],
-                        [ids[leaders[k]] for k in order],
-                        now - IDEMPOTENCY_TTL,
-                    ),
-                )
-                owned = {(r[0], r[1]) for r in await cur.fetchall()}
-                seen = [k for k in order if k not in owned]
-                if seen:
-                    cur = await conn.execute(
-                        "SELECT cue_id, key, body_hash, execution_id FROM cuemsg_idempotency "
-                        "WHERE tenant_id = %s AND (cue_id, key) IN "
-                        "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-                        (tenant_id, [k[0] for k in seen], [k[1] for k in seen]),
-                    )
-                    stored = {(r[0], r[1]): (r[2], r[3]) for r in await cur.fetchall()}
-                for k in owned:
-                    stored[k] = (valid[leaders[k]].body_hash or "", ids[leaders[k]])
-
-            earlier: dict[str, ExecutionRow] = {}
-            wanted = [v[1] for k, v in stored.items() if k not in owned]
-            if wanted:
-                cur = await conn.execute(
-                    f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE id = ANY(%s)",
-                    (wanted,),
-                )
-                earlier = {r[0]: execution_from_row(r) for r in await cur.fetchall()}
-
-            out: list[ExecutionRow] = []
-            created: list[ExecutionRow] = []
-            for i, f in enumerate(valid):
-                key = (f.cue_id, f.idempotency_key) if f.idempotency_key is not None else None
-                if key is not None and key in stored:
-                    body_hash, first_id = stored[key]
-                    if body_hash != (f.body_hash or ""):
-                        assert f.idempotency_key is not None
-                        raise idempotency_conflict(f.idempotency_key, i, len(fires))
-                    # A repeat within this batch finds the execution its leader made.
-                    first = earlier.get(first_id)
-                    if first is not None:
-                        out.append(first)
-                        continue
-                execution = new_execution(tenant_id, cues[f.cue_id], f, ids[i], now)
-                if key is not None and key not in owned:
-                    # The key's first execution is gone: this fire takes its place.
-                    await conn.execute(
-                        "INSERT INTO cuemsg_idempotency "
-                        "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, cue_id, key) "
-                        "DO UPDATE SET body_hash = excluded.body_hash, "
-                        "execution_id = excluded.execution_id, created_at = excluded.created_at",
-                        (tenant_id, key[0], key[1], f.body_hash or "", execution.id, now),
-                    )
-                    owned.add(key)
-                    stored[key] = (f.body_hash or "", execution.id)
-                earlier[execution.id] = execution
-                out.append(execution)
-                created.append(execution)
-            if missing < len(fires):
-                problem = cue_not_found(fires[missing].cue_id)
-                if len(fires) > 1:
-                    problem.field = f"fires[{missing}].cue_id"
-                raise problem
-
-            if created:
-                await self._insert(conn, tenant_id, created, now)
-                counts: dict[str, int] = {}
-                for e in created:
-                    counts[e.cue_id] = counts.get(e.cue_id, 0) + 1
-                for cue_id in sorted(counts):  # a fixed lock order again
-                    await conn.execute(
-                        "UPDATE cuemsg_cues SET fired_count = fired_count + %s, last_run = %s "
-                        "WHERE id = %s",
-                        (counts[cue_id], now, cue_id),
-                    )
-                    cues[cue_id].fired_count += counts[cue_id]
-                    cues[cue_id].last_run = now
-            wake = [
-                (tenant_id, task, count)
-                for task, count in Counter(
-                    e.task for e in created if e.scheduled_for <= now and e.transport == "worker"
-                ).items()
-            ]
-            if wake:
-                await self._publish(conn, wake)
+    def _wake(self, wake: list[tuple[str, str | None, int]]) -> None:
+        """After the commit: wake this replica's claims waiting for these tasks."""
         for tenant, task, count in wake:
             self.notifier.notify(tenant, task, count)
-        return out
+
+    async def _fire_in(
+        self, conn: AsyncConnection[Any], tenant_id: str, fires: list[NewFire], now: float
+    ) -> tuple[list[ExecutionRow], list[tuple[str, str | None, int]]]:
+        """The fires inside the caller's transaction: (answers in order, the tasks to wake)."""
+        cue_ids = list(dict.fromkeys(f.cue_id for f in fires))
+        cur = await conn.execute(
+            "SELECT doc, fired_count, last_run FROM cuemsg_cues "
+            "WHERE tenant_id = %s AND id = ANY(%s)",
+            (tenant_id, cue_ids),
+        )
+        cues = {cue.id: cue for cue in (cue_from_doc(*r) for r in await cur.fetchall())}
+        # Fires before the first unknown cue are still checked in order, so a
+        # conflict earlier in a batch wins over a 404 later in it (as in SQLite).
+        missing = next((i for i, f in enumerate(fires) if f.cue_id not in cues), len(fires))
+        valid = fires[:missing]
+
+        ids = [new_execution_id() for _ in valid]
+        # Claim each idempotency key once (its first use in the batch leads).
+        leaders: dict[tuple[str, str], int] = {}
+        for i, f in enumerate(valid):
+            if f.idempotency_key is not None:
+                leaders.setdefault((f.cue_id, f.idempotency_key), i)
+        stored: dict[tuple[str, str], tuple[str, str]] = {}  # key -> (body_hash, exec id)
+        owned: set[tuple[str, str]] = set()
+        if leaders:
+            order = sorted(leaders)  # a fixed lock order: concurrent batches never deadlock
+            cur = await conn.execute(
+                "INSERT INTO cuemsg_idempotency AS i "
+                "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+                "SELECT %s, u.cue_id, u.key, u.body_hash, u.execution_id, %s "
+                "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+                "AS u(cue_id, key, body_hash, execution_id) "
+                # An expired key is taken over; a live one is left as it is.
+                "ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
+                "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
+                "created_at = excluded.created_at WHERE i.created_at <= %s "
+                "RETURNING cue_id, key",
+                (
+                    tenant_id,
+                    now,
+                    [k[0] for k in order],
+                    [k[1] for k in order],
+                    [valid[leaders[k]].body_hash or "" for k in order],
+                    [ids[leaders[k]] for k in order],
+                    now - IDEMPOTENCY_TTL,
+                ),
+            )
+            owned = {(r[0], r[1]) for r in await cur.fetchall()}
+            seen = [k for k in order if k not in owned]
+            if seen:
+                cur = await conn.execute(
+                    "SELECT cue_id, key, body_hash, execution_id FROM cuemsg_idempotency "
+                    "WHERE tenant_id = %s AND (cue_id, key) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                    (tenant_id, [k[0] for k in seen], [k[1] for k in seen]),
+                )
+                stored = {(r[0], r[1]): (r[2], r[3]) for r in await cur.fetchall()}
+            for k in owned:
+                stored[k] = (valid[leaders[k]].body_hash or "", ids[leaders[k]])
+
+        earlier: dict[str, ExecutionRow] = {}
+        wanted = [v[1] for k, v in stored.items() if k not in owned]
+        if wanted:
+            cur = await conn.execute(
+                f"SELECT {EXEC_COLS} FROM cuemsg_executions WHERE id = ANY(%s)",
+                (wanted,),
+            )
+            earlier = {r[0]: execution_from_row(r) for r in await cur.fetchall()}
+
+        out: list[ExecutionRow] = []
+        created: list[ExecutionRow] = []
+        for i, f in enumerate(valid):
+            key = (f.cue_id, f.idempotency_key) if f.idempotency_key is not None else None
+            if key is not None and key in stored:
+                body_hash, first_id = stored[key]
+                if body_hash != (f.body_hash or ""):
+                    assert f.idempotency_key is not None
+                    raise idempotency_conflict(f.idempotency_key, i, len(fires))
+                # A repeat within this batch finds the execution its leader made.
+                first = earlier.get(first_id)
+                if first is not None:
+                    out.append(first)
+                    continue
+            execution = new_execution(tenant_id, cues[f.cue_id], f, ids[i], now)
+            if key is not None and key not in owned:
+                # The key's first execution is gone: this fire takes its place.
+                await conn.execute(
+                    "INSERT INTO cuemsg_idempotency "
+                    "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, cue_id, key) "
+                    "DO UPDATE SET body_hash = excluded.body_hash, "
+                    "execution_id = excluded.execution_id, created_at = excluded.created_at",
+                    (tenant_id, key[0], key[1], f.body_hash or "", execution.id, now),
+                )
+                owned.add(key)
+                stored[key] = (f.body_hash or "", execution.id)
+            earlier[execution.id] = execution
+            out.append(execution)
+            created.append(execution)
+        if missing < len(fires):
+            problem = cue_not_found(fires[missing].cue_id)
+            if len(fires) > 1:
+                problem.field = f"fires[{missing}].cue_id"
+            raise problem
+
+        if created:
+            await self._insert(conn, tenant_id, created, now)
+            counts: dict[str, int] = {}
+            for e in created:
+                counts[e.cue_id] = counts.get(e.cue_id, 0) + 1
+            for cue_id in sorted(counts):  # a fixed lock order again
+                await conn.execute(
+                    "UPDATE cuemsg_cues SET fired_count = fired_count + %s, last_run = %s "
+                    "WHERE id = %s",
+                    (counts[cue_id], now, cue_id),
+                )
+                cues[cue_id].fired_count += counts[cue_id]
+                cues[cue_id].last_run = now
+        wake = [
+            (tenant_id, task, count)
+            for task, count in Counter(
+                e.task for e in created if e.scheduled_for <= now and e.transport == "worker"
+            ).items()
+        ]
+        if wake:
+            await self._publish(conn, wake)
+        return out, wake
 
     @staticmethod
     async def _insert(

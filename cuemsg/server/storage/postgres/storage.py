@@ -18,11 +18,13 @@ from cuemsg.server.storage.base import (
     IDEMPOTENCY_TTL,
     CueRow,
     ExecutionRow,
+    NewFire,
     OutcomeRecord,
     WorkerRow,
     check_lease,
     claimable_where,
     execution_from_row,
+    name_reply,
     name_taken,
     outcome_already_recorded,
     unknown_cursor,
@@ -381,6 +383,39 @@ class PostgresStorage(PostgresTimed):
                 row = await cur.fetchone()
         assert row is not None
         return execution_from_row(row)
+
+    async def record_outcome_and_fire(
+        self,
+        tenant_id: str,
+        execution_id: str,
+        worker_id: str | None,
+        outcome: OutcomeRecord,
+        reply: NewFire,
+        now: float,
+    ) -> tuple[ExecutionRow, ExecutionRow]:
+        async with self._tx() as conn:
+            # The row lock first: a refused outcome fires nothing, and a racing
+            # outcome on the same execution waits for this commit.
+            status, holder, recorded = await self._locked(conn, tenant_id, execution_id)
+            if recorded:
+                raise outcome_already_recorded(execution_id)
+            check_lease(execution_id, status, holder, worker_id)
+            [fired], wake = await self._fire_in(conn, tenant_id, [reply], now)
+            named = name_reply(outcome, fired.id)
+            cur = await conn.execute(
+                "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
+                f"lease_expires_at = NULL WHERE id = %s RETURNING {EXEC_COLS}",
+                (
+                    "success" if named.success else "failed",
+                    encode_json(named).decode(),
+                    named.recorded_at,
+                    execution_id,
+                ),
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        self._wake(wake)
+        return execution_from_row(row), fired
 
     async def record_outcomes(
         self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
