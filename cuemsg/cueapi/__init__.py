@@ -30,6 +30,7 @@ from cuemsg.cueapi.client import (
     Workers,
 )
 from cuemsg.cueapi.models import (
+    REPLY_TOKEN,
     Claimable,
     Claimed,
     ClaimResult,
@@ -52,6 +53,7 @@ __all__ = [
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
+    "REPLY_TOKEN",
     "AsyncCueClient",
     "AsyncCues",
     "AsyncExecutions",

@@ -210,6 +210,23 @@ def report_outcomes(
     return results
 
 
+def report_outcome(
+    st: FlowState,
+    execution_id: str,
+    outcome: OutcomeRequest,
+    *,
+    worker_id: str,
+    reply: FireRequest | None,
+) -> Flow[OutcomeResult]:
+    """One outcome; with `reply`, the reply is fired in the same request (`outcome.reply`)."""
+    body = _outcome_body(outcome)
+    if reply is not None:
+        yield from _require(st, "outcome.reply")
+        body["reply"] = {"cue_id": reply.cue_id, **_fire_body(reply)}
+    call = routes.report_outcome(execution_id, body, worker_id=worker_id)
+    return (yield from request_model(st, call, OutcomeResult))
+
+
 # -- claims -------------------------------------------------------------------------------
 
 

@@ -319,11 +319,20 @@ class AsyncExecutions(_Resource):
         result: str | None = None,
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
+        reply: FireRequest | None = None,
     ) -> OutcomeResult:
         """See `Executions.report_outcome`."""
-        body = routes.outcome_body(success=success, result=result, error=error, metadata=metadata)
-        call = routes.report_outcome(execution_id, body, worker_id=worker_id)
-        return await self._client._run(flows.request_model(self._st, call, OutcomeResult))
+        outcome = OutcomeRequest(
+            execution_id=execution_id,
+            success=success,
+            result=result,
+            error=error,
+            metadata=metadata,
+        )
+        flow = flows.report_outcome(
+            self._st, execution_id, outcome, worker_id=worker_id, reply=reply
+        )
+        return await self._client._run(flow)
 
     async def report_outcomes(
         self, outcomes: Sequence[OutcomeRequest], *, worker_id: str

@@ -423,16 +423,31 @@ class Executions(_Resource):
         result: str | None = None,
         error: str | None = None,
         metadata: dict[str, Any] | None = None,
+        reply: FireRequest | None = None,
     ) -> OutcomeResult:
         """Record the outcome, once (sends `X-Worker-Id`; `result`/`error` at most 2000 chars).
 
+        With `reply`, the reply is fired in the same request and transaction
+        (extension `outcome.reply`): both happen or neither, and `REPLY_TOKEN`
+        in `result`, `error` or `metadata` is replaced by the reply's execution
+        id; the answer's `reply` is that fire.
+
         Raises:
+            ExtensionNotAvailable: `reply` given and the server does not list `outcome.reply`.
             Conflict: `outcome_already_recorded` or `execution_not_claiming`.
             Forbidden: the lease passed to another worker.
         """
-        body = routes.outcome_body(success=success, result=result, error=error, metadata=metadata)
-        call = routes.report_outcome(execution_id, body, worker_id=worker_id)
-        return self._client._run(flows.request_model(self._st, call, OutcomeResult))
+        outcome = OutcomeRequest(
+            execution_id=execution_id,
+            success=success,
+            result=result,
+            error=error,
+            metadata=metadata,
+        )
+        flow = flows.report_outcome(
+            self._st, execution_id, outcome, worker_id=worker_id, reply=reply
+        )
+        return self._client._run(flow)
 
     def report_outcomes(
         self, outcomes: Sequence[OutcomeRequest], *, worker_id: str

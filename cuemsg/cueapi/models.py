@@ -127,6 +127,11 @@ class FireResult(Model, frozen=True, kw_only=True):
         return self.id
 
 
+#: In an outcome reported with `reply=` (extension `outcome.reply`), this token
+#: stands for the reply's execution id; the server writes the id in its place.
+REPLY_TOKEN = "{reply_execution_id}"
+
+
 class FireRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One fire for `cues.fire_many`: the same fields as `cues.fire`.
 
@@ -249,11 +254,12 @@ class OutcomeRequest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
 
 
 class OutcomeResult(Model, frozen=True, kw_only=True):
-    """The answer of an outcome report."""
+    """The answer of an outcome report (`reply`: the reply it fired, `outcome.reply`)."""
 
     execution_id: str
     outcome_recorded: bool = True
     outcome_state: str | None = None
+    reply: FireResult | None = None
 
 
 # -- workers and discovery ----------------------------------------------------------------

@@ -33,6 +33,9 @@ DEFAULT_RETRY_DELAY = 1.0
 FALLBACK_LEASE_SECONDS = 900.0
 #: Replies claimed per request of the reply loop.
 REPLY_BATCH = 50
+#: Longest wait of a claimed reply's ack before it is recorded (seconds): the acks
+#: of one-at-a-time requests go in one `report_outcomes` per this, not one per call.
+REPLY_ACK_DELAY = 0.5
 #: Messages claimed at most per request of `serve` (bounded by free handler slots).
 SERVE_BATCH = 50
 #: Longest wait of an ack made by `serve()` before it is recorded (seconds): acks of

@@ -147,6 +147,30 @@ class RecordOutcome(Op):
 
 
 @dataclass(frozen=True)
+class RecordReply(Op):
+    """Fire `reply` and record the outcome in one request (extension `outcome.reply`)."""
+
+    execution_id: str
+    worker_id: str
+    success: bool
+    reply: FireRequest
+    result: str | None = None
+    error: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def call(self, client: Any) -> Any:
+        return client.executions.report_outcome(
+            self.execution_id,
+            worker_id=self.worker_id,
+            success=self.success,
+            result=self.result,
+            error=self.error,
+            metadata=self.metadata,
+            reply=self.reply,
+        )
+
+
+@dataclass(frozen=True)
 class RecordOutcomes(Op):
     outcomes: list[OutcomeRequest]
     worker_id: str

@@ -17,7 +17,7 @@ from cuemsg._exceptions import (
 )
 from cuemsg.cueapi.models import Claimed, Execution, OutcomeRequest
 from cuemsg.envelope import decode_payload, new_id
-from cuemsg.mailbox._config import PRESENCE_KEY, REPLY_BATCH, TimeoutReason
+from cuemsg.mailbox._config import PRESENCE_KEY, REPLY_ACK_DELAY, REPLY_BATCH, TimeoutReason
 from cuemsg.mailbox._helpers import cut, parse_time, pause_after
 from cuemsg.mailbox._noreply import from_record
 from cuemsg.mailbox._ops import (
@@ -196,12 +196,14 @@ class RequestFlows(ReceiveFlows):
         """
         failures = 0
         while not self.closing:
-            if not self.router:
-                yield IdleWait(self.config.poll_wait)
-                continue
             try:
+                if self.reply_acks and self.monotonic() >= self.reply_acks_due:
+                    yield from self.flush_reply_acks()
+                if not self.router:
+                    yield IdleWait(self._reply_wait())
+                    continue
                 claims = yield from self.claim(
-                    self.info.reply_task, self.config.poll_wait, REPLY_BATCH, hold=False
+                    self.info.reply_task, self._reply_wait(), REPLY_BATCH, hold=False
                 )
                 if claims:
                     yield from self.route_replies(claims)
@@ -210,15 +212,38 @@ class RequestFlows(ReceiveFlows):
                 failures += 1
                 log.warning("reply loop: %s", exc)
                 yield Pause(pause_after(exc, failures))
+        yield from self.flush_reply_acks()
+
+    def _reply_wait(self) -> float:
+        """How long the reply loop may wait now: no later than the waiting acks are due."""
+        if not self.reply_acks:
+            return self.config.poll_wait
+        return max(0.0, min(self.config.poll_wait, self.reply_acks_due - self.monotonic()))
 
     def drain_replies(self) -> Flow[None]:
         """Settle the replies already waiting (all late by now): one claim, no wait."""
         claims = yield from self.claim(self.info.reply_task, None, REPLY_BATCH, hold=False)
         if claims:
             yield from self.route_replies(claims)
+        yield from self.flush_reply_acks()
+
+    def flush_reply_acks(self) -> Flow[None]:
+        """Record the waiting reply acks in one `report_outcomes` (one request per 100).
+
+        A reply whose ack is lost (in transit, or the process dies first) is
+        claimed again after its lease and acked then as a duplicate.
+        """
+        outcomes, self.reply_acks = self.reply_acks, []
+        if not outcomes:
+            return
+        answers = yield RecordOutcomes(outcomes, self.info.worker_id)
+        for item, answer in zip(outcomes, answers, strict=False):
+            if isinstance(answer, CueAPIError):
+                log.warning("outcome of reply %s not recorded: %s", item.execution_id, answer)
 
     def route_replies(self, claims: Sequence[Claimed]) -> Flow[None]:
-        """Hand claimed replies to their requests; ack each with what became of it."""
+        """Hand claimed replies to their requests; queue each one's ack with what became
+        of it (recorded by `flush_reply_acks` within `REPLY_ACK_DELAY`)."""
         outcomes: list[OutcomeRequest] = []
         late: list[Delivery[Any]] = []
         for claimed in claims:
@@ -277,10 +302,12 @@ class RequestFlows(ReceiveFlows):
                     metadata=self._meta_state(verdict, correlation_id=cid, id=meta.id),
                 )
             )
-        answers = yield RecordOutcomes(outcomes, self.info.worker_id)
-        for item, answer in zip(outcomes, answers, strict=False):
-            if isinstance(answer, CueAPIError):
-                log.warning("outcome of reply %s not recorded: %s", item.execution_id, answer)
+        # The requests already have their replies: the acks wait for company.
+        if not self.reply_acks:
+            self.reply_acks_due = self.monotonic() + REPLY_ACK_DELAY
+        self.reply_acks.extend(outcomes)
+        if len(self.reply_acks) >= REPLY_BATCH:
+            yield from self.flush_reply_acks()
         callback = self.config.on_late_reply
         if callback is not None:
             for msg in late:

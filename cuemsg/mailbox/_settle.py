@@ -16,13 +16,22 @@ from cuemsg._exceptions import (
     MailboxError,
     NotFound,
 )
-from cuemsg.cueapi.models import OutcomeRequest
+from cuemsg.cueapi.models import REPLY_TOKEN, FireRequest, OutcomeRequest
 from cuemsg.envelope import ErrorBody, Kind, from_timestamp, payload_bytes, with_attempt
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
 from cuemsg.mailbox._noreply import notice_body
-from cuemsg.mailbox._ops import Fire, Flow, Pause, RecordOutcome, RecordOutcomes, RenewLease
+from cuemsg.mailbox._ops import (
+    Extensions,
+    Fire,
+    Flow,
+    Pause,
+    RecordOutcome,
+    RecordOutcomes,
+    RecordReply,
+    RenewLease,
+)
 from cuemsg.mailbox._records import CachedReply, Delivery, Settled
 from cuemsg.mailbox._send import SendFlows
 
@@ -202,42 +211,103 @@ class SettleFlows(SendFlows):
             correlation_id=msg.correlation_id or msg.id,
         )  # may raise EnvelopeError: the message stays unsettled
         self._begin(msg, Settled.REPLIED)
-        try:
-            fired = yield Fire(msg.reply_cue_id, payload, idempotency_key=meta.id)
-        except BaseException:
-            msg.settled = None
-            raise
+        what = f"error reply {error.type}: {error.message}" if error is not None else "reply"
+        state = "replied" if error is None else "replied_error"
+
+        def outcome(reply_eid: str) -> tuple[str, dict[str, Any]]:
+            text = f"replied: {what} sent as execution {reply_eid} "
+            text += f"(correlation id {meta.correlation_id})"
+            metadata = self._msg_state(
+                msg,
+                state,
+                id=msg.id,
+                reply_id=meta.id,
+                reply_execution_id=reply_eid,
+                correlation_id=meta.correlation_id,
+            )
+            return text, metadata
+
+        exts = yield Extensions()
+        if "outcome.reply" in exts:
+            # One request, one transaction: the reply and this outcome, or neither.
+            reply = FireRequest(
+                cue_id=msg.reply_cue_id, payload_override=payload, idempotency_key=meta.id
+            )
+            text, metadata = outcome(REPLY_TOKEN)
+            fired_id = yield from self._settle_with_reply(
+                msg, reply, success=error is None, text=text, metadata=metadata
+            )
+        else:
+            try:
+                fired = yield Fire(msg.reply_cue_id, payload, idempotency_key=meta.id)
+            except BaseException:
+                msg.settled = None
+                raise
+            fired_id = str(fired.id)
         self.stats.count("sent")
         encoded = payload_bytes(payload)
         record = CachedReply(
             cue_id=msg.reply_cue_id,
             key=meta.id,
-            execution_id=fired.id,
+            execution_id=fired_id,
             payload=msgspec.Raw(encoded if len(encoded) <= MAX_CACHED_REPLY else b"null"),
         )
         self.dedupe.remember(self._dedupe_key(msg.id), msgspec.json.encode(record))
-        what = f"error reply {error.type}: {error.message}" if error is not None else "reply"
-        text = (
-            f"replied: {what} sent as execution {fired.id} (correlation id {meta.correlation_id})"
-        )
-        metadata = self._msg_state(
-            msg,
-            "replied" if error is None else "replied_error",
-            id=msg.id,
-            reply_id=meta.id,
-            reply_execution_id=fired.id,
-            correlation_id=meta.correlation_id,
-        )
-        if error is None:
-            yield from self._settle_eid(
-                msg.execution_id, msg.id, success=True, result=text, metadata=metadata
-            )
-        else:
-            yield from self._settle_eid(
-                msg.execution_id, msg.id, success=False, error=text, metadata=metadata
-            )
+        if "outcome.reply" not in exts:
+            text, metadata = outcome(fired_id)
+            if error is None:
+                yield from self._settle_eid(
+                    msg.execution_id, msg.id, success=True, result=text, metadata=metadata
+                )
+            else:
+                yield from self._settle_eid(
+                    msg.execution_id, msg.id, success=False, error=text, metadata=metadata
+                )
         self.stats.count("replied")
-        return str(fired.id)
+        return fired_id
+
+    def _settle_with_reply(
+        self,
+        msg: Delivery[Any],
+        reply: FireRequest,
+        *,
+        success: bool,
+        text: str,
+        metadata: dict[str, Any],
+    ) -> Flow[str]:
+        """Fire `reply` and settle `msg` in one request; answers the reply's execution id.
+
+        A refusal of the outcome is a lost lease (nothing was fired); any other
+        failure leaves `msg` unsettled and held, as a failed fire does.
+        """
+        eid = msg.execution_id
+        why = self.leases.lost(eid)
+        if why is not None:
+            self.leases.release(eid)
+            raise self._lease_lost(eid, msg.id, why)
+        try:
+            answer = yield RecordReply(
+                eid,
+                self.info.worker_id,
+                success,
+                reply,
+                result=cut(text) if success else None,
+                error=None if success else cut(text),
+                metadata=metadata,
+            )
+        except (Forbidden, Conflict, NotFound) as exc:
+            if isinstance(exc, NotFound) and exc.code != "execution_not_found":
+                msg.settled = None  # the reply's cue is gone: nothing happened
+                raise
+            self.leases.release(eid)
+            raise self._lease_lost(eid, msg.id, exc) from exc
+        except BaseException:
+            msg.settled = None
+            raise
+        self.leases.release(eid)
+        if answer.reply is None:  # a server that listed the extension must answer it
+            raise MailboxError(f"the outcome of {eid} did not name the reply it fired")
+        return str(answer.reply.id)
 
     def heartbeat(self, msg: Delivery[Any]) -> Flow[None]:
         """Renew `msg`'s lease now (background heartbeats do this on their own)."""

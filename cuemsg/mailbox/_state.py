@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cuemsg._exceptions import CuemsgError, LeaseLost
+from cuemsg.cueapi.models import OutcomeRequest
 from cuemsg.envelope import outcome_metadata
 from cuemsg.mailbox._config import MailboxConfig, MailboxInfo
 from cuemsg.mailbox._leases import AckQueue, LeaseBook, Presence
@@ -57,6 +58,9 @@ class CoreState:
         self.leases = LeaseBook()
         self.acks = AckQueue()
         self.router = ReplyRouter(event_factory)
+        # Acks of claimed replies, recorded together (`flush_reply_acks`) by this time.
+        self.reply_acks: list[OutcomeRequest] = []
+        self.reply_acks_due = 0.0
         self.presence = Presence(config.presence_interval)
         self.stats = MailboxStats()
         self.dedupe: DedupeStore = config.dedupe if config.dedupe is not None else MemoryDedupe()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from cuemsg.cueapi import (
+    REPLY_TOKEN,
     AuthenticationError,
     Claimed,
     ClaimFailed,
@@ -478,6 +479,35 @@ def test_workers(client: CueClient, extensions_on: bool) -> None:
     else:
         with pytest.raises(ExtensionNotAvailable, match=r"workers\.list"):
             client.workers.list()
+
+
+def test_report_outcome_with_reply(client: CueClient, extensions_on: bool) -> None:
+    requests, replies = _inbox(client, "req"), _inbox(client, "rep")
+    client.cues.fire(requests, {"n": 1})
+    exe = _claim_one(client, "req")
+    reply = FireRequest(cue_id=replies, payload_override={"a": 2}, idempotency_key="r-1")
+    before = client.request_count
+    if not extensions_on:
+        with pytest.raises(ExtensionNotAvailable, match=r"outcome\.reply"):
+            client.executions.report_outcome(
+                exe.execution_id, worker_id="w1", success=True, reply=reply
+            )
+        assert client.request_count == before  # refused before sending anything
+        return
+    done = client.executions.report_outcome(
+        exe.execution_id,
+        worker_id="w1",
+        success=True,
+        result=f"answered by {REPLY_TOKEN}",
+        metadata={"reply": REPLY_TOKEN},
+        reply=reply,
+    )
+    assert client.request_count == before + 1
+    assert done.outcome_state == "success" and done.reply is not None
+    outcome = client.executions.get(exe.execution_id).outcome or {}
+    assert outcome["result"] == f"answered by {done.reply.id}"
+    assert outcome["metadata"] == {"reply": done.reply.id}
+    assert client.executions.get(done.reply.id).payload == {"task": "rep", "a": 2}
 
 
 def test_injected_http_client_is_left_open(server: RunningServer, api_key: str) -> None:

@@ -56,6 +56,28 @@ async def test_open_send_receive(aclient: AsyncCueClient) -> None:
         assert exe.status == "success"
 
 
+async def test_a_reply_is_one_request_with_outcome_reply(
+    server: RunningServer, aclient: AsyncCueClient
+) -> None:
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        one = "outcome.reply" in await aclient.load_extensions()
+        await a.send(b.address, "ping")
+        used, reply_eid = 0, ""
+        async for m in b.receive(wait=5, limit=1):
+            before = server.requests
+            reply_eid = await m.reply("pong")
+            used = server.requests - before - 1  # the second /health read counts itself
+        assert used == (1 if one else 2)
+        exe = await aclient.executions.get(m.execution_id)
+        assert exe.outcome is not None
+        assert exe.outcome["metadata"]["cuemsg"]["reply_execution_id"] == reply_eid
+        async for pong in a.receive(wait=5, limit=1):
+            assert (pong.body, pong.execution_id) == ("pong", reply_eid)
+
+
 async def test_settling_twice_raises_already_settled(aclient: AsyncCueClient) -> None:
     async with (
         AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,

@@ -18,12 +18,14 @@ from cuemsg._exceptions import (
     LeaseLost,
     MailboxError,
     NoResponder,
+    NotFound,
     RemoteError,
     RequestTimeout,
     RetryLater,
     TransportError,
 )
 from cuemsg.cueapi.models import (
+    REPLY_TOKEN,
     Claimed,
     ClaimResult,
     Cue,
@@ -62,6 +64,7 @@ from cuemsg.mailbox._ops import (
     Pause,
     RecordOutcome,
     RecordOutcomes,
+    RecordReply,
     RenewLease,
     StartReplies,
     UpdateCue,
@@ -84,12 +87,26 @@ def run(flow: Any, answer: Callable[[Any], Any]) -> tuple[Any, list[Any]]:
         done, op = advance(flow, value, exc)
         if done:
             return op, ops
-        ops.append(op)
         value, exc = None, None
+        if isinstance(op, Extensions) and answer(op) is None:
+            # An answer that knows no extensions: the plain path, whose ops these tests count.
+            value = frozenset()
+            continue
+        ops.append(op)
         try:
             value = answer(op)
         except Exception as err:
             exc = err
+
+
+def _with_reply(op: Any) -> Any:
+    """A healthy server that lists `outcome.reply`."""
+    if isinstance(op, Extensions):
+        return frozenset({"outcome.reply"})
+    if isinstance(op, RecordReply):
+        reply = FireResult(id=f"x-{op.reply.idempotency_key}")
+        return OutcomeResult(execution_id=op.execution_id, reply=reply)
+    return ok(op)
 
 
 def wire_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -345,6 +362,42 @@ def test_reply_goes_to_the_requesters_reply_task_and_the_outcome_names_it() -> N
     assert reply_eid in outcome.result
 
 
+def test_with_outcome_reply_a_reply_is_one_op_naming_itself_by_token() -> None:
+    c = make_core()
+    request = Meta(id="r1", kind="request", correlation_id="r1", reply_task="peer.replies")
+    msg, _ = run(c.admit(claimed(message(request, "q"))), ok)
+    reply_eid, ops = run(c.reply(msg, {"a": 1}), _with_reply)
+    assert [type(o) for o in ops] == [Extensions, RecordReply]
+    op = ops[1]
+    meta = op.reply.payload_override["cuemsg"]
+    assert op.reply.cue_id == PEER and op.reply.idempotency_key == meta["id"]
+    assert op.success and op.execution_id == "e1"
+    assert op.metadata["cuemsg"]["reply_execution_id"] == REPLY_TOKEN
+    assert REPLY_TOKEN in (op.result or "")
+    assert reply_eid == f"x-{meta['id']}" and c.stats.replied == 1
+
+    def refused(op: Any) -> Any:
+        if isinstance(op, RecordReply):
+            raise Forbidden("leased to another worker", status=403, code="not_execution_owner")
+        return _with_reply(op)
+
+    request = Meta(id="r2", kind="request", correlation_id="r2", reply_task="peer.replies")
+    msg, _ = run(c.admit(claimed(message(request, "q"), eid="e2")), ok)
+    with pytest.raises(LeaseLost):
+        run(c.reply(msg, {"a": 1}), refused)
+
+    def cue_gone(op: Any) -> Any:
+        if isinstance(op, RecordReply):
+            raise NotFound("no such cue", status=404, code="cue_not_found", field="reply.cue_id")
+        return _with_reply(op)
+
+    request = Meta(id="r3", kind="request", correlation_id="r3", reply_task="peer.replies")
+    msg, _ = run(c.admit(claimed(message(request, "q"), eid="e3")), ok)
+    with pytest.raises(NotFound):
+        run(c.reply(msg, {"a": 1}), cue_gone)
+    assert msg.settled is None  # still held: the handler may answer again
+
+
 def test_handler_errors_become_error_replies_rejections_or_retries() -> None:
     def boom(msg: Any) -> Any:
         raise KeyError("nope")
@@ -575,7 +628,10 @@ def test_request_waits_for_its_reply_by_correlation_id() -> None:
                 claimed(reply_payload(cid, {"ok": True}), eid="s2"),
             ]
             _, ops = run(c.route_replies(claims), ok)
+            assert ops == []  # the acks wait for company (REPLY_ACK_DELAY)
+            _, ops = run(c.flush_reply_acks(), ok)
             [outcomes] = ops
+            assert not c.reply_acks and not run(c.flush_reply_acks(), ok)[1]
             assert [o.result.split(":")[0] for o in outcomes.outcomes] == [
                 "late reply",
                 f"reply delivered to the waiting request {cid}",

@@ -274,6 +274,7 @@ def test_request_reply_and_accountability(client: CueClient, mailboxes: Open) ->
     a, b = mailboxes("a"), mailboxes("b")
     with serving(b, echo):
         assert a.request(b.address, [1, 2], timeout=10) == {"echo": [1, 2]}
+    a.close()  # records the reply's ack, which waits up to REPLY_ACK_DELAY for company
     [exe] = [e for e in client.executions.list(cue_id=b.address).executions]
     meta = exe.outcome["metadata"]["cuemsg"]
     assert exe.status == "success" and meta["state"] == "replied"
@@ -281,6 +282,46 @@ def test_request_reply_and_accountability(client: CueClient, mailboxes: Open) ->
     assert reply.cue_id == a.address and reply.payload["task"] == a.reply_task
     assert reply.payload["cuemsg"]["correlation_id"] == meta["correlation_id"]
     assert reply.status == "success" and "delivered" in reply.outcome["result"]
+
+
+def test_a_reply_and_its_outcome_are_one_request_with_outcome_reply(
+    server: RunningServer, client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    one = "outcome.reply" in client.extensions  # probed before counting
+    a.send(b.address, "ping")
+    used, reply_eid = 0, ""
+    for ping in b.receive(wait=5, limit=1):
+        before = server.requests
+        reply_eid = ping.reply("pong")
+        used = server.requests - before - 1  # the second /health read counts itself
+    assert used == (1 if one else 2)
+    exe = client.executions.get(ping.execution_id)
+    assert exe.outcome is not None and reply_eid in exe.outcome["result"]
+    assert exe.outcome["metadata"]["cuemsg"]["reply_execution_id"] == reply_eid
+    [pong] = list(a.receive(wait=5, limit=1))
+    assert pong.execution_id == reply_eid and pong.correlation_id == ping.id
+
+
+def test_one_at_a_time_rpc_takes_four_requests_a_call_with_the_extensions(
+    server: RunningServer, client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    calls = 20
+    with serving(b, echo):
+        assert a.request(b.address, -1, timeout=10) == {"echo": -1}  # loops started
+        before = server.requests
+        for i in range(calls):
+            assert a.request(b.address, i, timeout=10) == {"echo": i}
+        used = server.requests - before - 1  # the second /health read counts itself
+    if "outcome.reply" in client.extensions:
+        # fire, claim + reply-and-outcome by the responder, the reply's claim; the
+        # reply acks go in batches (a couple of long polls may end empty meanwhile).
+        assert used <= 4 * calls + 4, used
+    a.close()  # records the reply acks still waiting
+    replies = client.executions.list(cue_id=a.address, limit=100).executions
+    assert len(replies) == calls + 1 and {e.status for e in replies} == {"success"}
+    assert a.stats.replies_received == calls + 1
 
 
 def test_fifty_outstanding_requests_three_responders(mailboxes: Open) -> None:
@@ -369,6 +410,7 @@ def test_slow_responder_and_late_reply(client: CueClient, mailboxes: Open) -> No
         time.sleep(0.05)
     [msg] = late
     assert msg.body == "too late" and msg.correlation_id == info.value.correlation_id
+    a.close()  # records the reply acks still waiting (REPLY_ACK_DELAY)
     request_exe = client.executions.get(info.value.execution_id)  # type: ignore[arg-type]
     reply_eid = request_exe.outcome["metadata"]["cuemsg"]["reply_execution_id"]
     reply_exe = client.executions.get(reply_eid)
