@@ -42,6 +42,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-url", default=argparse.SUPPRESS, help="CueAPI URL (default: $CUEAPI_BASE_URL)"
     )
     parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --http: a session with no request open this long has ended, and the "
+        "requests it held are delivered again (default: 1800)",
+    )
+    parser.add_argument(
         "--embedded",
         metavar="DB",
         help="with no key or URL set: start the embedded server on DB (a SQLite file)",
@@ -84,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cuemsg mcp: {exc}", file=sys.stderr)
         return 2
+    if not args.session_ttl > 0:
+        print(
+            f"cuemsg mcp: --session-ttl must be > 0 seconds, not {args.session_ttl:g}",
+            file=sys.stderr,
+        )
+        return 2
     key = getattr(args, "api_key", None) or os.environ.get("CUEAPI_API_KEY")
     url = getattr(args, "base_url", None) or os.environ.get("CUEAPI_BASE_URL")
     with contextlib.ExitStack() as stack:
@@ -97,20 +111,27 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        server = create_server(args.mailbox, api_key=key, base_url=url)
         try:
             if http is None:
-                server.run("stdio")
+                create_server(args.mailbox, api_key=key, base_url=url).run("stdio")
             else:
-                host, port = http
-                print(
-                    f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp",
-                    file=sys.stderr,
-                )
-                server.run("streamable-http", host=host, port=port)
+                _serve_http(args, http, key, url)
         except KeyboardInterrupt:
             return 130
     return 0
+
+
+def _serve_http(args: argparse.Namespace, http: tuple[str, int], key: str, url: str | None) -> None:
+    """Serve the streamable HTTP app on `http` until interrupted."""
+    import uvicorn
+
+    from cuemsg.mcp.server import create_http_app
+
+    host, port = http
+    app = create_http_app(args.mailbox, api_key=key, base_url=url, session_ttl=args.session_ttl)
+    print(f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp", file=sys.stderr)
+    # Stderr is the log of this server: warnings, not one line per HTTP request.
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @contextlib.contextmanager
