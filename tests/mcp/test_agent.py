@@ -88,6 +88,13 @@ async def test_names_and_addresses_resolve_and_unknowns_list_at_most_20(
     text = str(err.value)
     assert text.count(", ") == MAX_NAMES_SHOWN - 1
     assert "and 5 more." in text  # 25 mailboxes: ag, target and 23 made here
+    # The library's lookup offers close names; the list of those that exist follows.
+    with pytest.raises(AgentError) as err:
+        await agent.send_message("targte", "x")
+    assert "no mailbox is named or addressed 'targte' (did you mean 'target'?)." in str(err.value)
+    assert "Mailboxes that exist: ag, mb00," in str(err.value)
+    with pytest.raises(AgentError, match="no mailbox is named or addressed 'cue_000000000000'"):
+        await agent.send_message("cue_000000000000", "x")
 
 
 async def test_ask_agent_settled_without_a_reply_says_so_at_once(
