@@ -31,7 +31,7 @@ from cuemsg import (
     RequestTimeout,
 )
 from cuemsg.mcp.held import HeldRequests, NotHeld
-from cuemsg.mcp.history import message_history
+from cuemsg.mcp.history import message_history, thread_history
 from cuemsg.mcp.resolve import Directory, MailboxEntry, UnknownMailbox
 
 __all__ = ["Agent", "AgentError", "Progress"]
@@ -319,6 +319,10 @@ class Agent:
         """This mailbox's recent messages in and out (or one thread's), newest first."""
         if not 1 <= limit <= 200:
             raise AgentError(f"limit must be between 1 and 200, not {limit}")
+        if thread is not None:
+            if not thread:
+                raise AgentError("thread is empty: give a conversation id, or leave it out")
+            return await thread_history(self.mailbox, self.directory, thread, limit=limit)
         return await message_history(
             self.client, self.directory, self.me, thread=thread, limit=limit
         )
