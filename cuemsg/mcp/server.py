@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import Field
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp
 from cuemsg import AsyncCueClient, CuemsgError, __version__
 from cuemsg.mcp.agent import MAX_ASK_TIMEOUT, MAX_INBOX_LIMIT, MAX_INBOX_WAIT, Agent, AgentError
 from cuemsg.mcp.sessions import DEFAULT_SESSION_TTL, SESSION_HEADER, SessionEnds
+from cuemsg.mcp.watch import InboxWatch
 
 __all__ = ["create_http_app", "create_server"]
 
@@ -117,13 +119,17 @@ def _build(
         async with (
             AsyncCueClient(api_key, base_url) as client,
             Agent.open(client, name) as agent,
+            anyio.create_task_group() as tg,
         ):
             session.agent = agent
+            tg.start_soon(watch.watch_forever, agent.mailbox.waiting)
             try:
                 yield None
             finally:
                 session.agent = None
+                tg.cancel_scope.cancel()
 
+    watch = InboxWatch(f"mailbox://{name}/inbox")
     server: MCPServer[Any] = MCPServer(
         f"cuemsg-{name}",
         instructions=INSTRUCTIONS.format(name=name),
@@ -131,6 +137,8 @@ def _build(
         lifespan=lifespan,
         # Stderr is the MCP client's log of this server: warnings, not every HTTP request.
         log_level="WARNING",
+        # Listening clients hear of new mail on mailbox://NAME/inbox (see watch.py).
+        subscriptions=watch,
     )
 
     @server.tool()
@@ -186,7 +194,7 @@ def _build(
         session (if the session ends, it goes back to the inbox). An empty list means
         nothing arrived within wait_seconds.
         """
-        with _tool_errors():
+        with _tool_errors(), watch.reading():
             return await session.get().check_inbox(
                 wait_seconds=wait_seconds,
                 limit=limit,
