@@ -57,7 +57,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises `UsageError` instead of printing, so `--json` can report it."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", self.format_usage())
+        # report_error() prefixes "cuemsg: "; name the subcommand after it, not "cuemsg" twice.
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message, self.format_usage())
 
 
 def emit(args: argparse.Namespace, data: Any, text: Sequence[str] | str) -> None:
