@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from cuemsg._exceptions import CuemsgError
+
 __all__ = ["add_parser", "build_parser", "run"]
 
 DESCRIPTION = """Run an MCP server that gives an LLM agent the mailbox NAME and the tools to
@@ -110,7 +112,26 @@ def run(args: argparse.Namespace) -> int:
                 server.run("streamable-http", host=host, port=port)
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            # The mailbox opens in the server's lifespan, inside the SDK's task groups: a
+            # refused key, name or URL arrives wrapped in exception groups. One line, not those.
+            found = _cuemsg_error(exc)
+            if found is None:
+                raise
+            print(f"cuemsg mcp: cannot open the mailbox {args.mailbox!r}: {found}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _cuemsg_error(exc: BaseException) -> CuemsgError | None:
+    """The first `CuemsgError` in `exc`, looking inside exception groups."""
+    if isinstance(exc, CuemsgError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group (3.10: the backport)
+        found = _cuemsg_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 @contextlib.contextmanager
