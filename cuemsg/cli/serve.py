@@ -192,6 +192,11 @@ def _keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"keys: {exc}") from None
     check_db(settings.db)
+    if settings.db == ":memory:":  # the key would vanish with this process's database
+        raise UsageError(
+            "keys: --db :memory: is a database of its own that ends with this command; "
+            "give the file or URL that `cuemsg serve --db` uses"
+        )
 
     async def create() -> str:
         storage = open_storage(settings)
