@@ -173,6 +173,7 @@ def _announce(base_url: str, settings: ServerSettings, key: str | None) -> None:
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
     print(f"  export CUEAPI_API_KEY={key or 'cue_sk_...'}")
+    print(f"web console: {base_url}/console/ (sign in with the API key)")
     if not settings.loopback:
         print(
             f"warning: listening on {settings.host}, reachable from other machines", file=sys.stderr

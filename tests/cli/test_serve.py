@@ -151,3 +151,13 @@ def test_demo_tells_its_handler_failure_as_part_of_the_story() -> None:
         "  planner: RemoteError ValueError: the writer cannot do that\n"
     ) in proc.stdout
     assert "WARNING" not in proc.stderr and "handler failed" not in proc.stderr
+
+
+def test_serve_prints_where_the_web_console_is(serving: list[subprocess.Popen[str]]) -> None:
+    base_url, _ = _serve(serving)
+    proc = serving[0]
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == f"web console: {base_url}/console/ (sign in with the API key)"
+    page = httpx.get(f"{base_url}/console/")
+    assert page.status_code == 200 and "cuemsg console" in page.text

@@ -24,8 +24,8 @@ import pytest
 from cuemsg.cueapi import CueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
+from cuemsg.cueapi._base import _default_transport
 from cuemsg.cueapi._transport import KeepAliveTransport
-from cuemsg.cueapi.client import _default_transport
 from cuemsg.testing import RunningServer, free_port, run_server
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
@@ -111,7 +112,7 @@ async def test_fifty_outstanding_requests_three_responders(aclient: AsyncCueClie
 
         async with anyio.create_task_group() as serving:
             for w in workers:
-                serving.start_soon(lambda w=w: w.serve(handler, concurrency=8))
+                serving.start_soon(functools.partial(w.serve, handler, concurrency=8))
             async with anyio.create_task_group() as asking:
                 for n in range(50):
                     asking.start_soon(ask, n)
@@ -203,8 +204,8 @@ async def test_batches(server: RunningServer, aclient: AsyncCueClient) -> None:
             async for m in messages:
                 if m.body == 2:
                     break
-        statuses = [(await aclient.executions.get(s.execution_id)).status for s in sent]
-        assert statuses[:2] == ["success"] * 2 and "success" not in statuses[2:]
+        in_order = [(await aclient.executions.get(s.execution_id)).status for s in sent]
+        assert in_order[:2] == ["success"] * 2 and "success" not in in_order[2:]
         # serve() records the acks of handlers that finish together in one request.
         sent = await a.send_many(c.address, list(range(100)))
         handled: list[int] = []
