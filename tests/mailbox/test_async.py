@@ -76,7 +76,7 @@ async def test_a_send_that_would_be_dead_on_arrival_is_refused(aclient: AsyncCue
         with pytest.raises(ValueError, match="ttl must be > 0 seconds, not 0"):
             await a.send(a.address, "x", ttl=0)
         with pytest.raises(TypeError, match="thread must be a string"):
-            await a.request(a.address, "x", timeout=1, thread=7)  # type: ignore[arg-type]
+            await a.request(a.address, "x", timeout=1, thread=7)  # type: ignore[call-overload]
         assert (await aclient.executions.list()).executions == []  # nothing was fired
 
 
