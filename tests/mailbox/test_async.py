@@ -78,6 +78,9 @@ async def test_a_send_that_would_be_dead_on_arrival_is_refused(aclient: AsyncCue
         with pytest.raises(TypeError, match="thread must be a string"):
             await a.request(a.address, "x", timeout=1, thread=7)  # type: ignore[call-overload]
         assert (await aclient.executions.list()).executions == []  # nothing was fired
+        with pytest.raises(ValueError, match="wait must be >= 0, not -1"):
+            async for _ in a.receive(wait=-1):
+                pass
 
 
 async def test_background_work_needs_the_mailbox_entered(aclient: AsyncCueClient) -> None:

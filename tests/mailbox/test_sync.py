@@ -245,6 +245,11 @@ def test_bad_inputs(client: CueClient, mailboxes: Open) -> None:
     with pytest.raises(TypeError, match="headers must be a dict of strings, not list"):
         a.send(b.address, "x", headers=["n"])  # type: ignore[arg-type]
     assert client.executions.list().executions == []  # nothing was fired
+    # A negative wait or limit used to end the loop at once, as if nothing had come.
+    with pytest.raises(ValueError, match="wait must be >= 0, not -1"):
+        list(b.receive(wait=-1))
+    with pytest.raises(ValueError, match="limit must be >= 0, not -2"):
+        list(b.receive(wait=0, limit=-2))
     with pytest.raises(NotFound):
         a.request("cue_doesnotexist", "x", timeout=1)
 
