@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cuemsg._exceptions import CuemsgError
+from cuemsg.cueapi._base import DEFAULT_BASE_URL, check_base_url
 
 __all__ = ["add_parser", "build_parser", "run"]
 
@@ -98,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
                 "(or --embedded DB for a local server)",
                 file=sys.stderr,
             )
+            return 2
+        try:
+            check_base_url(url or DEFAULT_BASE_URL)  # before the SDK's task groups wrap it
+        except ValueError as exc:
+            print(f"cuemsg mcp: {exc}", file=sys.stderr)
             return 2
         server = create_server(args.mailbox, api_key=key, base_url=url)
         try:

@@ -44,6 +44,15 @@ def test_bad_http_address_is_a_usage_error() -> None:
     assert "--http wants HOST:PORT" in done.stderr
 
 
+def test_a_base_url_that_is_not_http_is_a_usage_error() -> None:
+    done = run_module("--mailbox", "a", "--api-key", "k", "--base-url", "127.0.0.1:9")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "cuemsg mcp: the base URL '127.0.0.1:9' is not an http:// or https:// URL: "
+        "add http:// (http://127.0.0.1:9)\n"
+    )
+
+
 def test_mailbox_is_required() -> None:
     done = run_module()
     assert done.returncode == 2
