@@ -18,6 +18,7 @@ from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
 from cuemsg.cli.webhook import add_webhook_options
+from cuemsg.server.run import run_loop
 
 if TYPE_CHECKING:
     from cuemsg.server.settings import ServerSettings
@@ -146,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
             return True
 
         try:
-            started = asyncio.run(run())
+            started = run_loop(run())
         except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl-C it held
             return interrupted(f"the server on {base_url} stopped", as_json=False)
     if not started and app_server.startup_error is not None:
