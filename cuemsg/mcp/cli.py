@@ -21,6 +21,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from cuemsg._exceptions import CuemsgError
+from cuemsg.cueapi._base import DEFAULT_BASE_URL, check_base_url
+
 __all__ = ["add_parser", "build_parser", "run"]
 
 DESCRIPTION = """Run an MCP server that gives an LLM agent the mailbox NAME and the tools to
@@ -112,12 +115,25 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         try:
+            check_base_url(url or DEFAULT_BASE_URL)  # before the SDK's task groups wrap it
+        except ValueError as exc:
+            print(f"cuemsg mcp: {exc}", file=sys.stderr)
+            return 2
+        try:
             if http is None:
                 create_server(args.mailbox, api_key=key, base_url=url).run("stdio")
             else:
                 _serve_http(args, http, key, url)
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            # The mailbox opens in the server's lifespan, inside the SDK's task groups: a
+            # refused key, name or URL arrives wrapped in exception groups. One line, not those.
+            found = _cuemsg_error(exc)
+            if found is None:
+                raise
+            print(f"cuemsg mcp: cannot open the mailbox {args.mailbox!r}: {found}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -132,6 +148,17 @@ def _serve_http(args: argparse.Namespace, http: tuple[str, int], key: str, url: 
     print(f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp", file=sys.stderr)
     # Stderr is the log of this server: warnings, not one line per HTTP request.
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _cuemsg_error(exc: BaseException) -> CuemsgError | None:
+    """The first `CuemsgError` in `exc`, looking inside exception groups."""
+    if isinstance(exc, CuemsgError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group (3.10: the backport)
+        found = _cuemsg_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 @contextlib.contextmanager
