@@ -18,7 +18,7 @@ from mcp.server.subscriptions import ResourceUpdated, ServerEvent
 from cuemsg import CueClient, Mailbox, TransportError
 from cuemsg.mcp.watch import InboxWatch
 from cuemsg.testing import RunningServer
-from tests.mcp.conftest import agent_command, agent_env
+from tests.mcp.conftest import agent_command, agent_env, http_agent_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -85,3 +85,17 @@ async def test_counts_only_while_listened_to_and_quiet_while_reading(
     # 2 (mail waiting when the first listener came), then 3; 5 came during a read;
     # after the read, 1 still waiting is news again.
     assert heard == [ResourceUpdated(uri="mailbox://m/inbox")] * 3
+
+
+async def test_a_listener_over_streamable_http_hears_of_new_mail(
+    srv: RunningServer, client: CueClient
+) -> None:
+    with http_agent_process(srv, "lis2") as (url, _):
+        async with Client(url, read_timeout_seconds=30) as agent:
+            uri = "mailbox://lis2/inbox"
+            async with agent.listen(resource_subscriptions=[uri]) as events:
+                with Mailbox.open(client, "writer") as writer:
+                    writer.send("lis2", "over http")
+                with anyio.fail_after(15):
+                    event = await anext(aiter(events))
+                assert event == ResourceUpdated(uri=uri)
