@@ -111,8 +111,9 @@ def create_http_app(
 
 
 def _build(
-    name: str, session: _Opened, *, api_key: str | None, base_url: str | None
+    name: str, opened: _Opened, *, api_key: str | None, base_url: str | None
 ) -> MCPServer[Any]:
+    """The `MCPServer` of mailbox `name`; its lifespan fills `opened` with the agent."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
@@ -121,12 +122,12 @@ def _build(
             Agent.open(client, name) as agent,
             anyio.create_task_group() as tg,
         ):
-            session.agent = agent
+            opened.agent = agent
             tg.start_soon(watch.watch_forever, agent.mailbox.waiting)
             try:
                 yield None
             finally:
-                session.agent = None
+                opened.agent = None
                 tg.cancel_scope.cancel()
 
     watch = InboxWatch(f"mailbox://{name}/inbox")
@@ -164,9 +165,7 @@ def _build(
         large: send a shorter one).
         """
         with _tool_errors():
-            return await session.get().send_message(
-                to, body, thread=thread, ttl_seconds=ttl_seconds
-            )
+            return await opened.get().send_message(to, body, thread=thread, ttl_seconds=ttl_seconds)
 
     @server.tool()
     async def check_inbox(
@@ -195,7 +194,7 @@ def _build(
         nothing arrived within wait_seconds.
         """
         with _tool_errors(), watch.reading():
-            return await session.get().check_inbox(
+            return await opened.get().check_inbox(
                 wait_seconds=wait_seconds,
                 limit=limit,
                 session=_session_id(ctx),
@@ -216,7 +215,7 @@ def _build(
         stopped waiting.
         """
         with _tool_errors():
-            return await session.get().reply(message_id, body, session=_session_id(ctx))
+            return await opened.get().reply(message_id, body, session=_session_id(ctx))
 
     @server.tool()
     async def decline(
@@ -231,7 +230,7 @@ def _build(
         as for reply (the id is not a request you hold).
         """
         with _tool_errors():
-            return await session.get().decline(message_id, reason, session=_session_id(ctx))
+            return await opened.get().decline(message_id, reason, session=_session_id(ctx))
 
     @server.tool()
     async def ask_agent(
@@ -261,7 +260,7 @@ def _build(
             await ctx.report_progress(done, total, text)
 
         with _tool_errors():
-            answer = await session.get().ask_agent(
+            answer = await opened.get().ask_agent(
                 to, body, timeout_seconds=timeout_seconds, progress=progress
             )
         return {"reply": answer}
@@ -275,7 +274,7 @@ def _build(
         and is_you (your own mailbox). Use it to find the right recipient by name.
         """
         with _tool_errors():
-            return {"mailboxes": await session.get().list_mailboxes()}
+            return {"mailboxes": await opened.get().list_mailboxes()}
 
     @server.tool()
     async def message_history(
@@ -292,7 +291,7 @@ def _build(
         claimed_by (who took it), outcome, and reply_execution_id (the reply it got).
         """
         with _tool_errors():
-            return {"messages": await session.get().message_history(thread=thread, limit=limit)}
+            return {"messages": await opened.get().message_history(thread=thread, limit=limit)}
 
     @server.resource(
         f"mailbox://{name}/inbox",
@@ -302,7 +301,7 @@ def _build(
     )
     async def inbox() -> dict[str, Any]:
         try:
-            return await session.get().inbox()
+            return await opened.get().inbox()
         except CuemsgError as exc:
             raise ResourceError(f"could not read the inbox: {exc}") from exc
 
