@@ -328,7 +328,7 @@ class Rabbit:
         await self.conn.close()
 
 
-BROKERS = {"jetstream": JetStream, "rabbitmq": Rabbit}
+BROKERS: dict[str, Any] = {"jetstream": JetStream, "rabbitmq": Rabbit}
 
 
 def _data(seq: int) -> bytes:

@@ -49,6 +49,17 @@ def check_tls(certfile: str | None, keyfile: str | None) -> None:
         raise UsageError(f"cannot load the TLS certificate {certfile}: {exc}") from None
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (a free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {text}")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> int:
     from cuemsg.server.app import create_app, ensure_dev_key, open_storage
     from cuemsg.server.run import Uvicorn, bind
@@ -83,11 +94,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         sock = bind(host, args.port)
     except OSError as exc:
-        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use (pick another --port, or --port 0 for a free one)"
+        elif exc.errno == errno.EADDRNOTAVAIL:  # the port is fine: the host is the mistake
+            why = "no interface of this machine has that address (check --host)"
+        else:
+            why = str(exc.strerror or exc)
         raise CommandError(
-            f"serve: cannot listen on {host}:{args.port}: {why} (pick another --port, "
-            "or --port 0 for a free one)",
-            CANNOT_LISTEN,
+            f"serve: cannot listen on {host}:{args.port}: {why}", CANNOT_LISTEN
         ) from None
     with sock:
         try:
@@ -180,6 +194,11 @@ def _keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"keys: {exc}") from None
     check_db(settings.db)
+    if settings.db == ":memory:":  # the key would vanish with this process's database
+        raise UsageError(
+            "keys: --db :memory: is a database of its own that ends with this command; "
+            "give the file or URL that `cuemsg serve --db` uses"
+        )
 
     async def create() -> str:
         storage = open_storage(settings)
@@ -258,7 +277,7 @@ def add_commands(sub: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument(
-        "--port", type=int, default=8787, help="port (default 8787; 0: a free one, printed)"
+        "--port", type=port_number, default=8787, help="port (default 8787; 0: a free one, printed)"
     )
     serve.add_argument("--lease-seconds", type=float, default=None, help="claim lease (60)")
     serve.add_argument(

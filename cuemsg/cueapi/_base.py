@@ -62,6 +62,26 @@ def _default_transport() -> httpx.BaseTransport | None:
     return KeepAliveTransport()
 
 
+def check_base_url(base_url: str) -> None:
+    """Refuse a URL httpx cannot send to (it would fail at the first call, obscurely).
+
+    Raises:
+        ValueError: not an http:// or https:// URL; says to add http:// when no scheme.
+    """
+    if not base_url.lower().startswith(("http://", "https://")):
+        hint = "" if "://" in base_url else f": add http:// (http://{base_url})"
+        raise ValueError(f"the base URL {base_url!r} is not an http:// or https:// URL{hint}")
+
+
+def _check_config(base_url: str, timeout: float, max_retries: int) -> None:
+    """Refuse at construction what would only fail later, as an obscure transport error."""
+    check_base_url(base_url)
+    if not timeout > 0:  # `not >`: NaN is refused too
+        raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+
+
 class _BaseClient:
     """Configuration, request building and the flow stepping shared by both clients."""
 
@@ -76,6 +96,7 @@ class _BaseClient:
     ) -> None:
         self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        _check_config(self.base_url, timeout, max_retries)
         self.timeout = timeout
         self.use_extensions = use_extensions
         self.request_count = 0  # HTTP requests sent, retries included

@@ -21,6 +21,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from cuemsg._exceptions import CuemsgError
+from cuemsg.cueapi._base import DEFAULT_BASE_URL, check_base_url
+
 __all__ = ["add_parser", "build_parser", "run"]
 
 DESCRIPTION = """Run an MCP server that gives an LLM agent the mailbox NAME and the tools to
@@ -40,6 +43,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--base-url", default=argparse.SUPPRESS, help="CueAPI URL (default: $CUEAPI_BASE_URL)"
+    )
+    parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --http: a session with no request open this long has ended, and the "
+        "requests it held are delivered again (default: 1800)",
     )
     parser.add_argument(
         "--embedded",
@@ -84,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cuemsg mcp: {exc}", file=sys.stderr)
         return 2
+    if not args.session_ttl > 0:
+        print(
+            f"cuemsg mcp: --session-ttl must be > 0 seconds, not {args.session_ttl:g}",
+            file=sys.stderr,
+        )
+        return 2
     key = getattr(args, "api_key", None) or os.environ.get("CUEAPI_API_KEY")
     url = getattr(args, "base_url", None) or os.environ.get("CUEAPI_BASE_URL")
     with contextlib.ExitStack() as stack:
@@ -97,20 +114,51 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        server = create_server(args.mailbox, api_key=key, base_url=url)
+        try:
+            check_base_url(url or DEFAULT_BASE_URL)  # before the SDK's task groups wrap it
+        except ValueError as exc:
+            print(f"cuemsg mcp: {exc}", file=sys.stderr)
+            return 2
         try:
             if http is None:
-                server.run("stdio")
+                create_server(args.mailbox, api_key=key, base_url=url).run("stdio")
             else:
-                host, port = http
-                print(
-                    f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp",
-                    file=sys.stderr,
-                )
-                server.run("streamable-http", host=host, port=port)
+                _serve_http(args, http, key, url)
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            # The mailbox opens in the server's lifespan, inside the SDK's task groups: a
+            # refused key, name or URL arrives wrapped in exception groups. One line, not those.
+            found = _cuemsg_error(exc)
+            if found is None:
+                raise
+            print(f"cuemsg mcp: cannot open the mailbox {args.mailbox!r}: {found}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _serve_http(args: argparse.Namespace, http: tuple[str, int], key: str, url: str | None) -> None:
+    """Serve the streamable HTTP app on `http` until interrupted."""
+    import uvicorn
+
+    from cuemsg.mcp.server import create_http_app
+
+    host, port = http
+    app = create_http_app(args.mailbox, api_key=key, base_url=url, session_ttl=args.session_ttl)
+    print(f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp", file=sys.stderr)
+    # Stderr is the log of this server: warnings, not one line per HTTP request.
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _cuemsg_error(exc: BaseException) -> CuemsgError | None:
+    """The first `CuemsgError` in `exc`, looking inside exception groups."""
+    if isinstance(exc, CuemsgError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group (3.10: the backport)
+        found = _cuemsg_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ The tests run in file order and share one browser and one server.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,11 @@ from selenium.common.exceptions import StaleElementReferenceException, TimeoutEx
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+
+
+def _found(driver: Any, css: str) -> Any:
+    """The elements `css` selects (an empty list, falsy, while there are none)."""
+    return driver.find_elements(By.CSS_SELECTOR, css)
 
 
 def until(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
@@ -287,7 +293,7 @@ def test_phone_width_has_no_sideways_scroll(browser: Any, scene: Scene, shots: S
             (f"#/message/{scene.request_id}", ".timeline"),
         ):
             browser.get(f"{scene.server.base_url}/console/{page}")
-            until(browser, lambda d, css=marker: d.find_elements(By.CSS_SELECTOR, css), page)
+            until(browser, functools.partial(_found, css=marker), page)
             wide = browser.execute_script(
                 "return document.documentElement.scrollWidth - window.innerWidth"
             )

@@ -93,6 +93,18 @@ async def test_settling_twice_raises_already_settled(aclient: AsyncCueClient) ->
         assert b.stats.acked == 1 and b.stats.rejected == 0
 
 
+async def test_a_send_that_would_be_dead_on_arrival_is_refused(aclient: AsyncCueClient) -> None:
+    async with AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a:
+        with pytest.raises(ValueError, match="ttl must be > 0 seconds, not 0"):
+            await a.send(a.address, "x", ttl=0)
+        with pytest.raises(TypeError, match="thread must be a string"):
+            await a.request(a.address, "x", timeout=1, thread=7)  # type: ignore[call-overload]
+        assert (await aclient.executions.list()).executions == []  # nothing was fired
+        with pytest.raises(ValueError, match="wait must be >= 0, not -1"):
+            async for _ in a.receive(wait=-1):
+                pass
+
+
 async def test_background_work_needs_the_mailbox_entered(aclient: AsyncCueClient) -> None:
     mb = await AsyncMailbox.open(aclient, "a")
     await mb.send(mb.address, "to myself")  # sending needs no background task
