@@ -193,13 +193,7 @@ def report_outcomes(
             call = routes.report_outcomes(items, worker_id=worker_id)
             data = yield from request(st, call)
             answers = data.get("results") if isinstance(data, dict) else None
-            if not isinstance(answers, list) or len(answers) != len(items):
-                raise routes.invalid_answer(call, ValueError("results do not match the outcomes"))
-            for answer in answers:
-                if isinstance(answer, dict) and "error" in answer:
-                    results.append(routes.item_error(answer))
-                else:
-                    results.append(_decode(call, answer, OutcomeResult))
+            results.extend(_outcome_results(call, answers, len(items)))
     else:
         for o in outcomes:
             call = routes.report_outcome(o.execution_id, _outcome_body(o), worker_id=worker_id)
@@ -241,6 +235,23 @@ def claim(st: FlowState, execution_id: str, *, worker_id: str) -> Flow[Claimed]:
     data = yield from request(st, call)
     items = _claimed_items(call, data)
     return _decode(call, items[0], Claimed)
+
+
+def _outcome_results(call: Call, answers: Any, count: int) -> list[OutcomeResult | CueAPIError]:
+    """Per-item outcome results (`outcome.batch`, `claim.settle`), in order."""
+    if not isinstance(answers, list) or len(answers) != count:
+        raise routes.invalid_answer(call, ValueError("results do not match the outcomes"))
+    results: list[OutcomeResult | CueAPIError] = []
+    for answer in answers:
+        if isinstance(answer, dict) and "error" in answer:
+            results.append(routes.item_error(answer))
+        else:
+            results.append(_decode(call, answer, OutcomeResult))
+    return results
+
+
+def _settled(call: Call, data: Any, count: int) -> list[OutcomeResult | CueAPIError]:
+    return _outcome_results(call, data.get("settled") if isinstance(data, dict) else None, count)
 
 
 def _claimed_items(call: Call, data: Any) -> list[dict[str, Any]]:
@@ -362,6 +373,7 @@ def claim_next(
     agent: str | None,
     wait: float | None,
     limit: int | None,
+    settle: Sequence[OutcomeRequest] = (),
     clock: Callable[[], float] = time.monotonic,
 ) -> Flow[ClaimResult]:
     """Claim the oldest claimable execution(s), optionally of one task, waiting up to `wait` s.
@@ -374,6 +386,10 @@ def claim_next(
     pause (50 ms to 1 s) until the wait ends. Both give the same result.
     """
     exts = yield from _authed_extensions(st)
+    if settle and "claim.settle" not in exts:
+        raise ExtensionNotAvailable("claim.settle")
+    carried = [{"execution_id": o.execution_id, **_outcome_body(o)} for o in settle] or None
+    settled: list[OutcomeResult | CueAPIError] = []
     want = max(1, limit or 1)
     filtered = task is not None or agent is not None
     server_side = (not filtered or "claim.task" in exts) and (want == 1 or "claim.many" in exts)
@@ -390,9 +406,12 @@ def claim_next(
                 agent=agent,
                 wait=round(hold, 3) if hold else None,
                 limit=want if want > 1 else None,
+                settle=carried,
             )
             try:
                 data = yield from request(st, call)
+                if carried is not None:  # recorded: the next repeat carries none
+                    settled, carried = _settled(call, data, len(carried)), None
                 claimed = yield from _complete(st, _claimed_items(call, data))
             except ClaimFailed:
                 claimed = []
@@ -401,11 +420,11 @@ def claim_next(
                 st, worker_id=worker_id, task=task, agent=agent, limit=want
             )
         if claimed:
-            return ClaimResult(claimed=True, executions=claimed, task=task)
+            return ClaimResult(claimed=True, executions=claimed, task=task, settled=settled)
         remaining = deadline - clock()
         if remaining <= 0:
             reason = "no_executions_for_task" if task is not None else "no_executions"
-            return ClaimResult(claimed=False, reason=reason, task=task)
+            return ClaimResult(claimed=False, reason=reason, task=task, settled=settled)
         if not (server_side and long_poll):
             yield Sleep(min(pause, remaining))
             pause = min(pause * 2, POLL_MAX)

@@ -219,9 +219,13 @@ def claim_next(
     agent: str | None = None,
     wait: float | None = None,
     limit: int | None = None,
+    settle: list[dict[str, Any]] | None = None,
 ) -> Call:
-    """`POST /v1/executions/claim`; task/agent/wait/limit are extensions, sent only when given."""
-    body = _drop_none(worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit)
+    """`POST /v1/executions/claim`; task/agent/wait/limit/settle are extensions, sent only
+    when given."""
+    body = _drop_none(
+        worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit, settle=settle
+    )
     return Call("POST", "/v1/executions/claim", json=body, wait=wait or 0.0)
 
 

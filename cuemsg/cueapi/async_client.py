@@ -298,10 +298,17 @@ class AsyncExecutions(_Resource):
         agent: str | None = None,
         wait: float | None = None,
         limit: int | None = None,
+        settle: Sequence[OutcomeRequest] = (),
     ) -> ClaimResult:
         """See `Executions.claim_next`."""
         flow = flows.claim_next(
-            self._st, worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit
+            self._st,
+            worker_id=worker_id,
+            task=task,
+            agent=agent,
+            wait=wait,
+            limit=limit,
+            settle=settle,
         )
         return await self._client._run(flow)
 

@@ -384,6 +384,7 @@ class Executions(_Resource):
         agent: str | None = None,
         wait: float | None = None,
         limit: int | None = None,
+        settle: Sequence[OutcomeRequest] = (),
     ) -> ClaimResult:
         """Claim the oldest claimable execution(s), optionally of one task or agent.
 
@@ -394,13 +395,24 @@ class Executions(_Resource):
             wait: seconds to wait for one to arrive (long-poll with `claim.wait`,
                 else polling from 50 ms up to 1 s apart).
             limit: claim up to this many at once (one request with `claim.many`).
+            settle: outcomes of this worker's executions to record first, in the
+                same request (`claim.settle`); each item's result is in `settled`.
 
         Returns:
             `ClaimResult(claimed=True, executions=[...])`, or `claimed=False`
             with `reason` `"no_executions_for_task"` / `"no_executions"`.
+
+        Raises:
+            ExtensionNotAvailable: `settle` given and the server does not list `claim.settle`.
         """
         flow = flows.claim_next(
-            self._st, worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit
+            self._st,
+            worker_id=worker_id,
+            task=task,
+            agent=agent,
+            wait=wait,
+            limit=limit,
+            settle=settle,
         )
         return self._client._run(flow)
 

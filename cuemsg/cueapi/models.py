@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from cuemsg._exceptions import CueAPIError
+
 __all__ = [
     "ClaimResult",
     "Claimable",
@@ -222,12 +224,16 @@ class ClaimResult(Model, frozen=True, kw_only=True):
         reason: when nothing was claimed, `"no_executions_for_task"` (a task
             filter was given) or `"no_executions"`.
         task: the task filter of the call (None when there was none).
+        settled: with `settle=` (`claim.settle`), the result of each outcome
+            recorded before the claim, in order: an `OutcomeResult`, or the
+            `CueAPIError` that item got.
     """
 
     claimed: bool
     executions: list[Claimed] = msgspec.field(default_factory=list)
     reason: str | None = None
     task: str | None = None
+    settled: list[OutcomeResult | CueAPIError] = msgspec.field(default_factory=list)
 
     @property
     def execution(self) -> Claimed | None:

@@ -46,6 +46,8 @@ SERVE_ACK_DELAY = 0.05
 RECEIVE_ACK_DELAY = 1.0
 #: Acks recorded at once, at most, before `serve()` flushes without waiting.
 ACK_BATCH = 50
+#: Acks one claim carries at most (`claim.settle`; the server's bound is 100).
+ACK_CARRY = 100
 #: Reports of a batch of acks that fail in transit before those acks are given up
 #: (their messages are then delivered again; a dedupe store acks them as duplicates).
 ACK_TRIES = 3

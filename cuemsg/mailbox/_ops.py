@@ -110,10 +110,15 @@ class Claim(Op):
     task: str
     wait: float | None
     limit: int | None
+    settle: tuple[OutcomeRequest, ...] = ()  # acks recorded first (`claim.settle`)
 
     def call(self, client: Any) -> Any:
         return client.executions.claim_next(
-            worker_id=self.worker_id, task=self.task, wait=self.wait, limit=self.limit
+            worker_id=self.worker_id,
+            task=self.task,
+            wait=self.wait,
+            limit=self.limit,
+            settle=self.settle,
         )
 
 

@@ -6,12 +6,12 @@ import contextlib
 import logging
 from typing import Any
 
-from cuemsg._exceptions import EnvelopeError, LeaseLost
+from cuemsg._exceptions import CuemsgError, EnvelopeError, LeaseLost
 from cuemsg.cueapi.models import Claimed, ClaimResult
 from cuemsg.envelope import decode_body, decode_payload, from_timestamp, payload_from_bytes
-from cuemsg.mailbox._config import RECEIVE_ACK_DELAY
+from cuemsg.mailbox._config import ACK_CARRY, RECEIVE_ACK_DELAY
 from cuemsg.mailbox._helpers import TRANSIENT, pause_after
-from cuemsg.mailbox._ops import Claim, Deliver, Fire, Flow, Pause
+from cuemsg.mailbox._ops import Claim, Deliver, Extensions, Fire, Flow, Pause
 from cuemsg.mailbox._records import Delivery, cached_reply_decoder
 from cuemsg.mailbox._settle import SettleFlows
 from cuemsg.mailbox._withdrawn import is_cancelled
@@ -25,19 +25,42 @@ class ReceiveFlows(SettleFlows):
     # -- claiming --------------------------------------------------------------------------
 
     def claim(
-        self, task: str, wait: float | None, limit: int | None, *, hold: bool = True
+        self,
+        task: str,
+        wait: float | None,
+        limit: int | None,
+        *,
+        hold: bool = True,
+        settle: bool = False,
     ) -> Flow[list[Claimed]]:
         """Claim up to `limit` executions of `task`, waiting up to `wait` s.
+
+        With `settle` (the server lists `claim.settle`) the waiting acks ride
+        on the claim and are recorded before it; if the claim fails they wait
+        for the next try, as a failed `flush_acks` leaves them.
 
         A transient failure (network, 5xx, 429) is logged and answered by a
         pause and an empty list, so loops keep going; other errors raise.
         """
+        send = self.take_acks() if settle else []
+        # Acks beyond what one claim may carry wait, first in line, for the next one.
+        self.acks.put_back(send[ACK_CARRY:], self.monotonic())
+        send = send[:ACK_CARRY]
+        outcomes = tuple(item.outcome for item in send)
         try:
-            result: ClaimResult = yield Claim(self.info.worker_id, task, wait, limit)
+            result: ClaimResult = yield Claim(self.info.worker_id, task, wait, limit, outcomes)
         except TRANSIENT as exc:
+            if send:
+                self.acks_not_sent(send, exc)
             log.warning("claiming task %r failed (%s); trying again", task, exc)
             yield Pause(pause_after(exc, 1))
             return []
+        except CuemsgError as exc:
+            if send:
+                self.acks_refused(send, exc)
+            raise
+        if send:
+            self.acks_answered(send, result.settled)
         if hold:
             now = self.monotonic()
             for claimed in result.executions:
@@ -210,12 +233,14 @@ class ReceiveFlows(SettleFlows):
             raise ValueError(f"limit must be >= 0, not {limit}")
         count = 0
         deadline = None if wait is None else self.monotonic() + wait
+        # With `claim.settle` the acks of the messages moved on from ride on the next claim.
+        carry = "claim.settle" in (yield Extensions())
         while not self.stopping and (limit is None or count < limit):
-            if batch > 1 and self.acks:
+            if batch > 1 and self.acks and not carry:
                 yield from self.flush_acks()
             want = batch if limit is None else min(batch, limit - count)
             claims = yield from self.claim(
-                self.info.task, self._poll(deadline), want if want > 1 else None
+                self.info.task, self._poll(deadline), want if want > 1 else None, settle=carry
             )
             if not claims:
                 if deadline is not None and self.monotonic() >= deadline:
@@ -236,7 +261,8 @@ class ReceiveFlows(SettleFlows):
                         self.leases.release(rest.execution_id)
                     raise
                 if msg.settled is None:
-                    if batch == 1 or msg.is_request:  # a request's ack tells its requester
+                    # A request's ack tells its requester: at once.
+                    if (batch == 1 and not carry) or msg.is_request:
                         yield from self._quiet(self.ack(msg))
                         continue
                     with contextlib.suppress(LeaseLost):  # logged and counted where raised

@@ -364,6 +364,21 @@ class SettleFlows(SendFlows):
 
     def _flush_once(self) -> Flow[Exception | None]:
         """One report of every waiting ack; the transit error when it must be tried again."""
+        send = self.take_acks()
+        if not send:
+            return None
+        try:
+            answers = yield RecordOutcomes([item.outcome for item in send], self.info.worker_id)
+        except TRANSIENT as exc:
+            return exc if self.acks_not_sent(send, exc) else None
+        except CuemsgError as exc:
+            self.acks_refused(send, exc)
+            return None
+        self.acks_answered(send, answers)
+        return None
+
+    def take_acks(self) -> list[PendingAck]:
+        """The waiting acks to record now (those whose lease is known lost are dropped)."""
         send: list[PendingAck] = []
         for item in self.acks.take():
             eid = item.outcome.execution_id
@@ -373,38 +388,42 @@ class SettleFlows(SendFlows):
                 continue
             self._lease_lost(eid, item.message_id, why)
             self.leases.release(eid)
-        if not send:
-            return None
-        try:
-            answers = yield RecordOutcomes([item.outcome for item in send], self.info.worker_id)
-        except TRANSIENT as exc:
-            again: list[PendingAck] = []
-            for item in send:
-                item.tries += 1
-                if item.tries < ACK_TRIES:
-                    again.append(item)
-                    continue
-                log.warning(
-                    "gave up recording the ack of message %s (execution %s): %s; "
-                    "it will be delivered again",
-                    item.message_id,
-                    item.outcome.execution_id,
-                    exc,
-                )
-                self.leases.release(item.outcome.execution_id)
-            if again:
-                log.warning("recording %d acks failed (%s); trying again", len(again), exc)
-            self.acks.put_back(again, self.monotonic() + pause_after(exc, 1))
-            return exc if again else None
-        except CuemsgError as exc:
+        return send
+
+    def acks_not_sent(self, send: list[PendingAck], exc: Exception) -> bool:
+        """Acks whose report failed in transit go back to wait (up to `ACK_TRIES`);
+        True when some will be tried again."""
+        again: list[PendingAck] = []
+        for item in send:
+            item.tries += 1
+            if item.tries < ACK_TRIES:
+                again.append(item)
+                continue
             log.warning(
-                "the acks of %d messages were not recorded (%s): they will be delivered again",
-                len(send),
+                "gave up recording the ack of message %s (execution %s): %s; "
+                "it will be delivered again",
+                item.message_id,
+                item.outcome.execution_id,
                 exc,
             )
-            for item in send:
-                self.leases.release(item.outcome.execution_id)
-            return None
+            self.leases.release(item.outcome.execution_id)
+        if again:
+            log.warning("recording %d acks failed (%s); trying again", len(again), exc)
+        self.acks.put_back(again, self.monotonic() + pause_after(exc, 1))
+        return bool(again)
+
+    def acks_refused(self, send: list[PendingAck], exc: Exception) -> None:
+        """A report refused as a whole: the messages will be delivered again."""
+        log.warning(
+            "the acks of %d messages were not recorded (%s): they will be delivered again",
+            len(send),
+            exc,
+        )
+        for item in send:
+            self.leases.release(item.outcome.execution_id)
+
+    def acks_answered(self, send: list[PendingAck], answers: list[Any]) -> None:
+        """Count each ack the server recorded; a refused one is a lost lease."""
         for i, item in enumerate(send):
             eid = item.outcome.execution_id
             answer = answers[i] if i < len(answers) else None
@@ -428,7 +447,6 @@ class SettleFlows(SendFlows):
             else:
                 self.stats.count("acked")
             self.leases.release(eid)
-        return None
 
 
 def _check_unsettled(msg: Delivery[Any]) -> None:

@@ -225,11 +225,13 @@ class Claimed(msgspec.Struct, kw_only=True):
     scheduled_for: DateTime | UnsetType = UNSET
 
 
-class ClaimedMany(msgspec.Struct, kw_only=True):
-    """The answer of a claim with `limit` (the `claim.many` extension)."""
+class ClaimedMany(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The answer of a claim with `limit` (the `claim.many` extension), or of any
+    claim with `settle` (`claim.settle`: then `claimed` may be false)."""
 
     claimed: bool
     executions: list[Claimed]
+    settled: list[OutcomeResult] | None = None
 
 
 class LeaseExtended(msgspec.Struct, kw_only=True):

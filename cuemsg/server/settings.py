@@ -58,6 +58,7 @@ EXTENSIONS = (
     "claim.wait",
     "claim.payload",
     "claim.many",
+    "claim.settle",
     "fire.batch",
     "outcome.batch",
     "outcome.reply",

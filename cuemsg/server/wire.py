@@ -91,6 +91,8 @@ class ClaimNextExtBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     agent: str | None = None
     wait: Annotated[float, Meta(ge=0, le=30)] | None = None
     limit: ClaimLimit | None = None
+    # `claim.settle`: outcomes of this worker's executions, recorded before claiming.
+    settle: Annotated[list[BatchOutcomeItem], Meta(min_length=1, max_length=100)] | None = None
 
 
 class OutcomeBody(msgspec.Struct, kw_only=True):

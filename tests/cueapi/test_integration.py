@@ -510,6 +510,28 @@ def test_report_outcome_with_reply(client: CueClient, extensions_on: bool) -> No
     assert client.executions.get(done.reply.id).payload == {"task": "rep", "a": 2}
 
 
+def test_claim_next_settles_first(client: CueClient, extensions_on: bool) -> None:
+    inbox = _inbox(client, "jobs")
+    first, second = (client.cues.fire(inbox, {"n": n}) for n in (1, 2))
+    exe = _claim_one(client, "jobs")
+    ack = OutcomeRequest(execution_id=exe.execution_id, success=True, result="done")
+    if not extensions_on:
+        with pytest.raises(ExtensionNotAvailable, match=r"claim\.settle"):
+            client.executions.claim_next(worker_id="w1", task="jobs", settle=[ack])
+        return
+    got = client.executions.claim_next(worker_id="w1", task="jobs", settle=[ack])
+    assert got.execution is not None and got.execution.execution_id == second.id
+    [done] = got.settled
+    assert isinstance(done, OutcomeResult) and done.execution_id == first.id
+    # Nothing left: the outcome is still recorded and answered; a refused one is its error.
+    stranger = OutcomeRequest(execution_id=first.id, success=True)
+    mine = OutcomeRequest(execution_id=second.id, success=True)
+    got = client.executions.claim_next(worker_id="w1", task="jobs", settle=[stranger, mine])
+    assert not got.claimed and got.reason == "no_executions_for_task"
+    assert isinstance(got.settled[0], Conflict) and isinstance(got.settled[1], OutcomeResult)
+    assert client.executions.get(second.id).status == "success"
+
+
 def test_injected_http_client_is_left_open(server: RunningServer, api_key: str) -> None:
     with httpx.Client() as http:
         with CueClient(api_key, server.base_url, http_client=http) as c:

@@ -463,12 +463,66 @@ def batch_of(*ids: str) -> ClaimResult:
     )
 
 
+def test_with_claim_settle_each_ack_rides_on_the_next_claim() -> None:
+    c = make_core()
+    claims: list[Any] = [
+        batch_of("1"),
+        TransportError("connection reset"),  # this claim's ack waits for the next try
+        batch_of("2"),
+        ClaimResult(claimed=False),
+    ]
+    carried: list[list[str]] = []
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset({"claim.settle"})
+        if isinstance(op, Claim):
+            ids = [o.execution_id for o in op.settle]
+            carried.append(ids)
+            # Each carried ack's id is in the dedupe store and its lease still held.
+            assert all(e in c.leases for e in ids)
+            got = claims.pop(0)
+            if isinstance(got, Exception):
+                raise got
+            settled = [OutcomeResult(execution_id=e) for e in ids]
+            return msgspec.structs.replace(got, settled=settled)
+        return ok(op)
+
+    flow = c.receive(wait=None, limit=None, type=None)
+    delivered: list[Any] = []
+    value: Any = None
+    ops: list[Any] = []
+    while claims:
+        done, op = advance(flow, value, None)
+        assert not done
+        ops.append(op)
+        if isinstance(op, Deliver):
+            delivered.append(op.message.body)
+            value = None
+            continue
+        try:
+            value = answer(op)
+        except TransportError as exc:
+            done, op = advance(flow, None, exc)
+            assert isinstance(op, Pause)
+            value = None
+        if not claims:
+            c.stopping = True
+    done, _ = advance(flow, value, None)  # the last claim's answer, then the loop ends
+    assert done and delivered == ["1", "2"]
+    assert carried == [[], ["e-1"], ["e-1"], ["e-2"]]
+    assert not any(isinstance(o, (RecordOutcome, RecordOutcomes)) for o in ops)
+    assert c.stats.acked == 2 and len(c.leases) == 0 and not c.acks
+
+
 def test_receive_in_batches_records_the_acks_together_before_the_next_claim() -> None:
     c = make_core()
     claims = [batch_of("1", "2", "3"), batch_of("4")]
     flushed: list[list[str]] = []
 
     def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset()  # the plain path: acks flushed before the next claim
         if isinstance(op, Claim):
             return claims.pop(0)
         if isinstance(op, RecordOutcomes):
@@ -496,6 +550,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
     assert delivered == ["1", "2", "3", "4"]
     kinds = [type(o).__name__ for o in ops]
     assert kinds == [
+        "Extensions",
         "Claim",
         *["Deliver"] * 3,
         "RecordOutcomes",

@@ -3,6 +3,7 @@ handle twice (a dedupe file shared across the restart). Real processes, real cra
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -18,14 +19,16 @@ from cuemsg.testing import RunningServer
 DYING = Path(__file__).with_name("_dying_receiver.py")
 
 
-def crash_a_receiver(srv: RunningServer, key: str, dedupe: Path, mode: str, runs: Path) -> None:
+def crash_a_receiver(
+    srv: RunningServer, key: str, dedupe: Path, mode: str, runs: Path, code: int = 3
+) -> None:
     proc = subprocess.run(
         [sys.executable, str(DYING), srv.base_url, key, "b", str(dedupe), mode, str(runs)],
         timeout=60,
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == code, proc.stderr
 
 
 @pytest.mark.parametrize("mode", ["mid_handler", "after_handling"])
@@ -125,5 +128,35 @@ def test_a_receiver_dying_with_a_batch_in_hand_loses_nothing(
             assert exe.status == "success", exe
             assert exe.claimed_by_worker == "survivor"
             assert exe.attempts == (2 if s in sent[:10] else 1)
+        for mb in (a, survivor):
+            mb.close()
+
+
+def test_a_receiver_killed_between_an_ack_and_the_claim_carrying_it(
+    short_lease_server: RunningServer, tmp_path: Path
+) -> None:
+    """With `claim.settle` a receive loop's ack rides on its next claim; a SIGKILL
+    between deciding it and that claim loses nothing and handles nothing twice."""
+    srv = short_lease_server
+    key = srv.new_key()
+    dedupe, runs = tmp_path / "dedupe.db", tmp_path / "runs.log"
+    with CueClient(key, srv.base_url) as client:
+        a = Mailbox.open(client, "a", poll_wait=0.3)
+        b_address = Mailbox.open(client, "b", poll_wait=0.3).address
+        sent = [a.send(b_address, body) for body in ("one", "two")]
+        crash_a_receiver(srv, key, dedupe, "receive_ack", runs, code=-signal.SIGKILL)
+        assert runs.read_text().split() == [sent[0].id]  # handled, ack decided, then killed
+
+        survivor = Mailbox.open(
+            client, "b", worker_id="survivor", poll_wait=0.3, dedupe=SQLiteDedupe(dedupe)
+        )
+        # "one" comes back after its lease and is a known duplicate: acked, not delivered.
+        again = [m.id for m in survivor.receive(wait=2.5)]
+        assert again == [sent[1].id]
+        assert survivor.stats.duplicates == 1 and survivor.stats.acked == 1
+        for s in sent:
+            exe = client.executions.get(s.execution_id)
+            assert exe.status == "success" and exe.claimed_by_worker == "survivor", exe
+        assert client.executions.get(sent[0].execution_id).attempts == 2
         for mb in (a, survivor):
             mb.close()

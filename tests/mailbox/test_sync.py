@@ -519,6 +519,28 @@ def test_timeout_names_a_dead_responder(short_lease_server: RunningServer) -> No
 # -- batches --------------------------------------------------------------------------------------
 
 
+def test_one_at_a_time_a_message_costs_two_requests_with_claim_settle(
+    server: RunningServer, client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    carry = "claim.settle" in client.extensions  # probed before counting
+    messages = b.receive(wait=5)
+    sent = []
+    before = server.requests
+    for i in range(20):
+        sent.append(a.send(b.address, i))
+        assert next(messages).body == i  # the ack of i - 1 rides on this claim
+    used = server.requests - before - 1  # the second /health read counts itself
+    if carry:
+        assert used == 2 * 20  # a fire and a claim each; no ack request
+    else:
+        assert used >= 3 * 20 - 1  # and an ack each
+    messages.close()  # left holding the last one: it is not acked (redelivered later)
+    statuses = [client.executions.get(s.execution_id).status for s in sent]
+    assert statuses == ["success"] * 19 + ["delivering"]
+    assert b.stats.acked == 19 and not b._core.acks
+
+
 def test_receive_in_batches_gets_all_in_order_with_fewer_requests(
     server: RunningServer, client: CueClient, mailboxes: Open
 ) -> None:

@@ -1,5 +1,6 @@
 """Leases: claim one execution by id, claim the next (long-polling with the
-`claim.wait` extension), and extend a lease by heartbeat."""
+`claim.wait` extension, recording the outcomes it carries first with
+`claim.settle`), and extend a lease by heartbeat."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from starlette.responses import Response
 
 from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.handlers.outcomes import outcome_record, outcome_result
 from cuemsg.server.responses import ok
+from cuemsg.server.schedules import complete_once
 from cuemsg.server.settings import MAX_CLAIM_WAIT
 from cuemsg.server.state import Ctx
+from cuemsg.server.storage.base import ExecutionRow
 
 
 async def claim(ctx: Ctx) -> Response:
@@ -36,8 +40,10 @@ async def claim_next(ctx: Ctx) -> Response:
     server.need("claim.task", "agent", body.agent)
     server.need("claim.wait", "wait", body.wait)
     server.need("claim.many", "limit", body.limit)
+    server.need("claim.settle", "settle", body.settle)
     lease = server.settings.lease_seconds
     storage = server.storage
+    settled = None if body.settle is None else await settle(ctx, body.worker_id, body.settle)
     wait = min(body.wait or 0.0, MAX_CLAIM_WAIT)
     deadline = time.monotonic() + wait
     while True:
@@ -67,6 +73,8 @@ async def claim_next(ctx: Ctx) -> Response:
                 and not await ctx.request.is_disconnected()
             )
             if not woke:
+                if settled is not None:  # the outcomes were recorded: say so, not 409
+                    return ok(answers.ClaimedMany(claimed=False, executions=[], settled=settled))
                 what = f" for task {body.task!r}" if body.task is not None else ""
                 raise ApiProblem(409, "claim_failed", f"no claimable execution{what}")
         finally:
@@ -76,13 +84,29 @@ async def claim_next(ctx: Ctx) -> Response:
                     waiter.pass_on()
                 waiter.close()
     with_payload = "claim.payload" in server.extensions
-    if body.limit is None:
+    if body.limit is None and settled is None:
         return ok(wire.claim_answer(claimed[0], lease, with_payload))
     return ok(
         answers.ClaimedMany(
-            claimed=True, executions=[wire.claim_answer(e, lease, with_payload) for e in claimed]
+            claimed=True,
+            executions=[wire.claim_answer(e, lease, with_payload) for e in claimed],
+            settled=settled,
         )
     )
+
+
+async def settle(
+    ctx: Ctx, worker_id: str, items: list[wire.BatchOutcomeItem]
+) -> list[answers.OutcomeResult]:
+    """Record the outcomes a claim carries (`claim.settle`), each on its own, as
+    `POST /v1/executions/outcomes` would with `X-Worker-Id: worker_id`."""
+    now = ctx.server.clock()
+    outcomes = [(item.execution_id, outcome_record(item, worker_id, now)) for item in items]
+    results = await ctx.server.storage.record_outcomes(ctx.tenant_id, outcomes, worker_id)
+    for result in results:
+        if isinstance(result, ExecutionRow):
+            await complete_once(ctx.server.storage, result, now)
+    return [outcome_result(eid, r) for (eid, _), r in zip(outcomes, results, strict=True)]
 
 
 async def heartbeat(ctx: Ctx) -> Response:

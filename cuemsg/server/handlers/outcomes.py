@@ -15,7 +15,7 @@ from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 
 
-def _outcome(body: wire.OutcomeBody, worker: str | None, now: float) -> OutcomeRecord:
+def outcome_record(body: wire.OutcomeBody, worker: str | None, now: float) -> OutcomeRecord:
     return OutcomeRecord(
         success=body.success,
         result=body.result,
@@ -34,7 +34,7 @@ def _recorded(execution: ExecutionRow) -> answers.OutcomeRecorded:
     )
 
 
-def _result(execution_id: str, r: ExecutionRow | ApiProblem) -> answers.OutcomeResult:
+def outcome_result(execution_id: str, r: ExecutionRow | ApiProblem) -> answers.OutcomeResult:
     if isinstance(r, ApiProblem):
         return answers.OutcomeResult(execution_id=execution_id, error=r.detail())
     return answers.OutcomeResult(
@@ -51,7 +51,7 @@ async def outcome(ctx: Ctx) -> Response:
     server.need("outcome.reply", "reply", body.reply)
     worker = ctx.request.headers.get("x-worker-id")
     now = server.clock()
-    record = _outcome(body, worker, now)
+    record = outcome_record(body, worker, now)
     if body.reply is None:
         execution = await server.storage.record_outcome(
             ctx.tenant_id, ctx.param("execution_id"), worker, record
@@ -78,7 +78,7 @@ async def outcome_batch(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.BatchOutcome)
     worker = ctx.request.headers.get("x-worker-id")
     now = ctx.server.clock()
-    items = [(item.execution_id, _outcome(item, worker, now)) for item in body.outcomes]
+    items = [(item.execution_id, outcome_record(item, worker, now)) for item in body.outcomes]
     results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
     for result in results:
         if isinstance(result, ExecutionRow):
@@ -86,7 +86,7 @@ async def outcome_batch(ctx: Ctx) -> Response:
     return ok(
         answers.OutcomeResults(
             results=[
-                _result(execution_id, r)
+                outcome_result(execution_id, r)
                 for (execution_id, _), r in zip(items, results, strict=True)
             ]
         )

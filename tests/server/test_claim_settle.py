@@ -1,0 +1,73 @@
+"""The `claim.settle` extension: a claim that first records the outcomes it carries
+(on every backend, over real HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tests.server.conftest import Api, error_of
+
+
+def test_listed_in_info(api: Api) -> None:
+    assert "claim.settle" in api.http.get("/v1/info").json()["extensions"]
+
+
+def test_a_claim_settles_then_claims(api: Api) -> None:
+    cue = api.cue(payload={"task": "t"})
+    first, second = (api.fire(cue["id"], payload_override={"n": n})["id"] for n in (1, 2))
+    assert api.claim("w1", task="t").json()["execution_id"] == first
+    answer = api.claim(
+        "w1", task="t", settle=[{"execution_id": first, "success": True, "result": "handled"}]
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["claimed"] is True and [e["execution_id"] for e in body["executions"]] == [second]
+    assert body["settled"] == [
+        {"execution_id": first, "outcome_recorded": True, "outcome_state": "success"}
+    ]
+    assert api.execution(first)["outcome"]["result"] == "handled"
+    # Nothing claimable: the outcomes are still recorded, and the answer says so (not 409).
+    answer = api.claim(
+        "w1", task="t", wait=0.1, settle=[{"execution_id": second, "success": False, "error": "no"}]
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "claimed": False,
+        "executions": [],
+        "settled": [{"execution_id": second, "outcome_recorded": True, "outcome_state": "failed"}],
+    }
+    assert api.execution(second)["status"] == "failed"
+
+
+def test_each_carried_outcome_stands_on_its_own(api: Api) -> None:
+    cue = api.cue(payload={"task": "t"})
+    mine, theirs, waiting = (api.fire(cue["id"])["id"] for _ in range(3))
+    assert api.claim("w1", task="t").json()["execution_id"] == mine
+    assert api.claim("w2", task="t").json()["execution_id"] == theirs
+    body = api.claim(
+        "w1",
+        task="t",
+        settle=[
+            {"execution_id": theirs, "success": True},  # another worker's lease: 403
+            {"execution_id": mine, "success": True},
+        ],
+    ).json()
+    assert body["settled"][0]["error"]["code"] == "not_execution_owner"
+    assert body["settled"][1]["outcome_state"] == "success"
+    assert [e["execution_id"] for e in body["executions"]] == [waiting]
+    assert api.execution(theirs)["status"] == "delivering"
+
+
+def test_bad_settle_items_name_their_field(api: Api) -> None:
+    err = error_of(api.claim("w1", settle=[]), 422, "validation_error")
+    assert err["field"] == "settle"
+    err = error_of(api.claim("w1", settle=[{"execution_id": "x"}]), 422, "validation_error")
+    assert err["field"].startswith("settle")
+
+
+def test_extensions_off_refuses_settle(api_on: Callable[..., Api]) -> None:
+    api = api_on(extensions=False)
+    err = error_of(
+        api.claim("w1", settle=[{"execution_id": "x", "success": True}]), 422, "validation_error"
+    )
+    assert err["field"] == "settle"
