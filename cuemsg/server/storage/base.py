@@ -28,6 +28,7 @@ import msgspec
 
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Notifier
+from cuemsg.server.storage.feed import FeedBatch
 
 CLAIMABLE = ("pending", "retry_ready")
 TERMINAL = ("success", "failed", "missed")
@@ -88,6 +89,8 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     outcome: OutcomeRecord | None = None
     cue_name: str | None = None  # filled where a listing needs it
+    redriven_to: str | None = None  # a dead letter sent again: the new execution
+    redrive_of: str | None = None  # a redriven execution: the dead letter it re-sends
 
 
 class NewFire(msgspec.Struct, kw_only=True):
@@ -127,7 +130,7 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 EXECUTION_COLUMNS = (
     "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
     "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome"
+    "claimed_at, lease_expires_at, outcome, redriven_to, redrive_of"
 )
 _decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
@@ -155,6 +158,8 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
         lease_expires_at=row[16],
         outcome=_decode_outcome(row[17]) if row[17] is not None else None,
         cue_name=cue_name,
+        redriven_to=row[18],
+        redrive_of=row[19],
     )
 
 
@@ -221,6 +226,14 @@ def check_lease(execution_id: str, status: str, holder: str | None, worker_id: s
             "not_execution_owner",
             f"execution {execution_id!r} is leased to another worker, not {worker_id!r}",
         )
+
+
+def not_dead_letter(execution_id: str, status: str) -> ApiProblem:
+    return ApiProblem(
+        409,
+        "not_dead_letter",
+        f"execution {execution_id!r} is {status}, not a dead letter (failed): nothing to redrive",
+    )
 
 
 def outcome_already_recorded(execution_id: str) -> ApiProblem:
@@ -347,6 +360,23 @@ class Storage(Protocol):
         self, tenant_id: str, worker_id: str, handlers: list[str], now: float
     ) -> None: ...
     async def list_workers(self, tenant_id: str) -> list[WorkerRow]: ...
+
+    # the event feed and redrive (cuemsg/server/storage/feed.py)
+    async def event_head(self) -> int:
+        """The newest event stamp given so far (0 for none)."""
+
+    async def read_events(
+        self, tenant_id: str, after: int, *, cue_id: str | None, limit: int
+    ) -> FeedBatch:
+        """The tenant's executions stamped after `after`: a batch holding every
+        stamp in (after, batch.upto], read at most about `limit` rows at a time."""
+
+    async def redrive(
+        self, tenant_id: str, execution_id: str, now: float
+    ) -> tuple[ExecutionRow, bool]:
+        """Fire a dead letter's message again (`redrive_payload`) and name the new
+        execution on the dead one, atomically; the new execution and True, or the
+        one made by an earlier redrive and False. 404, 409 `not_dead_letter`."""
 
     # time-driven transitions (run by the server's sweeper)
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:

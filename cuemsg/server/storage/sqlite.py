@@ -41,8 +41,20 @@ from cuemsg.server.storage.base import (
     outcome_already_recorded,
     where_equal,
 )
+from cuemsg.server.storage.feed import (
+    FEED_COLUMNS,
+    SEQ_NAMES,
+    STAMP_COLUMNS,
+    FeedBatch,
+    bounded,
+    feed_row,
+    feed_where,
+)
+from cuemsg.server.storage.redrive import check_redrivable, redrive_execution
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# The version `_SCHEMA` creates: a new file gets it, then every migration after it.
+_SCHEMA_BASE = 2
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
 # claim order (the rowid `seq` ends every index): a claim reads one entry and
@@ -57,7 +69,15 @@ CREATE INDEX IF NOT EXISTS ix_exec_due_ready ON executions (scheduled_for)
 CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
+CREATE INDEX IF NOT EXISTS ix_exec_events ON executions (tenant_id, event_seq);
 """
+
+# The feed's position: the newest stamp of an execution (a virtual column, indexed).
+_EVENT_SEQ = (
+    "event_seq INTEGER GENERATED ALWAYS AS (max("
+    + ", ".join(f"ifnull({name}, 0)" for name in SEQ_NAMES)
+    + ")) VIRTUAL"
+)
 
 # Steps from version N-1 to N, applied in order by open().
 _MIGRATIONS = {
@@ -67,6 +87,11 @@ DROP INDEX IF EXISTS ix_exec_claim;
 DROP INDEX IF EXISTS ix_exec_due;
 DROP INDEX IF EXISTS ix_exec_lease;
 """,
+    # The event feed's stamps (cuemsg/server/storage/feed.py).
+    3: "".join(
+        f"ALTER TABLE executions ADD COLUMN {name} {kind};\n" for name, kind in STAMP_COLUMNS
+    )
+    + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
 }
 
 _SCHEMA = """
@@ -111,6 +136,11 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 _EXEC_COLS = EXECUTION_COLUMNS
+# A lease ran out: stamp it, and keep who lost it and when (the claim is cleared).
+_LOST = (
+    "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
+    "lost_claimed_at = claimed_at"
+)
 _CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
@@ -127,6 +157,7 @@ class SQLiteStorage:
         self.synchronous = synchronous.upper()
         self.notifier = Notifier()
         self._db: sqlite3.Connection | None = None
+        self._stamp = 0  # the last event stamp given (one connection: commit order)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -139,9 +170,11 @@ class SQLiteStorage:
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+        # Each state change stamps its execution with the next number (the feed).
+        db.create_function("cuemsg_next_event", 0, self._next_stamp)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        # A new file gets the latest schema at once; an older one, each step since.
-        version = SCHEMA_VERSION if row is None else int(row[0])
+        # A new file gets `_SCHEMA` and the steps after it; an older one, each step since.
+        version = _SCHEMA_BASE if row is None else int(row[0])
         if version > SCHEMA_VERSION:
             db.close()
             raise RuntimeError(
@@ -154,7 +187,15 @@ class SQLiteStorage:
             "INSERT INTO meta (key, value) VALUES ('schema_version', "
             f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
         )
+        self._stamp = db.execute(
+            "SELECT max(" + ", ".join(f"ifnull(max({n}), 0)" for n in SEQ_NAMES) + ") "
+            "FROM executions"
+        ).fetchone()[0]
         self._db = db
+
+    def _next_stamp(self) -> int:
+        self._stamp += 1
+        return self._stamp
 
     async def close(self) -> None:
         self.notifier.close()
@@ -307,8 +348,8 @@ class SQLiteStorage:
                 db.execute(
                     "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                     "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
-                    "max_attempts) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 'manual_fire', ?, ?, ?, "
-                    "0, ?)",
+                    "max_attempts, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
+                    "'manual_fire', ?, ?, ?, 0, ?, cuemsg_next_event())",
                     (
                         execution.id,
                         tenant_id,
@@ -397,7 +438,8 @@ class SQLiteStorage:
         with self._tx() as db:
             row = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ? "
+                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
+                "claimed_seq = cuemsg_next_event() "
                 f"WHERE id = ? AND tenant_id = ? AND {_CLAIMABLE} RETURNING {_EXEC_COLS}",
                 (worker_id, now, now + lease_seconds, now, execution_id, tenant_id, now),
             ).fetchone()
@@ -428,7 +470,8 @@ class SQLiteStorage:
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ? "
+                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
+                "claimed_seq = cuemsg_next_event() "
                 f"WHERE seq IN (SELECT seq FROM executions WHERE {where} "
                 f"ORDER BY scheduled_for, seq LIMIT ?) RETURNING {_EXEC_COLS}, seq",
                 [worker_id, now, now + lease_seconds, now, *args, limit],
@@ -499,7 +542,8 @@ class SQLiteStorage:
         check_lease(execution_id, status, holder, worker_id)
         row = db.execute(
             "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
-            f"lease_expires_at = NULL WHERE id = ? RETURNING {_EXEC_COLS}",
+            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+            f"WHERE id = ? RETURNING {_EXEC_COLS}",
             (
                 "success" if outcome.success else "failed",
                 _encode(outcome),
@@ -533,6 +577,90 @@ class SQLiteStorage:
             for r in rows
         ]
 
+    # -- the event feed and redrive ---------------------------------------------
+
+    async def event_head(self) -> int:
+        self.db  # noqa: B018 (raises when not open)
+        return self._stamp
+
+    async def read_events(
+        self, tenant_id: str, after: int, *, cue_id: str | None, limit: int
+    ) -> FeedBatch:
+        # No await below: the reads see one state (one connection, one loop).
+        where, args = feed_where("?", tenant_id, cue_id)
+        select = f"SELECT {FEED_COLUMNS} FROM executions e LEFT JOIN cues c ON c.id = e.cue_id "
+        rows = [
+            feed_row(r)
+            for r in self.db.execute(
+                f"{select} WHERE {where} AND e.event_seq > ? ORDER BY e.event_seq LIMIT ?",
+                [*args, after, limit],
+            )
+        ]
+        late = []
+        if len(rows) >= limit:
+            cut = rows[-1].event_seq
+            late = [
+                feed_row(r)
+                for r in self.db.execute(
+                    f"{select} WHERE {where} AND e.event_seq > ? AND e.fired_seq <= ?",
+                    [*args, cut, cut],
+                )
+            ]
+        return bounded(rows, late, limit, self._stamp)
+
+    async def redrive(
+        self, tenant_id: str, execution_id: str, now: float
+    ) -> tuple[ExecutionRow, bool]:
+        with self._tx() as db:
+            row = db.execute(
+                f"SELECT {_EXEC_COLS} FROM executions WHERE id = ? AND tenant_id = ?",
+                (execution_id, tenant_id),
+            ).fetchone()
+            if row is None:
+                raise execution_not_found(execution_id)
+            dead = execution_from_row(row)
+            if dead.redriven_to is not None:
+                again = db.execute(
+                    f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (dead.redriven_to,)
+                ).fetchone()
+                if again is not None:
+                    return execution_from_row(again), False
+            check_redrivable(dead)
+            doc = db.execute(
+                "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (dead.cue_id, tenant_id)
+            ).fetchone()
+            if doc is None:
+                raise cue_not_found(dead.cue_id)
+            new = redrive_execution(_decode_cue(doc[0]), dead, new_execution_id(), now)
+            db.execute(
+                "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
+                "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
+                "max_attempts, redrive_of, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
+                "'manual_fire', ?, ?, ?, 0, ?, ?, cuemsg_next_event())",
+                (
+                    new.id,
+                    tenant_id,
+                    new.cue_id,
+                    new.task,
+                    new.agent,
+                    _encode(new.payload),
+                    new.transport,
+                    new.scheduled_for,
+                    now,
+                    now,
+                    new.max_attempts,
+                    dead.id,
+                ),
+            )
+            db.execute(
+                "UPDATE executions SET redriven_to = ?, updated_at = ?, "
+                "redriven_seq = cuemsg_next_event() WHERE id = ?",
+                (new.id, now, dead.id),
+            )
+        if new.transport == "worker":
+            self.notifier.notify(tenant_id, new.task)
+        return new, True
+
     # -- time ------------------------------------------------------------------
 
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
@@ -541,25 +669,27 @@ class SQLiteStorage:
             # Past the claim cap: a message that kills every receiver stops here.
             db.execute(
                 "UPDATE executions SET status = 'failed', updated_at = ?, lease_expires_at = NULL, "
+                f"{_LOST}, done_seq = cuemsg_next_event(), "
                 "outcome = json_object('success', json('false'), 'error', "
                 "'lease expired after ' || attempts || ' claims (claim cap reached)', "
                 "'recorded_at', ?) "
                 "WHERE status = 'delivering' AND lease_expires_at < ? "
                 "AND attempts >= max_attempts",
-                (now, now, now),
+                (now, now, now, now),
             )
             wake.update(
                 db.execute(
                     "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                    "claimed_at = NULL, lease_expires_at = NULL, updated_at = ? "
+                    f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
                     "WHERE status = 'delivering' AND lease_expires_at < ? "
                     "RETURNING tenant_id, task",
-                    (now, now),
+                    (now, now, now),
                 ).fetchall()
             )
             if unclaimed_timeout > 0:
                 db.execute(
-                    "UPDATE executions SET status = 'missed', updated_at = ? "
+                    "UPDATE executions SET status = 'missed', updated_at = ?, "
+                    "done_seq = cuemsg_next_event() "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < ?",
                     (now, now - unclaimed_timeout),

@@ -1,6 +1,6 @@
 """`PostgresStorage`: the `Storage` protocol on PostgreSQL (meta, tenants, cues,
 executions, claims, leases, outcomes, workers and the sweep); firing is in
-`fires.py`, connections in `connection.py`.
+`fires.py`, the event feed and redrive in `feed.py`, connections in `connection.py`.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from cuemsg.server.storage.base import (
     outcome_already_recorded,
     where_equal,
 )
+from cuemsg.server.storage.postgres.feed import PostgresFeed
 from cuemsg.server.storage.postgres.fires import PostgresFires
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
     EXEC_COLS,
     IS_RELAXED,
+    LOST_SET,
     RELAXED,
     cue_from_doc,
     encode_json,
@@ -41,7 +43,7 @@ from cuemsg.server.storage.postgres.statements import (
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFires):
+class PostgresStorage(PostgresFeed, PostgresFires):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
@@ -308,7 +310,8 @@ class PostgresStorage(PostgresFires):
     ) -> ExecutionRow:
         update = (
             "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-            "lease_expires_at = NULL WHERE id = %s AND tenant_id = %s {} "
+            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+            "WHERE id = %s AND tenant_id = %s {} "
             f"RETURNING {EXEC_COLS}"
         )
         args: list[Any] = [
@@ -353,7 +356,8 @@ class PostgresStorage(PostgresFires):
                     continue
                 cur = await conn.execute(
                     "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-                    f"lease_expires_at = NULL WHERE id = %s RETURNING {EXEC_COLS}",
+                    "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+                    f"WHERE id = %s RETURNING {EXEC_COLS}",
                     (
                         "success" if outcome.success else "failed",
                         encode_json(outcome).decode(),
@@ -404,11 +408,12 @@ class PostgresStorage(PostgresFires):
                 "AND lease_expires_at < %s AND attempts >= max_attempts "
                 "FOR UPDATE SKIP LOCKED) "
                 "UPDATE cuemsg_executions e SET status = 'failed', updated_at = %s, "
+                f"{LOST_SET}, done_seq = cuemsg_next_event(), "
                 "lease_expires_at = NULL, outcome = jsonb_build_object('success', false, "
                 "'error', 'lease expired after ' || e.attempts || ' claims (claim cap reached)', "
                 "'recorded_at', %s::float8) "
                 f"FROM gone WHERE e.seq = gone.seq AND {IS_RELAXED}",
-                (now, now, now),
+                (now, now, now, now),
             )
             cur = await conn.execute(
                 f"WITH {RELAXED}, gone AS (SELECT seq FROM cuemsg_executions "
@@ -416,9 +421,9 @@ class PostgresStorage(PostgresFires):
                 "AND lease_expires_at < %s AND attempts < max_attempts "
                 "FOR UPDATE SKIP LOCKED) "
                 "UPDATE cuemsg_executions e SET status = 'pending', claimed_by_worker = NULL, "
-                "claimed_at = NULL, lease_expires_at = NULL, updated_at = %s "
+                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = %s, {LOST_SET} "
                 f"FROM gone WHERE e.seq = gone.seq AND {IS_RELAXED} RETURNING e.tenant_id, e.task",
-                (now, now),
+                (now, now, now),
             )
             counts = Counter((r[0], r[1]) for r in await cur.fetchall())
             requeued = [(tenant, task, n) for (tenant, task), n in counts.items()]
@@ -430,7 +435,8 @@ class PostgresStorage(PostgresFires):
                     f"WITH {RELAXED}, late AS (SELECT seq FROM cuemsg_executions "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < %s FOR UPDATE SKIP LOCKED) "
-                    "UPDATE cuemsg_executions e SET status = 'missed', updated_at = %s "
+                    "UPDATE cuemsg_executions e SET status = 'missed', updated_at = %s, "
+                    "done_seq = cuemsg_next_event() "
                     f"FROM late WHERE e.seq = late.seq AND {IS_RELAXED}",
                     (now - unclaimed_timeout, now),
                 )
