@@ -49,6 +49,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "OutcomeResult",
     "PayloadTooLarge",
     "RateLimited",
+    "Redriven",
     "RetryPolicy",
     "ServerError",
     "TransportError",

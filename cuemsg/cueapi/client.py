@@ -54,6 +54,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -492,6 +493,17 @@ class Executions(_Resource):
         call = routes.get_execution(execution_id)
         return self._client._run(flows.request_model(self._st, call, Execution))
 
+    def redrive(self, execution_id: str) -> Redriven:
+        """Send a dead letter (a `failed` execution) again, as a new execution with the
+        same message (extension `executions.redrive`); a second call fires nothing.
+
+        Raises:
+            ExtensionNotAvailable: the server does not list `executions.redrive`.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
+        return self._client._run(flows.redrive(self._st, execution_id))
+
     def list_claimable(
         self, *, task: str | None = None, agent: str | None = None
     ) -> builtins.list[Claimable]:
@@ -799,6 +811,10 @@ class AsyncExecutions(_Resource):
         """See `Executions.get`."""
         call = routes.get_execution(execution_id)
         return await self._client._run(flows.request_model(self._st, call, Execution))
+
+    async def redrive(self, execution_id: str) -> Redriven:
+        """See `Executions.redrive`."""
+        return await self._client._run(flows.redrive(self._st, execution_id))
 
     async def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

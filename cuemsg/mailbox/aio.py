@@ -31,7 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from cuemsg._exceptions import MailboxError
-from cuemsg.cueapi import AsyncCueClient
+from cuemsg.cueapi import AsyncCueClient, Redriven
 from cuemsg.mailbox._core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -62,6 +62,7 @@ from cuemsg.mailbox._core import (
     open_mailbox,
 )
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.redrive import redrive as redrive_flow
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
 
@@ -520,6 +521,10 @@ class AsyncMailbox(MailboxBase):
     async def heartbeat(self, msg: Delivery[Any]) -> None:
         """See `Message.heartbeat`."""
         await self._drive(self._core.heartbeat(msg))
+
+    async def redrive(self, execution_id: str) -> Redriven:
+        """See `Mailbox.redrive`."""
+        return await self._drive(redrive_flow(execution_id))
 
     # -- lifecycle --------------------------------------------------------------------------
 

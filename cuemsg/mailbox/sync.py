@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from cuemsg._exceptions import MailboxError
-from cuemsg.cueapi import CueClient
+from cuemsg.cueapi import CueClient, Redriven
 from cuemsg.mailbox._core import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -58,6 +58,7 @@ from cuemsg.mailbox._core import (
     open_mailbox,
 )
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.redrive import redrive as redrive_flow
 
 __all__ = ["Mailbox", "Message"]
 
@@ -599,6 +600,20 @@ class Mailbox(MailboxBase):
     def heartbeat(self, msg: Delivery[Any]) -> None:
         """See `Message.heartbeat`."""
         self._drive(self._core.heartbeat(msg))
+
+    def redrive(self, execution_id: str) -> Redriven:
+        """Send a dead letter (a `failed` execution) again: a new execution with the same
+        message, whose envelope names the dead one (header `cuemsg-redrive-of`), while
+        the dead one's record names the new one. Idempotent: a second call fires
+        nothing and answers `redriven=False` with the first redrive's execution.
+
+        Raises:
+            ExtensionNotAvailable: the server has no `executions.redrive` (the hosted
+                CueAPI): fire the message again yourself.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
+        return self._drive(redrive_flow(execution_id))
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -15,9 +15,11 @@ from cuemsg.server import wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.handlers.claims import claim, claim_next, heartbeat
 from cuemsg.server.handlers.cues import create_cue, delete_cue, get_cue, list_cues, patch_cue
+from cuemsg.server.handlers.events import events
 from cuemsg.server.handlers.executions import get_execution, list_claimable, list_executions
 from cuemsg.server.handlers.fire import fire, fire_batch
 from cuemsg.server.handlers.outcomes import outcome, outcome_batch
+from cuemsg.server.handlers.redrive import redrive
 from cuemsg.server.handlers.workers import list_workers, worker_heartbeat
 from cuemsg.server.responses import problem
 from cuemsg.server.state import Ctx, Handler, Server
@@ -68,6 +70,15 @@ ROUTES: list[Endpoint] = [
         "/v1/worker/heartbeat", "POST", worker_heartbeat, "Register a worker", wire.WorkerHeartbeat
     ),
     Endpoint("/v1/workers", "GET", list_workers, "List workers", None, "workers.list"),
+    Endpoint("/v1/events", "GET", events, "Stream events (SSE)", None, "events.stream"),
+    Endpoint(
+        "/v1/executions/{execution_id}/redrive",
+        "POST",
+        redrive,
+        "Send a dead letter again",
+        None,
+        "executions.redrive",
+    ),
 ]
 
 
@@ -79,6 +90,9 @@ def authed(server: Server, handler: Handler) -> Callable[[Request], Awaitable[Re
             return await handler(Ctx(request, tenant, server))
         except ApiProblem as p:
             return problem(p)
+        finally:
+            if request.method != "GET":
+                server.feed.bump()  # it may have changed an execution: streams look
 
     return endpoint
 

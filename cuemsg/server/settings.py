@@ -35,6 +35,8 @@ EXTENSIONS = (
     "fire.batch",
     "outcome.batch",
     "workers.list",
+    "events.stream",
+    "executions.redrive",
 )
 
 

@@ -216,6 +216,8 @@ def execution_json(e: ExecutionRow) -> dict[str, Any]:
         "claimed_at": iso(e.claimed_at),
         "lease_expires_at": iso(e.lease_expires_at),
         "outcome": outcome,
+        "redriven_to": e.redriven_to,
+        "redrive_of": e.redrive_of,
     }
 
 

@@ -128,14 +128,17 @@ def bounded(rows: list[FeedRow], late: list[FeedRow], limit: int, head: int) -> 
     """Make a read exact.
 
     `rows` are the first `limit` executions changed after the cursor, by
-    `event_seq`. When there are fewer, they hold every stamp up to `head`.
+    `event_seq`, and `head` a stamp such that every stamp up to it was
+    committed before they were read. When there are fewer than `limit`, they
+    hold every stamp up to `head` (a row changed since holds its older stamps
+    still).
     When the read was cut at `limit`, stamps up to the last row's `event_seq`
     (M) may also sit on executions changed again since (their `event_seq` is
     past M): the caller read those as `late` (`event_seq > M AND fired_seq <= M`),
-    and the batch ends at M.
+    and the batch ends at M (or `head`, if lower).
     """
     if len(rows) < limit:
         return FeedBatch(rows, head)
-    upto = rows[-1].event_seq
+    upto = min(rows[-1].event_seq, head)
     seen = {r.id for r in rows}
     return FeedBatch(rows + [r for r in late if r.id not in seen], upto)

@@ -3,11 +3,12 @@
 Stamps come from one sequence, but transactions on several replicas commit in
 any order: a reader could see stamp 7 while stamp 5 is still uncommitted,
 move past it, and lose it. So a read first takes the sequence's value H,
-then waits until every transaction that was writing at that moment has ended
+then waits until every transaction that had an id by then has ended
 (`cuemsg_next_event()` gives each transaction its id before it takes a
-stamp, so any stamp up to H belongs to a transaction that has committed,
-aborted, or was in that list); then every stamp up to H is visible and the
-batch ends at H at most. Transactions here last milliseconds; a writer that
+stamp, so any stamp up to H belongs to one of them); then every stamp up to
+H is visible and the batch ends at H at most (later stamps on the rows read
+wait for the next read). Each read takes a transaction id of its own to mark
+that moment. Transactions here last milliseconds; a writer that
 stays open longer than `SETTLE_WAIT` (someone else's, on the same database)
 is not waited for beyond it, and the read goes on with a warning.
 """
@@ -52,9 +53,8 @@ class PostgresFeed(PostgresConnection):
             head = await self._settled_head(conn)
             where, args = feed_where("%s", tenant_id, cue_id)
             cur = await conn.execute(
-                f"{_SELECT} WHERE {where} AND e.event_seq > %s AND e.event_seq <= %s "
-                "ORDER BY e.event_seq LIMIT %s",
-                [*args, after, head, limit],
+                f"{_SELECT} WHERE {where} AND e.event_seq > %s ORDER BY e.event_seq LIMIT %s",
+                [*args, after, limit],
             )
             rows = [feed_row(r) for r in await cur.fetchall()]
             late = []
@@ -73,17 +73,18 @@ class PostgresFeed(PostgresConnection):
         row = await cur.fetchone()
         assert row is not None
         head = int(row[0]) if row[1] else 0
-        # The snapshot after the sequence: a stamp's writer got its id before its stamp.
-        cur = await conn.execute("SELECT pg_current_snapshot()::text")
-        snap = await cur.fetchone()
-        assert snap is not None
+        # A transaction id of our own, given after that read, is above the id of every
+        # transaction holding a stamp up to `head`; once our statement has ended, a
+        # snapshot lists every one of those still running (below its xmax).
+        cur = await conn.execute("SELECT pg_current_xact_id()::text")
+        mark = await cur.fetchone()
+        assert mark is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_WAIT
         while True:
             cur = await conn.execute(
-                "SELECT count(*) FROM pg_snapshot_xip(%s::pg_snapshot) x "
-                "WHERE pg_xact_status(x) = 'in progress'",
-                (snap[0],),
+                "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x < %s::xid8",
+                (mark[0],),
             )
             busy = await cur.fetchone()
             if busy is None or busy[0] == 0:
