@@ -590,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two agents messaging through an in-process server")
     demo.set_defaults(func=_demo)
     _add_client_commands(sub)
+    from cuemsg._tail import add_commands  # tail and redrive
+
+    add_commands(sub, [_client_options()], _client)
     return parser
 
 
