@@ -62,6 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
             sweep_interval=args.sweep_interval,
             extensions=False if args.no_extensions else None,
             access_log=args.access_log or None,
+            # /metrics: on for loopback; beyond it, only when asked for.
+            metrics=args.metrics or args.host in ("127.0.0.1", "localhost", "::1"),
         )
     except ValueError as exc:
         print(f"cuemsg serve: {exc}", file=sys.stderr)
@@ -84,6 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
     print(f"  export CUEAPI_API_KEY={key}")
+    if settings.metrics:
+        print(f"metrics: {base_url}/metrics")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     sys.stdout.flush()
@@ -585,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-extensions", action="store_true", help="serve the plain CueAPI contract only"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve /metrics (Prometheus) beyond loopback too (on loopback it always is)",
+    )
     serve.set_defaults(func=_serve)
 
     demo = sub.add_parser("demo", help="two agents messaging through an in-process server")

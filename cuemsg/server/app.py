@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -36,6 +37,8 @@ from cuemsg.server.sweeper import sweep_forever
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
 
 log = logging.getLogger("cuemsg.server")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -75,7 +78,14 @@ def open_storage(settings: ServerSettings) -> Storage:
 def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
     """Build the ASGI app. Storage is opened on startup and closed on shutdown."""
     settings = settings or ServerSettings()
-    server = Server(settings, storage or open_storage(settings))
+    storage = storage or open_storage(settings)
+    metrics = None
+    if settings.metrics:
+        from cuemsg.server.metrics import MeteredStorage, Metrics
+
+        metrics = Metrics()
+        storage = cast(Storage, MeteredStorage(storage, metrics))
+    server = Server(settings, storage)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -89,17 +99,24 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
                 await sweeper
             await server.storage.close()
 
+    def route(path: str, endpoint: Endpoint, method: str) -> Route:
+        if metrics is not None:  # count answers by route template, method and status
+            endpoint = metrics.instrument(path, method, endpoint)
+        return Route(path, endpoint, methods=[method])
+
     routes = [
-        Route(e.path, authed(server, e.handler), methods=[e.method])
+        route(e.path, authed(server, e.handler), e.method)
         for e in ROUTES
         if e.extension is None or e.extension in server.extensions
     ]
     routes += [
-        Route("/v1/info", public(server, info), methods=["GET"]),
-        Route("/v1/auth/register", public(server, register), methods=["POST"]),
-        Route("/health", public(server, health), methods=["GET"]),
-        Route("/openapi.json", public(server, openapi), methods=["GET"]),
+        route("/v1/info", public(server, info), "GET"),
+        route("/v1/auth/register", public(server, register), "POST"),
+        route("/health", public(server, health), "GET"),
+        route("/openapi.json", public(server, openapi), "GET"),
     ]
+    if metrics is not None:
+        routes.append(route("/metrics", public(server, metrics.scrape), "GET"))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -57,6 +57,8 @@ class ServerSettings:
         sqlite_synchronous: `NORMAL` (a killed process loses nothing) or
             `FULL` (survives a power cut too, slower).
         access_log: log every request (uvicorn's access log).
+        metrics: serve `GET /metrics` (Prometheus). `cuemsg serve` turns it off
+            when bound beyond loopback, unless `--metrics`.
     """
 
     db: str = "cuemsg.db"
@@ -68,6 +70,7 @@ class ServerSettings:
     rate_limit: int = DEFAULT_RATE_LIMIT
     sqlite_synchronous: str = "NORMAL"
     access_log: bool = False
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:

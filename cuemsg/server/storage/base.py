@@ -21,6 +21,7 @@ lease, a scheduled execution coming due) a backend calls
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -259,6 +260,8 @@ class Storage(Protocol):
     """What the server needs from a backend. All methods are scoped by tenant."""
 
     notifier: Notifier
+    #: What the sweeps of this process did (`lease_expired`, `missed`), for /metrics.
+    swept: Counter[str]
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
@@ -370,6 +373,10 @@ class Storage(Protocol):
     ) -> FeedBatch:
         """The tenant's executions stamped after `after`: a batch holding every
         stamp in (after, batch.upto], read at most about `limit` rows at a time."""
+
+    async def waiting_by_cue(self, limit: int) -> list[tuple[str, str | None, int]]:
+        """(cue id, cue name, claimable executions) of the `limit` cues with the most
+        waiting, across tenants (for /metrics)."""
 
     async def redrive(
         self, tenant_id: str, execution_id: str, now: float

@@ -158,6 +158,8 @@ class SQLiteStorage:
         self.notifier = Notifier()
         self._db: sqlite3.Connection | None = None
         self._stamp = 0  # the last event stamp given (one connection: commit order)
+        #: What sweeps did, for /metrics: `lease_expired`, `missed`.
+        self.swept: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -661,13 +663,24 @@ class SQLiteStorage:
             self.notifier.notify(tenant_id, new.task)
         return new, True
 
+    async def waiting_by_cue(self, limit: int) -> list[tuple[str, str | None, int]]:
+        return [
+            (r[0], r[1], r[2])
+            for r in self.db.execute(
+                "SELECT e.cue_id, c.name, count(*) FROM executions e "
+                "LEFT JOIN cues c ON c.id = e.cue_id WHERE e.status IN ('pending', 'retry_ready') "
+                "GROUP BY e.cue_id ORDER BY 3 DESC, 1 LIMIT ?",
+                (limit,),
+            )
+        ]
+
     # -- time ------------------------------------------------------------------
 
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
         wake: Counter[tuple[str, str | None]] = Counter()
         with self._tx() as db:
             # Past the claim cap: a message that kills every receiver stops here.
-            db.execute(
+            capped = db.execute(
                 "UPDATE executions SET status = 'failed', updated_at = ?, lease_expires_at = NULL, "
                 f"{_LOST}, done_seq = cuemsg_next_event(), "
                 "outcome = json_object('success', json('false'), 'error', "
@@ -676,24 +689,24 @@ class SQLiteStorage:
                 "WHERE status = 'delivering' AND lease_expires_at < ? "
                 "AND attempts >= max_attempts",
                 (now, now, now, now),
-            )
-            wake.update(
-                db.execute(
-                    "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                    f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
-                    "WHERE status = 'delivering' AND lease_expires_at < ? "
-                    "RETURNING tenant_id, task",
-                    (now, now, now),
-                ).fetchall()
-            )
+            ).rowcount
+            requeued = db.execute(
+                "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
+                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
+                "WHERE status = 'delivering' AND lease_expires_at < ? "
+                "RETURNING tenant_id, task",
+                (now, now, now),
+            ).fetchall()
+            wake.update(requeued)
+            self.swept["lease_expired"] += capped + len(requeued)
             if unclaimed_timeout > 0:
-                db.execute(
+                self.swept["missed"] += db.execute(
                     "UPDATE executions SET status = 'missed', updated_at = ?, "
                     "done_seq = cuemsg_next_event() "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < ?",
                     (now, now - unclaimed_timeout),
-                )
+                ).rowcount
             for tenant_id, task, count in db.execute(
                 "SELECT tenant_id, task, count(*) FROM executions "
                 "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -39,7 +40,23 @@ _SELECT = (
 
 
 class PostgresFeed(PostgresConnection):
-    """`event_head`, `read_events` and `redrive`, on top of the connection layer."""
+    """`event_head`, `read_events`, `redrive` and the sweep's counts, on top of the
+    connection layer."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: What this replica's sweeps did, for /metrics: `lease_expired`, `missed`.
+        self.swept: Counter[str] = Counter()
+
+    async def waiting_by_cue(self, limit: int) -> list[tuple[str, str | None, int]]:
+        rows = await self._all(
+            "SELECT e.cue_id, c.name, count(*) FROM cuemsg_executions e "
+            "LEFT JOIN cuemsg_cues c ON c.id = e.cue_id "
+            "WHERE e.status IN ('pending', 'retry_ready') "
+            "GROUP BY e.cue_id, c.name ORDER BY 3 DESC, 1 LIMIT %s",
+            (limit,),
+        )
+        return [(r[0], r[1], int(r[2])) for r in rows]
 
     async def event_head(self) -> int:
         row = await self._one("SELECT last_value, is_called FROM cuemsg_event_seq")

@@ -402,7 +402,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
         requeued: list[tuple[str, str | None, int]] = []
         async with self._conn() as conn:
             # Past the claim cap: a message that kills every receiver stops here.
-            await conn.execute(
+            cur = await conn.execute(
                 f"WITH {RELAXED}, gone AS (SELECT seq FROM cuemsg_executions "
                 "WHERE status = 'delivering' "
                 "AND lease_expires_at < %s AND attempts >= max_attempts "
@@ -415,6 +415,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
                 f"FROM gone WHERE e.seq = gone.seq AND {IS_RELAXED}",
                 (now, now, now, now),
             )
+            self.swept["lease_expired"] += max(cur.rowcount, 0)
             cur = await conn.execute(
                 f"WITH {RELAXED}, gone AS (SELECT seq FROM cuemsg_executions "
                 "WHERE status = 'delivering' "
@@ -427,11 +428,12 @@ class PostgresStorage(PostgresFeed, PostgresFires):
             )
             counts = Counter((r[0], r[1]) for r in await cur.fetchall())
             requeued = [(tenant, task, n) for (tenant, task), n in counts.items()]
+            self.swept["lease_expired"] += sum(counts.values())
             if requeued:
                 # Waiters on other replicas want these too (committed already: autocommit).
                 await self._publish(conn, requeued)
             if unclaimed_timeout > 0:
-                await conn.execute(
+                cur = await conn.execute(
                     f"WITH {RELAXED}, late AS (SELECT seq FROM cuemsg_executions "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < %s FOR UPDATE SKIP LOCKED) "
@@ -440,6 +442,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
                     f"FROM late WHERE e.seq = late.seq AND {IS_RELAXED}",
                     (now - unclaimed_timeout, now),
                 )
+                self.swept["missed"] += max(cur.rowcount, 0)
             # Scheduled work that came due: every replica sweeps, so each wakes
             # only its own waiters.
             cur = await conn.execute(
