@@ -16,10 +16,10 @@ from cuemsg.server.state import Server
 
 
 async def openapi(request: Request, server: Server) -> Response:
-    return ok(openapi_document(server.extensions))
+    return ok(openapi_document(server.extensions, metrics=server.settings.metrics))
 
 
-def openapi_document(extensions: frozenset[str]) -> dict[str, Any]:
+def openapi_document(extensions: frozenset[str], *, metrics: bool = False) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the routes served with these extensions."""
     from cuemsg import __version__
 
@@ -60,6 +60,9 @@ def openapi_document(extensions: frozenset[str]) -> dict[str, Any]:
     ):
         method = "post" if path == "/v1/auth/register" else "get"
         paths[path] = {method: {"summary": summary, "responses": {"200": {"description": "OK"}}}}
+    if metrics:
+        ok_text = {"200": {"description": "Prometheus text format"}}
+        paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "responses": ok_text}}
     paths["/v1/auth/register"]["post"]["requestBody"] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Register"}}}
     }
