@@ -75,6 +75,7 @@ from cuemsg.envelope import (
     utcnow,
 )
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe
+from cuemsg.mailbox.tracing import with_trace
 
 log = logging.getLogger("cuemsg.mailbox")
 
@@ -1030,7 +1031,7 @@ class MailboxCore:
             thread=thread,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
-            headers=dict(headers or {}),
+            headers=dict(with_trace(headers) or {}),  # the current span's traceparent
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
         return meta, payload

@@ -63,6 +63,7 @@ from cuemsg.mailbox._core import (
 )
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.redrive import redrive as redrive_flow
+from cuemsg.mailbox.tracing import handler_span
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
 
@@ -228,10 +229,11 @@ class AsyncMailbox(MailboxBase):
                 await cast(anyio.Event, op.pending.event).wait()
             return None
         if isinstance(op, CallHandler):
-            result = op.handler(op.message)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            with handler_span(op.message):
+                result = op.handler(op.message)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
         if isinstance(op, Sleep):
             await anyio.sleep(op.seconds)
             return None

@@ -59,6 +59,7 @@ from cuemsg.mailbox._core import (
 )
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.redrive import redrive as redrive_flow
+from cuemsg.mailbox.tracing import handler_span
 
 __all__ = ["Mailbox", "Message"]
 
@@ -238,7 +239,8 @@ class Mailbox(MailboxBase):
             cast(threading.Event, op.pending.event).wait(op.timeout)
             return None
         if isinstance(op, CallHandler):
-            return op.handler(op.message)
+            with handler_span(op.message):
+                return op.handler(op.message)
         if isinstance(op, Sleep):
             self._wake_or_close(op.seconds)
             return None
