@@ -139,9 +139,16 @@ def _emit(args: argparse.Namespace, data: Any, text: Sequence[str] | str) -> Non
     """Print `data` as one line of JSON with --json, else the lines `text`."""
     if args.json:
         print(json.dumps(data, ensure_ascii=False, default=str))
-    else:
+    elif not (sys.stdout.isatty() and _rich(data)):
         print(text if isinstance(text, str) else "\n".join(text))
     sys.stdout.flush()
+
+
+def _rich(data: Any) -> bool:
+    """On a terminal, `inspect` output drawn with rich (tables, timelines); False: not one."""
+    from cuemsg._render import render
+
+    return render(data)
 
 
 def _send(args: argparse.Namespace) -> int:
