@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 
@@ -25,22 +25,41 @@ RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
 
 
-class FeedEvent(NamedTuple):
+class FeedEvent:
     """One event: its `id` (None if it carried none), the SSE event name
-    (`fired`, `claimed`, ..., or `ready`) and its JSON data."""
+    (`fired`, `claimed`, ..., or `ready`), its data as sent (`raw`, one line of
+    JSON) and decoded (`data`, on first use: `tail --json` never needs it)."""
 
-    id: int | None
-    type: str
-    data: dict[str, Any]
+    __slots__ = ("_data", "id", "raw", "type")
+
+    def __init__(self, id: int | None, type: str, raw: str) -> None:
+        self.id = id
+        self.type = type
+        self.raw = raw
+        self._data: dict[str, Any] | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The JSON data, decoded.
+
+        Raises:
+            ValueError: it is not a JSON object.
+        """
+        if self._data is None:
+            value = json.loads(self.raw)
+            if not isinstance(value, dict):
+                raise ValueError(f"event data is not a JSON object: {value!r}")
+            self._data = value
+        return self._data
+
+    def __repr__(self) -> str:
+        return f"FeedEvent(id={self.id!r}, type={self.type!r}, raw={self.raw!r})"
 
 
 def parse_sse(lines: Iterable[str]) -> Iterator[FeedEvent]:
     """The events in a `text/event-stream`, given line by line (without newlines).
 
     Comments (`: keepalive`) are skipped; an event ends at a blank line.
-
-    Raises:
-        ValueError: an event's data is not a JSON object.
     """
     event_id: int | None = None
     name = "message"
@@ -48,10 +67,7 @@ def parse_sse(lines: Iterable[str]) -> Iterator[FeedEvent]:
     for line in lines:
         if line == "":
             if data:
-                value = json.loads("\n".join(data))
-                if not isinstance(value, dict):
-                    raise ValueError(f"event data is not a JSON object: {value!r}")
-                yield FeedEvent(event_id, name, value)
+                yield FeedEvent(event_id, name, "\n".join(data))
             event_id, name, data = None, "message", []
             continue
         if line.startswith(":"):

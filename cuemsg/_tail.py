@@ -111,7 +111,7 @@ def _printer(args: argparse.Namespace, names: Names) -> Callable[[FeedEvent], No
     if args.json:
 
         def as_json(event: FeedEvent) -> None:
-            print(json.dumps(event.data, ensure_ascii=False), flush=True)
+            print(event.raw, flush=True)  # the server's JSON as it came: one line
 
         return as_json
     if sys.stdout.isatty():

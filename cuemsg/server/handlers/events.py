@@ -21,6 +21,9 @@ BATCH_ROWS = 500
 POLL_INTERVAL = 0.5
 #: Seconds without an event before a keepalive comment.
 KEEPALIVE = 15.0
+#: After a wake-up, a stream waits this long before it reads, so that a busy
+#: server's changes are read a batch at a time rather than one read each.
+COALESCE = 0.05
 
 _PARAMS = frozenset(("cue_id", "thread", "last_event_id"))
 
@@ -76,6 +79,7 @@ async def _stream(
                 ready = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
+                await asyncio.sleep(COALESCE)
             if time.monotonic() - quiet_since >= KEEPALIVE:
                 yield SSE_KEEPALIVE
                 quiet_since = time.monotonic()
