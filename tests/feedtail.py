@@ -20,8 +20,9 @@ class Tail:
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._args = (base_url, key)
-        # Our own client: closing it ends a read that waits for the next event.
-        self._http = httpx.Client(timeout=httpx.Timeout(10.0, read=60.0))
+        # A short read timeout: a quiet stream times out each second and `follow`
+        # reconnects from the last id it saw (or, once stopped, returns).
+        self._http = httpx.Client(timeout=httpx.Timeout(10.0, read=1.0))
         self._options = {"http": self._http, **options}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
