@@ -41,16 +41,8 @@ from cuemsg.server.storage.base import (
     outcome_already_recorded,
     where_equal,
 )
-from cuemsg.server.storage.feed import (
-    FEED_COLUMNS,
-    SEQ_NAMES,
-    STAMP_COLUMNS,
-    FeedBatch,
-    bounded,
-    feed_row,
-    feed_where,
-)
-from cuemsg.server.storage.redrive import check_redrivable, redrive_execution
+from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
+from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 
 SCHEMA_VERSION = 3
 # The version `_SCHEMA` creates: a new file gets it, then every migration after it.
@@ -147,7 +139,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage:
+class SQLiteStorage(SQLiteFeed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -577,101 +569,6 @@ class SQLiteStorage:
         return [
             WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
-        ]
-
-    # -- the event feed and redrive ---------------------------------------------
-
-    async def event_head(self) -> int:
-        self.db  # noqa: B018 (raises when not open)
-        return self._stamp
-
-    async def read_events(
-        self, tenant_id: str, after: int, *, cue_id: str | None, limit: int
-    ) -> FeedBatch:
-        # No await below: the reads see one state (one connection, one loop).
-        where, args = feed_where("?", tenant_id, cue_id)
-        select = f"SELECT {FEED_COLUMNS} FROM executions e LEFT JOIN cues c ON c.id = e.cue_id "
-        rows = [
-            feed_row(r)
-            for r in self.db.execute(
-                f"{select} WHERE {where} AND e.event_seq > ? ORDER BY e.event_seq LIMIT ?",
-                [*args, after, limit],
-            )
-        ]
-        late = []
-        if len(rows) >= limit:
-            cut = rows[-1].event_seq
-            late = [
-                feed_row(r)
-                for r in self.db.execute(
-                    f"{select} WHERE {where} AND e.event_seq > ? AND e.fired_seq <= ?",
-                    [*args, cut, cut],
-                )
-            ]
-        return bounded(rows, late, limit, self._stamp)
-
-    async def redrive(
-        self, tenant_id: str, execution_id: str, now: float
-    ) -> tuple[ExecutionRow, bool]:
-        with self._tx() as db:
-            row = db.execute(
-                f"SELECT {_EXEC_COLS} FROM executions WHERE id = ? AND tenant_id = ?",
-                (execution_id, tenant_id),
-            ).fetchone()
-            if row is None:
-                raise execution_not_found(execution_id)
-            dead = execution_from_row(row)
-            if dead.redriven_to is not None:
-                again = db.execute(
-                    f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (dead.redriven_to,)
-                ).fetchone()
-                if again is not None:
-                    return execution_from_row(again), False
-            check_redrivable(dead)
-            doc = db.execute(
-                "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (dead.cue_id, tenant_id)
-            ).fetchone()
-            if doc is None:
-                raise cue_not_found(dead.cue_id)
-            new = redrive_execution(_decode_cue(doc[0]), dead, new_execution_id(), now)
-            db.execute(
-                "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
-                "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
-                "max_attempts, redrive_of, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
-                "'manual_fire', ?, ?, ?, 0, ?, ?, cuemsg_next_event())",
-                (
-                    new.id,
-                    tenant_id,
-                    new.cue_id,
-                    new.task,
-                    new.agent,
-                    _encode(new.payload),
-                    new.transport,
-                    new.scheduled_for,
-                    now,
-                    now,
-                    new.max_attempts,
-                    dead.id,
-                ),
-            )
-            db.execute(
-                "UPDATE executions SET redriven_to = ?, updated_at = ?, "
-                "redriven_seq = cuemsg_next_event() WHERE id = ?",
-                (new.id, now, dead.id),
-            )
-        if new.transport == "worker":
-            self.notifier.notify(tenant_id, new.task)
-        return new, True
-
-    async def waiting_by_cue(self, limit: int) -> list[tuple[str, str | None, int]]:
-        return [
-            (r[0], r[1], r[2])
-            for r in self.db.execute(
-                "SELECT e.cue_id, c.name, count(*) FROM executions e "
-                "LEFT JOIN cues c ON c.id = e.cue_id WHERE e.status IN ('pending', 'retry_ready') "
-                "GROUP BY e.cue_id ORDER BY 3 DESC, 1 LIMIT ?",
-                (limit,),
-            )
         ]
 
     # -- time ------------------------------------------------------------------
