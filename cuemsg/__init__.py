@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     AuthenticationError,
     ClaimFailed,
     Conflict,
@@ -17,7 +18,9 @@ from cuemsg._exceptions import (
     Forbidden,
     LeaseLost,
     MailboxError,
+    MailboxNotFound,
     MissingAPIKey,
+    NoReply,
     NoResponder,
     NotFound,
     PayloadTooLarge,
@@ -27,6 +30,8 @@ from cuemsg._exceptions import (
     RetryLater,
     ServerError,
     StorageError,
+    StorageFull,
+    StorageOpenError,
     TransportError,
     TransportTimeout,
     ValidationError,
@@ -37,10 +42,12 @@ from cuemsg.mailbox import (
     AsyncMessage,
     DedupeStore,
     Mailbox,
+    MailboxAddress,
     MailboxStats,
     MemoryDedupe,
     Message,
     Sent,
+    Settled,
     SQLiteDedupe,
 )
 
@@ -53,6 +60,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadySettled",
     "AsyncCueClient",
     "AsyncMailbox",
     "AsyncMessage",
@@ -68,11 +76,14 @@ __all__ = [
     "Forbidden",
     "LeaseLost",
     "Mailbox",
+    "MailboxAddress",
     "MailboxError",
+    "MailboxNotFound",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
     "MissingAPIKey",
+    "NoReply",
     "NoResponder",
     "NotFound",
     "PayloadTooLarge",
@@ -83,7 +94,10 @@ __all__ = [
     "SQLiteDedupe",
     "Sent",
     "ServerError",
+    "Settled",
     "StorageError",
+    "StorageFull",
+    "StorageOpenError",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

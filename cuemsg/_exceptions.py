@@ -10,6 +10,7 @@ CuemsgError
 │   ├── AuthenticationError       401
 │   ├── Forbidden                 403 (e.g. not_execution_owner)
 │   ├── NotFound                  404
+│   │   └── MailboxNotFound       no mailbox of that name (.name, .near: close names)
 │   ├── Conflict                  409
 │   │   └── ClaimFailed           409 claim_failed
 │   ├── PayloadTooLarge           413
@@ -20,9 +21,13 @@ CuemsgError
 ├── MailboxError
 │   ├── RequestTimeout      no reply before the deadline (also a TimeoutError)
 │   ├── RemoteError         the responder's handler raised (.type, .message)
+│   ├── NoReply             the request was settled with no reply (.worker_id, .settled)
 │   ├── NoResponder         require_responder=True and no live worker for the task
-│   └── LeaseLost           heartbeat/outcome refused: another worker holds it now
+│   ├── LeaseLost           heartbeat/outcome refused: another worker holds it now
+│   └── AlreadySettled      a message settled twice (.message_id, .settled: how first)
 └── StorageError            server side only
+    ├── StorageFull         the disk (or database) is full: writes refused, reads go on
+    └── StorageOpenError    the database cannot be opened (.path, .reason)
 ```
 
 `RetryLater(delay=...)` is raised by a handler to ask for redelivery later:
@@ -34,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadySettled",
     "AuthenticationError",
     "ClaimFailed",
     "Conflict",
@@ -44,7 +50,9 @@ __all__ = [
     "Forbidden",
     "LeaseLost",
     "MailboxError",
+    "MailboxNotFound",
     "MissingAPIKey",
+    "NoReply",
     "NoResponder",
     "NotFound",
     "PayloadTooLarge",
@@ -54,6 +62,8 @@ __all__ = [
     "RetryLater",
     "ServerError",
     "StorageError",
+    "StorageFull",
+    "StorageOpenError",
     "TransportError",
     "TransportTimeout",
     "ValidationError",
@@ -157,6 +167,16 @@ class NotFound(CueAPIError):
     """404: no such cue, execution or route (or it belongs to another tenant)."""
 
 
+class MailboxNotFound(NotFound):
+    """No mailbox of that name; `near` lists the tenant's mailboxes with close names."""
+
+    def __init__(self, name: str, near: list[str]) -> None:
+        hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+        super().__init__(f"no mailbox named {name!r}{hint}", status=404, code="mailbox_not_found")
+        self.name = name
+        self.near = near
+
+
 class Conflict(CueAPIError):
     """409: the request conflicts with the current state."""
 
@@ -237,6 +257,33 @@ class RemoteError(MailboxError):
         self.correlation_id = correlation_id
 
 
+class NoReply(MailboxError):
+    """The request was settled without a reply: it will never get one.
+
+    The responder's mailbox says so at once (a notice on the reply stream);
+    a request whose deadline passes first reads it from the request's record.
+    `settled` is how (`"acked"`, `"rejected"`), `worker_id` who did it,
+    `reason` the reject's reason (None for an ack).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: str | None = None,
+        settled: str | None = None,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+        execution_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.settled = settled
+        self.reason = reason
+        self.correlation_id = correlation_id
+        self.execution_id = execution_id
+
+
 class NoResponder(MailboxError):
     """`require_responder=True` and no worker for the task heartbeated recently."""
 
@@ -245,8 +292,36 @@ class LeaseLost(MailboxError):
     """The lease on a message passed to another worker; its ack was not recorded."""
 
 
+class AlreadySettled(MailboxError):
+    """A message was settled twice; `settled` says how it was settled first.
+
+    A message is settled once: acked, rejected, retried later or replied to.
+    """
+
+    def __init__(self, message_id: str, settled: str) -> None:
+        super().__init__(f"message {message_id} is already settled ({settled})")
+        self.message_id = message_id
+        self.settled = settled
+
+
 class StorageError(CuemsgError):
     """The embedded server's storage failed (server side only)."""
+
+
+class StorageFull(StorageError):
+    """The storage has no room left: writes fail until space is freed; reads still work."""
+
+
+class StorageOpenError(StorageError):
+    """The database at `path` cannot be opened; `reason` says why, in a few words.
+
+    `str()` is one line naming both, fit to print as it is (the CLI does).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot open the database {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class RetryLater(Exception):

@@ -9,6 +9,7 @@ shown, as `foreign`.
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from cuemsg._exceptions import NotFound
 from cuemsg.cueapi import CueClient
 from cuemsg.cueapi.models import Cue, Execution
+from cuemsg.envelope import body_of, meta_of, outcome_meta_of, outside_fields
 
 __all__ = [
     "PAGE",
@@ -76,6 +78,7 @@ def find_mailbox(client: CueClient, to: str, names: Names | None = None) -> Cue:
         NotFound: no cue has that id.
     """
     cue: Cue | None = None
+    seen: list[str] = []
     if to.startswith("cue_"):
         cue = client.cues.get(to)
     else:
@@ -85,9 +88,13 @@ def find_mailbox(client: CueClient, to: str, names: Names | None = None) -> Cue:
             if candidate.name == to:
                 cue = candidate
                 break
+            if is_mailbox(candidate):
+                seen.append(candidate.name)
     if cue is None:
+        near = difflib.get_close_matches(to, seen, n=3)
+        hint = f"did you mean {', '.join(repr(n) for n in near)}? " if near else ""
         raise CommandError(
-            f"no mailbox named {to!r} (`cuemsg inspect mailboxes` lists them; "
+            f"no mailbox named {to!r} ({hint}`cuemsg inspect mailboxes` lists them; "
             "a cue id `cue_...` works too)"
         )
     if not is_mailbox(cue):
@@ -156,8 +163,7 @@ def executions(
 
 
 def _meta(exe: Execution) -> dict[str, Any] | None:
-    meta = (exe.payload or {}).get("cuemsg")
-    return meta if isinstance(meta, dict) else None
+    return meta_of(exe.payload)
 
 
 def _kind(exe: Execution) -> str:
@@ -241,12 +247,11 @@ def record(client: CueClient, execution_id: str, *, follow: bool = True) -> dict
     found: dict[str, Any] = {
         "execution": exe.raw or {"id": exe.id},
         "envelope": _meta(exe),
-        "body": payload.get("message"),
+        "body": body_of(payload),
         "reply_execution_id": None,
         "reply": None,
     }
-    outcome_meta = ((exe.outcome or {}).get("metadata") or {}).get("cuemsg") or {}
-    reply_id = outcome_meta.get("reply_execution_id") if isinstance(outcome_meta, dict) else None
+    reply_id = outcome_meta_of(exe.outcome).get("reply_execution_id")
     if isinstance(reply_id, str):
         found["reply_execution_id"] = reply_id
         if follow:
@@ -306,8 +311,7 @@ def record_lines(found: dict[str, Any], names: Names, indent: str = "") -> list[
     ]
     items += [
         (k, names.long_label(v) if k == "reply_cue_id" else v)
-        for k, v in (payload or {}).items()
-        if k not in ("cuemsg", "message")
+        for k, v in outside_fields(payload).items()
     ]
     lines += _block(items)
     lines.append("body")

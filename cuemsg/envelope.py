@@ -7,6 +7,7 @@
   "reply_cue_id": "cue_abc123def456",// where answers go (the sender's mailbox)
   "cuemsg": {                        // everything cuemsg adds, under one key
     "v": 1, "id": "01J...", "kind": "request", "sender": "cue_abc123def456",
+    "sender_name": "planner",
     "correlation_id": "01J...", "reply_task": "writer.replies", "thread": "t-1",
     "sent_at": "2025-01-01T00:00:00Z", "expires_at": "2025-01-01T00:00:30Z",
     "headers": {"trace": "x"}, "attempt": 1
@@ -49,11 +50,17 @@ __all__ = [
     "ErrorBody",
     "Kind",
     "Meta",
+    "body_of",
     "build_payload",
     "decode_body",
     "decode_payload",
     "encode_body",
+    "meta_of",
     "new_id",
+    "outcome_meta_of",
+    "outcome_metadata",
+    "outside_fields",
+    "with_attempt",
 ]
 
 T = TypeVar("T")
@@ -81,6 +88,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             repeated fire and a redelivery are recognised as the same message.
         kind: `message`, `request`, `reply` or `error` (an error reply).
         sender: the sender mailbox's address (its cue id).
+        sender_name: the sender mailbox's name (absent from older envelopes).
         correlation_id: for replies, the id of the request answered; for a
             request, its own id.
         reply_task: the task a reply to this request must be fired with.
@@ -102,6 +110,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
+    sender_name: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -342,6 +351,55 @@ def decode_payload(payload: Any) -> Envelope:
     except msgspec.ValidationError as exc:
         raise EnvelopeError(f"the envelope's {NAMESPACE!r} part is malformed: {exc}") from exc
     return Envelope(task=task, message=payload.get("message"), reply_cue_id=reply_cue_id, meta=meta)
+
+
+# -- reading and rewriting payloads as they are -----------------------------------------------
+# Inspection tools show payloads that may be malformed, so these read leniently
+# (no error, None for what is missing); `decode_payload` is the strict reader.
+
+
+def meta_of(payload: Any) -> dict[str, Any] | None:
+    """The raw `cuemsg` part of a payload, or None (foreign, malformed, or not a payload)."""
+    meta = payload.get(NAMESPACE) if isinstance(payload, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def body_of(payload: Any) -> Any:
+    """The raw body (`message` key) of a payload, or None."""
+    return payload.get("message") if isinstance(payload, dict) else None
+
+
+def outside_fields(payload: Any) -> dict[str, Any]:
+    """The payload's keys other than the body and the `cuemsg` part (`task`, `reply_cue_id`...)."""
+    if not isinstance(payload, dict):
+        return {}
+    return {k: v for k, v in payload.items() if k not in (NAMESPACE, "message")}
+
+
+def with_attempt(payload: dict[str, Any], attempt: int, *, message_id: str) -> dict[str, Any]:
+    """A copy of `payload` whose envelope says `attempt` (a retry-later re-fire).
+
+    A foreign payload gets a minimal envelope with `message_id`, so the
+    re-fire is known as the same message.
+    """
+    meta = dict(meta_of(payload) or {"v": FORMAT_VERSION, "id": message_id, "kind": "message"})
+    meta["attempt"] = attempt
+    return {**payload, NAMESPACE: meta}
+
+
+def outcome_metadata(state: str, **fields: Any) -> dict[str, Any]:
+    """An outcome's `metadata`: what cuemsg did (`state`) and its ids, under the `cuemsg` key.
+
+    Fields that are None are left out.
+    """
+    return {NAMESPACE: {"state": state, **{k: v for k, v in fields.items() if v is not None}}}
+
+
+def outcome_meta_of(outcome: Any) -> dict[str, Any]:
+    """The `cuemsg` part of an outcome record's `metadata` (empty when there is none)."""
+    metadata = outcome.get("metadata") if isinstance(outcome, dict) else None
+    meta = metadata.get(NAMESPACE) if isinstance(metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def payload_bytes(payload: dict[str, Any]) -> bytes:

@@ -1,6 +1,6 @@
 """The typed CueAPI wire client: `CueClient` (sync) and `AsyncCueClient` (async).
 
-See `docs/client.md` for a tour, and `CUEAPI.md` for the contract it speaks.
+See `docs/client.md` for a tour, and `docs/cueapi.md` for the contract it speaks.
 """
 
 from cuemsg._exceptions import (

@@ -1,4 +1,4 @@
-"""Typed bodies of the CueAPI routes cuemsg uses (see CUEAPI.md).
+"""Typed bodies of the CueAPI routes cuemsg uses (see docs/cueapi.md).
 
 Every answer model is a frozen msgspec Struct decoded leniently: unknown
 keys are ignored, numbers given as strings are accepted, and the decoded

@@ -1,10 +1,10 @@
 """Mailboxes: send, receive and request/reply between agents over CueAPI.
 
 `Mailbox` (sync) and `AsyncMailbox` (async) drive one sans-I/O core
-(`_core.py`); see `docs/mailbox.md` for the delivery semantics.
+(`_core.py` and the flow modules it joins); see `docs/mailbox.md` for the delivery semantics.
 """
 
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -13,12 +13,11 @@ from cuemsg.mailbox._core import (
     DEFAULT_REQUEST_TIMEOUT,
     MAILBOX_SCHEDULE,
     REPLY_SUFFIX,
-    Delivery,
-    MailboxStats,
-    Sent,
 )
+from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
 
 __all__ = [
@@ -35,9 +34,11 @@ __all__ = [
     "DedupeStore",
     "Delivery",
     "Mailbox",
+    "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
     "SQLiteDedupe",
     "Sent",
+    "Settled",
 ]

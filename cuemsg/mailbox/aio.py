@@ -32,7 +32,7 @@ from anyio.abc import TaskGroup
 
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient, Redriven
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -40,28 +40,31 @@ from cuemsg.mailbox._core import (
     DEFAULT_PRESENCE_TTL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+    OnError,
+)
+from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._message import AsyncMessage
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
     Deliver,
-    Delivery,
     Drain,
     Flow,
     IdleWait,
-    MailboxBase,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    OnError,
     Op,
-    Sent,
-    Sleep,
+    Pause,
     Spawn,
     StartReplies,
     WaitSlots,
     advance,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._slots import TaskSlots
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.mailbox.redrive import redrive as redrive_flow
 from cuemsg.mailbox.tracing import handler_span
 
@@ -71,62 +74,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class AsyncMessage(Delivery[T]):
-    """A message received by an `AsyncMailbox`; the async twin of `Message`."""
-
-    def __init__(self, mailbox: AsyncMailbox, **fields: Any) -> None:
-        super().__init__(**fields)
-        self._mailbox = mailbox
-
-    async def ack(self, result: str | None = None) -> None:
-        """See `Message.ack`."""
-        await self._mailbox.ack(self, result)
-
-    async def reject(self, reason: str) -> None:
-        """See `Message.reject`."""
-        await self._mailbox.reject(self, reason)
-
-    async def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
-        """See `Message.retry_later`."""
-        return await self._mailbox.retry_later(self, delay, reason)
-
-    async def reply(self, body: Any) -> str:
-        """See `Message.reply`."""
-        return await self._mailbox.reply(self, body)
-
-    async def reply_error(self, type: str, message: str) -> str:
-        """See `Message.reply_error`."""
-        return await self._mailbox.reply_error(self, type, message)
-
-    async def heartbeat(self) -> None:
-        """See `Message.heartbeat`."""
-        await self._mailbox.heartbeat(self)
-
-
-class _Slots:
-    """Handler slots of `serve()` (async)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.busy = 0
-        self._freed = anyio.Event()
-
-    async def wait_free(self) -> int:
-        while self.busy >= self.size:
-            await self._freed.wait()
-            self._freed = anyio.Event()
-        return self.size - self.busy
-
-    def give(self) -> None:
-        self.busy -= 1
-        self._freed.set()
-
-    async def drain(self) -> None:
-        while self.busy:
-            await self._freed.wait()
-            self._freed = anyio.Event()
 
 
 class _Opening:
@@ -193,11 +140,40 @@ class AsyncMailbox(MailboxBase):
         presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
     ) -> _Opening:
-        """Open the mailbox `name` (see `Mailbox.open` for every argument).
+        """Open the mailbox `name`, creating its cue if it does not exist yet.
+
+        Safe when several processes open the same name at once: they all
+        end up on one cue.
+
+        Args:
+            client: the `AsyncCueClient` to talk through.
+            name: the mailbox (and its cue's) name, unique per tenant.
+            task: its routing task; default `name` (or the existing cue's task).
+            worker_id: the name it claims and settles with; default
+                `<task>@<host>:<pid>` (one per process, so leases tell them apart).
+            poll_wait: longest long-poll of its loops, in seconds; `stop()`
+                takes effect when the current one returns.
+            dedupe: where handled message ids are kept (default: in memory,
+                bounded); a `SQLiteDedupe` keeps them across restarts.
+            on_error: what a handler exception does to a message (not a
+                request: that always gets an error reply): `"reject"` (dead
+                letter) or `"retry"` (retry-later with backoff, bounded).
+            max_attempts: retry-later re-fires of one message before it is rejected.
+            retry_delay: first backoff of `on_error="retry"` (doubles each time).
+            max_deliveries: claims of one execution before the server fails it
+                (set on the cue when it is created).
+            on_late_reply: called with each reply that came after its request gave up.
+            presence_interval: seconds between "alive" heartbeats while receiving.
+            presence_ttl: a responder is alive if seen within this (`require_responder`).
 
         Returns:
-            An awaitable of the `AsyncMailbox` that is also an async context
-            manager: `async with AsyncMailbox.open(...) as mb:` is the usual form.
+            The open mailbox; `with AsyncMailbox.open(...) as mb:` closes it on exit.
+
+        Raises:
+            MailboxError: a cue of that name exists and is not a mailbox.
+
+        Async: the answer is an awaitable that is also an async context manager:
+        `async with AsyncMailbox.open(...) as mb:` or `mb = await AsyncMailbox.open(...)`.
         """
         config = MailboxConfig(
             poll_wait=poll_wait,
@@ -218,6 +194,25 @@ class AsyncMailbox(MailboxBase):
 
         return _Opening(make)
 
+    @classmethod
+    async def lookup(cls, client: AsyncCueClient, name: str) -> MailboxAddress:
+        """Find the mailbox `name` (or at the address `name`); never creates one.
+
+        Args:
+            client: the `AsyncCueClient` to talk through.
+            name: a mailbox name, or an address (cue id).
+
+        Returns:
+            `MailboxAddress(name, address, task)`.
+
+        Raises:
+            MailboxNotFound: no mailbox has that name; `.near` lists close names
+                (it is a `NotFound`).
+            NotFound: no cue has that address.
+            MailboxError: the cue of that name is not a mailbox.
+        """
+        return await _run(client, lookup(name))
+
     # -- driving ----------------------------------------------------------------------------
 
     def _message(self, **fields: Any) -> AsyncMessage[Any]:
@@ -234,7 +229,7 @@ class AsyncMailbox(MailboxBase):
                 if inspect.isawaitable(result):
                     result = await result
                 return result
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             await anyio.sleep(op.seconds)
             return None
         if isinstance(op, IdleWait):
@@ -323,7 +318,26 @@ class AsyncMailbox(MailboxBase):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Sent:
-        """See `Mailbox.send`."""
+        """Send `msg` to the mailbox (or any worker cue) `to_cue`.
+
+        Args:
+            to_cue: the recipient: a mailbox name or an address (cue id); a
+                name is looked up once per mailbox.
+            msg: the body: any JSON value, a pydantic model or a msgspec Struct.
+            task: the routing task; default the recipient cue's own task.
+            send_at: deliver no sooner than this (`datetime` or UNIX seconds).
+            ttl: seconds (from `send_at`, else now) after which receivers skip it.
+            thread: a conversation id that replies carry over.
+            headers: free string metadata.
+
+        Returns:
+            `Sent(id, execution_id, ...)`: the message id and its execution.
+
+        Raises:
+            MailboxNotFound: no mailbox is named `to_cue` (`.near`: close names).
+            NotFound: no cue at the address `to_cue`. EnvelopeError: the body
+            cannot be encoded, or is over the size limit.
+        """
         return await self._drive(
             self._core.send(
                 to_cue, msg, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
@@ -341,7 +355,8 @@ class AsyncMailbox(MailboxBase):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> list[Sent]:
-        """See `Mailbox.send_many`."""
+        """Send many messages to `to_cue` (a name or an address) in order, batched when
+        the server allows it."""
         return await self._drive(
             self._core.send_many(
                 to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
@@ -371,7 +386,29 @@ class AsyncMailbox(MailboxBase):
         type: Any = None,
         batch: int = 1,
     ) -> AsyncIterator[AsyncMessage[Any]]:
-        """See `Mailbox.receive` (`async for msg in mb.receive(): ...`)."""
+        """Iterate over incoming messages.
+
+        Args:
+            wait: stop after this many seconds with no message (None: run
+                until `stop()`).
+            limit: stop after this many messages.
+            type: decode bodies to this type (pydantic model, Struct, ...).
+            batch: claim up to this many messages per request (default 1:
+                one claim and one ack request a message). With more, the
+                acks of the messages the loop moves on from are recorded
+                together, with one request, before the next claim (or when
+                the loop ends, or a second after they were decided); the
+                leases of the messages in hand are renewed meanwhile.
+                `stop()` ends the loop once the batch in hand is delivered.
+
+        Usage: `async for msg in mb.receive(): ...`.
+
+        Yields:
+            Each `AsyncMessage`; one left unsettled is acked when the loop moves
+            on. Breaking out of the loop with one unsettled leaves it, and
+            the rest of the batch in hand, to be delivered again when their
+            leases run out: ack it first. Acks already decided are recorded.
+        """
         self._running()
         flow = self._core.receive(wait=wait, limit=limit, type=type, batch=batch)
         value: Any = None
@@ -411,9 +448,27 @@ class AsyncMailbox(MailboxBase):
         type: Any = None,
         idle_timeout: float | None = None,
     ) -> None:
-        """See `Mailbox.serve`. The handler may be async (awaited) or a quick sync function."""
+        """Handle messages until `stop()` (or `idle_timeout` s without one).
+
+        The handler's return value answers a request; a message is acked
+        when the handler returns (acks of handlers that finish close together
+        are recorded with one request, at most 50 ms later; replies at once).
+        `RetryLater` asks for a later retry; any
+        other exception sends a request an error reply, and rejects (or,
+        with `on_error="retry"`, retries) a message. The loop survives bad
+        messages and handler errors.
+
+        Args:
+            handler: called with each `AsyncMessage`.
+            concurrency: handlers running at once.
+            type: decode bodies to this type.
+            idle_timeout: return after this many seconds with nothing to do.
+
+        Async: the handler may be a coroutine function (awaited) or a quick sync
+        function (called in the event loop).
+        """
         self._running()
-        slots = _Slots(concurrency)
+        slots = TaskSlots(concurrency)
         async with anyio.create_task_group() as tg:
 
             async def run(flow: Flow[None]) -> None:
@@ -481,7 +536,32 @@ class AsyncMailbox(MailboxBase):
         headers: dict[str, str] | None = None,
         require_responder: bool = False,
     ) -> Any:
-        """See `Mailbox.request`; many may wait at once (one reply stream serves them all)."""
+        """Send a request to `to_cue` and wait for its reply (many may wait at once).
+
+        Args:
+            to_cue: the responder: a mailbox name or an address (cue id).
+            msg: the request body.
+            timeout: seconds to wait; also the request's deadline, after which
+                a responder skips it (and records it as expired).
+            type: decode the reply body to this type.
+            task: the routing task; default the responder cue's task.
+            thread: conversation id. headers: free string metadata.
+            require_responder: first check that a worker serving the task was
+                seen lately; raise `NoResponder` at once if not.
+
+        Returns:
+            The reply body.
+
+        Raises:
+            RequestTimeout: no reply in time; `.reason` is `no_responder`,
+                `dead_responder` or `slow_responder`.
+            RemoteError: the responder's handler raised (`.type`, `.message`).
+            NoReply: the responder acked or rejected it without a reply
+                (`.worker_id`, `.settled`, `.reason`); raised as soon as it does.
+            NoResponder: `require_responder=True` and nobody serves the task.
+            MailboxNotFound: no mailbox is named `to_cue`. NotFound: no cue at
+                the address `to_cue`.
+        """
         self._running()
         return await self._drive(
             self._core.request(
@@ -499,43 +579,89 @@ class AsyncMailbox(MailboxBase):
     # -- settling ---------------------------------------------------------------------------
 
     async def ack(self, msg: Delivery[Any], result: str | None = None) -> None:
-        """See `Message.ack`."""
+        """See `AsyncMessage.ack`."""
         await self._drive(self._core.ack(msg, result))
 
     async def reject(self, msg: Delivery[Any], reason: str) -> None:
-        """See `Message.reject`."""
+        """See `AsyncMessage.reject`."""
         await self._drive(self._core.reject(msg, reason))
 
     async def retry_later(
         self, msg: Delivery[Any], delay: float = 1.0, reason: str = ""
     ) -> str | None:
-        """See `Message.retry_later`."""
+        """See `AsyncMessage.retry_later`."""
         return await self._drive(self._core.retry_later(msg, delay, reason))
 
     async def reply(self, msg: Delivery[Any], body: Any) -> str:
-        """See `Message.reply`."""
+        """See `AsyncMessage.reply`."""
         return await self._drive(self._core.reply(msg, body))
 
     async def reply_error(self, msg: Delivery[Any], type: str, message: str) -> str:
-        """See `Message.reply_error`."""
+        """See `AsyncMessage.reply_error`."""
         return await self._drive(self._core.reply_error(msg, type, message))
 
     async def heartbeat(self, msg: Delivery[Any]) -> None:
-        """See `Message.heartbeat`."""
+        """See `AsyncMessage.heartbeat`."""
         await self._drive(self._core.heartbeat(msg))
 
     async def redrive(self, execution_id: str) -> Redriven:
-        """See `Mailbox.redrive`."""
+        """Send a dead letter (a `failed` execution) again: a new execution with the same
+        message, whose envelope names the dead one (header `cuemsg-redrive-of`), while
+        the dead one's record names the new one. Idempotent: a second call fires
+        nothing and answers `redriven=False` with the first redrive's execution.
+
+        Raises:
+            ExtensionNotAvailable: the server has no `executions.redrive` (the hosted
+                CueAPI): fire the message again yourself.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
         return await self._drive(redrive_flow(execution_id))
+
+    # -- the mailbox itself -----------------------------------------------------------------
+
+    async def waiting(self) -> int:
+        """How many messages wait in this mailbox: sent, not yet claimed.
+
+        Replies to its own requests are not counted. Costs one request per
+        200 messages waiting.
+        """
+        return await self._drive(count_waiting(self.address, self.task))
+
+    async def delete(self, *, force: bool = False) -> int:
+        """Delete this mailbox (its cue); refused while messages wait in it.
+
+        Its loops stop; close it as usual (the `with` block does). Sends to
+        its address then fail with `NotFound`.
+
+        Args:
+            force: delete it even with messages waiting: they are rejected
+                first ("the mailbox was deleted": dead letters, and the
+                requester of a request gets `NoReply`).
+
+        Returns:
+            How many messages were waiting (0 unless `force`).
+
+        Raises:
+            MailboxError: messages are waiting and `force` is False (the error
+                says how many).
+        """
+        flow = delete_mailbox(self._core, force=force)
+        waiting = await self._drive(flow)
+        self._core.stopping = True
+        return waiting
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """See `Mailbox.stop`."""
+        """Stop taking messages, for good: `receive()` and `serve()` end after their
+        current poll, once the handlers in hand have finished. Safe to call twice,
+        and from a handler.
+        """
         self._core.stopping = True
 
     async def aclose(self) -> None:
-        """Stop, end the background tasks, settle replies that came late. Idempotent.
+        """Stop, end the background loops, settle replies that came late. Idempotent.
 
         Requests still waiting fail with `MailboxError`. The client is not closed.
         """

@@ -19,6 +19,7 @@ from typing import Any
 from cuemsg._exceptions import RemoteError
 from cuemsg.cueapi import CueClient
 from cuemsg.cueapi.models import Execution
+from cuemsg.envelope import body_of, meta_of
 from cuemsg.mailbox.sync import Mailbox, Message
 
 __all__ = ["run_demo"]
@@ -48,9 +49,9 @@ def _writer_handler(out: Out) -> Callable[[Message[Any]], Any]:
 
 def _describe(exe: Execution, names: dict[str, str]) -> str:
     payload = exe.payload or {}
-    meta = payload.get("cuemsg") or {}
+    meta = meta_of(payload) or {}
     kind = meta.get("kind", "message")
-    body = repr(payload.get("message"))
+    body = repr(body_of(payload))
     if len(body) > 34:
         body = body[:31] + "..."
     outcome = exe.outcome or {}

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cuemsg.cueapi.models import Redriven
-from cuemsg.mailbox._core import Flow, Op
+from cuemsg.mailbox._ops import Flow, Op
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast, overload
 
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import CueClient, Redriven
-from cuemsg.mailbox._core import (
+from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
@@ -36,28 +36,31 @@ from cuemsg.mailbox._core import (
     DEFAULT_PRESENCE_TTL,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+    OnError,
+)
+from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._message import Message
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
     Deliver,
-    Delivery,
     Drain,
     Flow,
     IdleWait,
-    MailboxBase,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    OnError,
     Op,
-    Sent,
-    Sleep,
+    Pause,
     Spawn,
     StartReplies,
     WaitSlots,
     advance,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.mailbox.redrive import redrive as redrive_flow
 from cuemsg.mailbox.tracing import handler_span
 
@@ -67,81 +70,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class Message(Delivery[T]):
-    """A message received by a `Mailbox`: its body, metadata, and how to settle it.
-
-    Settle it once: `ack()`, `reject(reason)`, `retry_later(delay)` or
-    `reply(body)`. A message left unsettled is acked when the `receive()`
-    loop moves on (by `serve()` as the handler's result says).
-    """
-
-    def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
-        super().__init__(**fields)
-        self._mailbox = mailbox
-
-    def ack(self, result: str | None = None) -> None:
-        """Record success (the outcome's `result` text may be given).
-
-        Raises:
-            LeaseLost: the lease passed to another receiver; nothing was recorded.
-            MailboxError: already settled.
-        """
-        self._mailbox.ack(self, result)
-
-    def reject(self, reason: str) -> None:
-        """Record failure, for good: the message becomes a dead letter with `reason`."""
-        self._mailbox.reject(self, reason)
-
-    def retry_later(self, delay: float = 1.0, reason: str = "") -> str | None:
-        """Deliver it again in `delay` seconds (bounded by `max_attempts`, then rejected).
-
-        Returns:
-            The new execution's id, or None when the attempts ran out.
-        """
-        return self._mailbox.retry_later(self, delay, reason)
-
-    def reply(self, body: Any) -> str:
-        """Answer the sender (a request's requester gets `body`). Returns the reply's execution."""
-        return self._mailbox.reply(self, body)
-
-    def reply_error(self, type: str, message: str) -> str:
-        """Answer a request with an error: its requester raises `RemoteError(type, message)`."""
-        return self._mailbox.reply_error(self, type, message)
-
-    def heartbeat(self) -> None:
-        """Renew the lease now (the mailbox also does it every third of the lease)."""
-        self._mailbox.heartbeat(self)
-
-
-class _Slots:
-    """Handler slots of `serve()`: how many are free, and waiting for them."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.busy = 0
-        self._cond = threading.Condition()
-
-    def wait_free(self) -> int:
-        with self._cond:
-            while self.busy >= self.size:
-                self._cond.wait()
-            return self.size - self.busy
-
-    def take(self) -> None:
-        with self._cond:
-            self.busy += 1
-
-    def give(self, _: object = None) -> None:
-        with self._cond:
-            self.busy -= 1
-            self._cond.notify_all()
-
-    def drain(self) -> None:
-        with self._cond:
-            while self.busy:
-                self._cond.wait()
 
 
 class Mailbox(MailboxBase):
@@ -211,6 +139,9 @@ class Mailbox(MailboxBase):
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
 
+        Returns:
+            The open mailbox; `with Mailbox.open(...) as mb:` closes it on exit.
+
         Raises:
             MailboxError: a cue of that name exists and is not a mailbox.
         """
@@ -229,6 +160,25 @@ class Mailbox(MailboxBase):
         info = _run(client, flow)
         return cls(client, info, config)
 
+    @classmethod
+    def lookup(cls, client: CueClient, name: str) -> MailboxAddress:
+        """Find the mailbox `name` (or at the address `name`); never creates one.
+
+        Args:
+            client: the `CueClient` to talk through.
+            name: a mailbox name, or an address (cue id).
+
+        Returns:
+            `MailboxAddress(name, address, task)`.
+
+        Raises:
+            MailboxNotFound: no mailbox has that name; `.near` lists close names
+                (it is a `NotFound`).
+            NotFound: no cue has that address.
+            MailboxError: the cue of that name is not a mailbox.
+        """
+        return _run(client, lookup(name))
+
     # -- driving ----------------------------------------------------------------------------
 
     def _message(self, **fields: Any) -> Message[Any]:
@@ -241,7 +191,7 @@ class Mailbox(MailboxBase):
         if isinstance(op, CallHandler):
             with handler_span(op.message):
                 return op.handler(op.message)
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             self._wake_or_close(op.seconds)
             return None
         if isinstance(op, IdleWait):
@@ -333,7 +283,8 @@ class Mailbox(MailboxBase):
         """Send `msg` to the mailbox (or any worker cue) `to_cue`.
 
         Args:
-            to_cue: the recipient's address (cue id).
+            to_cue: the recipient: a mailbox name or an address (cue id); a
+                name is looked up once per mailbox.
             msg: the body: any JSON value, a pydantic model or a msgspec Struct.
             task: the routing task; default the recipient cue's own task.
             send_at: deliver no sooner than this (`datetime` or UNIX seconds).
@@ -345,8 +296,9 @@ class Mailbox(MailboxBase):
             `Sent(id, execution_id, ...)`: the message id and its execution.
 
         Raises:
-            NotFound: no cue `to_cue`. EnvelopeError: the body cannot be
-            encoded, or is over the size limit.
+            MailboxNotFound: no mailbox is named `to_cue` (`.near`: close names).
+            NotFound: no cue at the address `to_cue`. EnvelopeError: the body
+            cannot be encoded, or is over the size limit.
         """
         return self._drive(
             self._core.send(
@@ -365,7 +317,8 @@ class Mailbox(MailboxBase):
         thread: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> list[Sent]:
-        """Send many messages to `to_cue` in order, batched when the server allows it."""
+        """Send many messages to `to_cue` (a name or an address) in order, batched when
+        the server allows it."""
         return self._drive(
             self._core.send_many(
                 to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
@@ -409,6 +362,8 @@ class Mailbox(MailboxBase):
                 the loop ends, or a second after they were decided); the
                 leases of the messages in hand are renewed meanwhile.
                 `stop()` ends the loop once the batch in hand is delivered.
+
+        Usage: `for msg in mb.receive(): ...`.
 
         Yields:
             Each `Message`; one left unsettled is acked when the loop moves
@@ -465,13 +420,15 @@ class Mailbox(MailboxBase):
         messages and handler errors.
 
         Args:
-            handler: called with each `Message` (in a pool thread when concurrency > 1).
+            handler: called with each `Message`.
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+
+        Sync: with concurrency > 1 the handler runs in a pool thread.
         """
         self._ensure_heartbeats()
-        slots = _Slots(concurrency)
+        slots = ThreadSlots(concurrency)
         pool = ThreadPoolExecutor(concurrency, f"cuemsg-{self.name}") if concurrency > 1 else None
 
         def perform(op: Op) -> Any:
@@ -541,10 +498,10 @@ class Mailbox(MailboxBase):
         headers: dict[str, str] | None = None,
         require_responder: bool = False,
     ) -> Any:
-        """Send a request to `to_cue` and wait for its reply (thread-safe: many may wait).
+        """Send a request to `to_cue` and wait for its reply (many may wait at once).
 
         Args:
-            to_cue: the responder's address.
+            to_cue: the responder: a mailbox name or an address (cue id).
             msg: the request body.
             timeout: seconds to wait; also the request's deadline, after which
                 a responder skips it (and records it as expired).
@@ -561,8 +518,11 @@ class Mailbox(MailboxBase):
             RequestTimeout: no reply in time; `.reason` is `no_responder`,
                 `dead_responder` or `slow_responder`.
             RemoteError: the responder's handler raised (`.type`, `.message`).
+            NoReply: the responder acked or rejected it without a reply
+                (`.worker_id`, `.settled`, `.reason`); raised as soon as it does.
             NoResponder: `require_responder=True` and nobody serves the task.
-            NotFound: no cue `to_cue`.
+            MailboxNotFound: no mailbox is named `to_cue`. NotFound: no cue at
+                the address `to_cue`.
         """
         return self._drive(
             self._core.request(
@@ -617,16 +577,52 @@ class Mailbox(MailboxBase):
         """
         return self._drive(redrive_flow(execution_id))
 
+    # -- the mailbox itself -----------------------------------------------------------------
+
+    def waiting(self) -> int:
+        """How many messages wait in this mailbox: sent, not yet claimed.
+
+        Replies to its own requests are not counted. Costs one request per
+        200 messages waiting.
+        """
+        return self._drive(count_waiting(self.address, self.task))
+
+    def delete(self, *, force: bool = False) -> int:
+        """Delete this mailbox (its cue); refused while messages wait in it.
+
+        Its loops stop; close it as usual (the `with` block does). Sends to
+        its address then fail with `NotFound`.
+
+        Args:
+            force: delete it even with messages waiting: they are rejected
+                first ("the mailbox was deleted": dead letters, and the
+                requester of a request gets `NoReply`).
+
+        Returns:
+            How many messages were waiting (0 unless `force`).
+
+        Raises:
+            MailboxError: messages are waiting and `force` is False (the error
+                says how many).
+        """
+        flow = delete_mailbox(self._core, force=force)
+        waiting = self._drive(flow)
+        self._core.stopping = True
+        return waiting
+
     # -- lifecycle --------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Stop taking messages, for good: `receive()` and `serve()` end after their
         current poll, once the handlers in hand have finished. Safe to call twice,
-        and from any thread (or a handler)."""
+        and from a handler.
+
+        Sync: also safe from any thread.
+        """
         self._core.stopping = True
 
     def close(self) -> None:
-        """Stop, end the background threads, settle replies that came late. Idempotent.
+        """Stop, end the background loops, settle replies that came late. Idempotent.
 
         Requests still waiting fail with `MailboxError`. The client is not closed.
         """

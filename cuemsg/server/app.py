@@ -3,7 +3,8 @@
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405/500 answers.
+backend, the lifespan (storage and sweeper), and the 404/405 answers (other errors:
+`guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -11,17 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
 from cuemsg.server.keys import ensure_dev_key
@@ -35,8 +38,6 @@ from cuemsg.server.sweeper import sweep_forever
 
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
-
-log = logging.getLogger("cuemsg.server")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -53,13 +54,13 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return problem(ApiProblem(404, "not_found", f"no route {request.url.path}"))
 
 
-async def _crash(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem(ApiProblem(500, "internal_error", f"internal error: {type(exc).__name__}"))
-
-
 def open_storage(settings: ServerSettings) -> Storage:
-    """The backend that `settings.db` names."""
+    """The backend that `settings.db` names, not yet open.
+
+    Raises:
+        StorageOpenError: a SQLite file that cannot work (checked now, so that a
+            caller such as `cuemsg serve` can report it before the app starts).
+    """
     db = settings.db
     if db.startswith(("postgresql://", "postgres://")):
         try:
@@ -70,9 +71,11 @@ def open_storage(settings: ServerSettings) -> Storage:
             ) from exc
         return PostgresStorage(db)
     from cuemsg.server.storage.sqlite import SQLiteStorage
+    from cuemsg.server.storage.sqlite_files import check_file
 
-    path = db.removeprefix("sqlite:///").removeprefix("sqlite://")
-    return SQLiteStorage(path or ":memory:", synchronous=settings.sqlite_synchronous)
+    path = db.removeprefix("sqlite:///").removeprefix("sqlite://") or ":memory:"
+    check_file(path)
+    return SQLiteStorage(path, synchronous=settings.sqlite_synchronous)
 
 
 def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
@@ -89,7 +92,11 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await server.storage.open()
+        try:
+            await server.storage.open()
+        except StorageOpenError as exc:
+            server.startup_error = exc
+            raise
         sweeper = asyncio.create_task(sweep_forever(server))
         try:
             yield
@@ -120,7 +127,9 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: _not_found, Exception: _crash},
+        # Other exceptions: answered by the guard, which keeps the connection.
+        middleware=[Middleware(ErrorGuard)],
+        exception_handlers={HTTPException: _not_found},
     )
     app.state.server = server
     return app

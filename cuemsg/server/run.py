@@ -1,4 +1,4 @@
-"""Serving the app with uvicorn, shared by `cuemsg serve` and `cuemsg.testing`."""
+"""Serving the app with uvicorn, and binding its socket: for `cuemsg serve` and `cuemsg.testing`."""
 
 from __future__ import annotations
 
@@ -27,3 +27,25 @@ class Uvicorn(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.app_server.drain()
         await super().shutdown(sockets)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: the OS picks one), for `Server.run(sockets=)`.
+
+    Binding before anything is printed means `cuemsg serve` only announces a
+    server that is really listening, and `--port 0` can print the real port.
+
+    Raises:
+        OSError: the address is in use, or not ours to bind.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock

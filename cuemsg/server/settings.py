@@ -18,7 +18,7 @@ DEFAULT_LEASE_SECONDS = 60.0
 #: `missed`. 0 = never: a mailbox whose agent is offline keeps its mail.
 #: (The hosted service uses 900 s.)
 DEFAULT_UNCLAIMED_TIMEOUT = 0.0
-#: The longest `wait` a claim may ask for (CUEAPI.md: 0..30).
+#: The longest `wait` a claim may ask for (docs/cueapi.md: 0..30).
 MAX_CLAIM_WAIT = 30.0
 #: Request bodies above this size get 413 `payload_too_large`.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -47,7 +47,7 @@ class ServerSettings:
     Attributes:
         db: `:memory:`, a SQLite file path (or `sqlite:///path`), or a
             `postgresql://` URL.
-        extensions: serve the extensions in CUEAPI.md; False makes a plain
+        extensions: serve the extensions in docs/cueapi.md; False makes a plain
             CueAPI (no `extensions` in /v1/info, extension fields rejected).
         lease_seconds: lease of a claim and of each heartbeat.
         unclaimed_timeout: seconds before a never-claimed execution is `missed`.

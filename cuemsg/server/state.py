@@ -12,6 +12,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, invalid
 from cuemsg.server.feed import FeedSignal
 from cuemsg.server.keys import hash_key
@@ -59,6 +60,8 @@ class Server:
         self.feed = FeedSignal()
         # Wake-ups from fires (and other replicas' fires, on PostgreSQL) wake streams too.
         storage.notifier.on_notify = self.feed.bump
+        #: Why the storage did not open at startup (for `cuemsg serve` to say in one line).
+        self.startup_error: StorageOpenError | None = None
 
     def drain(self) -> None:
         """Shutdown begins: parked claims answer now, event streams end."""

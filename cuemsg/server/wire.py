@@ -1,19 +1,20 @@
 """Request bodies (msgspec Structs, validated on decode) and response rendering.
 
 Routes cuemsg owns (fire, claim) forbid unknown fields, so a typo answers 422
-instead of silently dropping data (CUEAPI.md, Conventions).
+instead of silently dropping data (docs/cueapi.md, Conventions).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
 
-from cuemsg.server.errors import ApiProblem, invalid
+from cuemsg.server import timestamps
+from cuemsg.server.errors import ApiProblem
+from cuemsg.server.nesting import check_depth, too_deep
 from cuemsg.server.storage.base import CueRow, ExecutionRow
 
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
@@ -119,8 +120,11 @@ def decode(body: bytes, type_: type[T]) -> T:
         decoder = _decoders[type_] = msgspec.json.Decoder(type_)
     if not body.strip():
         body = b"{}"
+    check_depth(body)
     try:
         return decoder.decode(body)  # type: ignore[no-any-return]
+    except RecursionError:  # deeper than the stack allows, whatever check_depth let by
+        raise too_deep() from None
     except msgspec.ValidationError as exc:
         raise _validation_problem(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -143,20 +147,12 @@ def _validation_problem(text: str) -> ApiProblem:
 
 
 def parse_time(value: str, field: str) -> float:
-    """ISO 8601 to UNIX seconds; a time without offset is read as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise invalid(field, f"{value!r} is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
+    """ISO 8601 to UNIX seconds, range-checked (see `cuemsg.server.timestamps`)."""
+    return timestamps.parse_time(value, field)
 
 
 def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return timestamps.render(ts)
 
 
 def cue_json(cue: CueRow) -> dict[str, Any]:

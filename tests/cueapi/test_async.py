@@ -25,6 +25,12 @@ from cuemsg.testing import RunningServer
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both event loops anyio supports (the docs promise both)."""
+    return str(request.param)
+
+
 def _scenario_sync(c: CueClient) -> list[Any]:
     """Create, fire (single, keyed, batch), claim with task, heartbeat, ack, read back."""
     out: list[Any] = []

@@ -19,13 +19,19 @@ from cuemsg.envelope import (
     NAMESPACE,
     Envelope,
     Meta,
+    body_of,
     build_payload,
     decode_body,
     decode_payload,
     encode_body,
+    meta_of,
     new_id,
+    outcome_meta_of,
+    outcome_metadata,
+    outside_fields,
     payload_bytes,
     payload_from_bytes,
+    with_attempt,
 )
 
 json_values = st.recursive(
@@ -175,3 +181,43 @@ def test_stored_payload_round_trip() -> None:
         payload_from_bytes(b"[1]")
     with pytest.raises(EnvelopeError):
         payload_from_bytes(b"{nope")
+
+
+def wire(payload: dict[str, Any]) -> dict[str, Any]:
+    """`payload` as a receiver sees it (JSON builtins, not `msgspec.Raw`)."""
+    return msgspec.json.decode(payload_bytes(payload))  # type: ignore[no-any-return]
+
+
+def test_lenient_readers_of_a_payload_as_stored() -> None:
+    meta = Meta(id=new_id(), kind="request")
+    payload = wire(build_payload(meta=meta, body={"x": 1}, task="t", reply_cue_id="cue_r"))
+    assert meta_of(payload) == {"v": FORMAT_VERSION, "id": meta.id, "kind": "request"}
+    assert body_of(payload) == {"x": 1}
+    assert outside_fields(payload) == {"task": "t", "reply_cue_id": "cue_r"}
+    # Foreign, malformed or not a payload at all: nothing, never an error.
+    assert meta_of({"task": "t", "message": 1}) is None
+    assert meta_of({NAMESPACE: "not an object"}) is None
+    for junk in (None, [1], "text"):
+        assert meta_of(junk) is None and body_of(junk) is None and outside_fields(junk) == {}
+
+
+def test_with_attempt_rewrites_only_the_attempt() -> None:
+    meta = Meta(id="m1", thread="t-1")
+    payload = wire(build_payload(meta=meta, body="b", task="t"))
+    again = with_attempt(payload, 3, message_id="m1")
+    assert decode_payload(again).meta == Meta(id="m1", thread="t-1", attempt=3)
+    assert payload[NAMESPACE].get("attempt") is None  # the original is left as it was
+    # A foreign message gets a minimal envelope, so its re-fire is the same message.
+    foreign = with_attempt({"task": "t", "message": "b"}, 2, message_id="exec:e1")
+    assert decode_payload(foreign).meta == Meta(id="exec:e1", attempt=2)
+
+
+def test_outcome_metadata_round_trips_and_drops_nones() -> None:
+    metadata = outcome_metadata("replied", id="m1", reply_execution_id=None)
+    assert metadata == {NAMESPACE: {"state": "replied", "id": "m1"}}
+    assert outcome_meta_of({"success": True, "metadata": metadata}) == {
+        "state": "replied",
+        "id": "m1",
+    }
+    for outcome in (None, {}, {"metadata": None}, {"metadata": {NAMESPACE: 5}}):
+        assert outcome_meta_of(outcome) == {}

@@ -9,13 +9,26 @@ from typing import Any
 import anyio
 import pytest
 
-from cuemsg._exceptions import MailboxError, NotFound, RemoteError, RequestTimeout, RetryLater
+from cuemsg._exceptions import (
+    AlreadySettled,
+    MailboxError,
+    NotFound,
+    RemoteError,
+    RequestTimeout,
+    RetryLater,
+)
 from cuemsg.cueapi import AsyncCueClient
-from cuemsg.mailbox import AsyncMailbox, AsyncMessage
+from cuemsg.mailbox import AsyncMailbox, AsyncMessage, Settled
 from cuemsg.testing import RunningServer
 from tests.mailbox.conftest import POLL
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both event loops anyio supports (the docs promise both)."""
+    return str(request.param)
 
 
 async def test_open_send_receive(aclient: AsyncCueClient) -> None:
@@ -40,6 +53,21 @@ async def test_open_send_receive(aclient: AsyncCueClient) -> None:
         assert [s.id for s in batch] == sorted(s.id for s in batch)
         exe = await aclient.executions.get(batch[0].execution_id)
         assert exe.status == "success"
+
+
+async def test_settling_twice_raises_already_settled(aclient: AsyncCueClient) -> None:
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        await a.send(b.address, "once")
+        async for msg in b.receive(wait=5, limit=1):
+            await msg.ack()
+            with pytest.raises(AlreadySettled, match=r"already settled \(acked\)") as info:
+                await msg.reject("too late")
+            assert (info.value.message_id, info.value.settled) == (msg.id, Settled.ACKED)
+            assert msg.settled is Settled.ACKED
+        assert b.stats.acked == 1 and b.stats.rejected == 0
 
 
 async def test_background_work_needs_the_mailbox_entered(aclient: AsyncCueClient) -> None:

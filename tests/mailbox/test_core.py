@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     Conflict,
     ExtensionNotAvailable,
     Forbidden,
@@ -33,37 +34,41 @@ from cuemsg.cueapi.models import (
     Worker,
     decode_model,
 )
-from cuemsg.envelope import Meta, build_payload, from_timestamp, payload_bytes
-from cuemsg.mailbox import _core as core
-from cuemsg.mailbox._core import (
+from cuemsg.envelope import Meta, build_payload, decode_payload, from_timestamp, payload_bytes
+from cuemsg.mailbox._config import (
+    ACK_TRIES,
     MAILBOX_SCHEDULE,
+    PRESENCE_KEY,
+    SERVE_ACK_DELAY,
+    MailboxConfig,
+    MailboxInfo,
+)
+from cuemsg.mailbox._core import MailboxCore
+from cuemsg.mailbox._leases import LeaseBook
+from cuemsg.mailbox._opening import open_mailbox
+from cuemsg.mailbox._ops import (
+    AnnounceWorker,
     AwaitReply,
     CallHandler,
     Claim,
     CreateCue,
-    Delivery,
+    Deliver,
     Extensions,
     Fire,
     GetCue,
     GetExecution,
-    Heartbeat,
-    LeaseBook,
     ListCues,
     ListWorkers,
-    MailboxConfig,
-    MailboxCore,
-    MailboxInfo,
-    Outcome,
-    Outcomes,
-    ReplyRouter,
-    Sleep,
+    Pause,
+    RecordOutcome,
+    RecordOutcomes,
+    RenewLease,
     StartReplies,
     UpdateCue,
-    WorkerHeartbeat,
     advance,
-    explain_timeout,
-    open_mailbox,
 )
+from cuemsg.mailbox._records import Delivery, Settled
+from cuemsg.mailbox._replies import ReplyRouter, explain_timeout
 from cuemsg.mailbox.dedupe import MemoryDedupe, SQLiteDedupe
 
 ME = "cue_me0000000000"
@@ -118,9 +123,9 @@ def ok(op: Any) -> Any:
     """Answers every op as a healthy server would."""
     if isinstance(op, Fire):
         return FireResult(id=f"x-{op.idempotency_key}", scheduled_for="2030-01-01T00:00:00+00:00")
-    if isinstance(op, Outcome):
+    if isinstance(op, RecordOutcome):
         return OutcomeResult(execution_id=op.execution_id)
-    if isinstance(op, Outcomes):
+    if isinstance(op, RecordOutcomes):
         return [OutcomeResult(execution_id=o.execution_id) for o in op.outcomes]
     if isinstance(op, CallHandler):
         return op.handler(op.message)
@@ -210,7 +215,7 @@ def test_admit_rejects_unreadable_envelopes_with_the_reason() -> None:
     got, ops = run(c.admit(claimed(newer)), ok)
     assert got is None
     [outcome] = ops
-    assert isinstance(outcome, Outcome) and not outcome.success
+    assert isinstance(outcome, RecordOutcome) and not outcome.success
     assert outcome.error is not None and "newer" in outcome.error
     assert outcome.metadata == {"cuemsg": {"state": "rejected", "reason": "bad_envelope"}}
     assert c.stats.bad == 1 and "e1" not in c.leases
@@ -221,7 +226,7 @@ def test_admit_skips_expired_messages_and_records_why() -> None:
     meta = Meta(id="m1", expires_at=from_timestamp(time.time() - 5))
     got, ops = run(c.admit(claimed(message(meta, "late"))), ok)
     assert got is None
-    assert isinstance(ops[0], Outcome) and not ops[0].success
+    assert isinstance(ops[0], RecordOutcome) and not ops[0].success
     assert ops[0].error.startswith("expired")
     assert c.stats.expired == 1
 
@@ -245,12 +250,12 @@ def test_duplicates_are_acked_without_the_handler_and_replies_resent() -> None:
 
     _, first = run(c.handle(claimed(message(request, "q")), handler), ok)
     assert calls == ["q"]
-    assert [type(o) for o in first] == [CallHandler, Fire, Outcome]
+    assert [type(o) for o in first] == [CallHandler, Fire, RecordOutcome]
     reply_fire = first[1]
     # The same request again (a redelivery): no handler call, the reply is fired again.
     _, again = run(c.handle(claimed(message(request, "q"), eid="e2"), handler), ok)
     assert calls == ["q"]
-    assert [type(o) for o in again] == [Fire, Outcome]
+    assert [type(o) for o in again] == [Fire, RecordOutcome]
     assert again[0].idempotency_key == reply_fire.idempotency_key
     assert again[0].payload == wire_payload(reply_fire.payload)
     assert again[1].success and "duplicate" in (again[1].result or "")
@@ -265,8 +270,15 @@ def test_ack_records_dedupe_then_the_outcome() -> None:
     assert outcome.success and outcome.worker_id == "w1"
     assert outcome.metadata == {"cuemsg": {"state": "acked", "id": "m1", "kind": "message"}}
     assert c.dedupe.seen(f"{ME}/m1") is not None
-    with pytest.raises(MailboxError, match="already settled"):
+    assert msg.settled is Settled.ACKED and msg.settled == "acked"
+    with pytest.raises(AlreadySettled, match=r"message m1 is already settled \(acked\)") as info:
         run(c.ack(msg), ok)
+    assert (info.value.message_id, info.value.settled) == ("m1", "acked")
+    assert isinstance(info.value, MailboxError)
+    for settle in (c.reject(msg, "no"), c.retry_later(msg, 1.0), c.reply(msg, "late")):
+        with pytest.raises(AlreadySettled):
+            run(settle, ok)
+    assert msg.settled is Settled.ACKED  # a refused second settle changes nothing
 
 
 def test_a_lost_lease_is_never_acked_as_if_nothing_happened() -> None:
@@ -278,7 +290,7 @@ def test_a_lost_lease_is_never_acked_as_if_nothing_happened() -> None:
         c.tick(),
         lambda op: (_ for _ in ()).throw(Forbidden("x", status=403, code="not_execution_owner")),
     )
-    assert isinstance(ops[0], Heartbeat)
+    assert isinstance(ops[0], RenewLease)
     with pytest.raises(LeaseLost):
         run(c.ack(msg), ok)
     assert c.stats.redelivered == 1
@@ -344,7 +356,7 @@ def test_handler_errors_become_error_replies_rejections_or_retries() -> None:
     assert not outcome.success and "KeyError" in outcome.error
 
     _, ops = run(c.handle(claimed(message(Meta(id="m1"), 1), eid="e2"), boom), ok)
-    assert isinstance(ops[-1], Outcome) and not ops[-1].success
+    assert isinstance(ops[-1], RecordOutcome) and not ops[-1].success
     assert ops[-1].error.startswith("rejected: handler raised KeyError")
 
     c = make_core(on_error="retry")
@@ -380,7 +392,7 @@ def test_claim_survives_transient_errors() -> None:
         return None
 
     got, ops = run(c.claim("me", 1, None), flaky)
-    assert got == [] and isinstance(ops[1], Sleep)
+    assert got == [] and isinstance(ops[1], Pause)
     result = ClaimResult(claimed=True, executions=[claimed({"task": "me"})])
     got, _ = run(c.claim("me", 1, None), lambda op: result)
     assert [g.execution_id for g in got] == ["e1"] and "e1" in c.leases
@@ -404,7 +416,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
     def answer(op: Any) -> Any:
         if isinstance(op, Claim):
             return claims.pop(0)
-        if isinstance(op, Outcomes):
+        if isinstance(op, RecordOutcomes):
             ids = [o.execution_id for o in op.outcomes]
             # Each id is in the dedupe store before its ack is recorded.
             assert all(c.dedupe.seen(f"{ME}/m-{e[2:]}") is not None for e in ids)
@@ -421,14 +433,21 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
         if done:
             break
         ops.append(op)
-        if isinstance(op, core.Deliver):
+        if isinstance(op, Deliver):
             delivered.append(op.message.body)
             value = None
             continue
         value = answer(op)
     assert delivered == ["1", "2", "3", "4"]
     kinds = [type(o).__name__ for o in ops]
-    assert kinds == ["Claim", *["Deliver"] * 3, "Outcomes", "Claim", "Deliver", "Outcomes"]
+    assert kinds == [
+        "Claim",
+        *["Deliver"] * 3,
+        "RecordOutcomes",
+        "Claim",
+        "Deliver",
+        "RecordOutcomes",
+    ]
     assert [o.limit for o in ops if isinstance(o, Claim)] == [3, None]  # never more than wanted
     assert flushed == [["e-1", "e-2", "e-3"], ["e-4"]]
     assert c.stats.acked == 4 and len(c.leases) == 0 and not c.acks
@@ -447,7 +466,7 @@ def test_a_refused_item_of_a_batch_is_a_lost_lease_not_an_ack() -> None:
     refused = Forbidden("leased to another worker", status=403, code="not_execution_owner")
 
     def answer(op: Any) -> Any:
-        assert isinstance(op, Outcomes) and len(op.outcomes) == 3
+        assert isinstance(op, RecordOutcomes) and len(op.outcomes) == 3
         return [OutcomeResult(execution_id="e-1"), refused, OutcomeResult(execution_id="e-3")]
 
     _, ops = run(c.flush_acks(), answer)
@@ -479,7 +498,7 @@ def test_a_batch_of_acks_lost_in_transit_is_sent_again() -> None:
     calls: list[int] = []
 
     def flaky(op: Any) -> Any:
-        if isinstance(op, Sleep):
+        if isinstance(op, Pause):
             return None
         calls.append(len(op.outcomes))
         if len(calls) == 1:
@@ -489,7 +508,7 @@ def test_a_batch_of_acks_lost_in_transit_is_sent_again() -> None:
         return [done, OutcomeResult(execution_id="e-2")]
 
     _, ops = run(c.flush_acks(final=True), flaky)
-    assert calls == [2, 2] and isinstance(ops[1], Sleep)
+    assert calls == [2, 2] and isinstance(ops[1], Pause)
     assert c.stats.acked == 2 and c.stats.redelivered == 0 and len(c.leases) == 0
     # Past ACK_TRIES failed reports the acks are given up (delivered again later).
     msg, _ = run(c.admit(claimed(message(Meta(id="m-3"), 3), eid="e-3")), ok)
@@ -497,12 +516,12 @@ def test_a_batch_of_acks_lost_in_transit_is_sent_again() -> None:
     c.queue_ack(msg, 10.0)
 
     def down(op: Any) -> Any:
-        if isinstance(op, Outcomes):
+        if isinstance(op, RecordOutcomes):
             raise TransportError("down")
         return None
 
     _, ops = run(c.flush_acks(final=True), down)
-    assert sum(isinstance(o, Outcomes) for o in ops) == core.ACK_TRIES
+    assert sum(isinstance(o, RecordOutcomes) for o in ops) == ACK_TRIES
     assert not c.acks and "e-3" not in c.leases and c.stats.acked == 2
 
 
@@ -516,10 +535,10 @@ def test_serve_handlers_finishing_together_share_one_report() -> None:
     # The first to finish queues its ack: another handler still runs, nothing is sent.
     done, _ = advance(flows[0], "1", None)
     assert done and len(c.acks) == 1 and "e-1" in c.leases
-    assert 0 < c.next_tick_in(cap=10) <= core.SERVE_ACK_DELAY
+    assert 0 < c.next_tick_in(cap=10) <= SERVE_ACK_DELAY
     # The last to finish records both with one report.
     done, op = advance(flows[1], "2", None)
-    assert not done and isinstance(op, Outcomes)
+    assert not done and isinstance(op, RecordOutcomes)
     assert [o.execution_id for o in op.outcomes] == ["e-1", "e-2"]
     done, _ = advance(flows[1], ok(op), None)
     assert done and c.stats.acked == 2 and len(c.leases) == 0
@@ -531,7 +550,7 @@ def test_tick_records_acks_that_waited_long_enough() -> None:
     c.leases.hold("e-1", 30, c.monotonic())
     c.queue_ack(msg, 0.0)
     _, ops = run(c.tick(), ok)
-    assert [type(o) for o in ops] == [Outcomes]
+    assert [type(o) for o in ops] == [RecordOutcomes]
     assert c.stats.acked == 1 and not c.acks
 
 
@@ -658,7 +677,7 @@ def test_require_responder() -> None:
                 raise ExtensionNotAvailable("workers.list")
             payload: dict[str, Any] = {"task": "peer"}
             if stamp:
-                payload[core.PRESENCE_KEY] = {"worker_id": "w", "at": stamp}
+                payload[PRESENCE_KEY] = {"worker_id": "w", "at": stamp}
             return Cue(id=PEER, name="peer", payload=payload)
 
         return answer
@@ -672,7 +691,7 @@ def test_require_responder() -> None:
 
 def test_router_races_and_late_replies() -> None:
     router = ReplyRouter(threading.Event)
-    env = core.decode_payload(reply_payload("c1", 1))
+    env = decode_payload(reply_payload("c1", 1))
     pending = router.expect("c1")
     assert router.deliver("c1", env, "e1") == "delivered" and pending.event.is_set()  # type: ignore[attr-defined]
     assert router.deliver("c1", env, "e1b") == "duplicate"
@@ -713,10 +732,10 @@ def test_tick_heartbeats_leases_and_presence() -> None:
         return None
 
     _, ops = run(c.tick(), answer)
-    assert [type(o) for o in ops] == [Heartbeat, WorkerHeartbeat, Extensions, UpdateCue]
+    assert [type(o) for o in ops] == [RenewLease, AnnounceWorker, Extensions, UpdateCue]
     assert ops[1].handlers == ["me"]
     assert ops[3].changes["payload"]["task"] == "me"
-    assert core.PRESENCE_KEY in ops[3].changes["payload"]
+    assert PRESENCE_KEY in ops[3].changes["payload"]
     # Presence is not due again at once; with workers.list no stamp is written.
     _, ops = run(c.tick(), answer)
     assert ops == []

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cuemsg._exceptions import (
+    AlreadySettled,
     EnvelopeError,
     LeaseLost,
     MailboxError,
@@ -25,7 +26,7 @@ from cuemsg._exceptions import (
     RetryLater,
 )
 from cuemsg.cueapi import CueClient
-from cuemsg.mailbox import MAILBOX_SCHEDULE, Mailbox, Message
+from cuemsg.mailbox import MAILBOX_SCHEDULE, Mailbox, Message, Settled
 from cuemsg.testing import RunningServer
 from tests.mailbox.conftest import POLL, serving
 
@@ -189,6 +190,37 @@ def test_unsettled_messages_are_acked_when_the_loop_moves_on(
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
+
+
+def test_settling_twice_raises_already_settled(mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    a.send(b.address, "once")
+    got = []
+    for msg in b.receive(wait=5, limit=1):
+        msg.reject("not for me")
+        with pytest.raises(AlreadySettled, match=r"already settled \(rejected\)") as info:
+            msg.ack()
+        assert (info.value.message_id, info.value.settled) == (msg.id, Settled.REJECTED)
+        got.append(msg)
+    assert [m.settled for m in got] == [Settled.REJECTED]  # the loop did not ack it either
+    assert b.stats.rejected == 1 and b.stats.acked == 0
+
+
+def test_a_message_left_open_is_not_acked_and_can_be_answered_later(
+    client: CueClient, mailboxes: Open
+) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    a.send(b.address, "answer me later")
+    left = []
+    for msg in b.receive(wait=5, limit=1):
+        msg.leave()
+        with pytest.raises(AlreadySettled, match=r"already settled \(left\)"):
+            msg.leave()
+        left.append(msg)
+    assert [m.settled for m in left] == [Settled.LEFT]
+    assert b.stats.acked == 0
+    record = client.executions.get(left[0].execution_id)
+    assert record.status == "delivering"  # still held, for another process to settle
 
 
 def test_bad_inputs(client: CueClient, mailboxes: Open) -> None:
@@ -493,9 +525,9 @@ def test_serve_batches_outcomes_under_load(
 def test_a_lost_lease_inside_a_batch_of_acks_is_redelivered_not_acked(
     short_lease_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cuemsg.mailbox import _core
+    from cuemsg.mailbox import _serve
 
-    monkeypatch.setattr(_core, "SERVE_ACK_DELAY", 10.0)  # only "no handler runs" flushes
+    monkeypatch.setattr(_serve, "SERVE_ACK_DELAY", 10.0)  # only "no handler runs" flushes
     srv = short_lease_server
     key = srv.new_key()
     with CueClient(key, srv.base_url) as client, CueClient(key, srv.base_url) as b1_client:

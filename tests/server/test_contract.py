@@ -1,4 +1,4 @@
-"""Every route, status code and state transition of CUEAPI.md, over real HTTP."""
+"""Every route, status code and state transition of docs/cueapi.md, over real HTTP."""
 
 from __future__ import annotations
 

@@ -80,7 +80,9 @@ def test_every_kind_once_per_hand_off(
         idle = api.fire(cue["id"], payload_override={"task": "nobody"})["id"]
         _until(lambda: api.execution(idle)["status"] == "missed")
         _until(lambda: api.execution(new)["status"] == "missed")
-        events = tail.wait_for(lambda evs: len(by_execution(evs).get(new, [])) == 2)
+        events = tail.wait_for(
+            lambda evs: all(len(by_execution(evs).get(e, [])) == 2 for e in (new, idle))
+        )
     finally:
         tail.stop()
         api.close()

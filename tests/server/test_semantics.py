@@ -58,7 +58,8 @@ def test_racing_claims_on_one_execution_never_double_claim(srv: RunningServer,
         eid = api.fire(cue["id"])["id"]
         barrier = threading.Barrier(12)
 
-        def grab(i: int) -> int:
+        # The round's barrier and execution are bound now: a late call must not see the next's.
+        def grab(i: int, barrier: threading.Barrier = barrier, eid: str = eid) -> int:
             with httpx.Client(base_url=srv.base_url,
                               headers={"Authorization": f"Bearer {api.key}"}) as http:
                 barrier.wait()
@@ -296,7 +297,9 @@ def test_one_fire_wakes_one_of_many_parked_claims(srv: RunningServer, api: Api) 
     cue = api.cue(payload={"task": "herd"})
     results: list[httpx.Response] = []
     threads = [
-        threading.Thread(target=lambda: results.append(api.claim(f"w{i}", task="herd", wait=2)))
+        threading.Thread(
+            target=lambda i=i: results.append(api.claim(f"w{i}", task="herd", wait=2))
+        )
         for i in range(4)
     ]
     for t in threads:

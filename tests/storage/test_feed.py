@@ -52,15 +52,15 @@ async def test_concurrent_writers_lose_nothing(db_url: str) -> None:
     async with opened(db_url) as a, opened(db_url) as other:
         reader = other if db_url.startswith("postgresql") else a
         t = await tenant(a)
-        cue = await make_cue(a, t, "x")
         done = False
 
-        async def write(n: int) -> None:
+        async def write(task: str, n: int) -> None:
+            cue = await make_cue(a, t, task)  # a task each: each claims its own fires
             for _ in range(n):
                 now = time.time()
                 await a.fire(t, [new_fire(cue.id, at=now)], now)
                 [c] = await a.claim_next(
-                    t, "w", task="x", agent=None, now=now, lease_seconds=60, limit=1
+                    t, "w", task=task, agent=None, now=now, lease_seconds=60, limit=1
                 )
                 await a.record_outcome(t, c.id, "w", OutcomeRecord(success=True, recorded_at=now))
 
@@ -80,7 +80,7 @@ async def test_concurrent_writers_lose_nothing(db_url: str) -> None:
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(read())
-        await asyncio.gather(write(40), write(40))
+        await asyncio.gather(write("x0", 40), write("x1", 40))
         done = True
         await task
         head = await a.event_head()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cuemsg import StorageOpenError
 from cuemsg.server.storage.sqlite import _SCHEMA, SCHEMA_VERSION, SQLiteStorage
 
 pytestmark = pytest.mark.anyio
@@ -50,7 +51,7 @@ async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
     await store.set_meta("schema_version", str(SCHEMA_VERSION + 1))
     await store.close()
     again = SQLiteStorage(str(path))
-    with pytest.raises(RuntimeError, match="newer than this cuemsg"):
+    with pytest.raises(StorageOpenError, match="newer than this cuemsg"):
         await again.open()
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

@@ -5,7 +5,7 @@ contract suite (`tests/server/`). Times are UNIX seconds (float, UTC); the app
 renders them as ISO 8601. Methods raise `ApiProblem` for the conflicts the
 contract names, so every backend answers with the same codes.
 
-Execution states (CUEAPI.md):
+Execution states (docs/cueapi.md):
 
     pending/retry_ready --claim--> delivering --outcome ok--> success
     delivering --outcome failed--> failed           (terminal)
@@ -112,7 +112,7 @@ class WorkerRow(msgspec.Struct, kw_only=True):
 
 
 def effective_payload(cue_payload: dict[str, Any], fire: NewFire) -> dict[str, Any]:
-    """The payload an execution carries: fixed at fire time (CUEAPI.md, Fire)."""
+    """The payload an execution carries: fixed at fire time (docs/cueapi.md, Fire)."""
     if fire.payload_override is None:
         return dict(cue_payload)
     if fire.merge_strategy == "replace":

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
@@ -43,6 +44,7 @@ from cuemsg.server.storage.base import (
 )
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
+from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
 
 SCHEMA_VERSION = 3
 # The version `_SCHEMA` creates: a new file gets it, then every migration after it.
@@ -158,9 +160,17 @@ class SQLiteStorage(SQLiteFeed):
     async def open(self) -> None:
         if self._db is not None:
             return
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per call.
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = connect(self.path)  # a StorageOpenError names the path and what is wrong
+        try:
+            self._prepare(db)
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StorageOpenError(self.path, reason(exc)) from exc
+            raise
+        self._db = db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
@@ -170,10 +180,10 @@ class SQLiteStorage(SQLiteFeed):
         # A new file gets `_SCHEMA` and the steps after it; an older one, each step since.
         version = _SCHEMA_BASE if row is None else int(row[0])
         if version > SCHEMA_VERSION:
-            db.close()
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, newer than this cuemsg "
-                f"understands ({SCHEMA_VERSION}); upgrade cuemsg"
+            raise StorageOpenError(
+                self.path,
+                f"it has schema version {version}, newer than this cuemsg "
+                f"understands ({SCHEMA_VERSION}); upgrade cuemsg",
             )
         steps = "".join(_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
         db.executescript(
@@ -185,7 +195,6 @@ class SQLiteStorage(SQLiteFeed):
             "SELECT max(" + ", ".join(f"ifnull(max({n}), 0)" for n in SEQ_NAMES) + ") "
             "FROM executions"
         ).fetchone()[0]
-        self._db = db
 
     def _next_stamp(self) -> int:
         self._stamp += 1
@@ -206,13 +215,20 @@ class SQLiteStorage(SQLiteFeed):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")  # can fail too (a full disk): then roll back
+            except BaseException:
+                # SQLite may have rolled back already (it does on SQLITE_FULL).
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            if is_full(exc):
+                raise full_error(self.path, exc) from exc
             raise
-        db.execute("COMMIT")
 
     async def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

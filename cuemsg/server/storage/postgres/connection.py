@@ -19,7 +19,7 @@ from psycopg import AsyncConnection, sql
 from psycopg.adapt import Buffer, Loader
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from cuemsg._exceptions import StorageError
+from cuemsg._exceptions import StorageError, StorageFull, StorageOpenError
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.postgres.relay import channel_name, decode_relay, relay_payloads
@@ -59,8 +59,23 @@ def split_pool_params(url: str) -> tuple[str, dict[str, int]]:
     return urlunsplit(parts._replace(query=rest)), ours
 
 
+#: PostgreSQL's SQLSTATE for "disk full" (class 53, insufficient resources).
+DISK_FULL = "53100"
+
+
+def hide_password(url: str) -> str:
+    """`url` with its password (if any) shown as `***`, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _storage_error(exc: BaseException) -> StorageError:
-    error = StorageError(f"PostgreSQL: {type(exc).__name__}: {exc}".strip())
+    full = getattr(exc, "sqlstate", None) == DISK_FULL
+    kind = StorageFull if full else StorageError
+    error = kind(f"PostgreSQL: {type(exc).__name__}: {exc}".strip())
     error.__cause__ = exc
     return error
 
@@ -102,6 +117,16 @@ class PostgresConnection:
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self) -> None:
+        """Connect, migrate and listen; `StorageOpenError` (one line, no password) if not."""
+        try:
+            await self._open()
+        except StorageOpenError:
+            raise
+        except StorageError as exc:
+            reason = " ".join(str(exc).split())  # psycopg's messages span lines
+            raise StorageOpenError(hide_password(self.url), reason) from exc
+
+    async def _open(self) -> None:
         if self._pool is not None:
             return
         try:

@@ -1,6 +1,6 @@
 """`cuemsg inspect` on a terminal: tables and a message's timeline drawn with
-`rich` (internal). Used only when stdout is a terminal and `--json` is not
-given; piped output keeps the plain text of `cuemsg._inspect`.
+`rich`. Used only when stdout is a terminal and `--json` is not given; piped
+output keeps the plain text of `cuemsg._inspect`.
 
 States read as words first and colour second (`success` in green, `failed` in
 red, ...), so nothing depends on colour alone.
@@ -59,9 +59,19 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def _mailboxes(rows: list[dict[str, Any]]) -> Table:
-    table = _table(f"{len(rows)} mailbox(es)", "NAME", "ADDRESS", "TASK", "FIRED")
+    from cuemsg.cli.inspect import MAILBOXES_LEGEND
+
+    table = _table(f"{len(rows)} mailbox(es)", "NAME", "ADDRESS", "TASK", "WAITING", "FIRED")
+    table.caption = "\n".join(MAILBOXES_LEGEND)
+    table.caption_justify = "left"
     for r in rows:
-        table.add_row(str(r["name"]), str(r["address"]), str(r["task"]), str(r["fired_count"]))
+        table.add_row(
+            str(r["name"]),
+            str(r["address"]),
+            str(r["task"]),
+            str(r.get("waiting", "-")),
+            str(r["fired_count"]),
+        )
     return table
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from cuemsg import CueClient, Mailbox
 from cuemsg._inspect import record
-from cuemsg._render import render, timeline
+from cuemsg.cli._render import render, timeline
 from cuemsg.testing import RunningServer, run_server
 
 

@@ -1,6 +1,6 @@
 """Client CPU per request of `CueClient`, by transport (a measuring script, not a test).
 
-    .venv/bin/python tests/cueapi/bench_transport.py [--requests 2000] [--rounds 3]
+    .venv/bin/python -m bench.transport [--requests 2000] [--rounds 3]
 
 Starts `cuemsg serve --db :memory:` in a subprocess (so the server's CPU never
 counts), registers a key, creates a cue, then times `time.process_time()` of

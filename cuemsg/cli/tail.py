@@ -1,4 +1,4 @@
-"""The `cuemsg tail` and `cuemsg redrive` commands (internal; wired by `cuemsg.cli`).
+"""`cuemsg tail` and `cuemsg redrive`.
 
 `tail` prints the event feed (`GET /v1/events`) as it happens, one line an
 event: coloured with `rich` on a terminal, plain when piped, one JSON object
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from cuemsg._exceptions import Conflict, CueAPIError, TransportError
 from cuemsg._inspect import CommandError, Names, executions, find_mailbox
+from cuemsg.cli._connect import make_client
+from cuemsg.cli._output import UsageError
 
 if TYPE_CHECKING:
     from cuemsg._events import FeedEvent
     from cuemsg.cueapi import CueClient
-
-ClientFactory = Callable[[argparse.Namespace], "CueClient"]
 
 #: Dead letters a `redrive --mailbox` looks at, newest first.
 REDRIVE_SCAN = 10_000
@@ -69,7 +69,7 @@ def event_line(data: dict[str, Any], names: Names | None = None) -> str:
     return "  ".join(parts)
 
 
-def tail(args: argparse.Namespace, make_client: ClientFactory) -> int:
+def tail(args: argparse.Namespace) -> int:
     from cuemsg._events import follow
 
     with make_client(args) as client:
@@ -82,28 +82,25 @@ def tail(args: argparse.Namespace, make_client: ClientFactory) -> int:
         def dropped(exc: BaseException) -> None:
             print(f"cuemsg tail: connection lost ({exc}); reconnecting", file=sys.stderr)
 
-        try:
-            for event in follow(
-                client.base_url,
-                client.api_key or "",
-                cue_id=cue_id,
-                thread=args.thread,
-                last_event_id=args.from_id,
-                on_reconnect=dropped,
-            ):
-                if event.type == "ready":
-                    if not announced:  # on stderr: stdout stays the events only
-                        where = args.mailbox or "every mailbox"
-                        print(f"cuemsg tail: {where}, after event {event.id}", file=sys.stderr)
-                        sys.stderr.flush()
-                        announced = True
-                    continue
-                show(event)
-                shown += 1
-                if args.limit is not None and shown >= args.limit:
-                    break
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is how a tail without --limit ends
+        for event in follow(
+            client.base_url,
+            client.api_key or "",
+            cue_id=cue_id,
+            thread=args.thread,
+            last_event_id=args.from_id,
+            on_reconnect=dropped,
+        ):
+            if event.type == "ready":
+                if not announced:  # on stderr: stdout stays the events only
+                    where = args.mailbox or "every mailbox"
+                    print(f"cuemsg tail: {where}, after event {event.id}", file=sys.stderr)
+                    sys.stderr.flush()
+                    announced = True
+                continue
+            show(event)
+            shown += 1
+            if args.limit is not None and shown >= args.limit:
+                break
     return 0
 
 
@@ -143,7 +140,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     """`--since`: an ISO 8601 time (UTC when it has no offset) or an age (`30m`, `2h`, `1d`).
 
     Raises:
-        CommandError: neither.
+        UsageError: neither.
     """
     now = now or datetime.now(timezone.utc)
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
@@ -153,19 +150,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise CommandError(
+        raise UsageError(
             f"--since {text!r}: give an ISO 8601 time (2026-12-01T03:00:00Z) or an age "
-            "(30m, 2h, 1d)",
-            2,
+            "(30m, 2h, 1d)"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def redrive(args: argparse.Namespace, make_client: ClientFactory) -> int:
+def redrive(args: argparse.Namespace) -> int:
     if bool(args.execution_ids) == bool(args.mailbox):
-        raise CommandError("give EXECUTION_ID... or --mailbox NAME (one of the two)", 2)
+        raise UsageError("redrive: give EXECUTION_ID... or --mailbox NAME (one of the two)")
     if args.since and not args.mailbox:
-        raise CommandError("--since goes with --mailbox", 2)
+        raise UsageError("redrive: --since goes with --mailbox")
     since = parse_since(args.since) if args.since else None
     with make_client(args) as client:
         if not client.extensions or "executions.redrive" not in client.extensions:
@@ -253,9 +249,7 @@ def _redrive_text(row: dict[str, Any]) -> str:
 # -- the parsers -------------------------------------------------------------------------------
 
 
-def add_commands(
-    sub: Any, common: list[argparse.ArgumentParser], make_client: ClientFactory
-) -> None:
+def add_commands(sub: Any, common: list[argparse.ArgumentParser]) -> None:
     """Add `tail` and `redrive` to the `cuemsg` subcommands."""
     t = sub.add_parser(
         "tail",
@@ -276,7 +270,7 @@ def add_commands(
         help="start after this event id (0: everything on record); default: from now",
     )
     t.add_argument("--limit", type=_positive_int, help="stop after this many events")
-    t.set_defaults(func=lambda args: tail(args, make_client))
+    t.set_defaults(func=tail)
 
     r = sub.add_parser(
         "redrive",
@@ -291,7 +285,7 @@ def add_commands(
     r.add_argument("--mailbox", metavar="NAME", help="every dead letter of this mailbox")
     r.add_argument("--since", help="with --mailbox: only those sent since (ISO time, or 30m, 2h)")
     r.add_argument("--dry-run", action="store_true", help="say what would be sent, send nothing")
-    r.set_defaults(func=lambda args: redrive(args, make_client))
+    r.set_defaults(func=redrive)
 
 
 def _event_id(text: str) -> int:

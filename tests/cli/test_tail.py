@@ -15,7 +15,7 @@ import pytest
 
 from cuemsg import CueClient, Mailbox
 from cuemsg._inspect import CommandError
-from cuemsg._tail import event_line, parse_since
+from cuemsg.cli.tail import event_line, parse_since
 from cuemsg.testing import RunningServer, run_server
 
 

@@ -1,0 +1,270 @@
+"""The ops a flow yields to its driver, the `Flow` type and `advance()`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from cuemsg.cueapi.models import FireRequest, OutcomeRequest
+
+if TYPE_CHECKING:  # the router imports nothing from here; only the type is needed
+    from cuemsg.mailbox._replies import PendingReply
+
+T = TypeVar("T")
+
+
+Flow = Generator["Op", Any, T]
+
+
+# -- ops ----------------------------------------------------------------------------------
+
+
+class Op:
+    """One step a flow asks its driver to perform."""
+
+    def call(self, client: Any) -> Any:
+        """Run against a `CueClient` (the answer) or `AsyncCueClient` (an awaitable)."""
+        # Ops like Pause or Spawn are the driver's own business, not the client's.
+        raise TypeError(f"{type(self).__name__} is run by the driver itself, not by a client")
+
+
+@dataclass(frozen=True)
+class CreateCue(Op):
+    name: str
+    payload: dict[str, Any]
+    schedule: dict[str, Any]
+    retry: dict[str, Any]
+    description: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.create(
+            self.name,
+            transport="worker",
+            payload=self.payload,
+            schedule=self.schedule,
+            retry=self.retry,
+            description=self.description,
+        )
+
+
+@dataclass(frozen=True)
+class ListCues(Op):
+    offset: int
+    limit: int
+
+    def call(self, client: Any) -> Any:
+        return client.cues.list(limit=self.limit, offset=self.offset)
+
+
+@dataclass(frozen=True)
+class GetCue(Op):
+    cue_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.get(self.cue_id)
+
+
+@dataclass(frozen=True)
+class UpdateCue(Op):
+    cue_id: str
+    changes: dict[str, Any]
+
+    def call(self, client: Any) -> Any:
+        return client.cues.update(self.cue_id, **self.changes)
+
+
+@dataclass(frozen=True)
+class DeleteCue(Op):
+    cue_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.cues.delete(self.cue_id)
+
+
+@dataclass(frozen=True)
+class Fire(Op):
+    cue_id: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    send_at: datetime | None = None
+
+    def call(self, client: Any) -> Any:
+        return client.cues.fire(
+            self.cue_id, self.payload, send_at=self.send_at, idempotency_key=self.idempotency_key
+        )
+
+
+@dataclass(frozen=True)
+class FireMany(Op):
+    fires: list[FireRequest]
+
+    def call(self, client: Any) -> Any:
+        return client.cues.fire_many(self.fires)
+
+
+@dataclass(frozen=True)
+class Claim(Op):
+    worker_id: str
+    task: str
+    wait: float | None
+    limit: int | None
+
+    def call(self, client: Any) -> Any:
+        return client.executions.claim_next(
+            worker_id=self.worker_id, task=self.task, wait=self.wait, limit=self.limit
+        )
+
+
+@dataclass(frozen=True)
+class RenewLease(Op):
+    execution_id: str
+    worker_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.heartbeat(self.execution_id, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
+class RecordOutcome(Op):
+    execution_id: str
+    worker_id: str
+    success: bool
+    result: str | None = None
+    error: str | None = None
+    metadata: dict[str, Any] | None = None
+
+    def call(self, client: Any) -> Any:
+        return client.executions.report_outcome(
+            self.execution_id,
+            worker_id=self.worker_id,
+            success=self.success,
+            result=self.result,
+            error=self.error,
+            metadata=self.metadata,
+        )
+
+
+@dataclass(frozen=True)
+class RecordOutcomes(Op):
+    outcomes: list[OutcomeRequest]
+    worker_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.report_outcomes(self.outcomes, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
+class GetExecution(Op):
+    execution_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.get(self.execution_id)
+
+
+@dataclass(frozen=True)
+class ListExecutions(Op):
+    cue_id: str
+    status: str
+    offset: int
+    limit: int
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list(
+            cue_id=self.cue_id, status=self.status, limit=self.limit, offset=self.offset
+        )
+
+
+@dataclass(frozen=True)
+class ListWorkers(Op):
+    def call(self, client: Any) -> Any:
+        return client.workers.list()
+
+
+@dataclass(frozen=True)
+class AnnounceWorker(Op):
+    worker_id: str
+    handlers: list[str]
+
+    def call(self, client: Any) -> Any:
+        return client.workers.heartbeat(self.worker_id, self.handlers)
+
+
+@dataclass(frozen=True)
+class Extensions(Op):
+    def call(self, client: Any) -> Any:
+        # AsyncCueClient probes with a coroutine; CueClient's property probes on access.
+        load = getattr(client, "load_extensions", None)
+        return load() if load is not None else client.extensions
+
+
+# Ops the driver runs itself.
+
+
+@dataclass(frozen=True)
+class Pause(Op):
+    seconds: float
+
+
+@dataclass(frozen=True)
+class AwaitReply(Op):
+    """Wait up to `timeout` s for `pending.event`; the answer is ignored (read `pending`)."""
+
+    pending: PendingReply
+    timeout: float
+
+
+@dataclass(frozen=True)
+class CallHandler(Op):
+    """Call `handler(message)` (await it if it returns an awaitable); answer its result."""
+
+    handler: Callable[[Any], Any]
+    message: Any
+
+
+@dataclass(frozen=True)
+class Deliver(Op):
+    """Hand `message` to the caller of `receive()`; resumed when it asks for the next one."""
+
+    message: Any
+
+
+@dataclass(frozen=True)
+class StartReplies(Op):
+    """Make sure the mailbox's reply loop runs."""
+
+
+@dataclass(frozen=True)
+class IdleWait(Op):
+    """Sleep until a request starts waiting (`ReplyRouter.on_expect`) or `timeout` passes."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class WaitSlots(Op):
+    """Wait until at least one of `concurrency` handler slots is free; answer how many are."""
+
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class Spawn(Op):
+    """Run `flow` concurrently in a handler slot."""
+
+    flow: Flow[None]
+
+
+@dataclass(frozen=True)
+class Drain(Op):
+    """Wait for every spawned flow to finish."""
+
+
+def advance(flow: Flow[T], value: Any, exc: BaseException | None) -> tuple[bool, Any]:
+    """Resume `flow` with a value or an error; (True, result) when it finished, else (False, op)."""
+    try:
+        op = flow.throw(exc) if exc is not None else flow.send(value)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, op

@@ -1,0 +1,199 @@
+"""Receive flows: claiming, admitting a claimed execution, and the `receive` loop."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from cuemsg._exceptions import EnvelopeError, LeaseLost
+from cuemsg.cueapi.models import Claimed, ClaimResult
+from cuemsg.envelope import decode_body, decode_payload, from_timestamp, payload_from_bytes
+from cuemsg.mailbox._config import RECEIVE_ACK_DELAY
+from cuemsg.mailbox._helpers import TRANSIENT, pause_after
+from cuemsg.mailbox._ops import Claim, Deliver, Fire, Flow, Pause
+from cuemsg.mailbox._records import Delivery, cached_reply_decoder
+from cuemsg.mailbox._settle import SettleFlows
+
+log = logging.getLogger("cuemsg.mailbox")
+
+
+class ReceiveFlows(SettleFlows):
+    """Receiving: what to claim, deliver, or settle without the handler."""
+
+    # -- claiming --------------------------------------------------------------------------
+
+    def claim(
+        self, task: str, wait: float | None, limit: int | None, *, hold: bool = True
+    ) -> Flow[list[Claimed]]:
+        """Claim up to `limit` executions of `task`, waiting up to `wait` s.
+
+        A transient failure (network, 5xx, 429) is logged and answered by a
+        pause and an empty list, so loops keep going; other errors raise.
+        """
+        try:
+            result: ClaimResult = yield Claim(self.info.worker_id, task, wait, limit)
+        except TRANSIENT as exc:
+            log.warning("claiming task %r failed (%s); trying again", task, exc)
+            yield Pause(pause_after(exc, 1))
+            return []
+        if hold:
+            now = self.monotonic()
+            for claimed in result.executions:
+                self.leases.hold(claimed.execution_id, claimed.lease_seconds, now)
+        return list(result.executions)
+
+    def admit(self, claimed: Claimed, type: Any = None) -> Flow[Delivery[Any] | None]:
+        """Read a claimed execution; the message to handle, or None if settled here.
+
+        Settled here without the handler, each with an outcome saying why:
+        an unreadable envelope or a newer format (rejected), a message past
+        its deadline (expired), a redelivered id already handled (acked as
+        a duplicate; a request's recorded reply is sent again).
+        """
+        eid = claimed.execution_id
+        try:
+            env = decode_payload(claimed.payload)
+        except EnvelopeError as exc:
+            self.stats.count("bad")
+            log.warning("rejected execution %s: %s", eid, exc)
+            yield from self._quiet(
+                self._settle_eid(
+                    eid,
+                    f"exec:{eid}",
+                    success=False,
+                    error=f"rejected: not a readable cuemsg envelope: {exc}",
+                    metadata=self._meta_state("rejected", reason="bad_envelope"),
+                )
+            )
+            return None
+        meta = env.meta
+        message_id = meta.id if meta is not None else f"exec:{eid}"
+        expires = env.expires_at
+        now = self.clock()
+        if expires is not None and now > expires:
+            self.stats.count("expired")
+            log.info(
+                "skipped expired message %s (%.1fs past its deadline)", message_id, now - expires
+            )
+            yield from self._quiet(
+                self._settle_eid(
+                    eid,
+                    message_id,
+                    success=False,
+                    error=(
+                        f"expired: the deadline {from_timestamp(expires).isoformat()} passed "
+                        f"{now - expires:.1f}s before delivery; not handled"
+                    ),
+                    metadata=self._meta_state("expired", id=message_id),
+                )
+            )
+            return None
+        seen = self.dedupe.seen(self._dedupe_key(message_id))
+        if seen is not None:
+            self.stats.count("duplicates")
+            log.info("message %s was handled before; acked without the handler", message_id)
+            note = ""
+            reply_execution = None
+            if seen.reply is not None:
+                reply_execution = yield from self._quiet(self._resend(seen.reply))
+                if reply_execution:
+                    note = f"; its reply was sent again (execution {reply_execution})"
+            yield from self._quiet(
+                self._settle_eid(
+                    eid,
+                    message_id,
+                    success=True,
+                    result=f"duplicate: message {message_id} was already handled{note}",
+                    metadata=self._meta_state(
+                        "duplicate", id=message_id, reply_execution_id=reply_execution
+                    ),
+                )
+            )
+            return None
+        try:
+            body = decode_body(env.message, type)
+        except EnvelopeError as exc:
+            self.stats.count("bad")
+            log.warning("message %s does not fit %r: %s", message_id, type, exc)
+            delivery = self.make_message(
+                body=env.message,
+                envelope=env,
+                claimed=claimed,
+                mailbox_address=self.info.address,
+            )
+            if delivery.is_request:
+                yield from self._quiet(self.reply_error(delivery, "EnvelopeError", str(exc)))
+            else:
+                yield from self._quiet(self.reject(delivery, f"rejected: {exc}"))
+            return None
+        self.stats.count("received")
+        delivery = self.make_message(
+            body=body, envelope=env, claimed=claimed, mailbox_address=self.info.address
+        )
+        return delivery
+
+    def _resend(self, record: bytes) -> Flow[str | None]:
+        cached = cached_reply_decoder.decode(record)
+        if bytes(cached.payload) == b"null":
+            return cached.execution_id  # too big to keep; the first send stands
+        payload = payload_from_bytes(bytes(cached.payload))
+        fired = yield Fire(cached.cue_id, payload, idempotency_key=cached.key)
+        return str(fired.id)
+
+    def receive(
+        self, *, wait: float | None, limit: int | None, type: Any = None, batch: int = 1
+    ) -> Flow[None]:
+        """Deliver messages one by one until `limit` were, `wait` s pass with none, or stop().
+
+        A message the caller leaves unsettled is acked when it asks for the next.
+        Only `serve()` announces the worker as a responder: an idle receive loop
+        costs one claim per `poll_wait` and nothing more.
+
+        With `batch` > 1, up to `batch` messages are claimed per request (never
+        more than `limit` still wants); their leases are renewed until each is
+        settled. The acks of the messages left unsettled are queued (their ids
+        go to the dedupe store at once) and recorded together before the next
+        claim, when the loop ends, or `RECEIVE_ACK_DELAY` s after they were
+        decided if the caller is slower than that. `stop()` ends the loop once
+        the batch in hand is delivered. Explicit `ack()`, `reject()`,
+        `retry_later()` and `reply()` are recorded at once, as with `batch=1`.
+        A driver runs `flush_acks(final=True)` when the loop is closed early.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, not {batch}")
+        count = 0
+        deadline = None if wait is None else self.monotonic() + wait
+        while not self.stopping and (limit is None or count < limit):
+            if batch > 1 and self.acks:
+                yield from self.flush_acks()
+            want = batch if limit is None else min(batch, limit - count)
+            claims = yield from self.claim(
+                self.info.task, self._poll(deadline), want if want > 1 else None
+            )
+            if not claims:
+                if deadline is not None and self.monotonic() >= deadline:
+                    return
+                continue
+            for i, claimed in enumerate(claims):
+                msg = yield from self.admit(claimed, type)
+                if msg is None:
+                    continue
+                count += 1
+                deadline = None if wait is None else self.monotonic() + wait
+                try:
+                    yield Deliver(msg)
+                except GeneratorExit:
+                    # The caller left the loop holding it: stop renewing; its lease runs out
+                    # and it is delivered again (ack before breaking out to avoid that).
+                    for rest in claims[i:]:
+                        self.leases.release(rest.execution_id)
+                    raise
+                if msg.settled is None:
+                    if batch == 1 or msg.is_request:  # a request's ack tells its requester
+                        yield from self._quiet(self.ack(msg))
+                        continue
+                    with contextlib.suppress(LeaseLost):  # logged and counted where raised
+                        self.queue_ack(msg, RECEIVE_ACK_DELAY)
+        if self.acks:
+            yield from self.flush_acks(final=True)

@@ -1,0 +1,124 @@
+"""Send flows: the envelope of an outgoing message, `send` and `send_many`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from cuemsg._exceptions import NotFound
+from cuemsg.cueapi.models import FireRequest
+from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, utcnow
+from cuemsg.mailbox._helpers import as_datetime
+from cuemsg.mailbox._ops import Fire, FireMany, Flow
+from cuemsg.mailbox._records import Sent
+from cuemsg.mailbox._state import CoreState
+from cuemsg.mailbox.tracing import with_trace
+
+
+class SendFlows(CoreState):
+    """Sending: fire messages keyed by their id."""
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def message_payload(
+        self,
+        body: Any,
+        *,
+        kind: Kind = "message",
+        task: str | None = None,
+        send_at: datetime | float | None = None,
+        ttl: float | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+        correlation_id: str | None = None,
+        reply_task: str | None = None,
+        message_id: str | None = None,
+    ) -> tuple[Meta, dict[str, Any]]:
+        """The envelope of an outgoing message (pure: the id is made here, once)."""
+        sent_at = utcnow()
+        start = sent_at.timestamp()
+        if send_at is not None:
+            start = max(start, send_at.timestamp() if isinstance(send_at, datetime) else send_at)
+        meta = Meta(
+            id=message_id or new_id(),
+            kind=kind,
+            sender=self.info.address,
+            sender_name=self.info.name,
+            correlation_id=correlation_id,
+            reply_task=reply_task,
+            thread=thread,
+            sent_at=sent_at,
+            expires_at=None if ttl is None else from_timestamp(start + ttl),
+            headers=dict(with_trace(headers) or {}),  # the current span's traceparent
+        )
+        payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
+        return meta, payload
+
+    def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
+        """Run `fire` at `address`; a 404 means its cue is gone, so the names that led
+        there are looked up again next time (a mailbox opened again has a new address)."""
+        try:
+            return (yield fire)
+        except NotFound:
+            self.addresses.forget(address)
+            raise
+
+    def send(
+        self,
+        to_cue: str,
+        body: Any,
+        *,
+        task: str | None = None,
+        send_at: datetime | float | None = None,
+        ttl: float | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Flow[Sent]:
+        """Fire one message at `to_cue`, a name or an address (keyed by its id: a retried
+        fire makes no copy)."""
+        meta, payload = self.message_payload(
+            body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
+        )
+        when = as_datetime(send_at)
+        to_cue = yield from self.addresses.resolve(to_cue)
+        fired = yield from self.fire_to(
+            to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
+        )
+        self.stats.count("sent")
+        return Sent(
+            id=meta.id, execution_id=fired.id, cue_id=to_cue, scheduled_for=fired.scheduled_for
+        )
+
+    def send_many(
+        self,
+        to_cue: str,
+        bodies: Sequence[Any],
+        *,
+        task: str | None = None,
+        send_at: datetime | float | None = None,
+        ttl: float | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Flow[list[Sent]]:
+        """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
+        when = as_datetime(send_at)
+        to_cue = yield from self.addresses.resolve(to_cue)
+        metas: list[Meta] = []
+        fires: list[FireRequest] = []
+        for body in bodies:
+            meta, payload = self.message_payload(
+                body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
+            )
+            metas.append(meta)
+            fires.append(
+                FireRequest(
+                    cue_id=to_cue, payload_override=payload, send_at=when, idempotency_key=meta.id
+                )
+            )
+        results = yield from self.fire_to(to_cue, FireMany(fires))
+        self.stats.count("sent", len(results))
+        return [
+            Sent(id=m.id, execution_id=r.id, cue_id=to_cue, scheduled_for=r.scheduled_for)
+            for m, r in zip(metas, results, strict=True)
+        ]

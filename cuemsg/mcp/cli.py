@@ -1,0 +1,148 @@
+"""The `cuemsg mcp` command: arguments, key and URL, the embedded server, the transport.
+
+`add_parser(sub)` adds the `mcp` sub-command to the `cuemsg` CLI's
+sub-parsers and `run(args)` runs it; `python -m cuemsg.mcp` takes the same
+arguments. Key and URL come from `--api-key` / `--base-url`, else
+`CUEAPI_API_KEY` / `CUEAPI_BASE_URL`; with neither and `--embedded DB`, the
+embedded server is started in this process on a free loopback port, with
+the database's development key. Stdout belongs to the MCP stdio transport:
+everything else is printed on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["add_parser", "build_parser", "run"]
+
+DESCRIPTION = """Run an MCP server that gives an LLM agent the mailbox NAME and the tools to
+send, read, answer and ask (stdio by default; --http HOST:PORT serves streamable HTTP)."""
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mailbox", required=True, metavar="NAME", help="the agent's mailbox")
+    parser.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve the streamable HTTP transport at http://HOST:PORT/mcp instead of stdio",
+    )
+    # SUPPRESS: a value the `cuemsg` command took before `mcp` is not reset to None here.
+    parser.add_argument(
+        "--api-key", default=argparse.SUPPRESS, help="CueAPI key (default: $CUEAPI_API_KEY)"
+    )
+    parser.add_argument(
+        "--base-url", default=argparse.SUPPRESS, help="CueAPI URL (default: $CUEAPI_BASE_URL)"
+    )
+    parser.add_argument(
+        "--embedded",
+        metavar="DB",
+        help="with no key or URL set: start the embedded server on DB (a SQLite file)",
+    )
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add `mcp` to the sub-parsers `sub` of the `cuemsg` command; answers its parser."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "mcp", help="MCP server: a mailbox and its tools for an LLM agent", description=DESCRIPTION
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of `python -m cuemsg.mcp` (the same arguments as `cuemsg mcp`)."""
+    parser = argparse.ArgumentParser(prog="python -m cuemsg.mcp", description=DESCRIPTION)
+    _add_arguments(parser)
+    return parser
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--http wants HOST:PORT (e.g. 127.0.0.1:8765), not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the MCP server until its transport closes; answers the exit status."""
+    try:
+        from cuemsg.mcp.server import create_server
+    except ImportError as exc:  # the SDK is an optional extra
+        print(f"cuemsg mcp: {exc}; install it with: pip install 'cuemsg[mcp]'", file=sys.stderr)
+        return 2
+    try:
+        http = _host_port(args.http) if args.http else None
+    except ValueError as exc:
+        print(f"cuemsg mcp: {exc}", file=sys.stderr)
+        return 2
+    key = getattr(args, "api_key", None) or os.environ.get("CUEAPI_API_KEY")
+    url = getattr(args, "base_url", None) or os.environ.get("CUEAPI_BASE_URL")
+    with contextlib.ExitStack() as stack:
+        if not key and not url and args.embedded:
+            url, key = stack.enter_context(_embedded(args.embedded))
+            print(f"cuemsg mcp: embedded CueAPI on {url} (db: {args.embedded})", file=sys.stderr)
+        if not key:
+            print(
+                "cuemsg mcp: no CueAPI key: set CUEAPI_API_KEY or pass --api-key "
+                "(or --embedded DB for a local server)",
+                file=sys.stderr,
+            )
+            return 2
+        server = create_server(args.mailbox, api_key=key, base_url=url)
+        try:
+            if http is None:
+                server.run("stdio")
+            else:
+                host, port = http
+                print(
+                    f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp",
+                    file=sys.stderr,
+                )
+                server.run("streamable-http", host=host, port=port)
+        except KeyboardInterrupt:
+            return 130
+    return 0
+
+
+@contextlib.contextmanager
+def _embedded(db: str) -> Iterator[tuple[str, str]]:
+    """Serve the embedded CueAPI on `db` from a thread; yields (base URL, development key)."""
+    from cuemsg.server.app import create_app, ensure_dev_key, open_storage
+    from cuemsg.server.run import Uvicorn
+    from cuemsg.server.settings import ServerSettings
+    from cuemsg.testing import free_port
+
+    settings = ServerSettings.from_env(db=db)
+    storage = open_storage(settings)
+
+    async def dev_key() -> str:
+        await storage.open()
+        try:
+            return await ensure_dev_key(storage)
+        finally:
+            await storage.close()
+
+    key = asyncio.run(dev_key())
+    port = free_port()
+    server = Uvicorn(create_app(settings), host="127.0.0.1", port=port, loop="asyncio")
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the embedded server did not start on port {port}")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
