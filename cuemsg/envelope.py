@@ -387,6 +387,17 @@ def with_attempt(payload: dict[str, Any], attempt: int, *, message_id: str) -> d
     return {**payload, NAMESPACE: meta}
 
 
+def with_header(payload: dict[str, Any], name: str, value: str) -> dict[str, Any]:
+    """A copy of `payload` whose envelope carries the header `name` (a foreign payload,
+    with no envelope, comes back unchanged)."""
+    meta = meta_of(payload)
+    if meta is None:
+        return dict(payload)
+    headers = meta.get("headers")
+    headers = {**(headers if isinstance(headers, dict) else {}), name: value}
+    return {**payload, NAMESPACE: {**meta, "headers": headers}}
+
+
 def outcome_metadata(state: str, **fields: Any) -> dict[str, Any]:
     """An outcome's `metadata`: what cuemsg did (`state`) and its ids, under the `cuemsg` key.
 

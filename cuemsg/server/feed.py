@@ -5,7 +5,7 @@ when something may have changed.
 An execution read by the feed (`FeedRow`) carries one stamp per kind of
 change (storage/feed.py); `events_of` turns the stamps in (after, upto] into
 events, oldest first. Its envelope (message id, kind, sender, thread) is
-read with `cuemsg.envelope.decode_payload`.
+read with `cuemsg.envelope.meta_of` (leniently: the feed shows what it can).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any
 
 import msgspec
 
-from cuemsg._exceptions import EnvelopeError
-from cuemsg.envelope import decode_payload
+from cuemsg.envelope import meta_of
 from cuemsg.server.storage.base import OutcomeRecord
 from cuemsg.server.storage.feed import FeedRow
 from cuemsg.server.wire import iso
@@ -63,12 +62,17 @@ class _Envelope(msgspec.Struct):
 
 def _envelope(row: FeedRow) -> _Envelope:
     try:
-        meta = decode_payload(_decode_payload(row.payload)).meta
-    except (msgspec.DecodeError, EnvelopeError):  # not a cuemsg envelope: no message fields
+        meta = meta_of(_decode_payload(row.payload))
+    except msgspec.DecodeError:  # not JSON we can read: no message fields
         return _Envelope()
-    if meta is None:
+    if meta is None:  # a foreign payload
         return _Envelope()
-    return _Envelope(meta.id, meta.kind, meta.sender, meta.thread)
+
+    def text(key: str) -> str | None:
+        value = meta.get(key)
+        return value if isinstance(value, str) else None
+
+    return _Envelope(text("id"), text("kind") or "message", text("sender"), text("thread"))
 
 
 def events_of(rows: Iterable[FeedRow], *, after: int, upto: int, thread: str | None) -> list[Event]:

@@ -11,10 +11,9 @@ reads both ways and a second redrive finds the first and fires nothing.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
-from cuemsg.envelope import NAMESPACE
+from cuemsg.envelope import meta_of, with_attempt, with_header
 from cuemsg.server.storage.base import CueRow, ExecutionRow, NewFire, new_execution, not_dead_letter
 
 #: The envelope header naming the dead letter a redriven message re-sends.
@@ -25,15 +24,13 @@ def redrive_payload(payload: dict[str, Any], dead_id: str) -> dict[str, Any]:
     """The payload of the redrive of `dead_id`: the same message, its envelope
     linking the dead execution. A payload without a cuemsg envelope (fired by
     another program) is sent unchanged: the link is then on the records only."""
-    meta = payload.get(NAMESPACE)
-    if not isinstance(meta, dict):
+    meta = meta_of(payload)
+    if meta is None:
         return dict(payload)
-    meta = copy.deepcopy(meta)
-    headers = meta.get("headers")
-    meta["headers"] = {**(headers if isinstance(headers, dict) else {}), REDRIVE_HEADER: dead_id}
     attempt = meta.get("attempt", 1)
-    meta["attempt"] = (attempt if isinstance(attempt, int) else 1) + 1
-    return {**payload, NAMESPACE: meta}
+    attempt = (attempt if isinstance(attempt, int) else 1) + 1
+    again = with_attempt(payload, attempt, message_id=str(meta.get("id")))
+    return with_header(again, REDRIVE_HEADER, dead_id)
 
 
 def check_redrivable(dead: ExecutionRow) -> None:
