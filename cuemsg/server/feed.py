@@ -179,10 +179,6 @@ def _row_events(row: FeedRow, env: _Envelope) -> list[Event]:
     return out
 
 
-def event_json(event: Event) -> bytes:
-    return _encode(event)
-
-
 def sse(event: Event) -> bytes:
     """One event framed for `text/event-stream`."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), _encode(event))

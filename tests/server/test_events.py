@@ -14,6 +14,7 @@ import pytest
 from cuemsg._events import FeedEvent, parse_sse
 from cuemsg.cueapi import CueClient
 from cuemsg.mailbox import Mailbox
+from cuemsg.server.feed import EVENT_TYPES
 from cuemsg.testing import RunningServer
 from tests.feedtail import Tail, by_execution
 from tests.server.conftest import Api, error_of
@@ -104,6 +105,7 @@ def test_every_kind_once_per_hand_off(
     ids = [e.id for e in feed]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(e.id == e.data["seq"] and e.type == e.data["type"] for e in feed)
+    assert {e.type for e in feed} == set(EVENT_TYPES)  # every kind, in this one test
     first = [e.data for e in feed if e.data["execution_id"] == got.execution_id]
     for data in first:
         assert data["message_id"] == sent.id
