@@ -109,7 +109,14 @@ def vm_hwm(pid: int) -> int:
 
 
 def start_server(
-    db: str, *, label: str, extensions: bool = True, workdir: Path, key: str | None = None
+    db: str,
+    *,
+    label: str,
+    extensions: bool = True,
+    workdir: Path,
+    key: str | None = None,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
 ) -> ServerProc:
     """Start `cuemsg serve --db DB` on a free loopback port and wait until it answers.
 
@@ -120,15 +127,20 @@ def start_server(
         workdir: where its log file goes.
         key: an API key to use (a replica on a database that already has it);
             default: register a new tenant.
+        args: more `cuemsg serve` options.
+        env: more environment variables for the server (`CUEMSG_*` settings).
     """
     port = free_port(HOST)
     log_path = workdir / f"server-{label}-{port}.log"
     cmd = [sys.executable, "-m", "cuemsg", "serve", "--db", db, "--host", HOST, "--port", str(port)]
     if not extensions:
         cmd.append("--no-extensions")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUEMSG_", "CUEAPI_"))}
+    cmd += args
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CUEMSG_", "CUEAPI_"))}
     with open(log_path, "wb") as log:
-        popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        popen = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})}
+        )
     server = ServerProc(f"http://{HOST}:{port}", popen, log_path, label)
     deadline = time.monotonic() + 30
     while True:

@@ -446,3 +446,34 @@ def batch_receiver(
             got += len(res.executions)
             t_last = time.time()
         return {"received": got, "t_first": t_first, "t_last": t_last}
+
+
+# -- ask many ---------------------------------------------------------------------------------
+
+
+def gatherer(
+    ctx: RoleContext,
+    *,
+    base_url: str,
+    api_key: str,
+    name: str,
+    to: list[str],
+    count: int,
+    deadline: float,
+) -> Result:
+    """`Mailbox.gather` over every address of `to`, `count` times, one after another."""
+    from cuemsg.cueapi import CueClient
+    from cuemsg.mailbox import Mailbox
+
+    with CueClient(api_key, base_url) as client, Mailbox.open(client, name) as mb:
+        mb.gather(to, body(0), timeout=30)  # warm-up (opens the reply stream)
+        ctx.ready()
+        start = time.perf_counter()
+        latencies: list[float] = []
+        short = 0  # gathers that ended without every reply
+        while len(latencies) < count and time.perf_counter() - start < deadline:
+            t0 = time.perf_counter()
+            result = mb.gather(to, body(len(latencies)), timeout=30)
+            latencies.append(time.perf_counter() - t0)
+            short += len(result.replies) < len(to)
+        return {"latencies": latencies, "elapsed": time.perf_counter() - start, "short": short}

@@ -10,12 +10,14 @@ after the start signal.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import roles
-from bench.drivers import driver_label, ensure_cue, mailbox_available
-from bench.procs import Role, ServerProc, run_roles
+from bench.drivers import body, driver_label, ensure_cue, mailbox_available
+from bench.procs import Role, ServerProc, run_roles, start_server
 from bench.report import Row, percentile
 
 #: Pauses of the paced floor and of the long-poll fire-to-handler sender (seconds).
@@ -319,6 +321,45 @@ def rpc(plan: Plan, server: ServerProc, *, key: str, kind: str) -> Row:
     return with_cpu(row, counter, results, len(lat))
 
 
+def gather(plan: Plan, server: ServerProc, *, key: str, recipients: int = 50) -> Row:
+    """`gather` to 50 mailboxes (one responder serves them all: they share a task)."""
+    case = f"ask many: gather to {recipients} mailboxes, 1 responder (reply stream)"
+    from cuemsg.cueapi import CueClient
+    from cuemsg.mailbox import Mailbox
+
+    if not hasattr(Mailbox, "gather"):
+        return Row(key, case, note="this cuemsg has no Mailbox.gather")
+    names = [f"bench-g{i:02}" for i in range(recipients)]
+    gathers = 3 if plan.quick else 10  # each is 50 round trips through one responder
+    with CueClient(server.api_key, server.base_url) as client:
+        to = []
+        for name in names:
+            with Mailbox.open(client, name, task="bench-gsvc") as mailbox:
+                to.append(mailbox.address)
+    common = dict(base_url=server.base_url, api_key=server.api_key)
+    role_list = [
+        Role(roles.responder, dict(kind="mailbox", name=names[0], **common)),
+        Role(
+            roles.gatherer,
+            dict(name="bench-gatherer", to=to, count=gathers, deadline=plan.deadline, **common),
+        ),
+    ]
+    results, counter = measured([server], role_list, plan.deadline + 60, stop_after=[1])
+    lat = results[1]["latencies"]
+    row = Row(
+        key,
+        case,
+        rate(len(lat), results[1]["elapsed"]),
+        "gather/s",
+        percentile(lat, 50),
+        percentile(lat, 99),
+        counter.count / len(lat) if lat else None,
+        f"server requests per gather of {recipients}, the responder's 3 per request "
+        f"included (all answer; {results[1]['short']} fell short)",
+    )
+    return with_cpu(row, counter, results, len(lat))
+
+
 # -- 5: fire-to-handler latency -----------------------------------------------------------
 
 
@@ -469,6 +510,75 @@ def batch_mailbox(plan: Plan, server: ServerProc, *, key: str) -> Row:
         note=driver_label("mailbox") + ": fire.batch, claim.many, outcome.batch",
     )
     return with_cpu(row, counter, results, got)
+
+
+# -- H: bounded history ------------------------------------------------------------------
+
+
+def db_size(plan: Plan, wd: Path, *, key: str) -> Row:
+    """A long one-way run (fire_many / claim_next(limit) / report_outcomes) on a
+    server keeping 1 s of history, purged every 0.25 s: the SQLite file (and its
+    WAL) is measured each second and should stop growing once the purge keeps up."""
+    from cuemsg.cueapi import CueClient, FireRequest, OutcomeRequest
+
+    seconds = 10.0 if plan.quick else 30.0  # the file stops growing after about 5 s
+    db = wd / "history.db"
+    server = start_server(
+        str(db),
+        label="history",
+        workdir=wd,
+        args=["--retention", "1s", "--dead-letter-retention", "1s"],
+        env={"CUEMSG_RETENTION_INTERVAL": "0.25"},
+    )
+    try:
+        [inbox] = open_inboxes("raw", server, ["bench-history"], True)
+        sizes: list[float] = []
+        sent = 0
+        with CueClient(server.api_key, server.base_url) as client:
+            start = time.monotonic()
+            next_sample = start + 1.0
+            while time.monotonic() - start < seconds:
+                client.cues.fire_many(
+                    [
+                        FireRequest(cue_id=inbox, payload_override={"message": body(sent + i)})
+                        for i in range(50)
+                    ]
+                )
+                got = client.executions.claim_next(
+                    worker_id="bench-history", task="bench-history", limit=50
+                )
+                client.executions.report_outcomes(
+                    [
+                        OutcomeRequest(execution_id=e.execution_id, success=True)
+                        for e in got.executions
+                    ],
+                    worker_id="bench-history",
+                )
+                sent += 50
+                if time.monotonic() >= next_sample:
+                    sizes.append(_file_mib(db))
+                    next_sample += 1.0
+    finally:
+        server.stop()
+    half = len(sizes) // 2
+    steady = max(sizes[half:]) - min(sizes[half:]) if sizes[half:] else None
+    return Row(
+        key,
+        f"SQLite file + WAL after {sent:,} one-way messages, 1 s retention (steady state)",
+        sizes[-1] if sizes else None,
+        "MiB",
+        note=(
+            "size each second: "
+            + " ".join(f"{x:.1f}" for x in sizes)
+            + (f"; second half varies by {steady:.1f} MiB" if steady is not None else "")
+        ),
+        extra={"sizes_mib": sizes, "messages": sent},
+    )
+
+
+def _file_mib(db: Path) -> float:
+    total = sum(p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file())
+    return total / 2**20
 
 
 # -- 9: memory ----------------------------------------------------------------------------

@@ -35,9 +35,8 @@ from bench.tail import tail_rows
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "3a", "3b", "4", "5a", "5b",
-    "5c", "6",
-    "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B", "Bm",
+    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "3a", "3b", "4", "4g", "5a",
+    "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B", "Bm", "H",
 ]  # fmt: skip
 
 
@@ -100,6 +99,7 @@ class Suite:
             self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
             self.add("Bm", "Mailbox send_many", lambda: rows.batch_mailbox(p, s, key="Bm"))
             self.add("4", "RPC", lambda: rows.rpc(p, s, key="4", kind=k))
+            self.add("4g", "gather of 50", lambda: rows.gather(p, s, key="4g"))
             self.add(
                 "5a",
                 "fire-to-handler, long-poll",
@@ -121,6 +121,7 @@ class Suite:
             )
             self.add("6", "idle receiver", lambda: rows.idle(p, s, key="6", kind=k))
             self.add("9", "memory", lambda: rows.memory(s, self.receivers, "9"))
+        self.add("H", "database size, long one-way run", lambda: rows.db_size(p, wd, key="H"))
 
     def one_way_rounds(self, s: ServerProc, pl: ServerProc) -> None:
         """Rows 2b-2d, 3a-3b: each case run `plan.rounds` times, interleaved.

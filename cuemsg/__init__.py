@@ -7,6 +7,7 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from cuemsg._exceptions import (
+    AlreadyCollected,
     AlreadySettled,
     AuthenticationError,
     ClaimFailed,
@@ -26,6 +27,7 @@ from cuemsg._exceptions import (
     PayloadTooLarge,
     RateLimited,
     RemoteError,
+    ReplyNotReady,
     RequestTimeout,
     RetryLater,
     ServerError,
@@ -41,15 +43,22 @@ from cuemsg.mailbox import (
     AsyncMailbox,
     AsyncMessage,
     DedupeStore,
+    GatherResult,
     Mailbox,
     MailboxAddress,
     MailboxStats,
     MemoryDedupe,
     Message,
+    Receipt,
     Sent,
     Settled,
     SQLiteDedupe,
+    Subscription,
+    ThreadEntry,
+    Ticket,
+    TicketStatus,
 )
+from cuemsg.signing import SigningKey
 
 # A library logs; the application decides where to. No output unless logging is set up.
 _logging.getLogger("cuemsg").addHandler(_logging.NullHandler())
@@ -60,6 +69,7 @@ except _PackageNotFoundError:  # pragma: no cover - running from a source tree w
     __version__ = "0.0.0"
 
 __all__ = [
+    "AlreadyCollected",
     "AlreadySettled",
     "AsyncCueClient",
     "AsyncMailbox",
@@ -74,6 +84,7 @@ __all__ = [
     "EnvelopeError",
     "ExtensionNotAvailable",
     "Forbidden",
+    "GatherResult",
     "LeaseLost",
     "Mailbox",
     "MailboxAddress",
@@ -88,16 +99,23 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "Receipt",
     "RemoteError",
+    "ReplyNotReady",
     "RequestTimeout",
     "RetryLater",
     "SQLiteDedupe",
     "Sent",
     "ServerError",
     "Settled",
+    "SigningKey",
     "StorageError",
     "StorageFull",
     "StorageOpenError",
+    "Subscription",
+    "ThreadEntry",
+    "Ticket",
+    "TicketStatus",
     "TransportError",
     "TransportTimeout",
     "ValidationError",

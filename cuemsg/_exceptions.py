@@ -24,6 +24,8 @@ CuemsgError
 │   ├── NoReply             the request was settled with no reply (.worker_id, .settled)
 │   ├── NoResponder         require_responder=True and no live worker for the task
 │   ├── LeaseLost           heartbeat/outcome refused: another worker holds it now
+│   ├── ReplyNotReady       collect(wait=...) ended before the reply came (also a TimeoutError)
+│   ├── AlreadyCollected    a ticket's reply was collected before (.collected_by, .collected_at)
 │   └── AlreadySettled      a message settled twice (.message_id, .settled: how first)
 └── StorageError            server side only
     ├── StorageFull         the disk (or database) is full: writes refused, reads go on
@@ -39,6 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyCollected",
     "AlreadySettled",
     "AuthenticationError",
     "ClaimFailed",
@@ -58,6 +61,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "RemoteError",
+    "ReplyNotReady",
     "RequestTimeout",
     "RetryLater",
     "ServerError",
@@ -290,6 +294,33 @@ class NoResponder(MailboxError):
 
 class LeaseLost(MailboxError):
     """The lease on a message passed to another worker; its ack was not recorded."""
+
+
+class ReplyNotReady(MailboxError, TimeoutError):
+    """`collect(ticket, wait=...)` waited and the reply has not come; its deadline is ahead.
+
+    The ticket stays collectable: collect it again later (from any process).
+    """
+
+    def __init__(self, message: str, *, correlation_id: str) -> None:
+        super().__init__(message)
+        self.correlation_id = correlation_id
+
+
+class AlreadyCollected(MailboxError):
+    """A ticket's reply was collected before: a reply is collected exactly once.
+
+    `collected_by` is the worker that collected it, `collected_at` when (ISO 8601).
+    """
+
+    def __init__(self, correlation_id: str, collected_by: str, collected_at: str) -> None:
+        super().__init__(
+            f"the reply to ticket {correlation_id} was already collected at {collected_at} "
+            f"by worker {collected_by!r}"
+        )
+        self.correlation_id = correlation_id
+        self.collected_by = collected_by
+        self.collected_at = collected_at
 
 
 class AlreadySettled(MailboxError):

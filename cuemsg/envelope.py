@@ -46,6 +46,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_REQUEST_BYTES",
     "NAMESPACE",
+    "SIGNING_KEY_FIELD",
     "Envelope",
     "ErrorBody",
     "Kind",
@@ -60,7 +61,10 @@ __all__ = [
     "outcome_meta_of",
     "outcome_metadata",
     "outside_fields",
+    "signature_of",
+    "signed_content",
     "with_attempt",
+    "with_signature",
 ]
 
 T = TypeVar("T")
@@ -93,10 +97,16 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             request, its own id.
         reply_task: the task a reply to this request must be fired with.
         thread: free conversation id, carried over by replies.
+        topic: the topic a published message was published on (`publish`).
         sent_at: when the sender made the message (UTC).
         expires_at: after this a receiver skips the message (records it expired).
         headers: free string metadata.
         attempt: 1 on the first send, +1 on each retry-later re-fire.
+        signature: the sender's Ed25519 signature of `signed_content` (base64),
+            when it signs (`cuemsg.signing`).
+        gather: for a request sent by `gather`, the id of that gather.
+        redrive_of: on a dead letter sent again by a redrive, the dead execution
+            it re-sends (set by the server; unsigned, like `attempt`).
     """
 
     v: int = FORMAT_VERSION
@@ -106,11 +116,15 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     correlation_id: str | None = None
     reply_task: str | None = None
     thread: str | None = None
+    topic: str | None = None
     sent_at: datetime | None = None
     expires_at: datetime | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     attempt: int = 1
     sender_name: str | None = None  # added after 0.1.0: last, with a default
+    signature: str | None = None
+    gather: str | None = None  # added after 0.1.0: last, with a default
+    redrive_of: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -387,15 +401,18 @@ def with_attempt(payload: dict[str, Any], attempt: int, *, message_id: str) -> d
     return {**payload, NAMESPACE: meta}
 
 
-def with_header(payload: dict[str, Any], name: str, value: str) -> dict[str, Any]:
-    """A copy of `payload` whose envelope carries the header `name` (a foreign payload,
-    with no envelope, comes back unchanged)."""
+def as_redrive(payload: dict[str, Any], dead_execution_id: str) -> dict[str, Any]:
+    """A copy of `payload` sent again by a redrive: its envelope names the dead
+    execution (`redrive_of`) and counts one more `attempt`, neither of them
+    signed, so a signed message stays verifiable. A foreign payload (no
+    envelope) comes back unchanged."""
     meta = meta_of(payload)
     if meta is None:
         return dict(payload)
-    headers = meta.get("headers")
-    headers = {**(headers if isinstance(headers, dict) else {}), name: value}
-    return {**payload, NAMESPACE: {**meta, "headers": headers}}
+    attempt = meta.get("attempt", 1)
+    attempt = (attempt if isinstance(attempt, int) else 1) + 1
+    meta = {**meta, "attempt": attempt, "redrive_of": dead_execution_id}
+    return {**payload, NAMESPACE: meta}
 
 
 def outcome_metadata(state: str, **fields: Any) -> dict[str, Any]:
@@ -411,6 +428,45 @@ def outcome_meta_of(outcome: Any) -> dict[str, Any]:
     metadata = outcome.get("metadata") if isinstance(outcome, dict) else None
     meta = metadata.get(NAMESPACE) if isinstance(metadata, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+# -- signatures ------------------------------------------------------------------------------
+
+#: The key of a mailbox cue's payload that publishes its public signing key. Not
+#: under `cuemsg`: a cue's payload is merged into every fire's, and a `cuemsg`
+#: key there would make a foreign message look like a broken envelope.
+SIGNING_KEY_FIELD = "cuemsg_signing_key"
+#: Envelope fields a signature leaves out: itself, and the attempt count a
+#: receiver's retry-later re-fire rewrites.
+# What a server or a retry may change without voiding the sender's signature.
+_UNSIGNED_META = ("signature", "attempt", "redrive_of")
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+def signed_content(payload: dict[str, Any]) -> bytes:
+    """The bytes a sender signs: the body, `reply_cue_id` and the envelope's
+    fields (sender, ids, kind, thread, times, deadline, headers), as
+    canonical JSON of their values, so they read the same after the server
+    stored and re-encoded them. The routing `task` is left out (a message
+    sent without one takes its recipient's)."""
+    body = payload.get("message")
+    if isinstance(body, msgspec.Raw):
+        body = _builtins_decoder.decode(bytes(body))
+    meta = {k: v for k, v in (meta_of(payload) or {}).items() if k not in _UNSIGNED_META}
+    return _canonical.encode(
+        {"message": body, "reply_cue_id": payload.get("reply_cue_id"), NAMESPACE: meta}
+    )
+
+
+def signature_of(payload: Any) -> str | None:
+    """The envelope's signature, or None when it has none."""
+    signature = (meta_of(payload) or {}).get("signature")
+    return signature if isinstance(signature, str) else None
+
+
+def with_signature(payload: dict[str, Any], signature: str) -> dict[str, Any]:
+    """A copy of `payload` whose envelope carries `signature`."""
+    return {**payload, NAMESPACE: {**(meta_of(payload) or {}), "signature": signature}}
 
 
 def payload_bytes(payload: dict[str, Any]) -> bytes:

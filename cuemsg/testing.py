@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from cuemsg.server.app import create_app
+from cuemsg.server.keys import create_dev_key
 from cuemsg.server.run import Uvicorn
 from cuemsg.server.settings import ServerSettings
 
@@ -82,13 +83,27 @@ def run_server(
         A `RunningServer` with `base_url` and a registered `api_key`.
     """
     settings = (settings or ServerSettings(db=":memory:")).replace(**overrides)
+    if settings.host is None:
+        settings = settings.replace(host=host)  # the Host guard knows the bound name
     port = port or free_port(host)
     app = create_app(settings)
     server = Uvicorn(
-        app, host=host, port=port, access_log=settings.access_log, lifespan="on", loop="asyncio"
+        app,
+        host=host,
+        port=port,
+        access_log=settings.access_log,
+        log_level="info" if settings.access_log else "warning",
+        lifespan="on",
+        loop="asyncio",
     )
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def serve() -> None:
+        loops.append(asyncio.get_running_loop())
+        await server.serve()
+
     # uvicorn installs signal handlers only in the main thread; in ours it skips them.
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
@@ -98,7 +113,13 @@ def run_server(
     base_url = f"http://{host}:{port}"
     running = RunningServer(base_url, "", settings, port, server, thread)
     try:
-        running.api_key = running.new_key("dev@localhost")
+        if settings.registration_open:
+            running.api_key = running.new_key("dev@localhost")
+        else:  # registration closed: a key made on the server's own loop, as `keys create` does
+            made = asyncio.run_coroutine_threadsafe(
+                create_dev_key(app.state.server.storage), loops[0]
+            )
+            running.api_key = made.result(timeout=10)
         yield running
     finally:
         running.stop()

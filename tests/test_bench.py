@@ -66,3 +66,17 @@ def test_quick_bench_fills_every_row(tmp_path: Path) -> None:
         assert f"| {ratio['key']} |" in markdown
     targets = [r for r in data["ratios"] if r["limit"] is not None]
     assert {r["key"] for r in targets} >= {"T1", "T2", "T3", "T4"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_history_row_shows_a_flat_database(tmp_path: Path) -> None:
+    """Row H alone: with retention the file stops growing (without it, it grows all run)."""
+    from bench.rows import Plan, db_size
+
+    row = db_size(Plan.make(True), tmp_path, key="H")
+    sizes = row.extra["sizes_mib"]
+    assert len(sizes) >= 8 and row.extra["messages"] > 0
+    middle = sizes[len(sizes) // 2]
+    # Without the purge the second half doubles the file; with it, WAL churn aside, it holds.
+    assert sizes[-1] <= middle * 1.5, sizes

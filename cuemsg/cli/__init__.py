@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from cuemsg import __version__
-from cuemsg.cli import inspect, listen, mailbox, messaging, serve, tail
+from cuemsg.cli import inspect, listen, mailbox, messaging, serve, tail, webhook
 from cuemsg.cli._connect import client_options, connection_options
 from cuemsg.cli._output import (
     EXIT_CODES,
@@ -59,6 +59,7 @@ def build_parser() -> Parser:
     mailbox.add_commands(sub, common)
     tail.add_commands(sub, common)
     add_mcp_command(sub)
+    webhook.add_commands(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""`cuemsg serve` (the embedded CueAPI server) and `cuemsg demo`."""
+"""`cuemsg serve` (the embedded CueAPI server), `cuemsg keys create` (a key
+of its database's development tenant) and `cuemsg demo`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import logging
 import ssl
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cuemsg import __version__
 from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
+from cuemsg.cli.webhook import add_webhook_options
+
+if TYPE_CHECKING:
+    from cuemsg.server.settings import ServerSettings
 
 #: The `--db` URL schemes the server knows; anything else with `://` is a mistake.
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
@@ -47,7 +52,10 @@ def check_tls(certfile: str | None, keyfile: str | None) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from cuemsg.server.app import create_app, ensure_dev_key, open_storage
     from cuemsg.server.run import Uvicorn, bind
-    from cuemsg.server.settings import ServerSettings
+    from cuemsg.server.settings import ServerSettings, parse_duration
+
+    def duration(text: str | None) -> float | None:
+        return None if text is None else parse_duration(text)
 
     try:
         settings = ServerSettings.from_env(
@@ -58,6 +66,14 @@ def _serve(args: argparse.Namespace) -> int:
             sweep_interval=args.sweep_interval,
             extensions=False if args.no_extensions else None,
             access_log=args.access_log or None,
+            registration=args.registration,
+            retention=duration(args.retention),
+            dead_letter_retention=duration(args.dead_letter_retention),
+            quota_pending=args.quota_pending,
+            quota_stored_bytes=args.quota_stored_bytes,
+            host=args.host,
+            webhook_allow=tuple(args.webhook_allow) or None,
+            webhook_backoff_scale=args.webhook_backoff_scale,
             # /metrics: on for loopback; beyond it, only when asked for.
             metrics=args.metrics or args.host in LOOPBACK,
         )
@@ -114,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
                     return False
                 await asyncio.sleep(0.01)
             # The key comes from the storage the app serves (a :memory: one has no other).
-            _announce(base_url, settings.db, await ensure_dev_key(storage), host, settings.metrics)
+            _announce(base_url, settings, await ensure_dev_key(storage))
             await serving
             return True
 
@@ -132,18 +148,60 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _announce(base_url: str, db: str, key: str, host: str, metrics: bool) -> None:
-    """What `serve` prints once it is listening: where, the key, the export lines."""
-    print(f"cuemsg {__version__} serving CueAPI on {base_url} (db: {db})")
-    print(f"development API key: {key}")
+def _announce(base_url: str, settings: ServerSettings, key: str | None) -> None:
+    """What `serve` prints once it is listening: where, the key (only when it was
+    just made: keys are stored hashed), the export lines, who may register."""
+    print(f"cuemsg {__version__} serving CueAPI on {base_url} (db: {settings.db})")
+    if key is not None:
+        print(f"development API key (shown once, stored hashed): {key}")
+    else:
+        print(
+            "development API key: made on first start and shown then (stored hashed); "
+            f"a new one: cuemsg keys create --db {settings.db}"
+        )
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
-    print(f"  export CUEAPI_API_KEY={key}")
-    if metrics:
+    print(f"  export CUEAPI_API_KEY={key or 'cue_sk_...'}")
+    if not settings.loopback:
+        print(
+            f"warning: listening on {settings.host}, reachable from other machines", file=sys.stderr
+        )
+    print(f"registration: {'open' if settings.registration_open else 'closed'}")
+    if settings.metrics:
         print(f"metrics: {base_url}/metrics")
-    if host not in LOOPBACK:
-        print(f"warning: listening on {host}, reachable from other machines", file=sys.stderr)
     sys.stdout.flush()
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    """`cuemsg keys create`: a new key for the database's development tenant."""
+    from cuemsg.server.app import open_storage
+    from cuemsg.server.keys import create_dev_key
+    from cuemsg.server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings.from_env(db=args.db)
+    except ValueError as exc:
+        raise UsageError(f"keys: {exc}") from None
+    check_db(settings.db)
+
+    async def create() -> str:
+        storage = open_storage(settings)
+        await storage.open()
+        try:
+            return await create_dev_key(storage)
+        finally:
+            await storage.close()
+
+    try:
+        key = asyncio.run(create())
+    except StorageOpenError as exc:  # one line: the file and what is wrong with it
+        raise UsageError(f"keys: {exc}") from None
+    print(
+        f"new development API key for {settings.db} "
+        "(shown once, stored hashed; earlier keys still work):"
+    )
+    print(key)
+    return 0
 
 
 class _QuietStartupFailure(logging.Filter):
@@ -212,11 +270,12 @@ def add_commands(sub: Any) -> None:
     serve.add_argument(
         "--sweep-interval", type=float, default=None, help="seconds between lease checks (0.5)"
     )
-    serve.add_argument("--rate-limit", type=int, default=None, help="requests/min/key (0 = off)")
+    serve.add_argument("--rate-limit", type=int, default=None, help="requests/min/tenant (0 = off)")
     serve.add_argument(
         "--no-extensions", action="store_true", help="serve the plain CueAPI contract only"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    add_webhook_options(serve)
     serve.add_argument(
         "--metrics",
         action="store_true",
@@ -226,7 +285,35 @@ def add_commands(sub: Any) -> None:
     serve.add_argument(
         "--ssl-keyfile", metavar="FILE", help="the certificate's private key (if not in it)"
     )
+    serve.add_argument(
+        "--registration",
+        choices=("open", "closed"),
+        default=None,
+        help="POST /v1/auth/register (default: open on loopback, closed beyond)",
+    )
+    serve.add_argument(
+        "--retention", default=None, help="keep settled executions this long (7d; 0 = for ever)"
+    )
+    serve.add_argument(
+        "--dead-letter-retention", default=None, help="keep failed/missed ones (30d; 0 = for ever)"
+    )
+    serve.add_argument(
+        "--quota-pending", type=int, default=None, help="unsettled executions/tenant (100000)"
+    )
+    serve.add_argument(
+        "--quota-stored-bytes", type=int, default=None, help="payload bytes/tenant (1 GiB)"
+    )
     serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="API keys of a local database")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_create = keys_sub.add_parser(
+        "create", help="print a new key for the development tenant (stored hashed)"
+    )
+    keys_create.add_argument(
+        "--db", default=None, help="SQLite file or postgresql:// URL (env CUEMSG_DB; cuemsg.db)"
+    )
+    keys_create.set_defaults(func=_keys_create)
 
     demo = sub.add_parser("demo", help="two agents messaging through an in-process server")
     demo.set_defaults(func=_demo)

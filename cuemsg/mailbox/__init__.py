@@ -15,10 +15,15 @@ from cuemsg.mailbox._config import (
     REPLY_SUFFIX,
 )
 from cuemsg.mailbox._records import Delivery, MailboxStats, Sent, Settled
+from cuemsg.mailbox._thread_state import BusyPolicy
+from cuemsg.mailbox._threads import ThreadEntry
+from cuemsg.mailbox._topics import Subscription
 from cuemsg.mailbox.aio import AsyncMailbox, AsyncMessage
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe, SQLiteDedupe
+from cuemsg.mailbox.gather import GatherResult, Receipt
 from cuemsg.mailbox.names import MailboxAddress
 from cuemsg.mailbox.sync import Mailbox, Message
+from cuemsg.mailbox.ticket import Ticket, TicketStatus
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -31,14 +36,21 @@ __all__ = [
     "REPLY_SUFFIX",
     "AsyncMailbox",
     "AsyncMessage",
+    "BusyPolicy",
     "DedupeStore",
     "Delivery",
+    "GatherResult",
     "Mailbox",
     "MailboxAddress",
     "MailboxStats",
     "MemoryDedupe",
     "Message",
+    "Receipt",
     "SQLiteDedupe",
     "Sent",
     "Settled",
+    "Subscription",
+    "ThreadEntry",
+    "Ticket",
+    "TicketStatus",
 ]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from cuemsg.mailbox.dedupe import DedupeStore
+from cuemsg.signing import SigningKey
 
 # -- defaults -------------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class MailboxConfig:
     on_late_reply: Callable[[Any], Any] | None = None
     presence_interval: float = DEFAULT_PRESENCE_INTERVAL
     presence_ttl: float = DEFAULT_PRESENCE_TTL
+    signing_key: SigningKey | None = None
+    require_signed: bool = False
 
     def __post_init__(self) -> None:
         if self.poll_wait <= 0:

@@ -21,8 +21,14 @@ one module per concern:
   together with `report_outcomes`, for how long, a refused item);
 - `_request` and `_replies`: correlation of replies to waiting requests,
   late and duplicate replies, and why a request timed out;
+- `tickets` (values in `ticket`): durable requests, `submit` / `collect` /
+  `status` / `pending`, and the sweep that settles expired ones;
+- `gather`: ask many, with a receipt per recipient;
 - `_serve` and `_leases`: handlers in slots, when each held lease is
   renewed, worker presence;
+- `_threads` and `_thread_state`: a thread's history, one handler at a
+  time per thread and the busy policy (`serve(on_busy=...)`);
+- `_topics` (and the pure `subjects`): subscriptions kept as cues, publish;
 - `_state` (what every flow reads), `_ops` (the ops and `Flow`), `_config`
   (options and defaults), `_records` (`Sent`, `MailboxStats`, `Delivery`),
   `_helpers` (small pure functions).
@@ -33,9 +39,12 @@ from __future__ import annotations
 from cuemsg.mailbox._records import MailboxStats
 from cuemsg.mailbox._request import RequestFlows
 from cuemsg.mailbox._serve import ServeFlows
+from cuemsg.mailbox._topics import TopicFlows
+from cuemsg.mailbox.gather import GatherFlows
+from cuemsg.mailbox.tickets import TicketFlows
 
 
-class MailboxCore(ServeFlows, RequestFlows):
+class MailboxCore(ServeFlows, TicketFlows, GatherFlows, RequestFlows, TopicFlows):
     """Everything a mailbox decides; its flows are run by `Mailbox` or `AsyncMailbox`.
 
     The state and its helpers are `CoreState`'s; each group of flows is a mixin.

@@ -7,7 +7,10 @@ holds their surfaces equal).
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
 
 from cuemsg.mailbox._records import Delivery
 
@@ -26,8 +29,10 @@ class Message(Delivery[T]):
     loop moves on (by `serve()` as the handler's result says).
     """
 
+    cancelled: threading.Event
+
     def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
-        super().__init__(**fields)
+        super().__init__(cancelled=threading.Event(), **fields)
         self._mailbox = mailbox
 
     def ack(self, result: str | None = None) -> None:
@@ -67,8 +72,10 @@ class Message(Delivery[T]):
 class AsyncMessage(Delivery[T]):
     """A message received by an `AsyncMailbox`; the async twin of `Message`."""
 
+    cancelled: anyio.Event
+
     def __init__(self, mailbox: AsyncMailbox, **fields: Any) -> None:
-        super().__init__(**fields)
+        super().__init__(cancelled=anyio.Event(), **fields)
         self._mailbox = mailbox
 
     async def ack(self, result: str | None = None) -> None:

@@ -6,6 +6,7 @@ import secrets
 
 from cuemsg._exceptions import Conflict, MailboxError
 from cuemsg.cueapi.models import Cue
+from cuemsg.envelope import SIGNING_KEY_FIELD
 from cuemsg.mailbox._config import (
     DEFAULT_MAX_DELIVERIES,
     MAILBOX_SCHEDULE,
@@ -24,8 +25,12 @@ def open_mailbox(
     task: str | None,
     worker_id: str | None,
     max_deliveries: int = DEFAULT_MAX_DELIVERIES,
+    public_key: str | None = None,
 ) -> Flow[MailboxInfo]:
     """Get or create the mailbox's worker cue, named `name`.
+
+    With `public_key` (a signing mailbox), the key is published on the cue's
+    payload (`SIGNING_KEY_FIELD`) where receivers read it.
 
     Creating first and looking the name up on 409 `cue_name_taken` makes
     two processes that open the same mailbox at once end up on one cue.
@@ -65,6 +70,8 @@ def open_mailbox(
     if cue.status == "active":
         # Never fire on its own: paused (a manual fire works whatever the status).
         cue = yield UpdateCue(cue.id, {"status": "paused"})
+    if public_key is not None and cue.payload.get(SIGNING_KEY_FIELD) != public_key:
+        cue = yield UpdateCue(cue.id, {"payload": {**cue.payload, SIGNING_KEY_FIELD: public_key}})
     return MailboxInfo(
         name=name,
         address=cue.id,

@@ -156,6 +156,25 @@ class RecordOutcomes(Op):
 
 
 @dataclass(frozen=True)
+class ClaimById(Op):
+    """Claim one execution by id (plain contract too); 409 `ClaimFailed` if it is not free."""
+
+    execution_id: str
+    worker_id: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.claim(self.execution_id, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
+class ListClaimable(Op):
+    task: str
+
+    def call(self, client: Any) -> Any:
+        return client.executions.list_claimable(task=self.task)
+
+
+@dataclass(frozen=True)
 class GetExecution(Op):
     execution_id: str
 
@@ -166,7 +185,7 @@ class GetExecution(Op):
 @dataclass(frozen=True)
 class ListExecutions(Op):
     cue_id: str
-    status: str
+    status: str | None  # None: every status
     offset: int
     limit: int
 
@@ -254,6 +273,16 @@ class Spawn(Op):
     """Run `flow` concurrently in a handler slot."""
 
     flow: Flow[None]
+
+
+@dataclass(frozen=True)
+class HoldSlot(Op):
+    """Count one more handler slot busy: a message waits for its thread in `serve()`."""
+
+
+@dataclass(frozen=True)
+class ReleaseSlot(Op):
+    """Give back one slot taken by `HoldSlot` (its message's handling ended)."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from cuemsg.mailbox._helpers import TRANSIENT, pause_after
 from cuemsg.mailbox._ops import Claim, Deliver, Fire, Flow, Pause
 from cuemsg.mailbox._records import Delivery, cached_reply_decoder
 from cuemsg.mailbox._settle import SettleFlows
+from cuemsg.mailbox._withdrawn import is_cancelled
 
 log = logging.getLogger("cuemsg.mailbox")
 
@@ -47,8 +48,10 @@ class ReceiveFlows(SettleFlows):
         """Read a claimed execution; the message to handle, or None if settled here.
 
         Settled here without the handler, each with an outcome saying why:
-        an unreadable envelope or a newer format (rejected), a message past
-        its deadline (expired), a redelivered id already handled (acked as
+        an unreadable envelope or a newer format (rejected), an unsigned or
+        forged message when `require_signed` is on (rejected), a message past
+        its deadline (expired), a redelivered gather request its gather has
+        cancelled (`_withdrawn`), a redelivered id already handled (acked as
         a duplicate; a request's recorded reply is sent again).
         """
         eid = claimed.execution_id
@@ -69,6 +72,27 @@ class ReceiveFlows(SettleFlows):
             return None
         meta = env.meta
         message_id = meta.id if meta is not None else f"exec:{eid}"
+        try:
+            unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
+        except TRANSIENT as exc:  # the sender's key could not be read: it comes back later
+            log.warning("cannot check who sent %s (%s); it will be delivered again", eid, exc)
+            self.leases.release(eid)
+            return None
+        if unsigned is not None:
+            self.stats.count("unsigned")
+            log.warning("rejected message %s (execution %s): %s", message_id, eid, unsigned)
+            yield from self._quiet(
+                self._settle_eid(
+                    eid,
+                    message_id,
+                    success=False,
+                    error=f"rejected: {unsigned}; not handled",
+                    metadata=self._meta_state(
+                        "rejected", id=message_id, reason=unsigned.partition(":")[0]
+                    ),
+                )
+            )
+            return None
         expires = env.expires_at
         now = self.clock()
         if expires is not None and now > expires:
@@ -89,6 +113,24 @@ class ReceiveFlows(SettleFlows):
                 )
             )
             return None
+        if (claimed.attempts or 1) > 1 and meta is not None and meta.gather and meta.reply_task:
+            # Claimed again after a responder lost it: its gather may have cancelled it since.
+            cid = meta.correlation_id or message_id
+            if (yield from is_cancelled(meta.reply_task, meta.gather, cid)):
+                log.info("skipped request %s: its gather %s cancelled it", message_id, meta.gather)
+                yield from self._quiet(
+                    self._settle_eid(
+                        eid,
+                        message_id,
+                        success=False,
+                        error=(
+                            f"cancelled: gather {meta.gather} had the replies it needed; "
+                            "skipped, not handled"
+                        ),
+                        metadata=self._meta_state("cancelled", id=message_id, gather=meta.gather),
+                    )
+                )
+                return None
         seen = self.dedupe.seen(self._dedupe_key(message_id))
         if seen is not None:
             self.stats.count("duplicates")

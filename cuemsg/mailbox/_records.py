@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -58,6 +58,7 @@ class MailboxStats:
         expired: skipped because their deadline had passed (outcome: expired).
         duplicates: redelivered ids acked without calling the handler.
         bad: payloads that were not readable envelopes (rejected).
+        unsigned: unsigned or forged messages refused by `require_signed` (rejected).
         redelivered: leases lost while holding a message (it goes to another receiver).
         handler_errors: handler exceptions.
         requests, timeouts, replies_received, late_replies: request/reply.
@@ -73,6 +74,7 @@ class MailboxStats:
         "expired",
         "duplicates",
         "bad",
+        "unsigned",
         "redelivered",
         "handler_errors",
         "requests",
@@ -106,6 +108,14 @@ class MailboxStats:
         return f"MailboxStats({shown})"
 
 
+class CancelEvent(Protocol):
+    """`Delivery.cancelled`: a `threading.Event`, or an `anyio.Event` for `AsyncMessage`."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+
 class Delivery(Generic[T]):
     """A received message: its body and metadata (the data part of `Message`).
 
@@ -116,6 +126,7 @@ class Delivery(Generic[T]):
         sender: the sender mailbox's address, when it said.
         sender_name: the sender mailbox's name, when it said (older senders did not).
         thread: the conversation id, if any.
+        topic: the topic it was published on (`publish`), if any.
         headers: free string metadata.
         correlation_id: for a request, the id its reply will carry.
         sent_at: when the sender made it (None for a foreign payload).
@@ -131,7 +142,14 @@ class Delivery(Generic[T]):
         meta: cuemsg's envelope fields; None for a foreign payload.
         settled: None until settled, then how (`Settled`: acked, rejected, retried,
             replied; `late` for a late reply).
+        cancelled: an event `serve(on_busy="interrupt")` sets when a newer message
+            of the same thread arrives while the handler runs (a `threading.Event`;
+            an `anyio.Event` on `AsyncMessage`). The handler may check it and return early.
+        notes: what the busy policy did to it (`{"busy": "queued", ...}`), added to
+            its outcome's metadata.
     """
+
+    cancelled: CancelEvent
 
     def __init__(
         self,
@@ -141,6 +159,7 @@ class Delivery(Generic[T]):
         claimed: Claimed,
         mailbox_address: str,
         settled: Settled | None = None,
+        cancelled: CancelEvent | None = None,
     ) -> None:
         meta = envelope.meta
         self.body = body
@@ -150,6 +169,7 @@ class Delivery(Generic[T]):
         self.sender = meta.sender if meta is not None else None
         self.sender_name = meta.sender_name if meta is not None else None
         self.thread = meta.thread if meta is not None else None
+        self.topic = meta.topic if meta is not None else None
         self.headers: dict[str, str] = dict(meta.headers) if meta is not None else {}
         self.correlation_id = meta.correlation_id if meta is not None else None
         self.sent_at = meta.sent_at if meta is not None else None
@@ -163,6 +183,8 @@ class Delivery(Generic[T]):
         self.reply_task = meta.reply_task if meta is not None else None
         self.payload: dict[str, Any] = dict(claimed.payload or {})
         self.settled: Settled | None = settled
+        self.notes: dict[str, str] = {}
+        self.cancelled = cancelled if cancelled is not None else threading.Event()
 
     def leave(self) -> None:
         """Leave it unsettled on purpose: the receive loop will not ack it.

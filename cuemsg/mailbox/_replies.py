@@ -67,6 +67,18 @@ class ReplyRouter:
             self.on_expect()
         return pending
 
+    def share_event(self, pendings: list[PendingReply]) -> Event:
+        """One new event that wakes when a reply comes for any of `pendings` (`gather`).
+
+        Swapped in under the lock: a reply routed before the swap is already
+        in its entry's `reply`; one routed after sets the new event.
+        """
+        event = self._event_factory()
+        with self._lock:
+            for pending in pendings:
+                pending.event = event
+        return event
+
     def deliver(
         self, correlation_id: str, reply: Envelope, execution_id: str
     ) -> Literal["delivered", "late", "duplicate"]:

@@ -35,7 +35,8 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._receive import ReceiveFlows
 from cuemsg.mailbox._records import Delivery, Settled
-from cuemsg.mailbox._replies import explain_timeout, reply_body, unwrap
+from cuemsg.mailbox._replies import PendingReply, explain_timeout, reply_body, unwrap
+from cuemsg.mailbox.ticket import Ticket
 
 log = logging.getLogger("cuemsg.mailbox")
 
@@ -63,6 +64,25 @@ class RequestFlows(ReceiveFlows):
         to_cue = yield from self.addresses.resolve(to_cue)
         if require_responder:
             yield from self.check_responder(to_cue, task)
+        # collect(submit(...)), on the in-process reply stream: no ticket record to keep.
+        ticket, pending = yield from self.submit_streamed(
+            to_cue, body, timeout=timeout, task=task, thread=thread, headers=headers
+        )
+        return (yield from self.collect_streamed(ticket, pending, timeout, type))
+
+    def submit_streamed(
+        self,
+        to_cue: str,
+        body: Any,
+        *,
+        timeout: float,
+        task: str | None = None,
+        thread: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Flow[tuple[Ticket, PendingReply]]:
+        """Fire a request whose reply comes on this mailbox's reply stream (`request()`)."""
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, not {timeout}")
         message_id = new_id()
         _, payload = self.message_payload(
             body,
@@ -75,29 +95,49 @@ class RequestFlows(ReceiveFlows):
             reply_task=self.info.reply_task,
             message_id=message_id,
         )
-        deadline = self.monotonic() + timeout
+        self.remember_peer(thread, to_cue)  # history() finds it before any answer
+        deadline = self.clock() + timeout
         yield StartReplies()
         pending = self.router.expect(message_id)
         try:
             fired = yield from self.fire_to(
                 to_cue, Fire(to_cue, payload, idempotency_key=message_id)
             )
-            self.stats.count("sent")
-            self.stats.count("requests")
-            yield AwaitReply(pending, max(0.0, deadline - self.monotonic()))
+        except BaseException:
+            self.router.give_up(message_id)
+            raise
+        self.stats.count("sent")
+        self.stats.count("requests")
+        ticket = Ticket(
+            correlation_id=message_id,
+            request_execution_id=fired.id,
+            to=to_cue,
+            deadline=deadline,
+            reply_cue_id=self.info.address,
+            reply_task=self.info.reply_task,
+        )
+        return ticket, pending
+
+    def collect_streamed(
+        self, ticket: Ticket, pending: PendingReply, timeout: float, type: Any = None
+    ) -> Flow[Any]:
+        """Wait for a streamed request's reply until its deadline (`request()`)."""
+        message_id = ticket.correlation_id
+        try:
+            yield AwaitReply(pending, max(0.0, ticket.deadline - self.clock()))
         finally:
             self.router.give_up(message_id)
         reply = pending.reply
         if reply is None:
             if self.router.closed:
                 raise MailboxError(f"the mailbox closed while request {message_id} waited")
-            reason, detail = yield from self.diagnose(fired.id, message_id)
+            reason, detail = yield from self.diagnose(ticket.request_execution_id, message_id)
             self.stats.count("timeouts")
             raise RequestTimeout(
                 f"no reply to request {message_id} within {timeout:g}s: {detail}",
                 correlation_id=message_id,
                 reason=reason,
-                execution_id=fired.id,
+                execution_id=ticket.request_execution_id,
             )
         return unwrap(reply, type)
 

@@ -12,11 +12,11 @@ from cuemsg.envelope import Kind, Meta, build_payload, from_timestamp, new_id, u
 from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
-from cuemsg.mailbox._state import CoreState
+from cuemsg.mailbox._signed import SignatureFlows
 from cuemsg.mailbox.tracing import with_trace
 
 
-class SendFlows(CoreState):
+class SendFlows(SignatureFlows):
     """Sending: fire messages keyed by their id."""
 
     # -- sending ---------------------------------------------------------------------------
@@ -34,6 +34,8 @@ class SendFlows(CoreState):
         correlation_id: str | None = None,
         reply_task: str | None = None,
         message_id: str | None = None,
+        gather: str | None = None,
+        topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
         """The envelope of an outgoing message (pure: the id is made here, once)."""
         sent_at = utcnow()
@@ -48,12 +50,14 @@ class SendFlows(CoreState):
             correlation_id=correlation_id,
             reply_task=reply_task,
             thread=thread,
+            topic=topic,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
             headers=dict(with_trace(headers) or {}),  # the current span's traceparent
+            gather=gather,
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)
-        return meta, payload
+        return meta, self.signed(payload)
 
     def fire_to(self, address: str, fire: Fire | FireMany) -> Flow[Any]:
         """Run `fire` at `address`; a 404 means its cue is gone, so the names that led
@@ -82,6 +86,7 @@ class SendFlows(CoreState):
         )
         when = as_datetime(send_at)
         to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
         fired = yield from self.fire_to(
             to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)
         )
@@ -104,6 +109,7 @@ class SendFlows(CoreState):
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
         when = as_datetime(send_at)
         to_cue = yield from self.addresses.resolve(to_cue)
+        self.remember_peer(thread, to_cue)
         metas: list[Meta] = []
         fires: list[FireRequest] = []
         for body in bodies:

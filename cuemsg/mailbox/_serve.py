@@ -26,16 +26,16 @@ from cuemsg.mailbox._ops import (
     Extensions,
     Flow,
     RenewLease,
-    Spawn,
     UpdateCue,
     WaitSlots,
 )
-from cuemsg.mailbox._receive import ReceiveFlows
+from cuemsg.mailbox._thread_state import BUSY_POLICIES, BusyPolicy
+from cuemsg.mailbox._threads import ThreadFlows
 
 log = logging.getLogger("cuemsg.mailbox")
 
 
-class ServeFlows(ReceiveFlows):
+class ServeFlows(ThreadFlows):
     """Serving: handlers in slots, batched acks, lease renewal and presence."""
 
     def handle(
@@ -75,6 +75,8 @@ class ServeFlows(ReceiveFlows):
             msg = yield from self.admit(claimed, type)
             if msg is None:
                 return 0
+            if msg.thread is not None:
+                self.threads.started(msg)
             try:
                 result = yield CallHandler(handler, msg)
             except RetryLater as later:
@@ -121,10 +123,20 @@ class ServeFlows(ReceiveFlows):
         concurrency: int,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> Flow[None]:
-        """Claim and handle messages, `concurrency` at a time, until stop() (or idle)."""
+        """Claim and handle messages, `concurrency` at a time, until stop() (or idle).
+
+        Messages of one thread are handled one at a time (`dispatch`); a
+        message that waits for its thread holds a slot, so at most
+        `concurrency` are claimed and not yet settled.
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency}")
+        if on_busy not in BUSY_POLICIES:
+            raise ValueError(
+                f"on_busy must be one of {', '.join(map(repr, BUSY_POLICIES))}, not {on_busy!r}"
+            )
         self.presence.start()
         last = self.monotonic()
         error: Exception | None = None
@@ -143,7 +155,9 @@ class ServeFlows(ReceiveFlows):
                     continue
                 last = self.monotonic()
                 for claimed in claims:
-                    yield Spawn(self.handle(claimed, handler, type))
+                    yield from self.dispatch(
+                        claimed, lambda c: self.handle(c, handler, type), on_busy
+                    )
         except GeneratorExit:
             self.presence.stop()
             raise

@@ -61,6 +61,10 @@ class SettleFlows(SendFlows):
         finally:
             self.leases.release(execution_id)
 
+    def _msg_state(self, msg: Delivery[Any], state: str, **extra: Any) -> dict[str, Any]:
+        """An outcome's metadata for `msg`, with what the busy policy did to it."""
+        return self._meta_state(state, **extra, **msg.notes)
+
     # -- settling --------------------------------------------------------------------------
 
     def _begin(self, msg: Delivery[Any], how: Settled) -> None:
@@ -76,7 +80,7 @@ class SettleFlows(SendFlows):
             msg.id,
             success=True,
             result=result or f"handled message {msg.id}",
-            metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
         )
         self.stats.count("acked")
         yield from self._tell_no_reply(msg, "acked", None)
@@ -92,7 +96,7 @@ class SettleFlows(SendFlows):
             msg.id,
             success=False,
             error=f"rejected: {reason}",
-            metadata=self._meta_state("rejected", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "rejected", id=msg.id, kind=msg.kind),
         )
         self.stats.count("rejected")
         yield from self._tell_no_reply(msg, "rejected", reason)
@@ -160,8 +164,8 @@ class SettleFlows(SendFlows):
                 f"retry later: re-fired as execution {fired.id} (attempt {attempt}) "
                 f"for {when.isoformat()}" + (f"; reason: {reason}" if reason else "")
             ),
-            metadata=self._meta_state(
-                "retried", id=msg.id, next_execution_id=fired.id, attempt=attempt
+            metadata=self._msg_state(
+                msg, "retried", id=msg.id, next_execution_id=fired.id, attempt=attempt
             ),
         )
         self.stats.count("retried")
@@ -186,10 +190,14 @@ class SettleFlows(SendFlows):
         _check_unsettled(msg)
         kind: Kind = ("error" if error is not None else "reply") if msg.is_request else "message"
         reply_task = msg.reply_task if msg.is_request else None
+        # A request's reply expires with the request: past it, the requester's mailbox
+        # settles an uncollected reply as expired (`sweep`) instead of leaving it pending.
+        expires = msg.expires_at.timestamp() if msg.is_request and msg.expires_at else None
         meta, payload = self.message_payload(
             body if error is None else error,
             kind=kind,
             task=reply_task,
+            ttl=None if expires is None else expires - self.clock(),
             thread=msg.thread,
             correlation_id=msg.correlation_id or msg.id,
         )  # may raise EnvelopeError: the message stays unsettled
@@ -212,7 +220,8 @@ class SettleFlows(SendFlows):
         text = (
             f"replied: {what} sent as execution {fired.id} (correlation id {meta.correlation_id})"
         )
-        metadata = self._meta_state(
+        metadata = self._msg_state(
+            msg,
             "replied" if error is None else "replied_error",
             id=msg.id,
             reply_id=meta.id,
@@ -263,7 +272,7 @@ class SettleFlows(SendFlows):
             execution_id=eid,
             success=True,
             result=cut(f"handled message {msg.id}"),
-            metadata=self._meta_state("acked", id=msg.id, kind=msg.kind),
+            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
         )
         return self.acks.add(PendingAck(outcome, msg.id, self.monotonic() + delay))
 

@@ -19,6 +19,7 @@ from cuemsg.mailbox._leases import AckQueue, LeaseBook, Presence
 from cuemsg.mailbox._ops import Flow
 from cuemsg.mailbox._records import Delivery, MailboxStats, MessageFactory
 from cuemsg.mailbox._replies import Event, ReplyRouter
+from cuemsg.mailbox._thread_state import ThreadGate, ThreadPeers
 from cuemsg.mailbox.dedupe import DedupeStore, MemoryDedupe
 from cuemsg.mailbox.names import AddressBook, MailboxAddress
 
@@ -59,14 +60,22 @@ class CoreState:
         self.presence = Presence(config.presence_interval)
         self.stats = MailboxStats()
         self.dedupe: DedupeStore = config.dedupe if config.dedupe is not None else MemoryDedupe()
+        self.threads = ThreadGate()  # serve(on_busy=...): busy threads and their queues
+        self.thread_peers = ThreadPeers()  # history(): where this process sent each thread
         self.stopping = False  # receive/serve loops end after their current poll
         self.closing = False  # background loops end too
         self._tasks: dict[str, str] = {}  # cue id -> its task (require_responder)
         self.addresses = AddressBook(MailboxAddress(info.name, info.address, info.task))
+        self._sender_keys: dict[str, str | None] = {}  # cue id -> its public key (_signed)
         self._handling = 0  # handle() flows running (serve): the last to end flushes acks
         self._handling_lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def remember_peer(self, thread: str | None, cue_id: str) -> None:
+        """Note that a message of `thread` went to `cue_id` (`history` looks there too)."""
+        if thread is not None:
+            self.thread_peers.add(thread, cue_id)
 
     def _dedupe_key(self, message_id: str) -> str:
         return f"{self.info.address}/{message_id}"

@@ -24,6 +24,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -44,7 +45,9 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import AsyncConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import AsyncDurableMethods
 from cuemsg.mailbox._message import AsyncMessage
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -53,9 +56,11 @@ from cuemsg.mailbox._ops import (
     Deliver,
     Drain,
     Flow,
+    HoldSlot,
     IdleWait,
     Op,
     Pause,
+    ReleaseSlot,
     Spawn,
     StartReplies,
     WaitSlots,
@@ -63,10 +68,12 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import TaskSlots
+from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.mailbox.redrive import redrive as redrive_flow
 from cuemsg.mailbox.tracing import handler_span
+from cuemsg.signing import SigningKey
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
 
@@ -100,7 +107,7 @@ class _Opening:
         await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
-class AsyncMailbox(MailboxBase):
+class AsyncMailbox(MailboxBase, AsyncConversationMethods, AsyncDurableMethods):
     """An asynchronous mailbox: see `Mailbox` for the behaviour, which is the same.
 
     `async with AsyncMailbox.open(client, name) as mb:` opens it and runs its
@@ -139,6 +146,8 @@ class AsyncMailbox(MailboxBase):
         on_late_reply: Callable[[AsyncMessage[Any]], Any] | None = None,
         presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        signing_key: SigningKey | str | Path | None = None,
+        require_signed: bool = False,
     ) -> _Opening:
         """Open the mailbox `name`, creating its cue if it does not exist yet.
 
@@ -165,6 +174,13 @@ class AsyncMailbox(MailboxBase):
             on_late_reply: called with each reply that came after its request gave up.
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
+            signing_key: this mailbox's Ed25519 key (a `cuemsg.signing.SigningKey`, its
+                text, or a `Path` to a file holding it; `SigningKey.from_env()` reads an
+                environment variable): every envelope it sends is signed, and its
+                public key is published on its cue.
+            require_signed: handle only messages signed by the key their claimed
+                sender publishes; others are rejected (the outcome says why) and
+                never reach a handler or `receive()`.
 
         Returns:
             The open mailbox; `with AsyncMailbox.open(...) as mb:` closes it on exit.
@@ -185,10 +201,18 @@ class AsyncMailbox(MailboxBase):
             on_late_reply=on_late_reply,
             presence_interval=presence_interval,
             presence_ttl=presence_ttl,
+            signing_key=None if signing_key is None else SigningKey.coerce(signing_key),
+            require_signed=require_signed,
         )
 
         async def make() -> AsyncMailbox:
-            flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
+            flow = open_mailbox(
+                name,
+                task=task,
+                worker_id=worker_id,
+                max_deliveries=max_deliveries,
+                public_key=None if config.signing_key is None else config.signing_key.public_key,
+            )
             info = await _run(client, flow)
             return cls(client, info, config)
 
@@ -447,6 +471,7 @@ class AsyncMailbox(MailboxBase):
         concurrency: int = 1,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
@@ -463,6 +488,13 @@ class AsyncMailbox(MailboxBase):
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+            on_busy: what a message of a thread whose handler still runs meets:
+                `"queue"` (it waits its turn: one handler per thread at a time,
+                in arrival order; other threads run in parallel), `"reject"`
+                (a request is answered with a `busy` error, a message rejected
+                as busy), `"interrupt"` (the running message's `cancelled` event
+                is set; the new one runs once that handler returns). Its outcome
+                records what the policy did.
 
         Async: the handler may be a coroutine function (awaited) or a quick sync
         function (called in the event loop).
@@ -473,7 +505,7 @@ class AsyncMailbox(MailboxBase):
 
             async def run(flow: Flow[None]) -> None:
                 try:
-                    await self._drive(flow)
+                    await self._drive(flow, perform)  # slot ops too
                 finally:
                     slots.give()
 
@@ -484,6 +516,12 @@ class AsyncMailbox(MailboxBase):
                     slots.busy += 1
                     tg.start_soon(run, op.flow)
                     return None
+                if isinstance(op, HoldSlot):
+                    slots.busy += 1
+                    return None
+                if isinstance(op, ReleaseSlot):
+                    slots.give()
+                    return None
                 if isinstance(op, Drain):
                     await slots.drain()
                     return None
@@ -491,7 +529,11 @@ class AsyncMailbox(MailboxBase):
 
             await self._drive(
                 self._core.serve(
-                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                    handler,
+                    concurrency=concurrency,
+                    type=type,
+                    idle_timeout=idle_timeout,
+                    on_busy=on_busy,
                 ),
                 perform,
             )
@@ -606,7 +648,7 @@ class AsyncMailbox(MailboxBase):
 
     async def redrive(self, execution_id: str) -> Redriven:
         """Send a dead letter (a `failed` execution) again: a new execution with the same
-        message, whose envelope names the dead one (header `cuemsg-redrive-of`), while
+        message, whose envelope names the dead one (`msg.meta.redrive_of`), while
         the dead one's record names the new one. Idempotent: a second call fires
         nothing and answers `redriven=False` with the first redrive's execution.
 

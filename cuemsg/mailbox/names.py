@@ -12,18 +12,19 @@ the same code.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cuemsg._exceptions import MailboxError, MailboxNotFound
+from cuemsg._exceptions import MailboxError, MailboxNotFound, NotFound
 from cuemsg.cueapi.models import Cue, Execution, ExecutionList
 from cuemsg.mailbox._ops import DeleteCue, Flow, GetCue, ListCues, ListExecutions
 
 if TYPE_CHECKING:  # the core imports this module; only its type is needed here
-    from cuemsg.mailbox._request import RequestFlows
+    from cuemsg.mailbox._core import MailboxCore
 
 __all__ = ["MailboxAddress", "is_address"]
 
@@ -159,13 +160,14 @@ def _waits_for(exe: Execution, task: str) -> bool:
     return exe.payload is None or exe.task == task
 
 
-def delete_mailbox(core: RequestFlows, *, force: bool) -> Flow[int]:
+def delete_mailbox(core: MailboxCore, *, force: bool) -> Flow[int]:
     """Delete the mailbox's cue; refuse while messages wait unless `force`.
 
     With `force`, the messages waiting are claimed and rejected first
     ("the mailbox was deleted"), so each keeps an outcome (a dead letter;
     a request's requester gets `NoReply`) and none is left for a mailbox
-    opened later on the same task. Answers how many were waiting.
+    opened later on the same task. Its topic subscriptions go with it.
+    Answers how many were waiting.
 
     Raises:
         MailboxError: messages are waiting and `force` is False.
@@ -185,5 +187,8 @@ def delete_mailbox(core: RequestFlows, *, force: bool) -> Flow[int]:
             msg = yield from core.admit(claimed)
             if msg is not None:
                 yield from core._quiet(core.reject(msg, DELETED))
+    for sub in (yield from core.subscriptions()):
+        with contextlib.suppress(NotFound):  # unsubscribed meanwhile
+            yield DeleteCue(sub.cue_id)
     yield DeleteCue(info.address)
     return waiting

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
@@ -40,7 +41,9 @@ from cuemsg.mailbox._config import (
     MailboxInfo,
     OnError,
 )
+from cuemsg.mailbox._conversations import ConversationMethods
 from cuemsg.mailbox._core import MailboxBase, MailboxCore
+from cuemsg.mailbox._durable import DurableMethods
 from cuemsg.mailbox._message import Message
 from cuemsg.mailbox._opening import open_mailbox
 from cuemsg.mailbox._ops import (
@@ -49,9 +52,11 @@ from cuemsg.mailbox._ops import (
     Deliver,
     Drain,
     Flow,
+    HoldSlot,
     IdleWait,
     Op,
     Pause,
+    ReleaseSlot,
     Spawn,
     StartReplies,
     WaitSlots,
@@ -59,10 +64,12 @@ from cuemsg.mailbox._ops import (
 )
 from cuemsg.mailbox._records import Delivery, Sent
 from cuemsg.mailbox._slots import ThreadSlots
+from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
 from cuemsg.mailbox.redrive import redrive as redrive_flow
 from cuemsg.mailbox.tracing import handler_span
+from cuemsg.signing import SigningKey
 
 __all__ = ["Mailbox", "Message"]
 
@@ -72,7 +79,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase):
+class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager
@@ -112,6 +119,8 @@ class Mailbox(MailboxBase):
         on_late_reply: Callable[[Message[Any]], Any] | None = None,
         presence_interval: float = DEFAULT_PRESENCE_INTERVAL,
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
+        signing_key: SigningKey | str | Path | None = None,
+        require_signed: bool = False,
     ) -> Mailbox:
         """Open the mailbox `name`, creating its cue if it does not exist yet.
 
@@ -138,6 +147,13 @@ class Mailbox(MailboxBase):
             on_late_reply: called with each reply that came after its request gave up.
             presence_interval: seconds between "alive" heartbeats while receiving.
             presence_ttl: a responder is alive if seen within this (`require_responder`).
+            signing_key: this mailbox's Ed25519 key (a `cuemsg.signing.SigningKey`, its
+                text, or a `Path` to a file holding it; `SigningKey.from_env()` reads an
+                environment variable): every envelope it sends is signed, and its
+                public key is published on its cue.
+            require_signed: handle only messages signed by the key their claimed
+                sender publishes; others are rejected (the outcome says why) and
+                never reach a handler or `receive()`.
 
         Returns:
             The open mailbox; `with Mailbox.open(...) as mb:` closes it on exit.
@@ -155,8 +171,16 @@ class Mailbox(MailboxBase):
             on_late_reply=on_late_reply,
             presence_interval=presence_interval,
             presence_ttl=presence_ttl,
+            signing_key=None if signing_key is None else SigningKey.coerce(signing_key),
+            require_signed=require_signed,
         )
-        flow = open_mailbox(name, task=task, worker_id=worker_id, max_deliveries=max_deliveries)
+        flow = open_mailbox(
+            name,
+            task=task,
+            worker_id=worker_id,
+            max_deliveries=max_deliveries,
+            public_key=None if config.signing_key is None else config.signing_key.public_key,
+        )
         info = _run(client, flow)
         return cls(client, info, config)
 
@@ -408,6 +432,7 @@ class Mailbox(MailboxBase):
         concurrency: int = 1,
         type: Any = None,
         idle_timeout: float | None = None,
+        on_busy: BusyPolicy = "queue",
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
@@ -424,6 +449,13 @@ class Mailbox(MailboxBase):
             concurrency: handlers running at once.
             type: decode bodies to this type.
             idle_timeout: return after this many seconds with nothing to do.
+            on_busy: what a message of a thread whose handler still runs meets:
+                `"queue"` (it waits its turn: one handler per thread at a time,
+                in arrival order; other threads run in parallel), `"reject"`
+                (a request is answered with a `busy` error, a message rejected
+                as busy), `"interrupt"` (the running message's `cancelled` event
+                is set; the new one runs once that handler returns). Its outcome
+                records what the policy did.
 
         Sync: with concurrency > 1 the handler runs in a pool thread.
         """
@@ -436,11 +468,17 @@ class Mailbox(MailboxBase):
                 return slots.wait_free()
             if isinstance(op, Spawn):
                 if pool is None:
-                    self._drive(op.flow)
+                    self._drive(op.flow, perform)
                 else:
                     slots.take()
-                    future: Future[None] = pool.submit(self._drive, op.flow)
+                    future: Future[None] = pool.submit(self._drive, op.flow, perform)
                     future.add_done_callback(slots.give)
+                return None
+            if isinstance(op, HoldSlot):
+                slots.take()
+                return None
+            if isinstance(op, ReleaseSlot):
+                slots.give()
                 return None
             if isinstance(op, Drain):
                 slots.drain()
@@ -450,7 +488,11 @@ class Mailbox(MailboxBase):
         try:
             self._drive(
                 self._core.serve(
-                    handler, concurrency=concurrency, type=type, idle_timeout=idle_timeout
+                    handler,
+                    concurrency=concurrency,
+                    type=type,
+                    idle_timeout=idle_timeout,
+                    on_busy=on_busy,
                 ),
                 perform,
             )
@@ -565,7 +607,7 @@ class Mailbox(MailboxBase):
 
     def redrive(self, execution_id: str) -> Redriven:
         """Send a dead letter (a `failed` execution) again: a new execution with the same
-        message, whose envelope names the dead one (header `cuemsg-redrive-of`), while
+        message, whose envelope names the dead one (`msg.meta.redrive_of`), while
         the dead one's record names the new one. Idempotent: a second call fires
         nothing and answers `redriven=False` with the first redrive's execution.
 

@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _embedded(db: str) -> Iterator[tuple[str, str]]:
     """Serve the embedded CueAPI on `db` from a thread; yields (base URL, development key)."""
-    from cuemsg.server.app import create_app, ensure_dev_key, open_storage
+    from cuemsg.server.app import create_app, open_storage
+    from cuemsg.server.keys import create_dev_key
     from cuemsg.server.run import Uvicorn
     from cuemsg.server.settings import ServerSettings
     from cuemsg.testing import free_port
@@ -127,7 +128,9 @@ def _embedded(db: str) -> Iterator[tuple[str, str]]:
     async def dev_key() -> str:
         await storage.open()
         try:
-            return await ensure_dev_key(storage)
+            # Keys are stored hashed: the database's own key cannot be read back,
+            # so this process gets a key of the development tenant of its own.
+            return await create_dev_key(storage)
         finally:
             await storage.close()
 

@@ -3,8 +3,9 @@
 `create_app(settings)` returns a Starlette app whose routes are the one list
 `cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
 the OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage and sweeper), and the 404/405 answers (other errors:
-`guard.py`).
+backend, the lifespan (storage, sweeper, retention purge, scheduler and webhook
+dispatcher), the Host guard of a loopback-bound server, and the 404/405 answers
+(other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -27,14 +28,18 @@ from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.discovery import health, info
+from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
 from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
+from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import ROUTES, authed, public
+from cuemsg.server.schedules import Scheduler
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
 from cuemsg.server.storage.base import Storage
 from cuemsg.server.sweeper import sweep_forever
+from cuemsg.server.webhooks import Dispatcher
 
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
@@ -97,13 +102,24 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
         except StorageOpenError as exc:
             server.startup_error = exc
             raise
-        sweeper = asyncio.create_task(sweep_forever(server))
+        interval = server.settings.sweep_interval
+        scheduler = Scheduler(server.storage)
+        dispatcher = Dispatcher(server.storage, server.settings)
+        tasks = [
+            asyncio.create_task(sweep_forever(server)),
+            asyncio.create_task(scheduler.run_forever(interval)),
+            asyncio.create_task(dispatcher.run_forever(interval)),
+        ]
+        if settings.retention or settings.dead_letter_retention:
+            tasks.append(asyncio.create_task(purge_forever(server)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await dispatcher.aclose()  # deliveries cut short are made again (leases)
             await server.storage.close()
 
     def route(path: str, endpoint: Endpoint, method: str) -> Route:
@@ -124,11 +140,14 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
     ]
     if metrics is not None:
         routes.append(route("/metrics", public(server, metrics.scrape), "GET"))
+    middleware = []
+    if settings.host is not None and settings.loopback:
+        middleware.append(Middleware(HostGuard, bound=settings.host))
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
-        middleware=[Middleware(ErrorGuard)],
+        middleware=[Middleware(ErrorGuard), *middleware],
         exception_handlers={HTTPException: _not_found},
     )
     app.state.server = server

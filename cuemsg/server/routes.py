@@ -20,6 +20,7 @@ from cuemsg.server.handlers.executions import get_execution, list_claimable, lis
 from cuemsg.server.handlers.fire import fire, fire_batch
 from cuemsg.server.handlers.outcomes import outcome, outcome_batch
 from cuemsg.server.handlers.redrive import redrive
+from cuemsg.server.handlers.webhook_secret import get_webhook_secret, regenerate_webhook_secret
 from cuemsg.server.handlers.workers import list_workers, worker_heartbeat
 from cuemsg.server.responses import problem
 from cuemsg.server.state import Ctx, Handler, Server
@@ -70,6 +71,13 @@ ROUTES: list[Endpoint] = [
         "/v1/worker/heartbeat", "POST", worker_heartbeat, "Register a worker", wire.WorkerHeartbeat
     ),
     Endpoint("/v1/workers", "GET", list_workers, "List workers", None, "workers.list"),
+    Endpoint("/v1/auth/webhook-secret", "GET", get_webhook_secret, "Get the webhook secret"),
+    Endpoint(
+        "/v1/auth/webhook-secret/regenerate",
+        "POST",
+        regenerate_webhook_secret,
+        "Regenerate the webhook secret (X-Confirm-Destructive: true)",
+    ),
     Endpoint("/v1/events", "GET", events, "Stream events (SSE)", None, "events.stream"),
     Endpoint(
         "/v1/executions/{execution_id}/redrive",

@@ -7,6 +7,7 @@ import socket
 import uvicorn
 from starlette.applications import Starlette
 
+from cuemsg.server import redact
 from cuemsg.server.app import Server
 
 
@@ -22,6 +23,7 @@ class Uvicorn(uvicorn.Server):
         options.setdefault("log_level", "warning")
         options.setdefault("timeout_graceful_shutdown", 10)
         super().__init__(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        redact.install()  # after uvicorn set up its log handlers: no key reaches a log
         self.app_server: Server = app.state.server
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -39,7 +41,10 @@ def bind(host: str, port: int) -> socket.socket:
         OSError: the address is in use, or not ours to bind.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they
+    # are TCP, and an accepted socket inherits the listener's proto. Without it every
+    # keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

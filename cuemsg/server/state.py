@@ -4,7 +4,6 @@ windows, counters, draining) and the `Ctx` an authenticated handler gets."""
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, invalid
 from cuemsg.server.feed import FeedSignal
 from cuemsg.server.keys import hash_key
+from cuemsg.server.quotas import Quotas, Windows
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.storage.base import Storage
 
@@ -54,7 +54,11 @@ class Server:
         self.storage = storage
         self.stats = Stats(started_at=time.time())
         self._tenants: dict[str, str] = {}  # API key -> tenant id (positive hits only)
-        self._windows: dict[str, deque[float]] = {}
+        self.requests_per_minute = Windows(settings.rate_limit, "requests_per_minute")
+        self.registrations = Windows(settings.registration_rate, "registrations_per_minute")
+        self.quotas = Quotas(
+            storage, pending=settings.quota_pending, stored_bytes=settings.quota_stored_bytes
+        )
         self.extensions = frozenset(settings.extension_names)
         self.draining = False
         self.feed = FeedSignal()
@@ -96,24 +100,8 @@ class Server:
             if tenant is None:
                 raise ApiProblem(401, "invalid_api_key", "the API key is not valid")
             self._tenants[key] = tenant
-        if self.settings.rate_limit:
-            self._rate_limit(key)
+        self.requests_per_minute.hit(tenant)
         return tenant
-
-    def _rate_limit(self, key: str) -> None:
-        now = time.monotonic()
-        window = self._windows.setdefault(key, deque())
-        while window and window[0] <= now - 60.0:
-            window.popleft()
-        if len(window) >= self.settings.rate_limit:
-            retry_after = max(1, int(window[0] + 60.0 - now) + 1)
-            raise ApiProblem(
-                429,
-                "rate_limited",
-                f"more than {self.settings.rate_limit} requests a minute for this key",
-                headers={"Retry-After": str(retry_after)},
-            )
-        window.append(now)
 
     def need(self, extension: str, field: str, value: object) -> None:
         """Reject an extension field when the extension is off (plain CueAPI mode)."""

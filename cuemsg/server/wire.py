@@ -30,6 +30,15 @@ class Retry(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+class OnFailure(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """What runs when a webhook execution fails for good (`email` is accepted
+    for the hosted service's sake; the local server sends no mail)."""
+
+    email: bool = True
+    webhook: str | None = None
+    pause: bool = False
+
+
 class CueCreate(msgspec.Struct, kw_only=True):
     name: Name
     description: Text | None = None
@@ -38,6 +47,7 @@ class CueCreate(msgspec.Struct, kw_only=True):
     callback: dict[str, Any] | None = None
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     retry: Retry | None = None
+    on_failure: OnFailure | None = None
 
 
 class CuePatch(msgspec.Struct, kw_only=True):
@@ -47,6 +57,8 @@ class CuePatch(msgspec.Struct, kw_only=True):
     schedule: dict[str, Any] | None = None
     payload: dict[str, Any] | None = None
     retry: Retry | None = None
+    callback: dict[str, Any] | None = None
+    on_failure: OnFailure | None = None
 
 
 class FireBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -166,7 +178,9 @@ def cue_json(cue: CueRow) -> dict[str, Any]:
         "callback": cue.callback,
         "payload": cue.payload,
         "retry": cue.retry,
-        "next_run": iso(cue.next_run),
+        "on_failure": cue.on_failure,
+        # 0 is "not computed yet" (a cue from before schedules ran): none to show.
+        "next_run": iso(cue.next_run or None),
         "last_run": iso(cue.last_run),
         "run_count": cue.run_count,
         "fired_count": cue.fired_count,
@@ -212,6 +226,7 @@ def execution_json(e: ExecutionRow) -> dict[str, Any]:
         "claimed_at": iso(e.claimed_at),
         "lease_expires_at": iso(e.lease_expires_at),
         "outcome": outcome,
+        "detail": e.detail,
         "redriven_to": e.redriven_to,
         "redrive_of": e.redrive_of,
     }

@@ -150,7 +150,7 @@ def test_redrive_twice_and_dry_run(srv: RunningServer, key: str) -> None:
         assert fresh.redrive_of == dead
         assert fresh.payload is not None
         meta = fresh.payload["cuemsg"]
-        assert meta["id"] == message_id and meta["headers"]["cuemsg-redrive-of"] == dead
+        assert meta["id"] == message_id and meta["redrive_of"] == dead
         with Mailbox.open(client, "rd") as rd:
             msg = next(iter(rd.receive(wait=5, limit=1)))
             assert msg.execution_id == new and msg.body == "bad"

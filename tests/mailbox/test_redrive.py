@@ -30,7 +30,7 @@ def test_redrive_sends_a_dead_letter_again_once(client: CueClient) -> None:
         second = next(iter(b.receive(wait=5, limit=1)))
         assert second.execution_id == done.redriven_to
         assert (second.id, second.body, second.thread) == (sent.id, {"job": 1}, "t")
-        assert second.headers["cuemsg-redrive-of"] == sent.execution_id
+        assert second.meta is not None and second.meta.redrive_of == sent.execution_id
         assert second.attempt == 2
         second.ack()
         with pytest.raises(Conflict, match="not a dead letter"):

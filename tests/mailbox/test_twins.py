@@ -22,8 +22,14 @@ from typing import Any
 import pytest
 
 from cuemsg.mailbox import AsyncMailbox, AsyncMessage, Mailbox, Message
+from cuemsg.mailbox._conversations import AsyncConversationMethods, ConversationMethods
 
-PAIRS = [(Mailbox, AsyncMailbox), (Message, AsyncMessage)]
+PAIRS = [
+    (Mailbox, AsyncMailbox),
+    (Message, AsyncMessage),
+    # The thread and topic methods both mailboxes inherit.
+    (ConversationMethods, AsyncConversationMethods),
+]
 
 #: Async spellings and their sync equivalents, applied in order.
 ASYNC_TO_SYNC = [

@@ -116,7 +116,8 @@ async def test_redrive_once_and_both_ways(db_url: str) -> None:
         await s.record_outcome(t, e.id, "w", OutcomeRecord(success=False, recorded_at=T0))
         new, created = await s.redrive(t, e.id, T0 + 1)
         assert created and new.status == "pending" and new.redrive_of == e.id
-        assert new.payload["cuemsg"]["headers"] == {"a": "b", "cuemsg-redrive-of": e.id}
+        assert new.payload["cuemsg"]["headers"] == {"a": "b"}  # the signed part unchanged
+        assert new.payload["cuemsg"]["redrive_of"] == e.id
         assert new.payload["cuemsg"]["attempt"] == 2 and new.payload["cuemsg"]["id"] == "m1"
         dead = await s.get_execution(t, e.id)
         assert dead is not None and dead.redriven_to == new.id and dead.status == "failed"

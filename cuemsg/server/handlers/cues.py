@@ -13,25 +13,30 @@ from cuemsg.server.errors import cue_not_found, invalid
 from cuemsg.server.handlers.paging import page
 from cuemsg.server.keys import new_cue_id
 from cuemsg.server.responses import ok
+from cuemsg.server.schedules import check_schedule, first_run
+from cuemsg.server.ssrf import Guard, UrlRefused
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
 
 
-def _check_schedule(schedule: dict[str, Any] | None) -> None:
-    if schedule is None:
-        return
-    kind = schedule.get("type")
-    if kind == "once":
-        at = schedule.get("at")
-        if not isinstance(at, str):
-            raise invalid("schedule.at", "a 'once' schedule needs 'at', an ISO 8601 timestamp")
-        wire.parse_time(at, "schedule.at")
-    elif kind == "recurring":
-        cron = schedule.get("cron")
-        if not isinstance(cron, str) or len(cron.split()) != 5:
-            raise invalid("schedule.cron", "a 'recurring' schedule needs a 5-field 'cron'")
-    else:
-        raise invalid("schedule.type", "must be 'once' or 'recurring'")
+async def _check_webhook(ctx: Ctx, field: str, url: object) -> None:
+    """A webhook URL must be http(s) and reach an address the SSRF guard allows."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise invalid(field, "must be an http or https URL")
+    settings = ctx.server.settings
+    guard = Guard(loopback_ok=settings.loopback, allow=settings.webhook_allow)
+    try:
+        await guard.check(url, must_resolve=False)
+    except UrlRefused as exc:
+        raise invalid(field, str(exc)) from None
+
+
+async def _check_on_failure(ctx: Ctx, on_failure: wire.OnFailure | None) -> dict[str, Any] | None:
+    if on_failure is None:
+        return None
+    if on_failure.webhook is not None:
+        await _check_webhook(ctx, "on_failure.webhook", on_failure.webhook)
+    return msgspec.to_builtins(on_failure)  # type: ignore[no-any-return]
 
 
 def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
@@ -40,11 +45,13 @@ def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
 
 async def create_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CueCreate)
-    _check_schedule(body.schedule)
+    check_schedule(body.schedule)
     if body.transport == "webhook":
         url = (body.callback or {}).get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
+        await _check_webhook(ctx, "callback.url", url)
+    on_failure = await _check_on_failure(ctx, body.on_failure)
     now = time.time()
     cue = CueRow(
         id=new_cue_id(),
@@ -56,11 +63,11 @@ async def create_cue(ctx: Ctx) -> Response:
         callback=body.callback,
         payload=body.payload,
         retry=_retry_dict(body.retry),
+        on_failure=on_failure,
+        next_run=first_run(body.schedule, now),
         created_at=now,
         updated_at=now,
     )
-    if body.schedule and body.schedule["type"] == "once":
-        cue.next_run = wire.parse_time(body.schedule["at"], "schedule.at")
     cue = await ctx.server.storage.create_cue(cue)
     return ok(wire.cue_json(cue), 201)
 
@@ -93,10 +100,25 @@ async def patch_cue(ctx: Ctx) -> Response:
         if getattr(body, f) is not None
     }
     if "schedule" in changes:
-        _check_schedule(changes["schedule"])
+        check_schedule(changes["schedule"])
     if body.retry is not None:
         changes["retry"] = _retry_dict(body.retry)
-    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, time.time())
+    if body.callback is not None:
+        await _check_webhook(ctx, "callback.url", body.callback.get("url"))
+        changes["callback"] = body.callback
+    if body.on_failure is not None:
+        changes["on_failure"] = await _check_on_failure(ctx, body.on_failure)
+    now = time.time()
+    # A new schedule, or a resumed cue, runs from now on (a pause is not caught up).
+    if "schedule" in changes:
+        changes["next_run"] = first_run(changes["schedule"], now)
+    elif changes.get("status") == "active":
+        current = await ctx.server.storage.get_cue(ctx.tenant_id, cue_id)
+        if current is None:
+            raise cue_not_found(cue_id)
+        if current.status != "active":
+            changes["next_run"] = first_run(current.schedule, now)
+    cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, now)
     if cue is None:
         raise cue_not_found(cue_id)
     return ok(wire.cue_json(cue))

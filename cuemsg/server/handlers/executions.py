@@ -9,7 +9,7 @@ from starlette.responses import Response
 from cuemsg.server import wire
 from cuemsg.server.errors import execution_not_found, invalid
 from cuemsg.server.handlers.paging import page
-from cuemsg.server.responses import ok
+from cuemsg.server.responses import listing, ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CLAIMABLE_LIST_LIMIT, EXECUTION_STATES
 
@@ -21,15 +21,25 @@ async def list_executions(ctx: Ctx) -> Response:
     if status is not None and status not in EXECUTION_STATES:
         raise invalid("status", f"must be one of {', '.join(EXECUTION_STATES)}")
     executions, total = await ctx.server.storage.list_executions(
-        ctx.tenant_id, cue_id=query.get("cue_id"), status=status, limit=limit, offset=offset
+        ctx.tenant_id,
+        cue_id=query.get("cue_id"),
+        status=status,
+        limit=limit,
+        offset=offset,
+        max_bytes=ctx.server.settings.max_page_bytes,
     )
-    return ok(
-        {
-            "executions": [wire.execution_json(e) for e in executions],
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-        }
+    extra = {}
+    if len(executions) < limit and offset + len(executions) < total:
+        extra["truncated"] = True  # cut by max_page_bytes: page on with offset
+    return await listing(
+        "executions",
+        executions,
+        wire.execution_json,
+        sum(e.size for e in executions),
+        total=total,
+        limit=limit,
+        offset=offset,
+        **extra,
     )
 
 
@@ -49,5 +59,8 @@ async def list_claimable(ctx: Ctx) -> Response:
         agent=query.get("agent"),
         now=time.time(),
         limit=CLAIMABLE_LIST_LIMIT,
+        max_bytes=ctx.server.settings.max_page_bytes,
     )
-    return ok({"executions": [wire.claimable_json(e) for e in executions]})
+    return await listing(
+        "executions", executions, wire.claimable_json, sum(e.size for e in executions)
+    )

@@ -37,16 +37,21 @@ def _new_fire(cue_id: str, body: wire.FireBody, now: float, field: str) -> NewFi
 
 
 async def fire(ctx: Ctx) -> Response:
-    body = wire.decode(await ctx.body(), wire.FireBody)
+    raw = await ctx.body()
+    body = wire.decode(raw, wire.FireBody)
     now = time.time()
     new = _new_fire(ctx.param("cue_id"), body, now, "")
+    # The body's size stands for the payload it stores (the cue's own payload aside).
+    await ctx.server.quotas.admit_fire(ctx.tenant_id, 1, len(raw))
     [execution] = await ctx.server.storage.fire(ctx.tenant_id, [new], now)
     return ok(wire.fire_json(execution))
 
 
 async def fire_batch(ctx: Ctx) -> Response:
-    body = wire.decode(await ctx.body(), wire.BatchFire)
+    raw = await ctx.body()
+    body = wire.decode(raw, wire.BatchFire)
     now = time.time()
     fires = [_new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
+    await ctx.server.quotas.admit_fire(ctx.tenant_id, len(fires), len(raw))
     executions = await ctx.server.storage.fire(ctx.tenant_id, fires, now)
     return ok({"executions": [wire.fire_json(e) for e in executions]})

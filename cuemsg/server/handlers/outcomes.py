@@ -11,6 +11,7 @@ from starlette.responses import Response
 from cuemsg.server import wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
+from cuemsg.server.schedules import complete_once
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 
@@ -40,6 +41,7 @@ async def outcome(ctx: Ctx) -> Response:
     execution = await ctx.server.storage.record_outcome(
         ctx.tenant_id, ctx.param("execution_id"), worker, _outcome(body, worker)
     )
+    await complete_once(ctx.server.storage, execution, time.time())
     return ok(_recorded(execution))
 
 
@@ -48,6 +50,9 @@ async def outcome_batch(ctx: Ctx) -> Response:
     worker = ctx.request.headers.get("x-worker-id")
     items = [(item.execution_id, _outcome(item, worker)) for item in body.outcomes]
     results = await ctx.server.storage.record_outcomes(ctx.tenant_id, items, worker)
+    for result in results:
+        if isinstance(result, ExecutionRow):
+            await complete_once(ctx.server.storage, result, time.time())
     return ok(
         {
             "results": [

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -33,6 +33,7 @@ from cuemsg.server.storage.feed import FeedBatch
 
 CLAIMABLE = ("pending", "retry_ready")
 TERMINAL = ("success", "failed", "missed")
+UNSETTLED = ("pending", "retry_ready", "delivering")
 EXECUTION_STATES = ("pending", "retry_ready", "delivering", "success", "failed", "missed")
 CLAIMABLE_LIST_LIMIT = 50
 IDEMPOTENCY_TTL = 24 * 3600.0  # seconds a fire's idempotency_key is remembered
@@ -49,6 +50,7 @@ class CueRow(msgspec.Struct, kw_only=True):
     callback: dict[str, Any] | None = None
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     retry: dict[str, Any] = msgspec.field(default_factory=dict)
+    on_failure: dict[str, Any] | None = None
     next_run: float | None = None
     last_run: float | None = None
     run_count: int = 0
@@ -90,6 +92,10 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     lease_expires_at: float | None = None
     outcome: OutcomeRecord | None = None
     cue_name: str | None = None  # filled where a listing needs it
+    size: int = 0  # bytes of the stored payload (JSON), when read from storage
+    #: What the server adds about how this execution came to be or went (a late
+    #: scheduled run, the last webhook delivery's error); None for most.
+    detail: dict[str, Any] | None = None
     redriven_to: str | None = None  # a dead letter sent again: the new execution
     redrive_of: str | None = None  # a redriven execution: the dead letter it re-sends
 
@@ -131,7 +137,7 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 EXECUTION_COLUMNS = (
     "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
     "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome, redriven_to, redrive_of"
+    "claimed_at, lease_expires_at, outcome, detail, redriven_to, redrive_of"
 )
 _decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
@@ -159,9 +165,25 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
         lease_expires_at=row[16],
         outcome=_decode_outcome(row[17]) if row[17] is not None else None,
         cue_name=cue_name,
-        redriven_to=row[18],
-        redrive_of=row[19],
+        size=len(row[6]),
+        detail=_decode_payload(row[18]) if row[18] is not None else None,
+        redriven_to=row[19],
+        redrive_of=row[20],
     )
+
+
+def within_bytes(rows: Iterable[Sequence[Any]], max_bytes: int) -> list[Sequence[Any]]:
+    """The rows of `EXECUTION_COLUMNS` up to the one whose payload takes the
+    page past `max_bytes` (0: no cap); always the first, so a page is never
+    empty while rows remain. Rows past the cap are never read from a lazy cursor."""
+    taken: list[Sequence[Any]] = []
+    total = 0
+    for row in rows:
+        total += len(row[6])
+        if taken and max_bytes and total > max_bytes:
+            break
+        taken.append(row)
+    return taken
 
 
 def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
@@ -277,6 +299,15 @@ class Storage(Protocol):
         self, tenant_id: str, email: str, key_hash: str, now: float
     ) -> None: ...
     async def tenant_for_key(self, key_hash: str) -> str | None: ...
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        """Another key for an existing tenant (`cuemsg keys create`)."""
+
+    # usage (per-tenant quotas)
+    async def count_unsettled(self, tenant_id: str) -> int:
+        """Executions of the tenant that are `pending`, `retry_ready` or `delivering`."""
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        """Bytes of the tenant's stored execution payloads (as JSON)."""
 
     # cues
     async def create_cue(self, cue: CueRow) -> CueRow:
@@ -313,11 +344,23 @@ class Storage(Protocol):
         status: str | None,
         limit: int,
         offset: int,
-    ) -> tuple[list[ExecutionRow], int]: ...
+        max_bytes: int = 0,
+    ) -> tuple[list[ExecutionRow], int]:
+        """A page, newest first, and the total; the page ends early once its
+        payloads pass `max_bytes` (0: no cap; see `within_bytes`)."""
+
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
-        """Claimable executions of worker cues, oldest first, with `cue_name` set."""
+        """Claimable executions of worker cues, oldest first, with `cue_name` set
+        (cut by `max_bytes` like `list_executions`)."""
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -364,6 +407,50 @@ class Storage(Protocol):
     ) -> None: ...
     async def list_workers(self, tenant_id: str) -> list[WorkerRow]: ...
 
+    # schedules (cuemsg.server.schedules)
+    async def due_cues(self, now: float, limit: int) -> list[CueRow]:
+        """Active cues whose `next_run` is at or before `now`, soonest first."""
+
+    async def advance_schedule(
+        self, cue: CueRow, due: float, next_run: float | None, execution: ExecutionRow | None
+    ) -> ExecutionRow | None:
+        """Claim the cue's run at `due` and, with `execution`, fire it.
+
+        One conditional update moves the cue's `next_run` from `due` to
+        `next_run` (only if it is still `due` and the cue active): of several
+        replicas, exactly one wins. The winner stores `execution` (triggered by
+        the schedule) and counts the run (`run_count`, `fired_count`,
+        `last_run`) in the same transaction. None when the claim was lost.
+        """
+
+    # webhooks (cuemsg.server.webhooks)
+    async def webhook_tenants_due(self, now: float) -> list[str]:
+        """Tenants with webhook executions due for delivery."""
+
+    async def claim_deliveries(
+        self, tenant_id: str, now: float, lease_seconds: float, limit: int
+    ) -> list[ExecutionRow]:
+        """Lease up to `limit` due webhook executions of a tenant, oldest first
+        (`attempts` counts deliveries; a lease left by a crashed server runs out
+        and the sweep requeues it, so delivery is at least once)."""
+
+    async def finish_delivery(
+        self,
+        execution_id: str,
+        attempt: int,
+        *,
+        outcome: OutcomeRecord | None,
+        retry_at: float | None,
+        detail: dict[str, Any],
+    ) -> bool:
+        """Close delivery `attempt`: with `outcome`, for good (`success` or
+        `failed`); else `retry_ready` again at `retry_at`. False if the
+        execution is no longer in that attempt (its lease ran out meanwhile)."""
+
+    async def webhook_secret(self, tenant_id: str, candidate: str, *, replace: bool) -> str:
+        """The tenant's webhook signing secret: `candidate` is stored if there is
+        none yet (or always, with `replace`); the stored one is returned."""
+
     # the event feed and redrive (cuemsg/server/storage/feed.py)
     async def event_head(self) -> int:
         """The newest event stamp given so far (0 for none)."""
@@ -390,3 +477,10 @@ class Storage(Protocol):
         """Requeue expired leases (or fail them past the claim cap), mark long-unclaimed
         executions `missed`, and notify waiters of work that became claimable,
         including scheduled executions that came due in (since, now]."""
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        """Delete history (retention): `success` executions settled before
+        `settled_before`, `failed` and `missed` ones before `dead_before`, and
+        replies (`cuemsg.kind` `reply` or `error`) never claimed, made before
+        `settled_before`. Never a `pending` message or a `delivering` one.
+        None skips that part. Returns how many executions went."""

@@ -3,7 +3,8 @@
 A dead letter is an execution that ended `failed` (rejected, or past the
 claim cap). Redriving it fires a new execution of the same cue with the same
 message: the same payload, whose envelope says which execution it re-sends
-(`cuemsg.headers["cuemsg-redrive-of"]`) and counts one more attempt. The
+(`cuemsg.redrive_of`, outside the sender's signature) and counts one more
+attempt. The
 dead execution gets the new one's id (`redriven_to`), and the new one the
 dead one's (`redrive_of`), in the transaction that fires it, so the history
 reads both ways and a second redrive finds the first and fires nothing.
@@ -13,24 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from cuemsg.envelope import meta_of, with_attempt, with_header
+from cuemsg.envelope import as_redrive
 from cuemsg.server.storage.base import CueRow, ExecutionRow, NewFire, new_execution, not_dead_letter
-
-#: The envelope header naming the dead letter a redriven message re-sends.
-REDRIVE_HEADER = "cuemsg-redrive-of"
 
 
 def redrive_payload(payload: dict[str, Any], dead_id: str) -> dict[str, Any]:
     """The payload of the redrive of `dead_id`: the same message, its envelope
-    linking the dead execution. A payload without a cuemsg envelope (fired by
-    another program) is sent unchanged: the link is then on the records only."""
-    meta = meta_of(payload)
-    if meta is None:
-        return dict(payload)
-    attempt = meta.get("attempt", 1)
-    attempt = (attempt if isinstance(attempt, int) else 1) + 1
-    again = with_attempt(payload, attempt, message_id=str(meta.get("id")))
-    return with_header(again, REDRIVE_HEADER, dead_id)
+    linking the dead execution (`cuemsg.redrive_of`). A payload without a
+    cuemsg envelope (fired by another program) is sent unchanged: the link is
+    then on the records only."""
+    return as_redrive(payload, dead_id)
 
 
 def check_redrivable(dead: ExecutionRow) -> None:

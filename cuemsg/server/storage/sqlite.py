@@ -12,6 +12,7 @@ cut may lose the last commits; `synchronous="FULL"` trades speed for that.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -41,14 +42,15 @@ from cuemsg.server.storage.base import (
     new_execution_id,
     outcome_already_recorded,
     where_equal,
+    within_bytes,
 )
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
+from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES, SQLiteTimed
 
-SCHEMA_VERSION = 3
-# The version `_SCHEMA` creates: a new file gets it, then every migration after it.
-_SCHEMA_BASE = 2
+SCHEMA_VERSION = 4
+_BASE_VERSION = 2  # what _SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
 # claim order (the rowid `seq` ends every index): a claim reads one entry and
@@ -65,6 +67,7 @@ CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
 CREATE INDEX IF NOT EXISTS ix_exec_events ON executions (tenant_id, event_seq);
 """
+_INDEXES += TIMED_INDEXES
 
 # The feed's position: the newest stamp of an execution (a virtual column, indexed).
 _EVENT_SEQ = (
@@ -81,8 +84,9 @@ DROP INDEX IF EXISTS ix_exec_claim;
 DROP INDEX IF EXISTS ix_exec_due;
 DROP INDEX IF EXISTS ix_exec_lease;
 """,
+    3: MIGRATION_3,
     # The event feed's stamps (cuemsg/server/storage/feed.py).
-    3: "".join(
+    4: "".join(
         f"ALTER TABLE executions ADD COLUMN {name} {kind};\n" for name, kind in STAMP_COLUMNS
     )
     + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
@@ -135,13 +139,15 @@ _LOST = (
     "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
     "lost_claimed_at = claimed_at"
 )
+#: Rows (by seq) a purge looks at per transaction.
+_PURGE_WINDOW = 5000
 _CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage(SQLiteFeed):
+class SQLiteStorage(SQLiteTimed, SQLiteFeed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -177,8 +183,9 @@ class SQLiteStorage(SQLiteFeed):
         # Each state change stamps its execution with the next number (the feed).
         db.create_function("cuemsg_next_event", 0, self._next_stamp)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        # A new file gets `_SCHEMA` and the steps after it; an older one, each step since.
-        version = _SCHEMA_BASE if row is None else int(row[0])
+        # `_SCHEMA` is version 2: a new file starts there and, like an older
+        # one, takes each step since (ALTERs that would clash if it were newer).
+        version = _BASE_VERSION if row is None else int(row[0])
         if version > SCHEMA_VERSION:
             raise StorageOpenError(
                 self.path,
@@ -261,15 +268,45 @@ class SQLiteStorage(SQLiteFeed):
         ).fetchone()
         return row[0] if row else None
 
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO api_keys (key_hash, tenant_id, created_at) VALUES (?, ?, ?)",
+                (key_hash, tenant_id, now),
+            )
+
+    async def count_unsettled(self, tenant_id: str) -> int:
+        row = self.db.execute(
+            "SELECT count(*) FROM executions WHERE tenant_id = ? "
+            "AND status IN ('pending', 'retry_ready', 'delivering')",
+            (tenant_id,),
+        ).fetchone()
+        return int(row[0])
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        row = self.db.execute(
+            "SELECT coalesce(sum(length(payload)), 0) FROM executions WHERE tenant_id = ?",
+            (tenant_id,),
+        ).fetchone()
+        return int(row[0])
+
     # -- cues ------------------------------------------------------------------
 
     async def create_cue(self, cue: CueRow) -> CueRow:
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (cue.id, cue.tenant_id, cue.name, cue.status, cue.created_at, _encode(cue)),
+                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        cue.id,
+                        cue.tenant_id,
+                        cue.name,
+                        cue.status,
+                        cue.created_at,
+                        _encode(cue),
+                        cue.next_run,
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise name_taken(cue.name) from exc
@@ -304,8 +341,8 @@ class SQLiteStorage(SQLiteFeed):
                     return None
                 cue = msgspec.structs.replace(_decode_cue(row[0]), **changes, updated_at=now)
                 db.execute(
-                    "UPDATE cues SET name = ?, status = ?, doc = ? WHERE id = ?",
-                    (cue.name, cue.status, _encode(cue), cue_id),
+                    "UPDATE cues SET name = ?, status = ?, doc = ?, next_run = ? WHERE id = ?",
+                    (cue.name, cue.status, _encode(cue), cue.next_run, cue_id),
                 )
         except sqlite3.IntegrityError as exc:
             raise name_taken(str(changes.get("name"))) from exc
@@ -416,25 +453,39 @@ class SQLiteStorage(SQLiteFeed):
         status: str | None,
         limit: int,
         offset: int,
+        max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
-        rows = self.db.execute(
-            f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
-            "ORDER BY seq DESC LIMIT ? OFFSET ?",
-            [*args, limit, offset],
-        ).fetchall()
+        rows = within_bytes(
+            self.db.execute(
+                f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
+                "ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ),
+            max_bytes,
+        )
         return [execution_from_row(r) for r in rows], total[0]
 
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
         where, args = claimable_where("?", tenant_id, task, agent, now)
-        rows = self.db.execute(
-            f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
-            "ORDER BY scheduled_for, seq LIMIT ?",
-            [*args, limit],
-        ).fetchall()
+        rows = within_bytes(
+            self.db.execute(
+                f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
+                "ORDER BY scheduled_for, seq LIMIT ?",
+                [*args, limit],
+            ),
+            max_bytes,
+        )
         names: dict[str, str | None] = {}
         for row in rows:
             if row[2] not in names:
@@ -630,3 +681,44 @@ class SQLiteStorage(SQLiteFeed):
             db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,))
         for (tenant_id, task), count in wake.items():
             self.notifier.notify(tenant_id, task, count)
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        parts: list[tuple[str, float]] = []
+        if settled_before is not None:
+            parts.append(("status = 'success' AND updated_at < ?", settled_before))
+            # Replies whose requester is gone: no one will ever claim them.
+            parts.append(
+                (
+                    "status IN ('pending', 'retry_ready') AND created_at < ? "
+                    "AND json_extract(payload, '$.cuemsg.kind') IN ('reply', 'error')",
+                    settled_before,
+                )
+            )
+        if dead_before is not None:
+            parts.append(("status IN ('failed', 'missed') AND updated_at < ?", dead_before))
+        if not parts:
+            return 0
+        # Rows are in `seq` order of creation, and a row settled before a time was
+        # made before it: walk windows of seq from the oldest row up to the first
+        # row made after the latest cutoff, one short transaction per window, so
+        # requests are served between windows and new rows are never scanned.
+        cutoff = max(before for _, before in parts)
+        gone = 0
+        start = self.db.execute("SELECT min(seq) FROM executions").fetchone()[0]
+        while start is not None:
+            end = start + _PURGE_WINDOW
+            with self._tx() as db:
+                for where, before in parts:
+                    gone += db.execute(
+                        f"DELETE FROM executions WHERE seq >= ? AND seq < ? AND {where}",
+                        (start, end, before),
+                    ).rowcount
+            following = self.db.execute(
+                "SELECT seq, created_at FROM executions WHERE seq >= ? ORDER BY seq LIMIT 1",
+                (end,),
+            ).fetchone()
+            if following is None or following[1] >= cutoff:
+                break
+            start = following[0]
+            await asyncio.sleep(0)
+        return gone

@@ -90,7 +90,26 @@ _MIGRATIONS: tuple[str, ...] = (
         last_heartbeat double precision NOT NULL,
         PRIMARY KEY (tenant_id, worker_id));
     """,
-    # 2: the event feed (cuemsg/server/storage/feed.py). Stamps come from one
+    # 2: schedules and webhooks. The cue's next run as a column (the scheduler's
+    # claim and index; 0 = to be computed, for a scheduled cue made before), an
+    # execution's `detail`, and each tenant's webhook signing secret.
+    """
+    ALTER TABLE cuemsg_cues ADD COLUMN next_run double precision;
+    UPDATE cuemsg_cues SET doc = jsonb_set(doc, '{next_run}', '0')
+        WHERE jsonb_typeof(doc->'next_run') IS DISTINCT FROM 'number'
+        AND jsonb_typeof(doc->'schedule') = 'object';
+    UPDATE cuemsg_cues SET next_run = (doc->>'next_run')::double precision;
+    CREATE INDEX cuemsg_cues_due ON cuemsg_cues (next_run) WHERE status = 'active';
+    ALTER TABLE cuemsg_executions ADD COLUMN detail jsonb;
+    -- Webhook deliveries due: only webhook rows, so a worker backlog costs nothing here.
+    CREATE INDEX cuemsg_exec_webhook_due ON cuemsg_executions (tenant_id, scheduled_for, seq)
+        WHERE transport = 'webhook' AND status IN ('pending', 'retry_ready');
+    CREATE TABLE cuemsg_webhook_secrets (
+        tenant_id text PRIMARY KEY,
+        secret text NOT NULL,
+        created_at double precision NOT NULL);
+    """,
+    # 3: the event feed (cuemsg/server/storage/feed.py). Stamps come from one
     # sequence through `cuemsg_next_event()`, which first gives the transaction
     # its id: a feed reader that waits out the transactions in progress when it
     # read the sequence then sees every stamp up to the value it read.

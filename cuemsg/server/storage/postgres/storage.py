@@ -26,9 +26,9 @@ from cuemsg.server.storage.base import (
     name_taken,
     outcome_already_recorded,
     where_equal,
+    within_bytes,
 )
 from cuemsg.server.storage.postgres.feed import PostgresFeed
-from cuemsg.server.storage.postgres.fires import PostgresFires
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
@@ -39,11 +39,12 @@ from cuemsg.server.storage.postgres.statements import (
     cue_from_doc,
     encode_json,
 )
+from cuemsg.server.storage.postgres.timed import PostgresTimed
 
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFeed, PostgresFires):
+class PostgresStorage(PostgresFeed, PostgresTimed):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
@@ -85,14 +86,38 @@ class PostgresStorage(PostgresFeed, PostgresFires):
         )
         return row[0] if row else None
 
+    async def add_api_key(self, tenant_id: str, key_hash: str, now: float) -> None:
+        await self._one(
+            "INSERT INTO cuemsg_api_keys (key_hash, tenant_id, created_at) "
+            "VALUES (%s, %s, %s) RETURNING 1",
+            (key_hash, tenant_id, now),
+        )
+
+    async def count_unsettled(self, tenant_id: str) -> int:
+        row = await self._one(
+            "SELECT count(*) FROM cuemsg_executions WHERE tenant_id = %s "
+            "AND status IN ('pending', 'retry_ready', 'delivering')",
+            (tenant_id,),
+        )
+        return int(row[0]) if row else 0
+
+    async def stored_bytes(self, tenant_id: str) -> int:
+        # pg_column_size reads the stored size, not the value: no detoasting.
+        row = await self._one(
+            "SELECT coalesce(sum(pg_column_size(payload)), 0) FROM cuemsg_executions "
+            "WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+        return int(row[0]) if row else 0
+
     # -- cues ------------------------------------------------------------------
 
     async def create_cue(self, cue: CueRow) -> CueRow:
         try:
             await self._one(
                 "INSERT INTO cuemsg_cues "
-                "(id, tenant_id, name, status, created_at, fired_count, last_run, doc) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING 1",
+                "(id, tenant_id, name, status, created_at, fired_count, last_run, doc, next_run) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING 1",
                 (
                     cue.id,
                     cue.tenant_id,
@@ -102,6 +127,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
                     cue.fired_count,
                     cue.last_run,
                     encode_json(cue).decode(),
+                    cue.next_run,
                 ),
             )
         except StorageError as exc:
@@ -148,8 +174,9 @@ class PostgresStorage(PostgresFeed, PostgresFires):
                     return None
                 cue = msgspec.structs.replace(cue_from_doc(*row), **changes, updated_at=now)
                 await conn.execute(
-                    "UPDATE cuemsg_cues SET name = %s, status = %s, doc = %s WHERE id = %s",
-                    (cue.name, cue.status, encode_json(cue).decode(), cue_id),
+                    "UPDATE cuemsg_cues SET name = %s, status = %s, doc = %s, next_run = %s "
+                    "WHERE id = %s",
+                    (cue.name, cue.status, encode_json(cue).decode(), cue.next_run, cue_id),
                 )
         except StorageError as exc:
             if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
@@ -186,6 +213,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
         status: str | None,
         limit: int,
         offset: int,
+        max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
@@ -196,12 +224,19 @@ class PostgresStorage(PostgresFeed, PostgresFires):
                 "ORDER BY seq DESC LIMIT %s OFFSET %s",
                 [*args, limit, offset],
             )
-            rows = await cur.fetchall()
+            rows = within_bytes(await cur.fetchall(), max_bytes)
         assert total is not None
         return [execution_from_row(r) for r in rows], int(total[0])
 
     async def list_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float, limit: int
+        self,
+        tenant_id: str,
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        limit: int,
+        max_bytes: int = 0,
     ) -> list[ExecutionRow]:
         where, args = claimable_where("%s", tenant_id, task, agent, now)
         rows = await self._all(
@@ -210,7 +245,7 @@ class PostgresStorage(PostgresFeed, PostgresFires):
             "LEFT JOIN cuemsg_cues c ON c.id = e.cue_id ORDER BY e.scheduled_for, e.seq",
             [*args, limit],
         )
-        return [execution_from_row(r, r[-1]) for r in rows]
+        return [execution_from_row(r, r[-1]) for r in within_bytes(rows, max_bytes)]
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
@@ -461,3 +496,33 @@ class PostgresStorage(PostgresFeed, PostgresFires):
             )
         for tenant_id, task, count in (*requeued, *due):
             self.notifier.notify(tenant_id, task, count)
+
+    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
+        # Batches of rows nobody holds (SKIP LOCKED): replicas purging at once
+        # split the work, and a row being written now is left for the next pass.
+        clauses: list[tuple[str, float]] = []
+        if settled_before is not None:
+            clauses.append(("status = 'success' AND updated_at < %s", settled_before))
+            # Replies whose requester is gone: no one will ever claim them.
+            clauses.append(
+                (
+                    "status IN ('pending', 'retry_ready') AND created_at < %s "
+                    "AND payload->'cuemsg'->>'kind' IN ('reply', 'error')",
+                    settled_before,
+                )
+            )
+        if dead_before is not None:
+            clauses.append(("status IN ('failed', 'missed') AND updated_at < %s", dead_before))
+        gone = 0
+        async with self._conn() as conn:
+            for where, before in clauses:
+                while True:
+                    cur = await conn.execute(
+                        "DELETE FROM cuemsg_executions WHERE seq IN (SELECT seq FROM "
+                        f"cuemsg_executions WHERE {where} LIMIT 10000 FOR UPDATE SKIP LOCKED)",
+                        (before,),
+                    )
+                    gone += cur.rowcount
+                    if cur.rowcount < 10000:
+                        break
+        return gone

@@ -1,0 +1,49 @@
+"""The listening socket `cuemsg serve` binds (`cuemsg.server.run.bind`)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from cuemsg.server.run import bind
+
+
+def test_accepted_connections_get_tcp_nodelay() -> None:
+    """A connection accepted on the bound socket sends small writes at once (no Nagle).
+
+    asyncio turns TCP_NODELAY on only for sockets whose proto says TCP; with
+    proto 0 every keep-alive response waited ~40 ms for the client's delayed ACK.
+    """
+    listener = bind("127.0.0.1", 0)
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+
+    async def main() -> None:
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listener)
+        async with server:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert listener.proto == socket.IPPROTO_TCP
+    assert seen and seen[0] != 0
+
+
+def test_bind_refuses_an_address_in_use() -> None:
+    first = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(OSError):
+            bind("127.0.0.1", first.getsockname()[1])
+    finally:
+        first.close()
