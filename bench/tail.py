@@ -54,12 +54,14 @@ def tail_attached(server: ServerProc) -> Iterator[subprocess.Popen[bytes]]:
 def tail_rows(plan: Plan, server: ServerProc, kind: str, log: Callable[[str], None]) -> list[Row]:
     """Rows 2e (no tail) and 2f (a tail attached), `plan.rounds` interleaved runs each."""
     runs: dict[str, list[rows.OneWayRun]] = {"2e": [], "2f": []}
+    # Four times row 2b's messages a run: the difference sought is small, the noise not.
+    count = plan.one_pair * 4
     for round_ in range(plan.rounds):
         for key in ("2e", "2f"):
             started = time.monotonic()
             with tail_attached(server) if key == "2f" else contextlib.nullcontext():
                 run = rows.one_way_run(
-                    plan, [server], pairs=1, per_pair=plan.one_pair, kind=kind, prefix=f"ow-{key}"
+                    plan, [server], pairs=1, per_pair=count, kind=kind, prefix=f"ow-{key}"
                 )
             runs[key].append(run)
             what = "tail" if key == "2f" else "none"

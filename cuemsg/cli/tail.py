@@ -10,9 +10,12 @@ mailbox's (`--since`, `--dry-run`), through the server's `executions.redrive`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from cuemsg._events import FeedEvent
     from cuemsg.cueapi import CueClient
 
+#: Longest a printed event waits in stdout's buffer when it is not a terminal (seconds).
+FLUSH_EVERY = 0.2
 #: Dead letters a `redrive --mailbox` looks at, newest first.
 REDRIVE_SCAN = 10_000
 
@@ -108,8 +113,9 @@ def _printer(args: argparse.Namespace, names: Names) -> Callable[[FeedEvent], No
     if args.json:
 
         def as_json(event: FeedEvent) -> None:
-            print(event.raw, flush=True)  # the server's JSON as it came: one line
+            print(event.raw)  # the server's JSON as it came: one line (flushed by _flusher)
 
+        _flusher()
         return as_json
     if sys.stdout.isatty():
         from rich.console import Console
@@ -128,9 +134,24 @@ def _printer(args: argparse.Namespace, names: Names) -> Callable[[FeedEvent], No
         return coloured
 
     def plain(event: FeedEvent) -> None:
-        print(event_line(event.data, names), flush=True)
+        print(event_line(event.data, names))
 
+    _flusher()
     return plain
+
+
+def _flusher() -> None:
+    """Flush stdout a few times a second from a thread of its own: a reader at the
+    other end of a pipe sees each event within `FLUSH_EVERY`, and a busy feed
+    costs one write per flush, not one per event."""
+
+    def flush() -> None:
+        with contextlib.suppress(OSError, ValueError):  # the reader went away, or exit
+            while True:
+                time.sleep(FLUSH_EVERY)
+                sys.stdout.flush()
+
+    threading.Thread(target=flush, name="cuemsg-tail-flush", daemon=True).start()
 
 
 # -- redrive -----------------------------------------------------------------------------------

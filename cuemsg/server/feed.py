@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from cuemsg.envelope import meta_of
+from cuemsg.envelope import NAMESPACE, meta_of
 from cuemsg.server.storage.base import OutcomeRecord
 from cuemsg.server.storage.feed import FeedRow
 from cuemsg.server.wire import iso
@@ -24,7 +24,14 @@ from cuemsg.server.wire import iso
 #: The event types, in the order one hand-off goes through them.
 EVENT_TYPES = ("fired", "claimed", "heartbeat_lost", "outcome", "expired", "redriven")
 
-_decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
+
+class _Outer(msgspec.Struct):
+    """A payload read for its envelope only: the body and the rest are skipped, unparsed."""
+
+    cuemsg: Any = None  # envelope.NAMESPACE
+
+
+_decode_outer = msgspec.json.Decoder(_Outer).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -62,7 +69,7 @@ class _Envelope(msgspec.Struct):
 
 def _envelope(row: FeedRow) -> _Envelope:
     try:
-        meta = meta_of(_decode_payload(row.payload))
+        meta = meta_of({NAMESPACE: _decode_outer(row.payload).cuemsg})
     except msgspec.DecodeError:  # not JSON we can read: no message fields
         return _Envelope()
     if meta is None:  # a foreign payload
