@@ -1,3 +1,5 @@
+"""`python -m cuemsg`: the `cuemsg` command (`cuemsg.cli.main`)."""
+
 import sys
 
 from cuemsg.cli import main

@@ -20,16 +20,10 @@ from cuemsg._exceptions import (
     TransportTimeout,
     ValidationError,
 )
+from cuemsg.cueapi._base import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_TIMEOUT
 from cuemsg.cueapi._retry import RetryPolicy
+from cuemsg.cueapi.async_client import AsyncCueClient, AsyncCues, AsyncExecutions, AsyncWorkers
 from cuemsg.cueapi.client import (
-    API_KEY_ENV,
-    BASE_URL_ENV,
-    DEFAULT_BASE_URL,
-    DEFAULT_TIMEOUT,
-    AsyncCueClient,
-    AsyncCues,
-    AsyncExecutions,
-    AsyncWorkers,
     CueClient,
     Cues,
     Executions,

@@ -4,6 +4,12 @@ Heartbeats (lease renewals and worker presence) run in one background
 thread per mailbox, the reply stream of `request()` in another, started on
 first use. `serve(concurrency=N)` runs handlers in a pool of N threads.
 
+This module is the shell: construction, `open`/`lookup`/`close`, the driver
+and the loops (`receive`, `serve`, heartbeats, replies). Most public methods
+are one-line drivers of a core flow, inherited from twin mixins beside it:
+`_sending` (send, request), `_settling` (ack, reply...), `_admin` (waiting,
+delete), `_conversations` (threads, topics), `_durable` (tickets, gather).
+
 Example:
     ```python
     from cuemsg import CueClient, Mailbox
@@ -20,22 +26,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
 
 from cuemsg._exceptions import MailboxError
-from cuemsg.cueapi import CueClient, Redriven
+from cuemsg.cueapi import CueClient
+from cuemsg.mailbox._admin import AdminMethods
 from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
     DEFAULT_POLL_WAIT,
     DEFAULT_PRESENCE_INTERVAL,
     DEFAULT_PRESENCE_TTL,
-    DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_RETRY_DELAY,
     MailboxConfig,
     MailboxInfo,
@@ -62,12 +67,12 @@ from cuemsg.mailbox._ops import (
     WaitSlots,
     advance,
 )
-from cuemsg.mailbox._records import Delivery, Sent
+from cuemsg.mailbox._sending import SendMethods
+from cuemsg.mailbox._settling import SettleMethods
 from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
-from cuemsg.mailbox.names import MailboxAddress, count_waiting, delete_mailbox, lookup
-from cuemsg.mailbox.redrive import redrive as redrive_flow
+from cuemsg.mailbox.names import MailboxAddress, lookup
 from cuemsg.mailbox.tracing import handler_span
 from cuemsg.signing import SigningKey
 
@@ -79,7 +84,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
+class Mailbox(
+    MailboxBase, SendMethods, SettleMethods, AdminMethods, ConversationMethods, DurableMethods
+):
     """A synchronous mailbox: a worker cue that agents send messages to.
 
     Make one with `Mailbox.open(client, name)`. It is a context manager
@@ -291,64 +298,6 @@ class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
         if self._closed:
             raise MailboxError(f"the mailbox {self.name!r} is closed")
 
-    # -- sending ----------------------------------------------------------------------------
-
-    def send(
-        self,
-        to_cue: str,
-        msg: Any,
-        *,
-        task: str | None = None,
-        send_at: datetime | float | None = None,
-        ttl: float | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Sent:
-        """Send `msg` to the mailbox (or any worker cue) `to_cue`.
-
-        Args:
-            to_cue: the recipient: a mailbox name or an address (cue id); a
-                name is looked up once per mailbox.
-            msg: the body: any JSON value, a pydantic model or a msgspec Struct.
-            task: the routing task; default the recipient cue's own task.
-            send_at: deliver no sooner than this (`datetime` or UNIX seconds).
-            ttl: seconds (from `send_at`, else now) after which receivers skip it.
-            thread: a conversation id that replies carry over.
-            headers: free string metadata.
-
-        Returns:
-            `Sent(id, execution_id, ...)`: the message id and its execution.
-
-        Raises:
-            MailboxNotFound: no mailbox is named `to_cue` (`.near`: close names).
-            NotFound: no cue at the address `to_cue`. EnvelopeError: the body
-            cannot be encoded, or is over the size limit.
-        """
-        return self._drive(
-            self._core.send(
-                to_cue, msg, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
-            )
-        )
-
-    def send_many(
-        self,
-        to_cue: str,
-        msgs: Sequence[Any],
-        *,
-        task: str | None = None,
-        send_at: datetime | float | None = None,
-        ttl: float | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> list[Sent]:
-        """Send many messages to `to_cue` (a name or an address) in order, batched when
-        the server allows it."""
-        return self._drive(
-            self._core.send_many(
-                to_cue, msgs, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
-            )
-        )
-
     # -- receiving --------------------------------------------------------------------------
 
     @overload
@@ -499,158 +448,6 @@ class Mailbox(MailboxBase, ConversationMethods, DurableMethods):
         finally:
             if pool is not None:
                 pool.shutdown(wait=True)
-
-    # -- request/reply ----------------------------------------------------------------------
-
-    @overload
-    def request(
-        self,
-        to_cue: str,
-        msg: Any,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        type: None = None,
-        task: str | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-        require_responder: bool = False,
-    ) -> Any: ...
-    @overload
-    def request(
-        self,
-        to_cue: str,
-        msg: Any,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        type: type[T],
-        task: str | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-        require_responder: bool = False,
-    ) -> T: ...
-    def request(
-        self,
-        to_cue: str,
-        msg: Any,
-        *,
-        timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        type: Any = None,
-        task: str | None = None,
-        thread: str | None = None,
-        headers: dict[str, str] | None = None,
-        require_responder: bool = False,
-    ) -> Any:
-        """Send a request to `to_cue` and wait for its reply (many may wait at once).
-
-        Args:
-            to_cue: the responder: a mailbox name or an address (cue id).
-            msg: the request body.
-            timeout: seconds to wait; also the request's deadline, after which
-                a responder skips it (and records it as expired).
-            type: decode the reply body to this type.
-            task: the routing task; default the responder cue's task.
-            thread: conversation id. headers: free string metadata.
-            require_responder: first check that a worker serving the task was
-                seen lately; raise `NoResponder` at once if not.
-
-        Returns:
-            The reply body.
-
-        Raises:
-            RequestTimeout: no reply in time; `.reason` is `no_responder`,
-                `dead_responder` or `slow_responder`.
-            RemoteError: the responder's handler raised (`.type`, `.message`).
-            NoReply: the responder acked or rejected it without a reply
-                (`.worker_id`, `.settled`, `.reason`); raised as soon as it does.
-            NoResponder: `require_responder=True` and nobody serves the task.
-            MailboxNotFound: no mailbox is named `to_cue`. NotFound: no cue at
-                the address `to_cue`.
-        """
-        return self._drive(
-            self._core.request(
-                to_cue,
-                msg,
-                timeout=timeout,
-                type=type,
-                task=task,
-                thread=thread,
-                headers=headers,
-                require_responder=require_responder,
-            )
-        )
-
-    # -- settling ---------------------------------------------------------------------------
-
-    def ack(self, msg: Delivery[Any], result: str | None = None) -> None:
-        """See `Message.ack`."""
-        self._drive(self._core.ack(msg, result))
-
-    def reject(self, msg: Delivery[Any], reason: str) -> None:
-        """See `Message.reject`."""
-        self._drive(self._core.reject(msg, reason))
-
-    def retry_later(self, msg: Delivery[Any], delay: float = 1.0, reason: str = "") -> str | None:
-        """See `Message.retry_later`."""
-        return self._drive(self._core.retry_later(msg, delay, reason))
-
-    def reply(self, msg: Delivery[Any], body: Any) -> str:
-        """See `Message.reply`."""
-        return self._drive(self._core.reply(msg, body))
-
-    def reply_error(self, msg: Delivery[Any], type: str, message: str) -> str:
-        """See `Message.reply_error`."""
-        return self._drive(self._core.reply_error(msg, type, message))
-
-    def heartbeat(self, msg: Delivery[Any]) -> None:
-        """See `Message.heartbeat`."""
-        self._drive(self._core.heartbeat(msg))
-
-    def redrive(self, execution_id: str) -> Redriven:
-        """Send a dead letter (a `failed` execution) again: a new execution with the same
-        message, whose envelope names the dead one (`msg.meta.redrive_of`), while
-        the dead one's record names the new one. Idempotent: a second call fires
-        nothing and answers `redriven=False` with the first redrive's execution.
-
-        Raises:
-            ExtensionNotAvailable: the server has no `executions.redrive` (the hosted
-                CueAPI): fire the message again yourself.
-            NotFound: no such execution.
-            Conflict: it is not a dead letter (code `not_dead_letter`).
-        """
-        return self._drive(redrive_flow(execution_id))
-
-    # -- the mailbox itself -----------------------------------------------------------------
-
-    def waiting(self) -> int:
-        """How many messages wait in this mailbox: sent, not yet claimed.
-
-        Replies to its own requests are not counted. Costs one request per
-        200 messages waiting.
-        """
-        return self._drive(count_waiting(self.address, self.task))
-
-    def delete(self, *, force: bool = False) -> int:
-        """Delete this mailbox (its cue); refused while messages wait in it.
-
-        Its loops stop; close it as usual (the `with` block does). Sends to
-        its address then fail with `NotFound`.
-
-        Args:
-            force: delete it even with messages waiting: they are rejected
-                first ("the mailbox was deleted": dead letters, and the
-                requester of a request gets `NoReply`).
-
-        Returns:
-            How many messages were waiting (0 unless `force`).
-
-        Raises:
-            MailboxError: messages are waiting and `force` is False (the error
-                says how many).
-        """
-        flow = delete_mailbox(self._core, force=force)
-        waiting = self._drive(flow)
-        self._core.stopping = True
-        return waiting
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The embedded CueAPI server: an ASGI app over a `Storage` backend.
 
-`create_app(settings)` returns a Starlette app whose routes are the one list
-`cuemsg.server.routes.ROUTES` plus the open endpoints (info, register, health,
-the OpenAPI document); this module owns only the assembly: opening the
+`create_app(settings)` returns a Starlette app whose routes are the lists
+`cuemsg.server.routes.ROUTES` and `OPEN_ROUTES` (info, register, health, the
+OpenAPI document); this module owns only the assembly: opening the
 backend, the lifespan (storage, sweeper, retention purge, scheduler and webhook
 dispatcher), the Host guard of a loopback-bound server, and the 404/405 answers
 (other errors: `guard.py`).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
@@ -21,19 +22,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
-from cuemsg.server.handlers.auth import register
-from cuemsg.server.handlers.discovery import health, info
 from cuemsg.server.hosts import HostGuard
 from cuemsg.server.keys import ensure_dev_key
-from cuemsg.server.openapi import openapi
 from cuemsg.server.responses import problem
 from cuemsg.server.retention import purge_forever
-from cuemsg.server.routes import ROUTES, authed, public
+from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
 from cuemsg.server.schedules import Scheduler
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.state import Server
@@ -44,16 +42,20 @@ from cuemsg.server.webhooks import Dispatcher
 # `Server` and `ensure_dev_key` are imported from here by the CLI and the runner.
 __all__ = ["Server", "create_app", "ensure_dev_key", "open_storage"]
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     if isinstance(exc, HTTPException) and exc.status_code == 405:
+        # Each method of a path is its own Route, so Starlette's own `Allow` names
+        # only the route it tried first; name every method of that route's path.
+        routes = [r for r in request.app.routes if isinstance(r, Route)]
+        path = next(r.path for r in routes if r.matches(request.scope)[0] != Match.NONE)
+        allowed = sorted({m for r in routes if r.path == path for m in r.methods or ()})
         return problem(
             ApiProblem(
                 405,
                 "method_not_allowed",
                 f"{request.method} is not allowed on {request.url.path}",
+                headers={"Allow": ", ".join(allowed)},
             )
         )
     return problem(ApiProblem(404, "not_found", f"no route {request.url.path}"))
@@ -83,8 +85,17 @@ def open_storage(settings: ServerSettings) -> Storage:
     return SQLiteStorage(path, synchronous=settings.sqlite_synchronous)
 
 
-def create_app(settings: ServerSettings | None = None, storage: Storage | None = None) -> Starlette:
-    """Build the ASGI app. Storage is opened on startup and closed on shutdown."""
+def create_app(
+    settings: ServerSettings | None = None,
+    storage: Storage | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Starlette:
+    """Build the ASGI app. Storage is opened on startup and closed on shutdown.
+
+    `clock` gives the time in UNIX seconds (default `time.time`); a test passes
+    a fake one to move past leases and timeouts without waiting.
+    """
     settings = settings or ServerSettings()
     storage = storage or open_storage(settings)
     metrics = None
@@ -93,7 +104,7 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
 
         metrics = Metrics()
         storage = cast(Storage, MeteredStorage(storage, metrics))
-    server = Server(settings, storage)
+    server = Server(settings, storage, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -103,8 +114,8 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
             server.startup_error = exc
             raise
         interval = server.settings.sweep_interval
-        scheduler = Scheduler(server.storage)
-        dispatcher = Dispatcher(server.storage, server.settings)
+        scheduler = Scheduler(server.storage, now=server.clock)
+        dispatcher = Dispatcher(server.storage, server.settings, now=server.clock)
         tasks = [
             asyncio.create_task(sweep_forever(server)),
             asyncio.create_task(scheduler.run_forever(interval)),
@@ -122,24 +133,18 @@ def create_app(settings: ServerSettings | None = None, storage: Storage | None =
             await dispatcher.aclose()  # deliveries cut short are made again (leases)
             await server.storage.close()
 
-    def route(path: str, endpoint: Endpoint, method: str) -> Route:
+    def route(path: str, method: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
         if metrics is not None:  # count answers by route template, method and status
             endpoint = metrics.instrument(path, method, endpoint)
         return Route(path, endpoint, methods=[method])
 
     routes = [
-        route(e.path, authed(server, e.handler), e.method)
-        for e in ROUTES
+        route(e.path, e.method, (authed if e.auth else public)(server, e.handler))
+        for e in ROUTES + OPEN_ROUTES
         if e.extension is None or e.extension in server.extensions
     ]
-    routes += [
-        route("/v1/info", public(server, info), "GET"),
-        route("/v1/auth/register", public(server, register), "POST"),
-        route("/health", public(server, health), "GET"),
-        route("/openapi.json", public(server, openapi), "GET"),
-    ]
     if metrics is not None:
-        routes.append(route("/metrics", public(server, metrics.scrape), "GET"))
+        routes.append(route("/metrics", "GET", public(server, metrics.scrape)))
     middleware = []
     if settings.host is not None and settings.loopback:
         middleware.append(Middleware(HostGuard, bound=settings.host))

@@ -6,6 +6,8 @@ transaction reaches the client with the same code whichever backend found it.
 
 from __future__ import annotations
 
+from cuemsg.server.answers import ErrorBody, ErrorDetail
+
 
 class ApiProblem(Exception):
     """An answer of the form `{"error": {"code", "message", "status", "field"?}}`."""
@@ -26,11 +28,14 @@ class ApiProblem(Exception):
         self.field = field
         self.headers = headers
 
-    def body(self) -> dict[str, object]:
-        err: dict[str, object] = {"code": self.code, "message": self.message, "status": self.status}
+    def detail(self) -> ErrorDetail:
+        detail = ErrorDetail(code=self.code, message=self.message, status=self.status)
         if self.field is not None:
-            err["field"] = self.field
-        return {"error": err}
+            detail.field = self.field
+        return detail
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.detail())
 
 
 def cue_not_found(cue_id: str) -> ApiProblem:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from cuemsg.server.state import Server
 
@@ -37,7 +36,7 @@ async def purge_forever(server: Server) -> None:
     interval = server.settings.retention_interval
     while True:
         try:
-            await purge_once(server, time.time())
+            await purge_once(server, server.clock())
         except Exception:  # keep going: a failed purge is retried next interval
             log.exception("retention purge failed; retrying in %.0fs", interval)
         await asyncio.sleep(interval)

@@ -70,7 +70,10 @@ class Guard:
             UrlRefused: not http(s), no host, does not resolve, or an address
                 the rules refuse (named with the reason).
         """
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. a bracketed host that is no IPv6 address
+            raise UrlRefused(f"{url!r} is not a valid URL") from None
         if parts.scheme not in ("http", "https"):
             raise UrlRefused(f"{url!r} is not an http or https URL")
         host = parts.hostname

@@ -49,10 +49,18 @@ Handler = Callable[[Ctx], Awaitable[Response]]
 class Server:
     """State shared by the routes: settings, storage, key cache, counters."""
 
-    def __init__(self, settings: ServerSettings, storage: Storage) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        storage: Storage,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.storage = storage
-        self.stats = Stats(started_at=time.time())
+        # UNIX seconds now: every time the handlers and the sweeper store or
+        # compare (tests pass a fake clock to move past leases without waiting).
+        self.clock = clock
+        self.stats = Stats(started_at=clock())
         self._tenants: dict[str, str] = {}  # API key -> tenant id (positive hits only)
         self.requests_per_minute = Windows(settings.rate_limit, "requests_per_minute")
         self.registrations = Windows(settings.registration_rate, "registrations_per_minute")

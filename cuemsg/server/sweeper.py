@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from cuemsg.server.state import Server
 
@@ -14,12 +13,12 @@ log = logging.getLogger("cuemsg.server")
 
 
 async def sweep_forever(server: Server) -> None:
-    since = time.time()
+    since = server.clock()
     interval = server.settings.sweep_interval
     failures = 0
     while True:
         await asyncio.sleep(interval)
-        now = time.time()
+        now = server.clock()
         try:
             await server.storage.sweep(
                 now, since=since, unclaimed_timeout=server.settings.unclaimed_timeout

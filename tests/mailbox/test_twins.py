@@ -22,14 +22,26 @@ from typing import Any
 import pytest
 
 from cuemsg.mailbox import AsyncMailbox, AsyncMessage, Mailbox, Message
-from cuemsg.mailbox._conversations import AsyncConversationMethods, ConversationMethods
 
-PAIRS = [
-    (Mailbox, AsyncMailbox),
-    (Message, AsyncMessage),
-    # The thread and topic methods both mailboxes inherit.
-    (ConversationMethods, AsyncConversationMethods),
-]
+
+def own_mixins(cls: type, other: type) -> list[type]:
+    """The cuemsg bases of `cls` that `other` does not share: its twin mixins."""
+    return [
+        base
+        for base in cls.__mro__[1:]
+        if base.__module__.startswith("cuemsg.") and base not in other.__mro__
+    ]
+
+
+def mixin_pairs() -> list[tuple[type, type]]:
+    """Each mixin of `Mailbox` (send, settle, threads, tickets...) with its async twin."""
+    sync_mixins = own_mixins(Mailbox, AsyncMailbox)
+    async_mixins = {base.__name__: base for base in own_mixins(AsyncMailbox, Mailbox)}
+    return [(base, async_mixins.get("Async" + base.__name__, object)) for base in sync_mixins]
+
+
+# The twins, and the mixins that carry most of the mailboxes' public methods.
+PAIRS = [(Mailbox, AsyncMailbox), (Message, AsyncMessage), *mixin_pairs()]
 
 #: Async spellings and their sync equivalents, applied in order.
 ASYNC_TO_SYNC = [
@@ -115,6 +127,17 @@ def pairs() -> list[Any]:
         for sync_cls, async_cls in PAIRS
         for name in sorted(public(sync_cls).keys() | public(async_cls).keys())
     ]
+
+
+def test_every_mixin_has_a_twin_and_is_compared() -> None:
+    """A mixin added to one mailbox only, or misnamed, fails here rather than going unchecked."""
+    sync_mixins = own_mixins(Mailbox, AsyncMailbox)
+    async_mixins = own_mixins(AsyncMailbox, Mailbox)
+    assert len(sync_mixins) >= 5  # send, settle, admin, conversations, durable
+    assert sorted("Async" + base.__name__ for base in sync_mixins) == sorted(
+        base.__name__ for base in async_mixins
+    )
+    assert all(async_cls is not object for _, async_cls in PAIRS)
 
 
 @pytest.mark.parametrize(("sync_cls", "async_cls"), PAIRS, ids=lambda c: c.__name__)

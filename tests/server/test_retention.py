@@ -77,9 +77,9 @@ async def test_the_sqlite_purge_walks_every_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A window of 2 rows instead of 5,000, so a few rows cross many windows.
-    from cuemsg.server.storage import sqlite
+    from cuemsg.server.storage import sqlite_upkeep
 
-    monkeypatch.setattr(sqlite, "_PURGE_WINDOW", 2)
+    monkeypatch.setattr(sqlite_upkeep, "_PURGE_WINDOW", 2)
     async with opened(f"{tmp_path}/w.db") as s:
         t = await tenant(s)
         cue = await make_cue(s, t, "inbox")

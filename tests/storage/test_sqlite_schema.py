@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cuemsg import StorageOpenError
-from cuemsg.server.storage.sqlite import _SCHEMA, SCHEMA_VERSION, SQLiteStorage
+from cuemsg.server.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
+from cuemsg.server.storage.sqlite_schema import SCHEMA
 
 pytestmark = pytest.mark.anyio
 
@@ -29,7 +30,7 @@ def _indexes(path: Path) -> set[str]:
 async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
-        db.executescript(_SCHEMA + _V1_INDEXES)
+        db.executescript(SCHEMA + _V1_INDEXES)
         db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
         db.execute("INSERT INTO meta (key, value) VALUES ('dev_api_key', 'cue_sk_kept')")
     store = SQLiteStorage(str(path))

@@ -8,12 +8,11 @@ can read the database's development key anyway).
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from cuemsg.server import wire
+from cuemsg.server.answers import Registered
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.keys import hash_key, new_api_key, new_tenant_id
 from cuemsg.server.responses import ok
@@ -34,5 +33,5 @@ async def register(request: Request, server: Server) -> Response:
         server.registrations.hit(address)
     body = wire.decode(await server.read_body(request), wire.Register)
     key = new_api_key()
-    await server.storage.create_tenant(new_tenant_id(), body.email, hash_key(key), time.time())
-    return ok({"api_key": key, "email": body.email}, 201)
+    await server.storage.create_tenant(new_tenant_id(), body.email, hash_key(key), server.clock())
+    return ok(Registered(api_key=key, email=body.email), 201)

@@ -7,7 +7,7 @@ import time
 
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
 from cuemsg.server.settings import MAX_CLAIM_WAIT
@@ -19,9 +19,9 @@ async def claim(ctx: Ctx) -> Response:
     server = ctx.server
     lease = server.settings.lease_seconds
     execution = await server.storage.claim(
-        ctx.tenant_id, ctx.param("execution_id"), body.worker_id, time.time(), lease
+        ctx.tenant_id, ctx.param("execution_id"), body.worker_id, server.clock(), lease
     )
-    return ok(wire.claim_json(execution, lease, "claim.payload" in server.extensions))
+    return ok(wire.claim_answer(execution, lease, "claim.payload" in server.extensions))
 
 
 async def claim_next(ctx: Ctx) -> Response:
@@ -51,9 +51,9 @@ async def claim_next(ctx: Ctx) -> Response:
                 body.worker_id,
                 task=body.task,
                 agent=body.agent,
-                now=time.time(),
+                now=server.clock(),
                 lease_seconds=lease,
-                limit=body.limit or 1,
+                limit=int(body.limit or 1),
             )
             if claimed:
                 break
@@ -77,9 +77,11 @@ async def claim_next(ctx: Ctx) -> Response:
                 waiter.close()
     with_payload = "claim.payload" in server.extensions
     if body.limit is None:
-        return ok(wire.claim_json(claimed[0], lease, with_payload))
+        return ok(wire.claim_answer(claimed[0], lease, with_payload))
     return ok(
-        {"claimed": True, "executions": [wire.claim_json(e, lease, with_payload) for e in claimed]}
+        answers.ClaimedMany(
+            claimed=True, executions=[wire.claim_answer(e, lease, with_payload) for e in claimed]
+        )
     )
 
 
@@ -89,13 +91,13 @@ async def heartbeat(ctx: Ctx) -> Response:
         ctx.tenant_id,
         ctx.param("execution_id"),
         ctx.request.headers.get("x-worker-id"),
-        time.time(),
+        ctx.server.clock(),
         lease,
     )
     return ok(
-        {
-            "execution_id": execution.id,
-            "lease_extended_until": wire.iso(execution.lease_expires_at),
-            "acknowledged": True,
-        }
+        answers.LeaseExtended(
+            execution_id=execution.id,
+            lease_extended_until=wire.iso(execution.lease_expires_at),
+            acknowledged=True,
+        )
     )

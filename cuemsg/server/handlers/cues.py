@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
+from cuemsg.server.answers import OnFailure, Schedule
 from cuemsg.server.errors import cue_not_found, invalid
 from cuemsg.server.handlers.paging import page
 from cuemsg.server.keys import new_cue_id
@@ -17,6 +17,8 @@ from cuemsg.server.schedules import check_schedule, first_run
 from cuemsg.server.ssrf import Guard, UrlRefused
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import CueRow
+
+_CUE_STATES: tuple[str, ...] = get_args(answers.CueStatus)
 
 
 async def _check_webhook(ctx: Ctx, field: str, url: object) -> None:
@@ -31,7 +33,12 @@ async def _check_webhook(ctx: Ctx, field: str, url: object) -> None:
         raise invalid(field, str(exc)) from None
 
 
-async def _check_on_failure(ctx: Ctx, on_failure: wire.OnFailure | None) -> dict[str, Any] | None:
+def _stored(schedule: Schedule | None) -> dict[str, Any] | None:
+    """A decoded schedule as the cue stores it (and `schedules.py` reads it)."""
+    return None if schedule is None else msgspec.to_builtins(schedule)
+
+
+async def _check_on_failure(ctx: Ctx, on_failure: OnFailure | None) -> dict[str, Any] | None:
     if on_failure is None:
         return None
     if on_failure.webhook is not None:
@@ -40,46 +47,54 @@ async def _check_on_failure(ctx: Ctx, on_failure: wire.OnFailure | None) -> dict
 
 
 def _retry_dict(retry: wire.Retry | None) -> dict[str, Any]:
-    return msgspec.to_builtins(retry or wire.Retry())  # type: ignore[no-any-return]
+    retry = retry or wire.Retry()
+    return {
+        "max_attempts": int(retry.max_attempts),
+        "backoff_minutes": [int(m) for m in retry.backoff_minutes],
+    }
 
 
 async def create_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CueCreate)
-    check_schedule(body.schedule)
+    schedule = _stored(body.schedule)
+    check_schedule(schedule)
     if body.transport == "webhook":
-        url = (body.callback or {}).get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        if body.callback is None:
             raise invalid("callback.url", "a webhook cue needs callback.url (http or https)")
-        await _check_webhook(ctx, "callback.url", url)
+        await _check_webhook(ctx, "callback.url", body.callback.url)
     on_failure = await _check_on_failure(ctx, body.on_failure)
-    now = time.time()
+    now = ctx.server.clock()
     cue = CueRow(
         id=new_cue_id(),
         tenant_id=ctx.tenant_id,
         name=body.name,
         description=body.description,
         transport=body.transport,
-        schedule=body.schedule,
-        callback=body.callback,
+        schedule=schedule,
+        callback=None if body.callback is None else msgspec.to_builtins(body.callback),
         payload=body.payload,
         retry=_retry_dict(body.retry),
         on_failure=on_failure,
-        next_run=first_run(body.schedule, now),
+        next_run=first_run(schedule, now),
         created_at=now,
         updated_at=now,
     )
     cue = await ctx.server.storage.create_cue(cue)
-    return ok(wire.cue_json(cue), 201)
+    return ok(wire.cue_answer(cue), 201)
 
 
 async def list_cues(ctx: Ctx) -> Response:
     limit, offset = page(ctx.request)
     status = ctx.request.query_params.get("status")
+    if status is not None and status not in _CUE_STATES:
+        raise invalid("status", f"must be one of {', '.join(_CUE_STATES)}")
     cues, total = await ctx.server.storage.list_cues(
         ctx.tenant_id, status=status, limit=limit, offset=offset
     )
     return ok(
-        {"cues": [wire.cue_json(c) for c in cues], "total": total, "limit": limit, "offset": offset}
+        answers.CuePage(
+            cues=[wire.cue_answer(c) for c in cues], total=total, limit=limit, offset=offset
+        )
     )
 
 
@@ -88,7 +103,7 @@ async def get_cue(ctx: Ctx) -> Response:
     cue = await ctx.server.storage.get_cue(ctx.tenant_id, cue_id)
     if cue is None:
         raise cue_not_found(cue_id)
-    return ok(wire.cue_json(cue))
+    return ok(wire.cue_answer(cue))
 
 
 async def patch_cue(ctx: Ctx) -> Response:
@@ -96,19 +111,20 @@ async def patch_cue(ctx: Ctx) -> Response:
     body = wire.decode(await ctx.body(), wire.CuePatch)
     changes = {
         f: getattr(body, f)
-        for f in ("name", "description", "status", "schedule", "payload")
+        for f in ("name", "description", "status", "payload")
         if getattr(body, f) is not None
     }
-    if "schedule" in changes:
+    if body.schedule is not None:
+        changes["schedule"] = _stored(body.schedule)
         check_schedule(changes["schedule"])
     if body.retry is not None:
         changes["retry"] = _retry_dict(body.retry)
     if body.callback is not None:
-        await _check_webhook(ctx, "callback.url", body.callback.get("url"))
-        changes["callback"] = body.callback
+        await _check_webhook(ctx, "callback.url", body.callback.url)
+        changes["callback"] = msgspec.to_builtins(body.callback)
     if body.on_failure is not None:
         changes["on_failure"] = await _check_on_failure(ctx, body.on_failure)
-    now = time.time()
+    now = ctx.server.clock()
     # A new schedule, or a resumed cue, runs from now on (a pause is not caught up).
     if "schedule" in changes:
         changes["next_run"] = first_run(changes["schedule"], now)
@@ -121,7 +137,7 @@ async def patch_cue(ctx: Ctx) -> Response:
     cue = await ctx.server.storage.update_cue(ctx.tenant_id, cue_id, changes, now)
     if cue is None:
         raise cue_not_found(cue_id)
-    return ok(wire.cue_json(cue))
+    return ok(wire.cue_answer(cue))
 
 
 async def delete_cue(ctx: Ctx) -> Response:

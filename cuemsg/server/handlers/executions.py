@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.responses import Response
 
 from cuemsg.server import wire
@@ -34,7 +32,7 @@ async def list_executions(ctx: Ctx) -> Response:
     return await listing(
         "executions",
         executions,
-        wire.execution_json,
+        wire.execution_answer,
         sum(e.size for e in executions),
         total=total,
         limit=limit,
@@ -48,7 +46,7 @@ async def get_execution(ctx: Ctx) -> Response:
     execution = await ctx.server.storage.get_execution(ctx.tenant_id, execution_id)
     if execution is None:
         raise execution_not_found(execution_id)
-    return ok(wire.execution_json(execution))
+    return ok(wire.execution_answer(execution))
 
 
 async def list_claimable(ctx: Ctx) -> Response:
@@ -57,10 +55,10 @@ async def list_claimable(ctx: Ctx) -> Response:
         ctx.tenant_id,
         task=query.get("task"),
         agent=query.get("agent"),
-        now=time.time(),
+        now=ctx.server.clock(),
         limit=CLAIMABLE_LIST_LIMIT,
         max_bytes=ctx.server.settings.max_page_bytes,
     )
     return await listing(
-        "executions", executions, wire.claimable_json, sum(e.size for e in executions)
+        "executions", executions, wire.claimable_answer, sum(e.size for e in executions)
     )

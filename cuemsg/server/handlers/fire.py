@@ -4,12 +4,11 @@ extension): executions made from cues, idempotency keys hashed with their body."
 from __future__ import annotations
 
 import hashlib
-import time
 
 import msgspec
 from starlette.responses import Response
 
-from cuemsg.server import wire
+from cuemsg.server import answers, wire
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
 from cuemsg.server.storage.base import NewFire
@@ -39,19 +38,19 @@ def _new_fire(cue_id: str, body: wire.FireBody, now: float, field: str) -> NewFi
 async def fire(ctx: Ctx) -> Response:
     raw = await ctx.body()
     body = wire.decode(raw, wire.FireBody)
-    now = time.time()
+    now = ctx.server.clock()
     new = _new_fire(ctx.param("cue_id"), body, now, "")
     # The body's size stands for the payload it stores (the cue's own payload aside).
     await ctx.server.quotas.admit_fire(ctx.tenant_id, 1, len(raw))
     [execution] = await ctx.server.storage.fire(ctx.tenant_id, [new], now)
-    return ok(wire.fire_json(execution))
+    return ok(wire.fire_answer(execution))
 
 
 async def fire_batch(ctx: Ctx) -> Response:
     raw = await ctx.body()
     body = wire.decode(raw, wire.BatchFire)
-    now = time.time()
+    now = ctx.server.clock()
     fires = [_new_fire(f.cue_id, f, now, f"fires[{i}].") for i, f in enumerate(body.fires)]
     await ctx.server.quotas.admit_fire(ctx.tenant_id, len(fires), len(raw))
     executions = await ctx.server.storage.fire(ctx.tenant_id, fires, now)
-    return ok({"executions": [wire.fire_json(e) for e in executions]})
+    return ok(answers.FiredMany(executions=[wire.fire_answer(e) for e in executions]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
+from cuemsg.server.answers import WebhookSecret
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import ok
 from cuemsg.server.state import Ctx
@@ -13,7 +14,7 @@ from cuemsg.server.webhooks import new_webhook_secret, tenant_secret
 
 
 async def get_webhook_secret(ctx: Ctx) -> Response:
-    return ok({"webhook_secret": await tenant_secret(ctx.server.storage, ctx.tenant_id)})
+    return ok(WebhookSecret(webhook_secret=await tenant_secret(ctx.server.storage, ctx.tenant_id)))
 
 
 async def regenerate_webhook_secret(ctx: Ctx) -> Response:
@@ -27,4 +28,4 @@ async def regenerate_webhook_secret(ctx: Ctx) -> Response:
     secret = await ctx.server.storage.webhook_secret(
         ctx.tenant_id, new_webhook_secret(), replace=True
     )
-    return ok({"webhook_secret": secret})
+    return ok(WebhookSecret(webhook_secret=secret))

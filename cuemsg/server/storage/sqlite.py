@@ -8,11 +8,16 @@ file: the long-poll notifier is in-process (use PostgreSQL for replicas).
 
 `synchronous=NORMAL` (the default here) survives a killed process but a power
 cut may lose the last commits; `synchronous="FULL"` trades speed for that.
+
+This module holds `SQLiteStorage`: opening (and migrating) a file, tenants
+and keys, cues, fires, claims, outcomes and workers. Beside it:
+`sqlite_schema.py` (tables, indexes, migrations), `sqlite_files.py` (opening
+a file, a full disk), `sqlite_timed.py` (schedules, webhook deliveries) and
+`sqlite_upkeep.py` (the sweep and the purge), the last two mixed in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -44,110 +49,27 @@ from cuemsg.server.storage.base import (
     where_equal,
     within_bytes,
 )
-from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
+from cuemsg.server.storage.feed import SEQ_NAMES
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
-from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES, SQLiteTimed
-
-SCHEMA_VERSION = 4
-_BASE_VERSION = 2  # what _SCHEMA creates
-
-# Partial indexes hold only the rows a claim or the sweep looks for, already in
-# claim order (the rowid `seq` ends every index): a claim reads one entry and
-# sorts nothing, and a settled execution leaves them for good. Each index costs
-# about 30 us per write here, so there are few: a claim without a task (rare:
-# mailboxes always claim by task) walks `ix_exec_due_ready` across tenants.
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS ix_exec_ready_task ON executions (tenant_id, task, scheduled_for)
-    WHERE status IN ('pending', 'retry_ready');
-CREATE INDEX IF NOT EXISTS ix_exec_due_ready ON executions (scheduled_for)
-    WHERE status IN ('pending', 'retry_ready');
-CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
-    WHERE status = 'delivering';
-CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
-CREATE INDEX IF NOT EXISTS ix_exec_events ON executions (tenant_id, event_seq);
-"""
-_INDEXES += TIMED_INDEXES
-
-# The feed's position: the newest stamp of an execution (a virtual column, indexed).
-_EVENT_SEQ = (
-    "event_seq INTEGER GENERATED ALWAYS AS (max("
-    + ", ".join(f"ifnull({name}, 0)" for name in SEQ_NAMES)
-    + ")) VIRTUAL"
+from cuemsg.server.storage.sqlite_schema import (
+    BASE_VERSION,
+    INDEXES,
+    MIGRATIONS,
+    SCHEMA,
+    SCHEMA_VERSION,
 )
-
-# Steps from version N-1 to N, applied in order by open().
-_MIGRATIONS = {
-    2: """
-DROP INDEX IF EXISTS ix_exec_claim_task;
-DROP INDEX IF EXISTS ix_exec_claim;
-DROP INDEX IF EXISTS ix_exec_due;
-DROP INDEX IF EXISTS ix_exec_lease;
-""",
-    3: MIGRATION_3,
-    # The event feed's stamps (cuemsg/server/storage/feed.py).
-    4: "".join(
-        f"ALTER TABLE executions ADD COLUMN {name} {kind};\n" for name, kind in STAMP_COLUMNS
-    )
-    + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
-}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tenants (
-    id TEXT PRIMARY KEY, email TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_hash TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS cues (
-    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, name TEXT NOT NULL,
-    status TEXT NOT NULL, created_at REAL NOT NULL, doc TEXT NOT NULL,
-    UNIQUE (tenant_id, name));
-CREATE INDEX IF NOT EXISTS ix_cues_tenant ON cues (tenant_id, created_at);
-CREATE TABLE IF NOT EXISTS executions (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    tenant_id TEXT NOT NULL,
-    cue_id TEXT NOT NULL,
-    status TEXT NOT NULL,
-    task TEXT,
-    agent TEXT,
-    payload TEXT NOT NULL,
-    transport TEXT NOT NULL,
-    triggered_by TEXT NOT NULL,
-    scheduled_for REAL NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL,
-    claimed_by_worker TEXT,
-    claimed_at REAL,
-    lease_expires_at REAL,
-    outcome TEXT);
-CREATE INDEX IF NOT EXISTS ix_exec_cue ON executions (tenant_id, cue_id, seq);
-CREATE TABLE IF NOT EXISTS idempotency (
-    tenant_id TEXT NOT NULL, cue_id TEXT NOT NULL, key TEXT NOT NULL,
-    body_hash TEXT NOT NULL, execution_id TEXT NOT NULL, created_at REAL NOT NULL,
-    PRIMARY KEY (tenant_id, cue_id, key));
-CREATE TABLE IF NOT EXISTS workers (
-    tenant_id TEXT NOT NULL, worker_id TEXT NOT NULL, handlers TEXT NOT NULL,
-    last_heartbeat REAL NOT NULL, PRIMARY KEY (tenant_id, worker_id));
-"""
+from cuemsg.server.storage.sqlite_timed import SQLiteTimed
+from cuemsg.server.storage.sqlite_upkeep import SQLiteUpkeep
 
 _EXEC_COLS = EXECUTION_COLUMNS
-# A lease ran out: stamp it, and keep who lost it and when (the claim is cleared).
-_LOST = (
-    "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
-    "lost_claimed_at = claimed_at"
-)
-#: Rows (by seq) a purge looks at per transaction.
-_PURGE_WINDOW = 5000
 _CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage(SQLiteTimed, SQLiteFeed):
+class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -179,22 +101,22 @@ class SQLiteStorage(SQLiteTimed, SQLiteFeed):
     def _prepare(self, db: sqlite3.Connection) -> None:
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
+        db.executescript(SCHEMA)
         # Each state change stamps its execution with the next number (the feed).
         db.create_function("cuemsg_next_event", 0, self._next_stamp)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        # `_SCHEMA` is version 2: a new file starts there and, like an older
+        # `SCHEMA` is version 2: a new file starts there and, like an older
         # one, takes each step since (ALTERs that would clash if it were newer).
-        version = _BASE_VERSION if row is None else int(row[0])
+        version = BASE_VERSION if row is None else int(row[0])
         if version > SCHEMA_VERSION:
             raise StorageOpenError(
                 self.path,
                 f"it has schema version {version}, newer than this cuemsg "
                 f"understands ({SCHEMA_VERSION}); upgrade cuemsg",
             )
-        steps = "".join(_MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
+        steps = "".join(MIGRATIONS[v] for v in range(version + 1, SCHEMA_VERSION + 1))
         db.executescript(
-            f"BEGIN; {steps} {_INDEXES} "
+            f"BEGIN; {steps} {INDEXES} "
             "INSERT INTO meta (key, value) VALUES ('schema_version', "
             f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
         )
@@ -637,88 +559,3 @@ class SQLiteStorage(SQLiteTimed, SQLiteFeed):
             WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
-
-    # -- time ------------------------------------------------------------------
-
-    async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
-        wake: Counter[tuple[str, str | None]] = Counter()
-        with self._tx() as db:
-            # Past the claim cap: a message that kills every receiver stops here.
-            capped = db.execute(
-                "UPDATE executions SET status = 'failed', updated_at = ?, lease_expires_at = NULL, "
-                f"{_LOST}, done_seq = cuemsg_next_event(), "
-                "outcome = json_object('success', json('false'), 'error', "
-                "'lease expired after ' || attempts || ' claims (claim cap reached)', "
-                "'recorded_at', ?) "
-                "WHERE status = 'delivering' AND lease_expires_at < ? "
-                "AND attempts >= max_attempts",
-                (now, now, now, now),
-            ).rowcount
-            requeued = db.execute(
-                "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
-                "WHERE status = 'delivering' AND lease_expires_at < ? "
-                "RETURNING tenant_id, task",
-                (now, now, now),
-            ).fetchall()
-            wake.update(requeued)
-            self.swept["lease_expired"] += capped + len(requeued)
-            if unclaimed_timeout > 0:
-                self.swept["missed"] += db.execute(
-                    "UPDATE executions SET status = 'missed', updated_at = ?, "
-                    "done_seq = cuemsg_next_event() "
-                    "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
-                    "AND scheduled_for < ?",
-                    (now, now - unclaimed_timeout),
-                ).rowcount
-            for tenant_id, task, count in db.execute(
-                "SELECT tenant_id, task, count(*) FROM executions "
-                "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "
-                "AND scheduled_for <= ? AND scheduled_for > created_at GROUP BY tenant_id, task",
-                (since, now),
-            ).fetchall():
-                wake[(tenant_id, task)] += count
-            db.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL,))
-        for (tenant_id, task), count in wake.items():
-            self.notifier.notify(tenant_id, task, count)
-
-    async def purge(self, *, settled_before: float | None, dead_before: float | None) -> int:
-        parts: list[tuple[str, float]] = []
-        if settled_before is not None:
-            parts.append(("status = 'success' AND updated_at < ?", settled_before))
-            # Replies whose requester is gone: no one will ever claim them.
-            parts.append(
-                (
-                    "status IN ('pending', 'retry_ready') AND created_at < ? "
-                    "AND json_extract(payload, '$.cuemsg.kind') IN ('reply', 'error')",
-                    settled_before,
-                )
-            )
-        if dead_before is not None:
-            parts.append(("status IN ('failed', 'missed') AND updated_at < ?", dead_before))
-        if not parts:
-            return 0
-        # Rows are in `seq` order of creation, and a row settled before a time was
-        # made before it: walk windows of seq from the oldest row up to the first
-        # row made after the latest cutoff, one short transaction per window, so
-        # requests are served between windows and new rows are never scanned.
-        cutoff = max(before for _, before in parts)
-        gone = 0
-        start = self.db.execute("SELECT min(seq) FROM executions").fetchone()[0]
-        while start is not None:
-            end = start + _PURGE_WINDOW
-            with self._tx() as db:
-                for where, before in parts:
-                    gone += db.execute(
-                        f"DELETE FROM executions WHERE seq >= ? AND seq < ? AND {where}",
-                        (start, end, before),
-                    ).rowcount
-            following = self.db.execute(
-                "SELECT seq, created_at FROM executions WHERE seq >= ? ORDER BY seq LIMIT 1",
-                (end,),
-            ).fetchone()
-            if following is None or following[1] >= cutoff:
-                break
-            start = following[0]
-            await asyncio.sleep(0)
-        return gone

@@ -1,0 +1,142 @@
+"""What `CueClient` and `AsyncCueClient` share: configuration, defaults, request building.
+
+The environment variables and defaults, the transport choice, `_BaseClient`
+(the API key, base URL, retry state, the httpx request arguments for a call
+and the stepping of a flow) and `_Resource`, the root of the resource
+namespaces (`cues`, `executions`, `workers`). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import urllib.request
+from collections.abc import Generator
+from typing import Any, TypeVar
+
+import httpx
+
+from cuemsg._exceptions import MissingAPIKey
+from cuemsg.cueapi import _flows as flows
+from cuemsg.cueapi._retry import RetryPolicy
+from cuemsg.cueapi._routes import Call, Step
+from cuemsg.cueapi._transport import KeepAliveTransport
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "USER_AGENT",
+]
+
+_T = TypeVar("_T")
+
+API_KEY_ENV = "CUEAPI_API_KEY"
+BASE_URL_ENV = "CUEAPI_BASE_URL"
+DEFAULT_BASE_URL = "https://api.cueapi.ai"
+DEFAULT_TIMEOUT = 10.0  # seconds, for connect, write, pool and read (a long-poll adds its wait)
+# One pool per client; receivers long-poll, so allow a few idle connections per host.
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+try:
+    _VERSION = importlib.metadata.version("cuemsg")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    _VERSION = "0"
+USER_AGENT = f"cuemsg/{_VERSION}"
+_URL_CACHE_SIZE = 256
+_OWN_HEADERS = frozenset({b"accept", b"user-agent"})  # set on every request by `_request_args`
+
+
+def _default_transport() -> httpx.BaseTransport | None:
+    """`KeepAliveTransport`, or None (httpx's own) when the environment names a proxy.
+
+    httpx honours `HTTP_PROXY` / `HTTPS_PROXY` / `ALL_PROXY` (and `NO_PROXY`);
+    `KeepAliveTransport` has no proxy support, so with a proxy set the client
+    keeps httpx's transport and behaves as it did before.
+    """
+    proxies = urllib.request.getproxies()
+    if any(scheme in proxies for scheme in ("http", "https", "all")):
+        return None
+    return KeepAliveTransport()
+
+
+class _BaseClient:
+    """Configuration, request building and the flow stepping shared by both clients."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        base_url: str | None,
+        *,
+        timeout: float,
+        max_retries: int,
+        use_extensions: bool,
+    ) -> None:
+        self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
+        self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout = timeout
+        self.use_extensions = use_extensions
+        self.request_count = 0  # HTTP requests sent, retries included
+        self._st = flows.FlowState(
+            policy=RetryPolicy(max_retries=max_retries),
+            use_extensions=use_extensions,
+            has_key=self._api_key is not None,
+        )
+
+    @property
+    def api_key(self) -> str | None:
+        """The API key sent as `Authorization: Bearer ...` (None: only info/register work)."""
+        return self._api_key
+
+    @api_key.setter
+    def api_key(self, value: str | None) -> None:
+        self._api_key = value or None
+        self._st.has_key = self._api_key is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _request_args(self, call: Call) -> dict[str, Any]:
+        """Keyword arguments of `httpx.Client.build_request` for `call`."""
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT, **call.headers}
+        if call.auth:
+            if not self.api_key:
+                raise MissingAPIKey()
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        content = call.content()
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        timeout = httpx.Timeout(self.timeout)
+        if call.wait:
+            # A long-poll holds the answer for up to `wait` seconds: read longer than that.
+            timeout = httpx.Timeout(self.timeout, read=self.timeout + call.wait)
+        return {
+            "method": call.method,
+            "url": self.base_url + call.path,
+            "params": call.params or None,
+            "content": content,
+            "headers": headers,
+            "timeout": timeout,
+        }
+
+    @staticmethod
+    def _advance(
+        flow: Generator[Step, Any, _T], value: Any, exc: BaseException | None
+    ) -> tuple[bool, Any]:
+        """Resume `flow`; (True, result) when it finished, else (False, next step)."""
+        try:
+            step = flow.throw(exc) if exc is not None else flow.send(value)
+        except StopIteration as stop:
+            return True, stop.value
+        return False, step
+
+
+class _Resource:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._st: flows.FlowState = client._st
+
+
+# -- sync ---------------------------------------------------------------------------------
