@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench serve clean
+.PHONY: demo test quick lint bench serve clean
+
+CODE := cuemsg tests bench examples
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +19,14 @@ demo: $(BIN)/.installed  ## two agents messaging through the embedded server
 test: $(BIN)/.installed  ## the whole test suite (PostgreSQL tests skip if it is down)
 	$(BIN)/pytest
 
-lint: $(BIN)/.installed  ## ruff and mypy (strict) on cuemsg/
-	$(BIN)/ruff check cuemsg
+quick: $(BIN)/.installed  ## the edit loop: no slow, fuzz, model-checking or fault tests; stops at a failure
+	$(BIN)/pytest -x -m "not slow" --ignore=tests/fuzz --ignore=tests/model --ignore=tests/faults
+
+lint: $(BIN)/.installed  ## ruff (check, format) on everything; mypy strict on cuemsg/, lighter on the rest
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench examples
 
 bench: $(BIN)/.installed  ## the benchmark; writes docs/benchmarks.md
 	$(BIN)/python -m bench

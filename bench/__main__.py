@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         choices=["tail"],
         default=None,
-        help="run only these rows (tail: 2e/2f, one-way with and without a tail attached)",
+        help="run only these rows (tail: 2j/2k, one-way with and without a tail attached)",
     )
     args = parser.parse_args(argv)
     # A partial run (--only) never replaces the full table unless told where to write.

@@ -152,8 +152,8 @@ def start_server(
         except (httpx.HTTPError, ValueError) as exc:
             if time.monotonic() > deadline:
                 server.stop()
-                log = log_path.read_text()[-2000:]
-                raise RuntimeError(f"server {label} did not start: {log}") from exc
+                tail = log_path.read_text()[-2000:]
+                raise RuntimeError(f"server {label} did not start: {tail}") from exc
             time.sleep(0.05)
     server.api_key = key or server.register()
     return server

@@ -117,14 +117,16 @@ def receiver(
     deadline: float,
     wait: float = 5.0,
     extensions: bool = True,
+    batch: int = 1,
 ) -> Result:
-    """Receive and ack `count` messages (or stop at the deadline).
+    """Receive and ack `count` messages (or stop at the deadline); `batch`: the Mailbox's
+    `receive(batch=)`.
 
     Before the start it receives one message of its own, so what a receiver
     does once when it starts (the Mailbox's first presence heartbeat) is not
     counted against the messages: the row shows the steady-state cost.
     """
-    drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
+    drv = make_driver(kind, base_url, api_key, name, extensions=extensions, batch=batch)
     try:
         drv.send(drv.address, body(-1))
         warm = drv.receive(min(wait, 5.0))

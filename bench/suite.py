@@ -8,6 +8,7 @@ the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import peers, rows
+from bench import peers, rows, shapes
 from bench.drivers import driver_label, mailbox_available
 from bench.procs import (
     ServerProc,
@@ -35,8 +36,9 @@ from bench.tail import tail_rows
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "3a", "3b", "4", "4g", "5a",
-    "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B", "Bm", "H",
+    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "2i", "2g", "2h", "2j", "2k",
+    "3a", "3b", "4", "4g", "5a", "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b",
+    "B", "Bm", "10a", "10b", "10c", "10d", "10e", "10f", "H",
 ]  # fmt: skip
 
 
@@ -45,7 +47,7 @@ class Suite:
 
     def __init__(self, plan: Plan, log: Callable[[str], None], only: str | None = None) -> None:
         self.plan = plan
-        self.only = only  # "tail": just rows 2e and 2f
+        self.only = only  # "tail": just rows 2j and 2k
         self.log = log
         self.kind = "mailbox"
         self.report = Report(
@@ -95,6 +97,21 @@ class Suite:
                 "1d", "HTTP floor, http.client", lambda: rows.floor(p, s, key="1d", stdlib=True)
             )
             self.add("2a", "one-way cycle", lambda: rows.cycle(p, s, key="2a", kind=k))
+            self.add(
+                "2e",
+                "one-way cycle, AsyncMailbox",
+                lambda: shapes.async_cycle(s, key="2e", count=p.cycles, deadline=p.deadline),
+            )
+            self.add(
+                "2f", "one-way, timed", lambda: shapes.timed(s, key="2f", seconds=p.timed_seconds)
+            )
+            self.add(
+                "2i",
+                "one-way, timed, receive(batch=50)",
+                lambda: shapes.timed(
+                    s, key="2i", seconds=p.timed_seconds, batch=50, label=", receive(batch=50)"
+                ),
+            )
             self.one_way_rounds(s, pl)
             self.add("B", "batched one-way", lambda: rows.batch(p, s, key="B"))
             self.add("Bm", "Mailbox send_many", lambda: rows.batch_mailbox(p, s, key="Bm"))
@@ -121,7 +138,31 @@ class Suite:
             )
             self.add("6", "idle receiver", lambda: rows.idle(p, s, key="6", kind=k))
             self.add("9", "memory", lambda: rows.memory(s, self.receivers, "9"))
+        self.sqlite_full(wd)
         self.add("H", "database size, long one-way run", lambda: rows.db_size(p, wd, key="H"))
+
+    def sqlite_full(self, wd: Path) -> None:
+        """Rows 2g-2h: 2a and 2f on a server with `synchronous=FULL` (an fsync per commit)."""
+        p = self.plan
+        self.log("SQLite with synchronous=FULL")
+        full = {"CUEMSG_SQLITE_SYNCHRONOUS": "FULL"}
+        with servers(
+            lambda: start_server(str(wd / "full.db"), label="full", workdir=wd, env=full)
+        ) as [f]:
+
+            def cycle() -> Row:
+                row = rows.cycle(p, f, key="2g", kind=self.kind)
+                row.case += ", synchronous=FULL"
+                return row
+
+            self.add("2g", "one-way cycle, FULL", cycle)
+            self.add(
+                "2h",
+                "one-way, timed, FULL",
+                lambda: shapes.timed(
+                    f, key="2h", seconds=p.timed_seconds, label=", synchronous=FULL"
+                ),
+            )
 
     def one_way_rounds(self, s: ServerProc, pl: ServerProc) -> None:
         """Rows 2b-2d, 3a-3b: each case run `plan.rounds` times, interleaved.
@@ -218,16 +259,32 @@ class Suite:
             self.skip(todo, f"failed: {type(exc).__name__}: {str(exc)[:200]}")
 
     def tail(self, wd: Path) -> None:
-        """Rows 2e and 2f: one-way with and without a `cuemsg tail` attached."""
+        """Rows 2j and 2k: one-way with and without a `cuemsg tail` attached."""
         self.log("SQLite: one-way with and without a tail attached")
         with servers(lambda: start_server(str(wd / "tail.db"), label="tail", workdir=wd)) as [s]:
-            self.add("2e", "one-way vs tail", lambda: tail_rows(self.plan, s, self.kind, self.log))
+            self.add("2j", "one-way vs tail", lambda: tail_rows(self.plan, s, self.kind, self.log))
 
     def peers(self) -> None:
         self.log("reference peers")
         p = self.plan
         self.add("8a", "NATS", lambda: peers.nats_row("8a", p.peer_calls, p.deadline))
         self.add("8b", "Redis", lambda: peers.redis_row("8b", p.peer_calls, p.deadline))
+        shapes_ = [
+            ("cycle", p.peer_calls, p.deadline),
+            ("timed", shapes.UNBOUNDED, p.timed_seconds),
+            ("batch", p.batch_msgs, p.deadline),
+        ]
+        keys = iter(["10a", "10b", "10c", "10d", "10e", "10f"])
+        for shape, count, seconds in shapes_:
+            for broker in ("jetstream", "rabbitmq"):
+                key = next(keys)
+                self.add(
+                    key,
+                    f"{broker} {shape}",
+                    functools.partial(
+                        peers.durable_row, key, broker, shape, count=count, seconds=seconds
+                    ),
+                )
 
     def one_way(self, srvs: list[ServerProc], key: str, case: str, pairs: int, prefix: str) -> Row:
         """One run of a one-way case (the PostgreSQL rows)."""
@@ -262,6 +319,15 @@ def _get(report: Report, key: str, attr: str) -> float | None:
     row = report.row(key)
     value = getattr(row, attr) if row is not None else None
     return float(value) if value is not None else None
+
+
+def _extra(report: Report, key: str, name: str, minus: str | None = None) -> float | None:
+    """A number the row keeps in `extra` (less another one, with `minus`)."""
+    row = report.row(key)
+    if row is None or name not in row.extra:
+        return None
+    value = float(row.extra[name])
+    return value - float(row.extra.get(minus, 0)) if minus else value
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -306,9 +372,9 @@ def _ratios(report: Report) -> list[Ratio]:
             per_wait, 1.5, note="goal: about 1",
         ),
         Ratio(
-            "T5", "one-way slowdown with a tail attached",
-            "one-way rate without a tail (2e) / with `cuemsg tail` attached (2f)",
-            _div(g("2e", "value"), g("2f", "value")), 1.11,
+            "T10", "one-way slowdown with a tail attached",
+            "one-way rate without a tail (2j) / with `cuemsg tail` attached (2k)",
+            _div(g("2j", "value"), g("2k", "value")), 1.11,
             note="goal: under 10 % slower",
         ),
         Ratio(
@@ -377,9 +443,78 @@ def _ratios(report: Report) -> list[Ratio]:
             _div(g("7b", "value"), g("2c", "value")),
         ),
         Ratio(
-            "R9", "cuemsg RPC vs NATS round trip",
+            "T5", "HTTP requests per RPC call",
+            "server requests / calls, request -> serve -> reply (4)",
+            g("4", "req_per_msg"), 4.0,
+        ),
+        Ratio(
+            "T6", "cuemsg RPC vs NATS round trip",
             "RPC p50 (4) / NATS request/reply p50 (8a)",
-            _div(g("4", "p50"), g("8a", "p50")),
+            _div(g("4", "p50"), g("8a", "p50")), 6.0,
+        ),
+        Ratio(
+            "T9", "AsyncMailbox vs Mailbox client CPU per message",
+            "client CPU per cycle with AsyncMailbox (2e) / with Mailbox (2a)",
+            _div(g("2e", "client_cpu"), g("2a", "client_cpu")), 1.2,
+        ),
+        Ratio(
+            "P1j", "one at a time: JetStream vs cuemsg",
+            "msg/s JetStream (10a) / msg/s Mailbox cycle (2a)",
+            _div(g("10a", "value"), g("2a", "value")), 2.0,
+            note="goal: at least half of JetStream's rate",
+        ),
+        Ratio(
+            "P1r", "one at a time: RabbitMQ vs cuemsg",
+            "msg/s RabbitMQ (10b) / msg/s Mailbox cycle (2a)",
+            _div(g("10b", "value"), g("2a", "value")), 1.0,
+            note="goal: ahead of RabbitMQ",
+        ),
+        Ratio(
+            "P2j", "separate processes: JetStream vs cuemsg, consumed",
+            "consumed msg/s JetStream (10c) / Mailbox (2f)",
+            _div(g("10c", "value"), g("2f", "value")), 2.0,
+        ),
+        Ratio(
+            "P2r", "separate processes: RabbitMQ vs cuemsg, consumed",
+            "consumed msg/s RabbitMQ (10d) / Mailbox (2f)",
+            _div(g("10d", "value"), g("2f", "value")), 1.0,
+        ),
+        Ratio(
+            "P2k", "separate processes: does the receiver keep up",
+            "messages sent / messages consumed in the same time (2f)",
+            _div(_extra(report, "2f", "sent"), _extra(report, "2f", "sent", "backlog")), 1.05,
+            note="1.0: no backlog left when both stop",
+        ),
+        Ratio(
+            "P2b", "separate processes, receive(batch=50): RabbitMQ vs cuemsg, consumed",
+            "consumed msg/s RabbitMQ (10d) / Mailbox with receive(batch=50) (2i)",
+            _div(g("10d", "value"), g("2i", "value")),
+            note="what claiming a backlog 50 at a time buys (not the default: see the text)",
+        ),
+        Ratio(
+            "P2bk", "separate processes, receive(batch=50): does the receiver keep up",
+            "messages sent / messages consumed in the same time (2i)",
+            _div(_extra(report, "2i", "sent"), _extra(report, "2i", "sent", "backlog")),
+        ),
+        Ratio(
+            "P3j", "batches of 50: JetStream vs cuemsg",
+            "msg/s JetStream (10e) / Mailbox send_many -> receive(batch) (Bm)",
+            _div(g("10e", "value"), g("Bm", "value")), 2.0,
+        ),
+        Ratio(
+            "P3r", "batches of 50: RabbitMQ vs cuemsg",
+            "msg/s RabbitMQ (10f) / Mailbox send_many -> receive(batch) (Bm)",
+            _div(g("10f", "value"), g("Bm", "value")), 1.0,
+        ),
+        Ratio(
+            "P4", "server CPU per message, one at a time: cuemsg vs RabbitMQ",
+            "server CPU per message, Mailbox cycle (2a) / RabbitMQ cycle (10b)",
+            _div(g("2a", "server_cpu"), g("10b", "server_cpu")), 1.0,
+        ),
+        Ratio(
+            "R13", "what synchronous=FULL costs, one at a time",
+            "msg/s with NORMAL (2a) / with FULL (2g)",
+            _div(g("2a", "value"), g("2g", "value")),
         ),
         Ratio(
             "R10", "cuemsg RPC vs Redis lists round trip",

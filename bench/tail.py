@@ -1,10 +1,10 @@
-"""Rows 2e and 2f: what the event feed costs the message path.
+"""Rows 2j and 2k: what the event feed costs the message path.
 
 The one-way case of row 2b (one pair, send -> receive -> ack), run without a
-tail (2e) and with a `cuemsg tail --json` process following the same tenant
-(2f), interleaved round by round on the same server so a passing load hits
-both alike. Ratio T5 is 2e / 2f: how much slower messages go while a tail
-watches (the target: under 10 %, so T5 <= 1.11). `python -m bench --only tail`
+tail (2j) and with a `cuemsg tail --json` process following the same tenant
+(2k), interleaved round by round on the same server so a passing load hits
+both alike. Ratio T10 is 2j / 2k: how much slower messages go while a tail
+watches (the target: under 10 %, so T10 <= 1.11). `python -m bench --only tail`
 runs just these two rows.
 """
 
@@ -52,27 +52,27 @@ def tail_attached(server: ServerProc) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def tail_rows(plan: Plan, server: ServerProc, kind: str, log: Callable[[str], None]) -> list[Row]:
-    """Rows 2e (no tail) and 2f (a tail attached), `plan.rounds` interleaved runs each."""
-    runs: dict[str, list[rows.OneWayRun]] = {"2e": [], "2f": []}
+    """Rows 2j (no tail) and 2k (a tail attached), `plan.rounds` interleaved runs each."""
+    runs: dict[str, list[rows.OneWayRun]] = {"2j": [], "2k": []}
     # Four times row 2b's messages a run: the difference sought is small, the noise not.
     count = plan.one_pair * 4
     for round_ in range(plan.rounds):
-        for key in ("2e", "2f"):
+        for key in ("2j", "2k"):
             started = time.monotonic()
-            with tail_attached(server) if key == "2f" else contextlib.nullcontext():
+            with tail_attached(server) if key == "2k" else contextlib.nullcontext():
                 run = rows.one_way_run(
                     plan, [server], pairs=1, per_pair=count, kind=kind, prefix=f"ow-{key}"
                 )
             runs[key].append(run)
-            what = "tail" if key == "2f" else "none"
+            what = "tail" if key == "2k" else "none"
             log(
                 f"  {key:>3} round {round_ + 1}/{plan.rounds} {what:<5}"
                 f" {run.rate:7.1f} msg/s {time.monotonic() - started:5.1f} s"
             )
     label = driver_label(kind)
     return [
-        rows.one_way_row("2e", f"{CASE}, no tail (paired with 2f)", runs["2e"], label),
+        rows.one_way_row("2j", f"{CASE}, no tail (paired with 2k)", runs["2j"], label),
         rows.one_way_row(
-            "2f", f"{CASE}, a `cuemsg tail` attached", runs["2f"], label + "; tail --json"
+            "2k", f"{CASE}, a `cuemsg tail` attached", runs["2k"], label + "; tail --json"
         ),
     ]

@@ -19,6 +19,7 @@ Variants (those the installed code does not have are skipped):
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -135,7 +136,7 @@ def main() -> None:
             for name, make in clients().items():
                 client = make()
                 for op_name, op in ops.items():
-                    got = _measure(lambda op=op, client=client: op(client), args.requests)
+                    got = _measure(functools.partial(op, client), args.requests)
                     results.setdefault((name, op_name), []).append(got)
                 http_client = client._http
                 client.close()

@@ -5,9 +5,12 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-import tomllib
+import pytest
 
 import cuemsg
+
+# Python 3.11+ reads TOML itself; on 3.10 this module's version check is skipped.
+tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 

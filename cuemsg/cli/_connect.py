@@ -21,9 +21,10 @@ def make_client(args: argparse.Namespace) -> CueClient:
 
     Raises:
         MissingAPIKey: no key anywhere.
-        UsageError: the base URL has no scheme (`127.0.0.1:8787`).
+        UsageError: the base URL has no scheme (`127.0.0.1:8787`), or not http(s).
     """
     from cuemsg.cueapi import CueClient
+    from cuemsg.cueapi._base import check_base_url
 
     key = args.api_key or os.environ.get("CUEAPI_API_KEY")
     if not key:
@@ -31,6 +32,11 @@ def make_client(args: argparse.Namespace) -> CueClient:
     url = args.base_url or os.environ.get("CUEAPI_BASE_URL") or None
     if url is not None and "://" not in url:
         raise UsageError(f"the base URL {url!r} has no scheme: add http:// (http://{url})")
+    if url is not None:
+        try:
+            check_base_url(url)  # ftp://... : a usage error, not a traceback
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return CueClient(key, url)
 
 

@@ -40,7 +40,8 @@ INTERRUPTED = 130
 EXIT_CODES = f"""exit status: {OK} done; {ERROR} an error (CueAPI said no, the server cannot be
 reached, the responder's handler raised, no such mailbox); {USAGE} bad usage (a wrong
 option, a body that is not JSON, no API key); {TIMEOUT} a request got no reply in time;
-{CANNOT_LISTEN} serve could not listen (address in use); {INTERRUPTED} interrupted (Ctrl-C)."""
+{CANNOT_LISTEN} serve could not listen (address in use, or --host not this machine's);
+{INTERRUPTED} interrupted (Ctrl-C)."""
 
 NO_KEY = "no CueAPI key: set CUEAPI_API_KEY or pass --api-key"
 
@@ -57,7 +58,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises `UsageError` instead of printing, so `--json` can report it."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", self.format_usage())
+        # report_error() prefixes "cuemsg: "; name the subcommand after it, not "cuemsg" twice.
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message, self.format_usage())
 
 
 def emit(args: argparse.Namespace, data: Any, text: Sequence[str] | str) -> None:

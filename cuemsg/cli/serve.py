@@ -18,6 +18,7 @@ from cuemsg._exceptions import StorageOpenError
 from cuemsg._inspect import CommandError
 from cuemsg.cli._output import CANNOT_LISTEN, EXIT_CODES, UsageError, interrupted
 from cuemsg.cli.webhook import add_webhook_options
+from cuemsg.server.run import run_loop
 
 if TYPE_CHECKING:
     from cuemsg.server.settings import ServerSettings
@@ -47,6 +48,17 @@ def check_tls(certfile: str | None, keyfile: str | None) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(f"cannot load the TLS certificate {certfile}: {exc}") from None
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (a free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {text}")
+    return port
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,11 +97,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         sock = bind(host, args.port)
     except OSError as exc:
-        why = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use (pick another --port, or --port 0 for a free one)"
+        elif exc.errno == errno.EADDRNOTAVAIL:  # the port is fine: the host is the mistake
+            why = "no interface of this machine has that address (check --host)"
+        else:
+            why = str(exc.strerror or exc)
         raise CommandError(
-            f"serve: cannot listen on {host}:{args.port}: {why} (pick another --port, "
-            "or --port 0 for a free one)",
-            CANNOT_LISTEN,
+            f"serve: cannot listen on {host}:{args.port}: {why}", CANNOT_LISTEN
         ) from None
     with sock:
         try:
@@ -135,7 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
             return True
 
         try:
-            started = asyncio.run(run())
+            started = run_loop(run())
         except KeyboardInterrupt:  # uvicorn shuts down, then raises the Ctrl-C it held
             return interrupted(f"the server on {base_url} stopped", as_json=False)
     if not started and app_server.startup_error is not None:
@@ -162,6 +177,7 @@ def _announce(base_url: str, settings: ServerSettings, key: str | None) -> None:
     print("point clients at it with:")
     print(f"  export CUEAPI_BASE_URL={base_url}")
     print(f"  export CUEAPI_API_KEY={key or 'cue_sk_...'}")
+    print(f"web console: {base_url}/console/ (sign in with the API key)")
     if not settings.loopback:
         print(
             f"warning: listening on {settings.host}, reachable from other machines", file=sys.stderr
@@ -183,6 +199,11 @@ def _keys_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"keys: {exc}") from None
     check_db(settings.db)
+    if settings.db == ":memory:":  # the key would vanish with this process's database
+        raise UsageError(
+            "keys: --db :memory: is a database of its own that ends with this command; "
+            "give the file or URL that `cuemsg serve --db` uses"
+        )
 
     async def create() -> str:
         storage = open_storage(settings)
@@ -261,7 +282,7 @@ def add_commands(sub: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     serve.add_argument(
-        "--port", type=int, default=8787, help="port (default 8787; 0: a free one, printed)"
+        "--port", type=port_number, default=8787, help="port (default 8787; 0: a free one, printed)"
     )
     serve.add_argument("--lease-seconds", type=float, default=None, help="claim lease (60)")
     serve.add_argument(

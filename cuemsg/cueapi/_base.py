@@ -62,6 +62,26 @@ def _default_transport() -> httpx.BaseTransport | None:
     return KeepAliveTransport()
 
 
+def check_base_url(base_url: str) -> None:
+    """Refuse a URL httpx cannot send to (it would fail at the first call, obscurely).
+
+    Raises:
+        ValueError: not an http:// or https:// URL; says to add http:// when no scheme.
+    """
+    if not base_url.lower().startswith(("http://", "https://")):
+        hint = "" if "://" in base_url else f": add http:// (http://{base_url})"
+        raise ValueError(f"the base URL {base_url!r} is not an http:// or https:// URL{hint}")
+
+
+def _check_config(base_url: str, timeout: float, max_retries: int) -> None:
+    """Refuse at construction what would only fail later, as an obscure transport error."""
+    check_base_url(base_url)
+    if not timeout > 0:  # `not >`: NaN is refused too
+        raise ValueError(f"timeout must be > 0 seconds, not {timeout}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be >= 0, not {max_retries}")
+
+
 class _BaseClient:
     """Configuration, request building and the flow stepping shared by both clients."""
 
@@ -76,6 +96,7 @@ class _BaseClient:
     ) -> None:
         self._api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self.base_url = (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+        _check_config(self.base_url, timeout, max_retries)
         self.timeout = timeout
         self.use_extensions = use_extensions
         self.request_count = 0  # HTTP requests sent, retries included
@@ -131,6 +152,47 @@ class _BaseClient:
         except StopIteration as stop:
             return True, stop.value
         return False, step
+
+    def _init_building(self, http: httpx.Client | httpx.AsyncClient) -> None:
+        """What `_build_request` needs from the httpx client, worked out once."""
+        # httpx's default headers that every request of ours keeps (Accept-Encoding,
+        # Connection), in their order; `_request_args` always sets Accept and User-Agent.
+        self._http_for_build = http
+        self._default_headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in http.headers.raw
+            if name.lower() not in _OWN_HEADERS
+        ]
+        self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
+        self._urls: dict[str, httpx.URL] = {}
+
+    def _build_request(self, call: Call) -> httpx.Request:
+        """What `self._http.build_request(**self._request_args(call))` gives, built directly.
+
+        For a client made here only: its headers (httpx's defaults) are merged
+        once, in `__init__`, and it has no base URL, cookies or params of its
+        own to merge. The same method, URL, query, body, headers and timeouts
+        (test_transport.py compares the two).
+        """
+        args = self._request_args(call)
+        ours: dict[str, str] = args["headers"]
+        if any(name.lower() in self._default_names for name in call.headers):
+            return self._http_for_build.build_request(**args)
+        timeout: httpx.Timeout = args["timeout"]
+        url = self._urls.get(args["url"])  # parsing a URL is a third of building a request
+        if url is None:
+            url = httpx.URL(args["url"])
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[args["url"]] = url
+        return httpx.Request(
+            call.method,
+            url,
+            params=args["params"],
+            content=args["content"],
+            headers=[*self._default_headers, *ours.items()],
+            extensions={"timeout": timeout.as_dict()},
+        )
 
 
 class _Resource:

@@ -1,9 +1,11 @@
-"""`KeepAliveTransport`: an httpx transport on the standard library's `http.client`.
+"""`KeepAliveTransport`: an httpx transport that opens connections with `http.client`.
 
 `CueClient` sends with it by default. httpx stays the client's API and its
-exceptions stay the error vocabulary (`_retry.py` reads them), but the bytes
-move through `http.client`, which costs a fraction of the CPU of
-httpcore + h11 per request (see `docs/client.md`, "Client transport").
+exceptions stay the error vocabulary (`_retry.py` reads them), but the
+bytes skip httpcore + h11: `http.client` opens the connection (TCP, TLS),
+the request leaves in one write and the answer is read with `_http11`
+(without `http.client`'s header parsing, which goes through the `email`
+package). See `docs/client.md`, "Client transport".
 
 What it does:
 - one pool of idle keep-alive connections per (scheme, host, port), last in
@@ -41,9 +43,10 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
 
 import httpx
+
+from cuemsg.cueapi._http11 import IncompleteAnswer, encode_request, read_answer
 
 __all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "DEFAULT_MAX_IDLE", "KeepAliveTransport"]
 
@@ -52,7 +55,6 @@ DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is reused for (http
 
 _Origin = tuple[str, str, int]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_HTTP_VERSIONS = {10: b"HTTP/1.0", 11: b"HTTP/1.1"}
 
 
 def _readable(sock: socket.socket | None) -> bool:
@@ -125,17 +127,17 @@ class KeepAliveTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
         origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        data = encode_request(request, request.read())  # a bad header fails before connecting
         conn = self._checkout(origin, timeouts.get("connect"), request)
         try:
-            response = self._exchange(conn, request, timeouts)
+            response, keep = self._exchange(conn, request, data, timeouts)
         except BaseException:
             conn.close()
             raise
-        # http.client drops `conn.sock` when the answer said the connection closes.
-        if conn.sock is None:
-            conn.close()
-        else:
+        if keep:
             self._checkin(origin, conn)
+        else:  # the answer said the connection closes, or ended with it
+            conn.close()
         return response
 
     def close(self) -> None:
@@ -209,33 +211,21 @@ class KeepAliveTransport(httpx.BaseTransport):
     def _exchange(
         conn: http.client.HTTPConnection,
         request: httpx.Request,
+        data: bytes,
         timeouts: dict[str, float | None],
-    ) -> httpx.Response:
-        """Send `request` on `conn` and read the whole answer."""
-        body = request.read()
-        headers = request.headers.raw
-        has_host = chunked = False
-        for name, value in headers:
-            name = name.lower()
-            if name == b"host":
-                has_host = True
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-        if chunked:  # a streamed request body, read whole above: send it as one chunk
-            body = (b"%x\r\n%b\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    ) -> tuple[httpx.Response, bool]:
+        """Send `data` (the request's bytes) on `conn`, read the whole answer: (response,
+        connection reusable).
+
+        `http.client` only opens the connection (TCP and TLS); the request
+        goes in one write and the answer is read with `_http11` (its headers
+        not parsed by the `email` package, as `http.client` would).
+        """
         sock = conn.sock
         assert sock is not None
         try:
             sock.settimeout(timeouts.get("write"))
-            conn.putrequest(
-                request.method,
-                request.url.raw_path.decode("ascii"),
-                skip_host=has_host,  # httpx sets Host; http.client adds it otherwise
-                skip_accept_encoding=True,
-            )
-            for name, value in headers:
-                conn.putheader(name, value)
-            conn.endheaders(body or None)
+            sock.sendall(data)
         except TimeoutError as exc:
             raise httpx.WriteTimeout(_describe(exc), request=request) from exc
         except OSError as exc:  # BrokenPipe, reset: some of the request may have left
@@ -243,28 +233,21 @@ class KeepAliveTransport(httpx.BaseTransport):
 
         try:
             sock.settimeout(timeouts.get("read"))
-            answer = conn.getresponse()
-            content = answer.read()
+            with sock.makefile("rb") as fp:
+                (version, status, reason, headers), content, keep = read_answer(fp, request.method)
         except TimeoutError as exc:
             raise httpx.ReadTimeout(_describe(exc), request=request) from exc
-        except http.client.HTTPException as exc:
-            # RemoteDisconnected (closed before an answer), IncompleteRead, a bad status line.
+        except (IncompleteAnswer, ValueError) as exc:
+            # closed before a whole answer, a bad status line, header, length or chunk
             raise httpx.RemoteProtocolError(_describe(exc), request=request) from exc
         except OSError as exc:  # reset by peer, and the like
             raise httpx.ReadError(_describe(exc), request=request) from exc
 
-        extensions: dict[str, Any] = {
-            "http_version": _HTTP_VERSIONS.get(answer.version, b"HTTP/1.1"),
-            "reason_phrase": answer.reason.encode("ascii", "replace"),
-        }
-        # http.client decodes header bytes as latin-1; httpx wants bytes for anything non-ASCII.
-        answer_headers = [
-            (name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.getheaders()
-        ]
-        return httpx.Response(
-            answer.status,
-            headers=answer_headers,
+        response = httpx.Response(
+            status,
+            headers=headers,
             stream=httpx.ByteStream(content),
-            extensions=extensions,
+            extensions={"http_version": version, "reason_phrase": reason},
             request=request,
         )
+        return response, keep

@@ -1,4 +1,5 @@
-"""`AsyncCueClient` and its resources: the async CueAPI client over `httpx.AsyncClient`.
+"""`AsyncCueClient` and its resources: the async CueAPI client over `httpx.AsyncClient`
+(sending through `AsyncKeepAliveTransport` by default).
 
 It runs the same flows as `CueClient` (`_flows.py`) on the shared base
 (`_base.py`); only sending and sleeping between retries are its own.
@@ -18,6 +19,7 @@ import httpx
 from cuemsg._exceptions import CueAPIError
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
+from cuemsg.cueapi._async_transport import default_async_transport
 from cuemsg.cueapi._base import DEFAULT_LIMITS, DEFAULT_TIMEOUT, _BaseClient, _Resource
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES
 from cuemsg.cueapi._routes import Call, Send, Step
@@ -46,9 +48,11 @@ _T = TypeVar("_T")
 
 
 class AsyncCueClient(_BaseClient):
-    """The asynchronous twin of `CueClient` (one pooled `httpx.AsyncClient`).
+    """The asynchronous twin of `CueClient` (an `httpx.AsyncClient` over `AsyncKeepAliveTransport`).
 
-    Same arguments and resources as `CueClient`; every call is awaited, and
+    Same arguments and resources as `CueClient` (the default transport is
+    `AsyncKeepAliveTransport`, httpx's own with a proxy in the environment;
+    `transport=` takes an `httpx.AsyncBaseTransport`); every call is awaited, and
     `aclose()` / `async with` replace `close()` / `with`. Works on asyncio and trio.
     """
 
@@ -73,9 +77,19 @@ class AsyncCueClient(_BaseClient):
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client= or transport=, not both")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            transport=transport, timeout=timeout, limits=DEFAULT_LIMITS
-        )
+        # As `CueClient`: requests go straight to a transport made here (see `_send`).
+        self._transport: httpx.AsyncBaseTransport | None = None
+        if http_client is not None:
+            self._http = http_client
+        else:
+            if transport is None:
+                transport = default_async_transport()
+            if transport is None:
+                self._http = httpx.AsyncClient(timeout=timeout, limits=DEFAULT_LIMITS)
+            else:
+                self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
+                self._transport = transport
+        self._init_building(self._http)
         self.cues = AsyncCues(self)
         self.executions = AsyncExecutions(self)
         self.workers = AsyncWorkers(self)
@@ -97,9 +111,27 @@ class AsyncCueClient(_BaseClient):
             await self._http.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
-        request = self._http.build_request(**self._request_args(call))
+        transport = self._transport
+        if transport is None:
+            request = self._http.build_request(**self._request_args(call))
+            self.request_count += 1
+            return await self._http.send(request)
+        request = self._build_request(call)
         self.request_count += 1
-        return await self._http.send(request)
+        if request.url.userinfo:  # user:pass@ in the URL: httpx's auth
+            return await self._http.send(request)
+        # What `httpx.AsyncClient.send` would do for a client made here, without its
+        # layers (see `CueClient._send`).
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        response = await transport.handle_async_request(request)
+        try:
+            response.request = request
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     async def _run(self, flow: Generator[Step, Any, _T]) -> _T:
         value: Any = None

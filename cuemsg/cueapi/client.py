@@ -36,8 +36,6 @@ from cuemsg._exceptions import CueAPIError
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
 from cuemsg.cueapi._base import (
-    _OWN_HEADERS,
-    _URL_CACHE_SIZE,
     API_KEY_ENV,
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -146,15 +144,7 @@ class CueClient(_BaseClient):
             else:
                 self._http = httpx.Client(transport=transport, timeout=timeout)
                 self._transport = transport
-        # httpx's default headers that every request of ours keeps (Accept-Encoding,
-        # Connection), in their order; `_request_args` always sets Accept and User-Agent.
-        self._default_headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in self._http.headers.raw
-            if name.lower() not in _OWN_HEADERS
-        ]
-        self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
-        self._urls: dict[str, httpx.URL] = {}
+        self._init_building(self._http)
         self.cues = Cues(self)
         self.executions = Executions(self)
         self.workers = Workers(self)
@@ -174,34 +164,6 @@ class CueClient(_BaseClient):
         """Close the connection pool (unless it came from `http_client=`)."""
         if self._owns_http:
             self._http.close()
-
-    def _build_request(self, call: Call) -> httpx.Request:
-        """What `self._http.build_request(**self._request_args(call))` gives, built directly.
-
-        For a client made here only: its headers (httpx's defaults) are merged
-        once, in `__init__`, and it has no base URL, cookies or params of its
-        own to merge. The same method, URL, query, body, headers and timeouts
-        (test_transport.py compares the two).
-        """
-        args = self._request_args(call)
-        ours: dict[str, str] = args["headers"]
-        if any(name.lower() in self._default_names for name in call.headers):
-            return self._http.build_request(**args)
-        timeout: httpx.Timeout = args["timeout"]
-        url = self._urls.get(args["url"])  # parsing a URL is a third of building a request
-        if url is None:
-            url = httpx.URL(args["url"])
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            self._urls[args["url"]] = url
-        return httpx.Request(
-            call.method,
-            url,
-            params=args["params"],
-            content=args["content"],
-            headers=[*self._default_headers, *ours.items()],
-            extensions={"timeout": timeout.as_dict()},
-        )
 
     def _send(self, call: Call) -> httpx.Response:
         transport = self._transport

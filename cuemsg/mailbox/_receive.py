@@ -204,6 +204,10 @@ class ReceiveFlows(SettleFlows):
         """
         if batch < 1:
             raise ValueError(f"batch must be >= 1, not {batch}")
+        if wait is not None and not wait >= 0:  # as collect(wait=): not silently "no wait"
+            raise ValueError(f"wait must be >= 0, not {wait}")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
         count = 0
         deadline = None if wait is None else self.monotonic() + wait
         while not self.stopping and (limit is None or count < limit):

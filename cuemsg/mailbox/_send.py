@@ -37,7 +37,13 @@ class SendFlows(SignatureFlows):
         gather: str | None = None,
         topic: str | None = None,
     ) -> tuple[Meta, dict[str, Any]]:
-        """The envelope of an outgoing message (pure: the id is made here, once)."""
+        """The envelope of an outgoing message (pure: the id is made here, once).
+
+        Raises:
+            TypeError: `thread` is not a string, or `headers` not strings to strings
+                (every receiver would reject the envelope as unreadable).
+        """
+        _check_thread_and_headers(thread, headers)
         sent_at = utcnow()
         start = sent_at.timestamp()
         if send_at is not None:
@@ -81,6 +87,7 @@ class SendFlows(SignatureFlows):
     ) -> Flow[Sent]:
         """Fire one message at `to_cue`, a name or an address (keyed by its id: a retried
         fire makes no copy)."""
+        check_ttl(ttl)
         meta, payload = self.message_payload(
             body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
         )
@@ -107,6 +114,7 @@ class SendFlows(SignatureFlows):
         headers: dict[str, str] | None = None,
     ) -> Flow[list[Sent]]:
         """Fire many messages at `to_cue` in as few requests as the server allows, in order."""
+        check_ttl(ttl)
         when = as_datetime(send_at)
         to_cue = yield from self.addresses.resolve(to_cue)
         self.remember_peer(thread, to_cue)
@@ -128,3 +136,29 @@ class SendFlows(SignatureFlows):
             Sent(id=m.id, execution_id=r.id, cue_id=to_cue, scheduled_for=r.scheduled_for)
             for m, r in zip(metas, results, strict=True)
         ]
+
+
+def check_ttl(ttl: float | None) -> None:
+    """Refuse a caller's `ttl` that would send a message expired on arrival.
+
+    Only what callers give: a reply to a request carries what is left of the
+    request's deadline, which may have passed (a late reply is still sent).
+    """
+    if ttl is not None and not ttl > 0:  # `not >`: NaN is refused too
+        raise ValueError(f"ttl must be > 0 seconds, not {ttl}")
+
+
+def _check_thread_and_headers(thread: object, headers: object) -> None:
+    """Refuse, at the sender, what every receiver would reject as an unreadable envelope."""
+    if thread is not None and not isinstance(thread, str):
+        raise TypeError(f"thread must be a string, not {type(thread).__name__} {thread!r}")
+    if headers is None:
+        return
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict of strings, not {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"headers must map strings to strings: {key!r}: {value!r} is "
+                f"{type(key).__name__}: {type(value).__name__}"
+            )

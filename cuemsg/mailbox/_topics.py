@@ -23,7 +23,7 @@ from cuemsg.mailbox._config import MAILBOX_SCHEDULE
 from cuemsg.mailbox._opening import find_cue
 from cuemsg.mailbox._ops import CreateCue, DeleteCue, Fire, FireMany, Flow, ListCues, UpdateCue
 from cuemsg.mailbox._records import Sent
-from cuemsg.mailbox._send import SendFlows
+from cuemsg.mailbox._send import SendFlows, check_ttl
 from cuemsg.mailbox.subjects import check_pattern, check_topic, matches
 
 log = logging.getLogger("cuemsg.mailbox")
@@ -158,6 +158,7 @@ class TopicFlows(SendFlows):
         not raised.
         """
         check_topic(topic)
+        check_ttl(ttl)
         subs = yield from self.all_subscriptions()
         targets = list(dict.fromkeys(s.address for s in subs if matches(s.pattern, topic)))
         if not targets:

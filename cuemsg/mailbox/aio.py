@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -350,11 +350,11 @@ class AsyncMailbox(
         limit: int | None = None,
         type: None = None,
         batch: int = 1,
-    ) -> AsyncIterator[AsyncMessage[Any]]: ...
+    ) -> AsyncGenerator[AsyncMessage[Any], None]: ...
     @overload
     def receive(
         self, *, wait: float | None = None, limit: int | None = None, type: type[T], batch: int = 1
-    ) -> AsyncIterator[AsyncMessage[T]]: ...
+    ) -> AsyncGenerator[AsyncMessage[T], None]: ...
     async def receive(
         self,
         *,
@@ -362,7 +362,7 @@ class AsyncMailbox(
         limit: int | None = None,
         type: Any = None,
         batch: int = 1,
-    ) -> AsyncIterator[AsyncMessage[Any]]:
+    ) -> AsyncGenerator[AsyncMessage[Any], None]:
         """Iterate over incoming messages.
 
         Args:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -308,11 +308,11 @@ class Mailbox(
         limit: int | None = None,
         type: None = None,
         batch: int = 1,
-    ) -> Iterator[Message[Any]]: ...
+    ) -> Generator[Message[Any], None, None]: ...
     @overload
     def receive(
         self, *, wait: float | None = None, limit: int | None = None, type: type[T], batch: int = 1
-    ) -> Iterator[Message[T]]: ...
+    ) -> Generator[Message[T], None, None]: ...
     def receive(
         self,
         *,
@@ -320,7 +320,7 @@ class Mailbox(
         limit: int | None = None,
         type: Any = None,
         batch: int = 1,
-    ) -> Iterator[Message[Any]]:
+    ) -> Generator[Message[Any], None, None]:
         """Iterate over incoming messages.
 
         Args:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 
@@ -218,9 +218,7 @@ class Agent:
     async def _claim_one(self, wait: float) -> AsyncMessage[Any] | None:
         # Leaving the receive loop with the message in hand keeps it unsettled (the loop
         # would ack it on the next turn); its lease is then ours to renew or settle.
-        received = cast(
-            "AsyncGenerator[AsyncMessage[Any], None]", self.mailbox.receive(wait=wait, limit=1)
-        )
+        received = self.mailbox.receive(wait=wait, limit=1)
         try:
             async for msg in received:
                 return msg

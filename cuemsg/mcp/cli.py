@@ -21,6 +21,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from cuemsg._exceptions import CuemsgError
+from cuemsg.cueapi._base import DEFAULT_BASE_URL, check_base_url
+
 __all__ = ["add_parser", "build_parser", "run"]
 
 DESCRIPTION = """Run an MCP server that gives an LLM agent the mailbox NAME and the tools to
@@ -97,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        try:
+            check_base_url(url or DEFAULT_BASE_URL)  # before the SDK's task groups wrap it
+        except ValueError as exc:
+            print(f"cuemsg mcp: {exc}", file=sys.stderr)
+            return 2
         server = create_server(args.mailbox, api_key=key, base_url=url)
         try:
             if http is None:
@@ -110,7 +118,26 @@ def run(args: argparse.Namespace) -> int:
                 server.run("streamable-http", host=host, port=port)
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:
+            # The mailbox opens in the server's lifespan, inside the SDK's task groups: a
+            # refused key, name or URL arrives wrapped in exception groups. One line, not those.
+            found = _cuemsg_error(exc)
+            if found is None:
+                raise
+            print(f"cuemsg mcp: cannot open the mailbox {args.mailbox!r}: {found}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _cuemsg_error(exc: BaseException) -> CuemsgError | None:
+    """The first `CuemsgError` in `exc`, looking inside exception groups."""
+    if isinstance(exc, CuemsgError):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):  # an exception group (3.10: the backport)
+        found = _cuemsg_error(inner)
+        if found is not None:
+            return found
+    return None
 
 
 @contextlib.contextmanager

@@ -2,10 +2,10 @@
 
 `create_app(settings)` returns a Starlette app whose routes are the lists
 `cuemsg.server.routes.ROUTES` and `OPEN_ROUTES` (info, register, health, the
-OpenAPI document); this module owns only the assembly: opening the
-backend, the lifespan (storage, sweeper, retention purge, scheduler and webhook
-dispatcher), the Host guard of a loopback-bound server, and the 404/405 answers
-(other errors: `guard.py`).
+OpenAPI document) and the web console's files (`cuemsg.console`); this module
+owns only the assembly: opening the backend, the lifespan (storage, sweeper,
+retention purge, scheduler and webhook dispatcher), the Host guard of a
+loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from cuemsg._exceptions import StorageOpenError
+from cuemsg.console import console_routes
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
 from cuemsg.server.hosts import HostGuard
@@ -149,7 +150,7 @@ def create_app(
     if settings.host is not None and settings.loopback:
         middleware.append(Middleware(HostGuard, bound=settings.host))
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *console_routes()],  # the console: static files calling the API
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
         middleware=[Middleware(ErrorGuard), *middleware],

@@ -1,14 +1,37 @@
-"""Serving the app with uvicorn, and binding its socket: for `cuemsg serve` and `cuemsg.testing`."""
+"""Serving the app with uvicorn: its socket, its event loop (uvloop where installed), and a
+quick shutdown; for `cuemsg serve` and `cuemsg.testing`."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
 
 from cuemsg.server import redact
 from cuemsg.server.app import Server
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to completion on uvloop where it is installed, else on asyncio.
+
+    uvicorn picks uvloop itself only in `Server.run()`; `cuemsg serve` drives
+    `Server.serve()` from its own loop, so it chooses here.
+    """
+    try:
+        import uvloop
+    except ImportError:  # Windows, or a build without it
+        return asyncio.run(main)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return uvloop.run(main)  # pragma: no cover - Python 3.10
 
 
 class Uvicorn(uvicorn.Server):

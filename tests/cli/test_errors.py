@@ -91,6 +91,14 @@ def test_unreachable_server(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(run.err.splitlines()) == 1
 
 
+def test_base_url_that_is_not_http_is_a_usage_error(cli: Any) -> None:
+    run = cli("send", "x", "1", "--base-url", "ftp://127.0.0.1:8787")  # was a traceback
+    assert (run.code, run.out) == (2, "")
+    assert (
+        run.err == "cuemsg: the base URL 'ftp://127.0.0.1:8787' is not an http:// or https:// URL\n"
+    )
+
+
 def test_base_url_without_a_scheme_gets_a_hint(cli: Any) -> None:
     run = cli("inspect", "mailboxes", "--base-url", "127.0.0.1:8787")
     assert run.code == 2

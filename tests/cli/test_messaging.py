@@ -188,11 +188,11 @@ def test_bad_numbers_are_usage_errors(cli: Any) -> None:
     run = cli("send", "x", "1", "--ttl", "0")
     assert run.code == 2
     assert run.err.startswith("usage: cuemsg send")
-    assert run.err.endswith("cuemsg: cuemsg send: argument --ttl: must be > 0, not 0\n")
+    assert run.err.endswith("cuemsg: send: argument --ttl: must be > 0, not 0\n")
     run = cli("listen", "x", "--limit", "many", "--json")
     assert (run.code, run.err) == (2, "")
     assert run.json() == {
-        "error": "cuemsg listen: argument --limit: not a number: 'many'",
+        "error": "listen: argument --limit: not a number: 'many'",
         "type": "UsageError",
         "exit_code": 2,
     }

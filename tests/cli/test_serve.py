@@ -74,6 +74,25 @@ def test_a_port_in_use_is_one_line_and_exit_4() -> None:
     )
 
 
+def test_a_port_out_of_range_is_a_usage_error() -> None:
+    proc = run_cuemsg("serve", "--port", "99999", "--db", ":memory:", srv=None)
+    assert (proc.returncode, proc.stdout) == (2, "")  # was an OverflowError traceback
+    assert proc.stderr.endswith("\ncuemsg: serve: argument --port: must be 0 to 65535, not 99999\n")
+    proc = run_cuemsg("serve", "--port", "http", "--db", ":memory:", srv=None)
+    assert proc.returncode == 2
+    assert proc.stderr.endswith("argument --port: not a port number: 'http'\n")
+
+
+def test_a_host_that_is_not_this_machine_names_the_host() -> None:
+    # 192.0.2.1 is TEST-NET-1 (RFC 5737): never an address of this machine.
+    proc = run_cuemsg("serve", "--host", "192.0.2.1", "--port", "0", "--db", ":memory:", srv=None)
+    assert (proc.returncode, proc.stdout) == (4, "")
+    assert proc.stderr == (
+        "cuemsg: serve: cannot listen on 192.0.2.1:0: "
+        "no interface of this machine has that address (check --host)\n"
+    )
+
+
 def test_an_unknown_db_scheme_is_refused() -> None:
     proc = run_cuemsg("serve", "--db", "mysql://x", "--port", "0", srv=None)
     assert (proc.returncode, proc.stdout) == (2, "")
@@ -132,3 +151,13 @@ def test_demo_tells_its_handler_failure_as_part_of_the_story() -> None:
         "  planner: RemoteError ValueError: the writer cannot do that\n"
     ) in proc.stdout
     assert "WARNING" not in proc.stderr and "handler failed" not in proc.stderr
+
+
+def test_serve_prints_where_the_web_console_is(serving: list[subprocess.Popen[str]]) -> None:
+    base_url, _ = _serve(serving)
+    proc = serving[0]
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == f"web console: {base_url}/console/ (sign in with the API key)"
+    page = httpx.get(f"{base_url}/console/")
+    assert page.status_code == 200 and "cuemsg console" in page.text

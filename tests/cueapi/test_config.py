@@ -29,6 +29,32 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (c.api_key, c.base_url) == ("cue_sk_arg", "http://other")
 
 
+@pytest.mark.parametrize("client_class", [CueClient, AsyncCueClient])
+def test_bad_configuration_is_refused_at_construction(
+    client_class: type[CueClient] | type[AsyncCueClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # These used to construct, then fail on the first call as
+    # "TransportError: UnsupportedProtocol: ... '://'", or never time out.
+    with pytest.raises(
+        ValueError,
+        match=r"'127.0.0.1:8787' is not an http:// or https:// URL: "
+        r"add http:// \(http://127.0.0.1:8787\)",
+    ):
+        client_class("k", "127.0.0.1:8787")
+    with pytest.raises(
+        ValueError, match=r"^the base URL 'ftp://x' is not an http:// or https:// URL$"
+    ):
+        client_class("k", "ftp://x")
+    monkeypatch.setenv("CUEAPI_BASE_URL", "localhost:8787")  # the environment is checked too
+    with pytest.raises(ValueError, match="add http://"):
+        client_class("k")
+    for timeout in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be > 0 seconds"):
+            client_class("k", "http://x", timeout=timeout)
+    with pytest.raises(ValueError, match="max_retries must be >= 0, not -1"):
+        client_class("k", "HTTPS://x", max_retries=-1)
+
+
 def test_missing_key_is_raised_before_sending() -> None:
     with CueClient() as c, pytest.raises(MissingAPIKey) as info:
         c.cues.get("cue_x")

@@ -24,8 +24,8 @@ import pytest
 from cuemsg.cueapi import CueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
+from cuemsg.cueapi._base import _default_transport
 from cuemsg.cueapi._transport import KeepAliveTransport
-from cuemsg.cueapi.client import _default_transport
 from cuemsg.testing import RunningServer, free_port, run_server
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -487,3 +487,62 @@ def test_pool_keeps_at_most_max_idle(srv: RunningServer) -> None:
             w.join()
         assert transport.idle_count <= 2
     assert transport.idle_count == 0
+
+
+def _raw_answer(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A listener that reads one request, writes `answer` as it is, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP/1.0 220 hello\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",  # a header without a colon
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # closed mid-body
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",  # a bad chunk size
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",  # a head too long
+    ],
+    ids=["not-http", "header", "short-body", "chunk-size", "two-lengths", "bad-length", "long"],
+)
+def test_a_malformed_answer_is_a_protocol_error(answer: bytes) -> None:
+    listener, thread = _raw_answer(answer)
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with CueClient("cue_sk_x", url, max_retries=0) as c, pytest.raises(TransportError) as info:
+            c.info()
+        thread.join(5)
+    assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+    assert _transport(c).idle_count == 0
+
+
+def test_an_answer_ended_by_the_connection_and_a_1xx_before_it() -> None:
+    body = b'{"version": "raw", "extensions": []}'
+    head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n"
+    listener, thread = _raw_answer(head + body)
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with CueClient("cue_sk_x", url, max_retries=0) as c:
+            assert c.info().version == "raw"
+            assert _transport(c).idle_count == 0  # ended by the close: never pooled
+        thread.join(5)
+
+
+def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
+    transport = KeepAliveTransport()
+    request = httpx.Request("GET", "http://127.0.0.1:1/x", headers={"x-a": "b\r\nx-evil: 1"})
+    with pytest.raises(httpx.LocalProtocolError, match="line break"):
+        transport.handle_request(request)
+    assert transport.connections_opened == 0

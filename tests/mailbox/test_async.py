@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import AsyncExitStack, aclosing
 from typing import Any
@@ -70,6 +71,18 @@ async def test_settling_twice_raises_already_settled(aclient: AsyncCueClient) ->
         assert b.stats.acked == 1 and b.stats.rejected == 0
 
 
+async def test_a_send_that_would_be_dead_on_arrival_is_refused(aclient: AsyncCueClient) -> None:
+    async with AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a:
+        with pytest.raises(ValueError, match="ttl must be > 0 seconds, not 0"):
+            await a.send(a.address, "x", ttl=0)
+        with pytest.raises(TypeError, match="thread must be a string"):
+            await a.request(a.address, "x", timeout=1, thread=7)  # type: ignore[call-overload]
+        assert (await aclient.executions.list()).executions == []  # nothing was fired
+        with pytest.raises(ValueError, match="wait must be >= 0, not -1"):
+            async for _ in a.receive(wait=-1):
+                pass
+
+
 async def test_background_work_needs_the_mailbox_entered(aclient: AsyncCueClient) -> None:
     mb = await AsyncMailbox.open(aclient, "a")
     await mb.send(mb.address, "to myself")  # sending needs no background task
@@ -102,7 +115,7 @@ async def test_fifty_outstanding_requests_three_responders(aclient: AsyncCueClie
 
         async with anyio.create_task_group() as serving:
             for w in workers:
-                serving.start_soon(lambda w=w: w.serve(handler, concurrency=8))
+                serving.start_soon(functools.partial(w.serve, handler, concurrency=8))
             async with anyio.create_task_group() as asking:
                 for n in range(50):
                     asking.start_soon(ask, n)
@@ -194,8 +207,8 @@ async def test_batches(server: RunningServer, aclient: AsyncCueClient) -> None:
             async for m in messages:
                 if m.body == 2:
                     break
-        statuses = [(await aclient.executions.get(s.execution_id)).status for s in sent]
-        assert statuses[:2] == ["success"] * 2 and "success" not in statuses[2:]
+        in_order = [(await aclient.executions.get(s.execution_id)).status for s in sent]
+        assert in_order[:2] == ["success"] * 2 and "success" not in in_order[2:]
         # serve() records the acks of handlers that finish together in one request.
         sent = await a.send_many(c.address, list(range(100)))
         handled: list[int] = []

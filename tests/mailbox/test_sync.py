@@ -231,7 +231,25 @@ def test_bad_inputs(client: CueClient, mailboxes: Open) -> None:
         a.send(b.address, {"x": object()})
     with pytest.raises(EnvelopeError, match="too large"):
         a.send(b.address, "x" * (1024 * 1024))
+    # Each of these used to be sent: dead on arrival (expired), or a dead letter every
+    # receiver rejects as an unreadable envelope. The sender is told instead.
+    for ttl in (0, -5, float("nan")):
+        with pytest.raises(ValueError, match="ttl must be > 0 seconds"):
+            a.send(b.address, "x", ttl=ttl)
+    with pytest.raises(ValueError, match="ttl must be > 0 seconds, not -1"):
+        a.publish("news.x", "x", ttl=-1)  # refused even with no subscriber to send to
+    with pytest.raises(TypeError, match="thread must be a string, not int 123"):
+        a.send(b.address, "x", thread=123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="headers must map strings to strings: 'n': 1"):
+        a.send_many(b.address, ["x"], headers={"n": 1})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="headers must be a dict of strings, not list"):
+        a.send(b.address, "x", headers=["n"])  # type: ignore[arg-type]
     assert client.executions.list().executions == []  # nothing was fired
+    # A negative wait or limit used to end the loop at once, as if nothing had come.
+    with pytest.raises(ValueError, match="wait must be >= 0, not -1"):
+        list(b.receive(wait=-1))
+    with pytest.raises(ValueError, match="limit must be >= 0, not -2"):
+        list(b.receive(wait=0, limit=-2))
     with pytest.raises(NotFound):
         a.request("cue_doesnotexist", "x", timeout=1)
 

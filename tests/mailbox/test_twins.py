@@ -48,6 +48,7 @@ ASYNC_TO_SYNC = [
     (r"\bAwaitable\[(\w+)\] \| \1\b", r"\1"),
     (r"\bAwaitable\[(\w+)\]", r"\1"),
     (r"\bAsyncIterator\b", "Iterator"),
+    (r"\bAsyncGenerator\[(.+), None\]", r"Generator[\1, None, None]"),
     (r"\bAsync(Mailbox|Message|CueClient)\b", r"\1"),
     (r"\basync (with|for|def)\b", r"\1"),
     (r"\bawait ", ""),
@@ -111,7 +112,7 @@ def underlying(member: Any) -> Callable[..., Any]:
     if isinstance(member, property):
         assert member.fget is not None
         return member.fget
-    return member  # type: ignore[no-any-return]
+    return member
 
 
 def overloads(func: Callable[..., Any]) -> list[Callable[..., Any]]:

@@ -13,6 +13,7 @@ from mcp.client import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from cuemsg.mcp.cli import add_parser
+from cuemsg.testing import free_port, run_server
 from tests.mcp.conftest import call
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,6 +42,15 @@ def test_bad_http_address_is_a_usage_error() -> None:
     done = run_module("--mailbox", "a", "--http", "8765", "--api-key", "cue_sk_x")
     assert done.returncode == 2
     assert "--http wants HOST:PORT" in done.stderr
+
+
+def test_a_base_url_that_is_not_http_is_a_usage_error() -> None:
+    done = run_module("--mailbox", "a", "--api-key", "k", "--base-url", "127.0.0.1:9")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "cuemsg mcp: the base URL '127.0.0.1:9' is not an http:// or https:// URL: "
+        "add http:// (http://127.0.0.1:9)\n"
+    )
 
 
 def test_mailbox_is_required() -> None:
@@ -91,3 +101,24 @@ async def test_embedded_server_lets_two_agents_share_a_database(tmp_path: Path) 
         await ann.initialize()
         got = await call(ann, "check_inbox", wait_seconds=5)
         assert [m["body"] for m in got["messages"]] == ["hello from the embedded server", "hi ann"]
+
+
+def test_a_mailbox_that_cannot_open_is_one_line_not_a_traceback() -> None:
+    # The mailbox opens inside the SDK's task groups: these came out as exception groups.
+    with run_server(db=":memory:") as srv:
+        refused = run_module(
+            "--mailbox", "a", "--api-key", "cue_sk_bad", "--base-url", srv.base_url
+        )
+        empty = run_module("--mailbox", "", "--api-key", srv.new_key(), "--base-url", srv.base_url)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        "cuemsg mcp: cannot open the mailbox 'a': 401 invalid_api_key: the API key is not valid\n"
+    )
+    assert (empty.returncode, empty.stdout) == (1, "")
+    assert empty.stderr.startswith("cuemsg mcp: cannot open the mailbox '': 422 validation_error")
+    assert len(empty.stderr.splitlines()) == 1
+    gone = run_module(
+        "--mailbox", "a", "--api-key", "k", "--base-url", f"http://127.0.0.1:{free_port()}"
+    )
+    assert gone.returncode == 1 and len(gone.stderr.splitlines()) == 1
+    assert gone.stderr.startswith("cuemsg mcp: cannot open the mailbox 'a': ")

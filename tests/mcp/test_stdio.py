@@ -98,7 +98,7 @@ async def test_inbox_resource_counts_waiting_messages(srv: RunningServer) -> Non
         for n in range(3):
             await call(alice, "send_message", to="bob", body=n)
         read = await bob.read_resource("mailbox://bob/inbox")
-        inbox = json.loads(read.contents[0].text)  # type: ignore[union-attr]
+        inbox = json.loads(read.contents[0].text)
         assert inbox["waiting"] == 3
         assert len(inbox["oldest"]) == 3
         assert inbox["oldest"][0]["kind"] == "message"
@@ -114,21 +114,22 @@ async def test_ask_agent_is_answered_by_a_python_responder(
         return {"sum": sum(msg.body)}
 
     stop = serve_in_thread(client, "adder", handler)
-    progress: list[float] = []
+    reports: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reports.append(progress)
 
     try:
         async with stdio_agent(srv, "alice") as alice:
+            arguments: dict[str, Any] = {"to": "adder", "body": [1, 2, 3], "timeout_seconds": 20}
             result = await alice.call_tool(
                 "ask_agent",
-                {"to": "adder", "body": [1, 2, 3], "timeout_seconds": 20},
+                arguments,
                 progress_callback=on_progress,
             )
             assert not result.is_error
             assert result.structured_content == {"reply": {"sum": 6}}
-            assert progress, "no progress was reported while waiting"
+            assert reports, "no progress was reported while waiting"
     finally:
         stop()
 

@@ -281,7 +281,7 @@ class ContractMachine(RuleBasedStateMachine):
         """The clock moves on and the sweeper makes one pass."""
         since = self.clock.now
         self.clock.now = self.model.now = since + seconds
-        self.http.portal.call(  # type: ignore[union-attr]
+        self.http.portal.call(  # type: ignore[call-arg]
             lambda: self.http.app.state.server.storage.sweep(  # type: ignore[attr-defined]
                 self.clock.now, since=since, unclaimed_timeout=UNCLAIMED_TIMEOUT
             )

@@ -167,6 +167,17 @@ def test_keys_create_names_a_bad_setting(
     assert "CUEMSG_QUOTA_PENDING" in capsys.readouterr().err
 
 
+def test_keys_create_refuses_a_memory_database(capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to print a key for a database gone as soon as the command ended.
+    assert cli.main(["keys", "create", "--db", ":memory:"]) == 2
+    captured = capsys.readouterr()
+    assert "cue_sk_" not in captured.out
+    assert captured.err == (
+        "cuemsg: keys: --db :memory: is a database of its own that ends with this command; "
+        "give the file or URL that `cuemsg serve --db` uses\n"
+    )
+
+
 def _serve_banner(db: Path) -> str:
     """The lines `cuemsg serve` prints before serving (the process is then stopped)."""
     port = free_port()

@@ -472,6 +472,23 @@ def test_list_executions_filters(api: Api) -> None:
     assert err["field"] == "status"
 
 
+def test_list_executions_cursor(api: Api) -> None:
+    cue = api.cue(payload={"task": "paged"})
+    ids = [api.fire(cue["id"])["id"] for _ in range(3)]
+    first = api.http.get("/v1/executions", params={"cue_id": cue["id"], "limit": 2}).json()
+    assert [e["id"] for e in first["executions"]] == [ids[2], ids[1]]
+    rest = api.http.get(
+        "/v1/executions", params={"cue_id": cue["id"], "limit": 2, "before": ids[1]}
+    ).json()
+    assert [e["id"] for e in rest["executions"]] == [ids[0]] and rest["total"] == 1
+    err = error_of(api.http.get("/v1/executions", params={"before": "nope"}), 422,
+                   "validation_error")
+    assert err["field"] == "before" and "nope" in err["message"]
+    err = error_of(api.http.get("/v1/executions", params={"before": ""}), 422,
+                   "validation_error")
+    assert err["field"] == "before"
+
+
 def test_worker_heartbeat_and_list(api: Api) -> None:
     answer = api.http.post("/v1/worker/heartbeat", json={"worker_id": "w9", "handlers": ["t"]})
     assert answer.status_code == 200

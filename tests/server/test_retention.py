@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,7 +99,7 @@ async def test_the_sqlite_purge_walks_every_window(
 def retaining(
     backend: str, request: pytest.FixtureRequest
 ) -> Callable[..., contextlib.AbstractContextManager[RunningServer]]:
-    def start(**settings: object) -> contextlib.AbstractContextManager[RunningServer]:
+    def start(**settings: Any) -> contextlib.AbstractContextManager[RunningServer]:
         db = ":memory:"
         if backend == "postgres":
             db = request.getfixturevalue("postgres_url")()

@@ -1,4 +1,4 @@
-"""The listening socket `cuemsg serve` binds (`cuemsg.server.run.bind`)."""
+"""How `cuemsg serve` listens and runs: its socket (`bind`) and its event loop (`run_loop`)."""
 
 from __future__ import annotations
 
@@ -47,3 +47,24 @@ def test_bind_refuses_an_address_in_use() -> None:
             bind("127.0.0.1", first.getsockname()[1])
     finally:
         first.close()
+
+
+def test_run_loop_runs_on_uvloop_when_installed() -> None:
+    from cuemsg.server.run import run_loop
+
+    uvloop = pytest.importorskip("uvloop")
+
+    async def which() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert issubclass(run_loop(which()), uvloop.Loop)
+
+
+def test_run_loop_passes_the_coroutines_error_on() -> None:
+    from cuemsg.server.run import run_loop
+
+    async def fail() -> None:
+        raise LookupError("from the coroutine")
+
+    with pytest.raises(LookupError, match="from the coroutine"):
+        run_loop(fail())

@@ -248,7 +248,7 @@ def test_extensions_off_is_a_plain_cueapi(
     cue = api.cue(payload={"task": "t"})
     eid = api.fire(cue["id"], payload_override={"message": 1})["id"]
     for field, value in (("task", "t"), ("wait", 1), ("limit", 2), ("agent", "a")):
-        err = error_of(api.claim(**{field: value}), 422, "validation_error")
+        err = error_of(api.claim(**dict[str, Any]({field: value})), 422, "validation_error")
         assert err["field"] == field
     error_of(api.http.post("/v1/fire", json={"fires": [{"cue_id": cue["id"]}]}), 404,
              "not_found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_bad_values_name_the_setting(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
-        ServerSettings(**{field: value})
+        ServerSettings(**dict[str, Any]({field: value}))
 
 
 def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,36 @@ async def test_fire_batch_is_all_or_none(db_url: str) -> None:
         assert got is not None and got.fired_count == 0
 
 
+async def test_list_executions_pages_by_cursor_newest_first(db_url: str) -> None:
+    async with opened(db_url) as s:
+        t, stranger = await tenant(s), await tenant(s)
+        cue, other = await make_cue(s, t), await make_cue(s, t)
+        fired = [(await s.fire(t, [new_fire(cue.id, at=T0 + i)], T0 + i))[0].id for i in range(5)]
+        await s.fire(t, [new_fire(other.id)], T0)
+        first, total = await s.list_executions(t, cue_id=cue.id, status=None, limit=2, offset=0)
+        assert total == 5 and [e.id for e in first] == [fired[4], fired[3]]
+        second, total = await s.list_executions(
+            t, cue_id=cue.id, status=None, limit=2, offset=0, before=first[-1].id
+        )
+        # With a cursor, the total counts the executions older than it.
+        assert total == 3 and [e.id for e in second] == [fired[2], fired[1]]
+        last, _ = await s.list_executions(
+            t, cue_id=cue.id, status=None, limit=2, offset=0, before=second[-1].id
+        )
+        assert [e.id for e in last] == [fired[0]]
+        end, _ = await s.list_executions(
+            t, cue_id=cue.id, status=None, limit=2, offset=0, before=fired[0]
+        )
+        assert end == []
+        # The cursor must be one of the tenant's executions.
+        for cursor, who in (("no-such-id", t), (fired[0], stranger)):
+            p = await problem_of(
+                s.list_executions(who, cue_id=None, status=None, limit=2, offset=0, before=cursor)
+            )
+            assert (p.status, p.code, p.field) == (422, "validation_error", "before")
+            assert cursor in p.message
+
+
 async def test_concurrent_fires_with_one_key_make_one_execution(db_url: str) -> None:
     async with opened(db_url) as a, opened(db_url) as b:
         t = await tenant(a)

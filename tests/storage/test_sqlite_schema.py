@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cuemsg import StorageOpenError
-from cuemsg.server.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
-from cuemsg.server.storage.sqlite_schema import SCHEMA
+from cuemsg.server.storage.sqlite import SQLiteStorage
+from cuemsg.server.storage.sqlite_schema import SCHEMA, SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 

@@ -18,12 +18,16 @@ async def list_executions(ctx: Ctx) -> Response:
     status = query.get("status")
     if status is not None and status not in EXECUTION_STATES:
         raise invalid("status", f"must be one of {', '.join(EXECUTION_STATES)}")
+    before = query.get("before")
+    if before == "":
+        raise invalid("before", "must be an execution id, not empty")
     executions, total = await ctx.server.storage.list_executions(
         ctx.tenant_id,
         cue_id=query.get("cue_id"),
         status=status,
         limit=limit,
         offset=offset,
+        before=before,
         max_bytes=ctx.server.settings.max_page_bytes,
     )
     extra = {}

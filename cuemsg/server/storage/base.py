@@ -193,6 +193,15 @@ def where_equal(mark: str, **columns: Any) -> tuple[str, list[Any]]:
     return " AND ".join(f"{name} = {mark}" for name, _ in given), [v for _, v in given]
 
 
+def unknown_cursor(execution_id: str) -> ApiProblem:
+    return ApiProblem(
+        422,
+        "validation_error",
+        f"before: no execution {execution_id!r} to page from (use an id from the listing)",
+        field="before",
+    )
+
+
 def claimable_condition(mark: str) -> str:
     """The condition of an execution a worker may claim at the time bound to `mark`."""
     return (
@@ -344,10 +353,13 @@ class Storage(Protocol):
         status: str | None,
         limit: int,
         offset: int,
+        before: str | None = None,
         max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
-        """A page, newest first, and the total; the page ends early once its
-        payloads pass `max_bytes` (0: no cap; see `within_bytes`)."""
+        """A page, newest first, and the total of every match; the page ends early
+        once its payloads pass `max_bytes` (0: no cap; see `within_bytes`). `before`
+        (an execution id; 422 when it is not the tenant's) is a cursor: only the
+        executions fired before that one are listed and counted."""
 
     async def list_claimable(
         self,

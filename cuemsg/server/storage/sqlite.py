@@ -46,6 +46,7 @@ from cuemsg.server.storage.base import (
     new_execution,
     new_execution_id,
     outcome_already_recorded,
+    unknown_cursor,
     where_equal,
     within_bytes,
 )
@@ -375,9 +376,18 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
         status: str | None,
         limit: int,
         offset: int,
+        before: str | None = None,
         max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
+        if before is not None:
+            # The cursor is an id; its rowid `seq` keeps the page an index range.
+            cursor = self.db.execute(
+                "SELECT seq FROM executions WHERE id = ? AND tenant_id = ?", (before, tenant_id)
+            ).fetchone()
+            if cursor is None:
+                raise unknown_cursor(before)
+            clause, args = f"{clause} AND seq < ?", [*args, cursor[0]]
         total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
         rows = within_bytes(
             self.db.execute(

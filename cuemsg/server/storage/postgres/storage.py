@@ -25,6 +25,7 @@ from cuemsg.server.storage.base import (
     execution_from_row,
     name_taken,
     outcome_already_recorded,
+    unknown_cursor,
     where_equal,
     within_bytes,
 )
@@ -213,10 +214,21 @@ class PostgresStorage(PostgresFeed, PostgresTimed):
         status: str | None,
         limit: int,
         offset: int,
+        before: str | None = None,
         max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("%s", tenant_id=tenant_id, cue_id=cue_id, status=status)
         async with self._conn() as conn:
+            if before is not None:
+                # The cursor is an id; its `seq` keeps the page an index range.
+                cur = await conn.execute(
+                    "SELECT seq FROM cuemsg_executions WHERE id = %s AND tenant_id = %s",
+                    (before, tenant_id),
+                )
+                cursor = await cur.fetchone()
+                if cursor is None:
+                    raise unknown_cursor(before)
+                clause, args = f"{clause} AND seq < %s", [*args, cursor[0]]
             cur = await conn.execute(f"SELECT count(*) FROM cuemsg_executions WHERE {clause}", args)
             total = await cur.fetchone()
             cur = await conn.execute(
