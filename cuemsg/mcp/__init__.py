@@ -4,6 +4,7 @@
 - `held`: requests handed to the agent and not answered yet, leases kept alive;
 - `resolve`: mailbox names and addresses; `history`: the record of messages;
 - `server`: the MCP server on the official `mcp` SDK (`pip install 'cuemsg[mcp]'`);
+- `sessions`: when a streamable HTTP session ends; `watch`: the new mail notice;
 - `cli`: the command's arguments (`cuemsg mcp`, `python -m cuemsg.mcp`).
 
 Importing this package needs no SDK; `cuemsg.mcp.server` does.

@@ -31,7 +31,7 @@ from cuemsg import (
     RequestTimeout,
 )
 from cuemsg.mcp.held import HeldRequests, NotHeld
-from cuemsg.mcp.history import message_history
+from cuemsg.mcp.history import message_history, thread_history
 from cuemsg.mcp.resolve import Directory, MailboxEntry, UnknownMailbox
 
 __all__ = ["Agent", "AgentError", "Progress"]
@@ -189,11 +189,14 @@ class Agent:
 
     # -- receiving --------------------------------------------------------------------------
 
-    async def check_inbox(self, *, wait_seconds: float = 0.0, limit: int = 10) -> dict[str, Any]:
+    async def check_inbox(
+        self, *, wait_seconds: float = 0.0, limit: int = 10, session: str | None = None
+    ) -> dict[str, Any]:
         """Hand over up to `limit` waiting messages, waiting up to `wait_seconds` for the first.
 
-        One-way messages are acked as handed over; requests are held until
-        answered (`reply`/`decline`) or until their deadline passes.
+        One-way messages are acked as handed over; requests are held for the
+        MCP `session` until it answers them (`reply`/`decline`), their
+        deadline passes, or the session ends.
         """
         if not 0 <= wait_seconds <= MAX_INBOX_WAIT:
             raise AgentError(
@@ -212,8 +215,8 @@ class Agent:
                     break
                 # Shielded: a message claimed (and maybe acked) is always reported.
                 with anyio.CancelScope(shield=True):
-                    messages.append(await self._hand_over(msg))
-        return {"messages": messages, "held_requests": len(self.held)}
+                    messages.append(await self._hand_over(msg, session))
+        return {"messages": messages, "held_requests": self.held.count(session)}
 
     async def _claim_one(self, wait: float) -> AsyncMessage[Any] | None:
         # Leaving the receive loop with the message in hand keeps it unsettled (the loop
@@ -226,10 +229,10 @@ class Agent:
         finally:
             await received.aclose()
 
-    async def _hand_over(self, msg: AsyncMessage[Any]) -> dict[str, Any]:
+    async def _hand_over(self, msg: AsyncMessage[Any], session: str | None) -> dict[str, Any]:
         is_request = msg.is_request and msg.reply_cue_id is not None
         if is_request:
-            self.held.add(msg)
+            self.held.add(msg, session)
         else:
             await self.mailbox.ack(
                 msg, f"handed to the MCP agent of mailbox {self.me.name!r} by check_inbox"
@@ -246,9 +249,11 @@ class Agent:
 
     # -- answering --------------------------------------------------------------------------
 
-    async def reply(self, message_id: str, body: Any) -> dict[str, Any]:
-        """Answer the held request `message_id` with `body`."""
-        msg = self._held(message_id)
+    async def reply(
+        self, message_id: str, body: Any, *, session: str | None = None
+    ) -> dict[str, Any]:
+        """Answer the request `message_id`, held for `session`, with `body`."""
+        msg = self._held(message_id, session)
         try:
             reply_execution = await self.mailbox.reply(msg, body)
         except (EnvelopeError, PayloadTooLarge) as exc:
@@ -261,11 +266,13 @@ class Agent:
         self.held.settled(message_id, "answered with reply")
         return {"replied_to": message_id, "reply_execution_id": reply_execution}
 
-    async def decline(self, message_id: str, reason: str) -> dict[str, Any]:
-        """Refuse the held request `message_id`; its requester gets `RemoteError`."""
+    async def decline(
+        self, message_id: str, reason: str, *, session: str | None = None
+    ) -> dict[str, Any]:
+        """Refuse the request `message_id`, held for `session`; its requester gets `RemoteError`."""
         if not reason.strip():
             raise AgentError("give a reason: the requester reads it in its error")
-        msg = self._held(message_id)
+        msg = self._held(message_id, session)
         try:
             reply_execution = await self.mailbox.reply_error(msg, "Declined", reason)
         except LeaseLost as exc:
@@ -276,11 +283,15 @@ class Agent:
         self.held.settled(message_id, "declined")
         return {"declined": message_id, "reply_execution_id": reply_execution}
 
-    def _held(self, message_id: str) -> AsyncMessage[Any]:
+    def _held(self, message_id: str, session: str | None) -> AsyncMessage[Any]:
         try:
-            return self.held.get(message_id)
+            return self.held.get(message_id, session)
         except NotHeld as exc:
             raise AgentError(str(exc)) from exc
+
+    def end_session(self, session: str) -> int:
+        """The MCP `session` ended: let go of its held requests (they are delivered again)."""
+        return self.held.release(session)
 
     # -- looking around ---------------------------------------------------------------------
 
@@ -308,6 +319,10 @@ class Agent:
         """This mailbox's recent messages in and out (or one thread's), newest first."""
         if not 1 <= limit <= 200:
             raise AgentError(f"limit must be between 1 and 200, not {limit}")
+        if thread is not None:
+            if not thread:
+                raise AgentError("thread is empty: give a conversation id, or leave it out")
+            return await thread_history(self.mailbox, self.directory, thread, limit=limit)
         return await message_history(
             self.client, self.directory, self.me, thread=thread, limit=limit
         )

@@ -45,6 +45,14 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--base-url", default=argparse.SUPPRESS, help="CueAPI URL (default: $CUEAPI_BASE_URL)"
     )
     parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="with --http: a session with no request open this long has ended, and the "
+        "requests it held are delivered again (default: 1800)",
+    )
+    parser.add_argument(
         "--embedded",
         metavar="DB",
         help="with no key or URL set: start the embedded server on DB (a SQLite file)",
@@ -87,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cuemsg mcp: {exc}", file=sys.stderr)
         return 2
+    if not args.session_ttl > 0:
+        print(
+            f"cuemsg mcp: --session-ttl must be > 0 seconds, not {args.session_ttl:g}",
+            file=sys.stderr,
+        )
+        return 2
     key = getattr(args, "api_key", None) or os.environ.get("CUEAPI_API_KEY")
     url = getattr(args, "base_url", None) or os.environ.get("CUEAPI_BASE_URL")
     with contextlib.ExitStack() as stack:
@@ -105,17 +119,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"cuemsg mcp: {exc}", file=sys.stderr)
             return 2
-        server = create_server(args.mailbox, api_key=key, base_url=url)
         try:
             if http is None:
-                server.run("stdio")
+                create_server(args.mailbox, api_key=key, base_url=url).run("stdio")
             else:
-                host, port = http
-                print(
-                    f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp",
-                    file=sys.stderr,
-                )
-                server.run("streamable-http", host=host, port=port)
+                _serve_http(args, http, key, url)
         except KeyboardInterrupt:
             return 130
         except Exception as exc:
@@ -127,6 +135,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"cuemsg mcp: cannot open the mailbox {args.mailbox!r}: {found}", file=sys.stderr)
             return 1
     return 0
+
+
+def _serve_http(args: argparse.Namespace, http: tuple[str, int], key: str, url: str | None) -> None:
+    """Serve the streamable HTTP app on `http` until interrupted."""
+    import uvicorn
+
+    from cuemsg.mcp.server import create_http_app
+
+    host, port = http
+    app = create_http_app(args.mailbox, api_key=key, base_url=url, session_ttl=args.session_ttl)
+    print(f"cuemsg mcp: mailbox {args.mailbox!r} on http://{host}:{port}/mcp", file=sys.stderr)
+    # Stderr is the log of this server: warnings, not one line per HTTP request.
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 def _cuemsg_error(exc: BaseException) -> CuemsgError | None:

@@ -8,6 +8,10 @@ until the agent replies or declines, the request's deadline passes, or the
 book is released. Released or lost leases are simply no longer renewed:
 the server hands the request out again when its lease runs out, so nothing
 is lost when the agent's session ends or its process dies.
+
+Each request is held for one MCP session (`owner`: the transport's session
+id, None over stdio where the process is the session): only that session
+can answer it, and `release(owner)` lets go of its requests when it ends.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class NotHeld(LookupError):
 @dataclass
 class _Held:
     msg: AsyncMessage[Any]
+    owner: str | None
     next_due: float
     interval: float
 
@@ -62,20 +67,31 @@ class HeldRequests:
     def __contains__(self, message_id: str) -> bool:
         return message_id in self._held
 
-    def add(self, msg: AsyncMessage[Any]) -> None:
-        """Hold `msg` (just claimed); its lease is renewed at once, then every third of it."""
-        self._held[msg.id] = _Held(msg, time.monotonic() + FIRST_RENEWAL, MIN_RENEWAL)
+    def count(self, owner: str | None) -> int:
+        """How many requests the session `owner` holds."""
+        return sum(1 for h in self._held.values() if h.owner == owner)
+
+    def add(self, msg: AsyncMessage[Any], owner: str | None = None) -> None:
+        """Hold `msg` (just claimed) for the session `owner`; its lease is renewed at once,
+        then every third of it."""
+        self._held[msg.id] = _Held(msg, owner, time.monotonic() + FIRST_RENEWAL, MIN_RENEWAL)
         self._gone.pop(msg.id, None)
         self._wake.set()
 
-    def get(self, message_id: str) -> AsyncMessage[Any]:
-        """The held request `message_id`.
+    def get(self, message_id: str, owner: str | None = None) -> AsyncMessage[Any]:
+        """The request `message_id`, held for the session `owner`.
 
         Raises:
-            NotHeld: never received, already answered, expired or lost; the text says which.
+            NotHeld: never received, held by another session, already answered,
+                expired or lost; the text says which.
         """
         held = self._held.get(message_id)
         if held is not None:
+            if held.owner != owner:
+                raise NotHeld(
+                    f"request {message_id} is held by another session of this mailbox: "
+                    "only the session whose check_inbox received it can answer it"
+                )
             if _past(held.msg.expires_at):
                 self._drop(message_id, _expired_text(held.msg))
             else:
@@ -97,6 +113,15 @@ class HeldRequests:
         self._gone[message_id] = why
         while len(self._gone) > _GONE_KEPT:
             self._gone.popitem(last=False)
+
+    def release(self, owner: str | None) -> int:
+        """Stop renewing the leases the session `owner` holds (it ended): they come back."""
+        mine = [m for m, h in self._held.items() if h.owner == owner]
+        for message_id in mine:
+            self._drop(message_id, f"request {message_id} was released when its session ended")
+        if mine:
+            log.info("released %d held request(s) of ended session %s", len(mine), owner)
+        return len(mine)
 
     def release_all(self) -> int:
         """Stop renewing every lease (the session ended): the server redelivers them."""

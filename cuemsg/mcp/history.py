@@ -5,9 +5,14 @@ who claimed it, how many times, and its outcome; a request's outcome names
 the execution of its reply. This module turns those executions into plain
 records for the `message_history` tool: the executions on the mailbox's own
 cue are the messages in, those whose envelope names it as the sender are
-the messages out. It scans the tenant's executions newest first, so it
-sees the recent past (up to `SCAN_LIMIT` executions), which is what an
-agent asks about.
+the messages out.
+
+One thread's record is the library's (`AsyncMailbox.history`), which reads
+the cues of the thread's participants; it is asked to read every mailbox's
+cue too, so what this agent sent before a restart is found. With no thread,
+no route filters executions by sender, so the tenant's executions are
+scanned newest first: the recent past (up to `SCAN_LIMIT` executions),
+which is what an agent asks about.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from cuemsg._exceptions import EnvelopeError
 from cuemsg.cueapi import AsyncCueClient
 from cuemsg.cueapi.models import Execution
 from cuemsg.envelope import decode_payload
+from cuemsg.mailbox import AsyncMailbox, ThreadEntry
 from cuemsg.mcp.resolve import Directory, MailboxEntry
 
-__all__ = ["SCAN_LIMIT", "message_history"]
+__all__ = ["SCAN_LIMIT", "message_history", "thread_history"]
 
 #: The most executions one history call reads (newest first).
 SCAN_LIMIT = 2000
@@ -50,6 +56,48 @@ async def message_history(
         if not page.executions or offset >= page.total:
             break
     return records
+
+
+async def thread_history(
+    mailbox: AsyncMailbox, directory: Directory, thread: str, *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The `limit` most recent messages of `thread` in and out of `mailbox`, newest first."""
+    peers = [cue.id for cue in await directory.cues()]
+    entries = await mailbox.history(thread, limit=limit, peers=peers)
+    return [await _thread_record(entry, thread, directory) for entry in reversed(entries)]
+
+
+async def _thread_record(entry: ThreadEntry, thread: str, directory: Directory) -> dict[str, Any]:
+    """A thread entry as the same record `_record` makes of an execution."""
+    settled = entry.status in ("success", "failed")
+    success = entry.status == "success"
+    return {
+        "direction": entry.direction,
+        "message_id": entry.id,
+        "kind": entry.kind,
+        "from": {
+            "name": entry.sender_name or await directory.name_of(entry.sender),
+            "address": entry.sender,
+        },
+        "to": {"name": await directory.name_of(entry.cue_id), "address": entry.cue_id},
+        "thread": thread,
+        "sent_at": entry.sent_at.isoformat() if entry.sent_at else None,
+        "body": entry.body,
+        "correlation_id": entry.correlation_id,
+        "execution_id": entry.execution_id,
+        "status": entry.status,
+        "attempts": entry.attempts,
+        "claimed_by": entry.claimed_by,
+        "outcome": {
+            "success": success,
+            "result": entry.outcome_text if success else None,
+            "error": None if success else entry.outcome_text,
+            "state": entry.outcome,
+        }
+        if settled
+        else None,
+        "reply_execution_id": entry.reply_execution_id,
+    }
 
 
 async def _record(

@@ -1,10 +1,11 @@
 """Mailbox names and addresses for the MCP tools: who is there, and who `to` means.
 
 A mailbox is a worker cue whose payload names its task; its name is the
-cue's name and its address the cue id. This module lists them and resolves
-a `to` (a name or an address) without creating anything, so an unknown name
-is an error that names the mailboxes which do exist. It reads only the
-public client API, so it can later give way to the library's own lookup.
+cue's name and its address the cue id. A `to` (a name or an address) is
+resolved by the library's own lookup (`AsyncMailbox.lookup`), which never
+creates anything; this module adds what the tools need on top: the list of
+the tenant's mailboxes, an unknown name's error naming the mailboxes that
+do exist (for an LLM to pick from), names of addresses, and presence.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cuemsg._exceptions import ExtensionNotAvailable, NotFound
+from cuemsg._exceptions import ExtensionNotAvailable, MailboxError, MailboxNotFound, NotFound
 from cuemsg.cueapi import AsyncCueClient
 from cuemsg.cueapi.models import Cue, Worker
+from cuemsg.mailbox.aio import AsyncMailbox
+from cuemsg.mailbox.names import is_mailbox
 
 __all__ = ["MAX_NAMES_SHOWN", "PRESENCE_TTL", "Directory", "MailboxEntry", "UnknownMailbox"]
 
@@ -40,11 +43,6 @@ class MailboxEntry:
     name: str
     address: str
     task: str
-
-
-def is_mailbox(cue: Cue) -> bool:
-    """A mailbox is a worker cue whose payload names its task."""
-    return cue.transport == "worker" and isinstance(cue.payload.get("task"), str)
 
 
 def _entry(cue: Cue) -> MailboxEntry:
@@ -93,24 +91,25 @@ class Directory:
         to = to.strip()
         if not to:
             raise UnknownMailbox("`to` is empty: give a mailbox name or address")
-        if to.startswith("cue_"):
-            try:
-                cue = await self.client.cues.get(to)
-            except NotFound:
-                cue = None
-            if cue is not None and is_mailbox(cue):
-                self._names[cue.id] = cue.name
-                return _entry(cue)
-        cues = await self.cues()
-        for cue in cues:
-            if cue.name == to:
-                return _entry(cue)
-        names = sorted(c.name for c in cues)
+        try:
+            found = await AsyncMailbox.lookup(self.client, to)
+        except (MailboxError, NotFound) as exc:
+            # MailboxNotFound (a name; `.near`: close names), no cue at that address,
+            # or a cue that is not a mailbox (MailboxError).
+            near = exc.near if isinstance(exc, MailboxNotFound) else []
+            hint = f" (did you mean {', '.join(repr(n) for n in near)}?)" if near else ""
+            raise UnknownMailbox(
+                f"no mailbox is named or addressed {to!r}{hint}. {await self._existing()}"
+            ) from exc
+        self._names[found.address] = found.name
+        return MailboxEntry(name=found.name, address=found.address, task=found.task)
+
+    async def _existing(self) -> str:
+        """The sentence listing the mailboxes that exist (up to `MAX_NAMES_SHOWN`)."""
+        names = sorted(c.name for c in await self.cues())
         shown = ", ".join(names[:MAX_NAMES_SHOWN]) or "(none)"
         more = f" and {len(names) - MAX_NAMES_SHOWN} more" if len(names) > MAX_NAMES_SHOWN else ""
-        raise UnknownMailbox(
-            f"no mailbox is named or addressed {to!r}. Mailboxes that exist: {shown}{more}."
-        )
+        return f"Mailboxes that exist: {shown}{more}."
 
     async def name_of(self, address: str | None) -> str | None:
         """The name of the mailbox at `address` (None if unknown or gone)."""

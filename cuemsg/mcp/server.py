@@ -3,7 +3,10 @@
 `create_server(name, ...)` builds an `MCPServer` bound to the mailbox
 `name` (the agent's identity). Its lifespan opens the CueAPI client and the
 `agent.Agent` (creating the mailbox if needed) and, when it ends, releases
-the requests the agent still holds so they are delivered again. The tool
+the requests the agent still holds so they are delivered again.
+`create_http_app(name, ...)` serves it over streamable HTTP, where each MCP
+session holds its own requests and lets go of them when it ends
+(`sessions.SessionEnds`). The tool
 descriptions are written for the LLM that chooses between them: when to
 use each, what it returns, what its errors mean. Every expected failure is
 a tool result with `isError` and a sentence to act on (`ToolError`).
@@ -15,14 +18,18 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from pydantic import Field
+from starlette.types import ASGIApp
 
 from cuemsg import AsyncCueClient, CuemsgError, __version__
 from cuemsg.mcp.agent import MAX_ASK_TIMEOUT, MAX_INBOX_LIMIT, MAX_INBOX_WAIT, Agent, AgentError
+from cuemsg.mcp.sessions import DEFAULT_SESSION_TTL, SESSION_HEADER, SessionEnds
+from cuemsg.mcp.watch import InboxWatch
 
-__all__ = ["create_server"]
+__all__ = ["create_http_app", "create_server"]
 
 INSTRUCTIONS = """\
 You have a cuemsg mailbox named {name}: other agents (LLMs in other MCP clients, or
@@ -47,7 +54,13 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(f"the mailbox service failed: {type(exc).__name__}: {exc}") from exc
 
 
-class _Session:
+def _session_id(ctx: Context) -> str | None:
+    """The MCP session of this call: the transport's session id, None over stdio."""
+    headers = ctx.headers
+    return headers.get(SESSION_HEADER) if headers is not None else None
+
+
+class _Opened:
     """What the lifespan opened, for the tools to use."""
 
     agent: Agent | None = None
@@ -56,6 +69,10 @@ class _Session:
         if self.agent is None:  # pragma: no cover - tools run only inside the lifespan
             raise ToolError("the mailbox is not open yet; try again in a moment")
         return self.agent
+
+    def end_session(self, session_id: str) -> None:
+        if self.agent is not None:
+            self.agent.end_session(session_id)
 
 
 def create_server(
@@ -68,20 +85,52 @@ def create_server(
         api_key: CueAPI key; default `CUEAPI_API_KEY`.
         base_url: CueAPI URL; default `CUEAPI_BASE_URL`, else the hosted service.
     """
-    session = _Session()
+    return _build(name, _Opened(), api_key=api_key, base_url=base_url)
+
+
+def create_http_app(
+    name: str,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    session_ttl: float = DEFAULT_SESSION_TTL,
+) -> ASGIApp:
+    """The server of `create_server` as a streamable HTTP ASGI app (endpoint `/mcp`).
+
+    Each MCP session holds the requests its `check_inbox` received; when the
+    session ends (the client's `DELETE`, or `session_ttl` seconds with no
+    request open) they are released and delivered again.
+
+    Raises:
+        ValueError: `session_ttl` is not above 0.
+    """
+    opened = _Opened()
+    server = _build(name, opened, api_key=api_key, base_url=base_url)
+    app = server.streamable_http_app(session_idle_timeout=session_ttl)
+    return SessionEnds(app, opened.end_session, session_ttl)
+
+
+def _build(
+    name: str, opened: _Opened, *, api_key: str | None, base_url: str | None
+) -> MCPServer[Any]:
+    """The `MCPServer` of mailbox `name`; its lifespan fills `opened` with the agent."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
         async with (
             AsyncCueClient(api_key, base_url) as client,
             Agent.open(client, name) as agent,
+            anyio.create_task_group() as tg,
         ):
-            session.agent = agent
+            opened.agent = agent
+            tg.start_soon(watch.watch_forever, agent.mailbox.waiting)
             try:
                 yield None
             finally:
-                session.agent = None
+                opened.agent = None
+                tg.cancel_scope.cancel()
 
+    watch = InboxWatch(f"mailbox://{name}/inbox")
     server: MCPServer[Any] = MCPServer(
         f"cuemsg-{name}",
         instructions=INSTRUCTIONS.format(name=name),
@@ -89,6 +138,8 @@ def create_server(
         lifespan=lifespan,
         # Stderr is the MCP client's log of this server: warnings, not every HTTP request.
         log_level="WARNING",
+        # Listening clients hear of new mail on mailbox://NAME/inbox (see watch.py).
+        subscriptions=watch,
     )
 
     @server.tool()
@@ -114,12 +165,11 @@ def create_server(
         large: send a shorter one).
         """
         with _tool_errors():
-            return await session.get().send_message(
-                to, body, thread=thread, ttl_seconds=ttl_seconds
-            )
+            return await opened.get().send_message(to, body, thread=thread, ttl_seconds=ttl_seconds)
 
     @server.tool()
     async def check_inbox(
+        ctx: Context,
         wait_seconds: Annotated[
             float,
             Field(
@@ -139,31 +189,39 @@ def create_server(
         plus held_requests (requests you still owe an answer). One-way messages are
         marked delivered to you as you receive them: they will not come again. A
         message with is_request true waits for you: answer it with reply (or refuse
-        with decline) using its id before its deadline; until then it is held for you.
-        An empty list means nothing arrived within wait_seconds.
+        with decline) using its id before its deadline; until then it is held for this
+        session (if the session ends, it goes back to the inbox). An empty list means
+        nothing arrived within wait_seconds.
         """
-        with _tool_errors():
-            return await session.get().check_inbox(wait_seconds=wait_seconds, limit=limit)
+        with _tool_errors(), watch.reading():
+            return await opened.get().check_inbox(
+                wait_seconds=wait_seconds,
+                limit=limit,
+                session=_session_id(ctx),
+            )
 
     @server.tool()
     async def reply(
         message_id: Annotated[str, Field(description="The id of a request from check_inbox.")],
         body: Annotated[Any, Field(description="Your answer: any JSON value.")],
+        ctx: Context,
     ) -> dict[str, Any]:
         """Answer a request that check_inbox gave you (is_request true).
 
         The requester, waiting in ask_agent or a program's request(), receives body as
         the answer. Returns the reply's execution id. Errors: the id is not a request
-        you hold (already answered, declined, expired, or a one-way message that needs
-        no answer), or its deadline passed and the requester stopped waiting.
+        you hold (already answered, declined, expired, held by another session, or a
+        one-way message that needs no answer), or its deadline passed and the requester
+        stopped waiting.
         """
         with _tool_errors():
-            return await session.get().reply(message_id, body)
+            return await opened.get().reply(message_id, body, session=_session_id(ctx))
 
     @server.tool()
     async def decline(
         message_id: Annotated[str, Field(description="The id of a request from check_inbox.")],
         reason: Annotated[str, Field(description="Why you refuse (the requester reads it).")],
+        ctx: Context,
     ) -> dict[str, Any]:
         """Refuse a request that check_inbox gave you, saying why.
 
@@ -172,7 +230,7 @@ def create_server(
         as for reply (the id is not a request you hold).
         """
         with _tool_errors():
-            return await session.get().decline(message_id, reason)
+            return await opened.get().decline(message_id, reason, session=_session_id(ctx))
 
     @server.tool()
     async def ask_agent(
@@ -202,7 +260,7 @@ def create_server(
             await ctx.report_progress(done, total, text)
 
         with _tool_errors():
-            answer = await session.get().ask_agent(
+            answer = await opened.get().ask_agent(
                 to, body, timeout_seconds=timeout_seconds, progress=progress
             )
         return {"reply": answer}
@@ -216,7 +274,7 @@ def create_server(
         and is_you (your own mailbox). Use it to find the right recipient by name.
         """
         with _tool_errors():
-            return {"mailboxes": await session.get().list_mailboxes()}
+            return {"mailboxes": await opened.get().list_mailboxes()}
 
     @server.tool()
     async def message_history(
@@ -233,7 +291,7 @@ def create_server(
         claimed_by (who took it), outcome, and reply_execution_id (the reply it got).
         """
         with _tool_errors():
-            return {"messages": await session.get().message_history(thread=thread, limit=limit)}
+            return {"messages": await opened.get().message_history(thread=thread, limit=limit)}
 
     @server.resource(
         f"mailbox://{name}/inbox",
@@ -243,7 +301,7 @@ def create_server(
     )
     async def inbox() -> dict[str, Any]:
         try:
-            return await session.get().inbox()
+            return await opened.get().inbox()
         except CuemsgError as exc:
             raise ResourceError(f"could not read the inbox: {exc}") from exc
 

@@ -64,13 +64,13 @@ async def stdio_agent(srv: RunningServer, name: str) -> AsyncIterator[ClientSess
 
 @contextlib.contextmanager
 def http_agent_process(
-    srv: RunningServer, name: str
+    srv: RunningServer, name: str, *extra: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m cuemsg.mcp --http` in a subprocess; yields its MCP endpoint URL and process."""
     port = free_port()
     env = {**os.environ, **agent_env(srv)}
     proc = subprocess.Popen(
-        [sys.executable, *agent_command(name, "--http", f"127.0.0.1:{port}")],
+        [sys.executable, *agent_command(name, "--http", f"127.0.0.1:{port}", *extra)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -103,9 +103,10 @@ def http_agent_process(
 
 
 @contextlib.asynccontextmanager
-async def http_session(url: str) -> AsyncIterator[ClientSession]:
+async def http_session(url: str, *, terminate: bool = True) -> AsyncIterator[ClientSession]:
+    """An initialized MCP session over streamable HTTP (`terminate`: DELETE it on exit)."""
     async with (
-        streamable_http_client(url) as (read, write),
+        streamable_http_client(url, terminate_on_close=terminate) as (read, write),
         ClientSession(read, write, read_timeout_seconds=60) as session,
     ):
         await session.initialize()

@@ -35,6 +35,7 @@ async def agent(srv: RunningServer) -> AsyncIterator[Agent]:
         (lambda a: a.check_inbox(limit=0), "limit must be between 1 and 50"),
         (lambda a: a.ask_agent("ag", 1, timeout_seconds=0), "timeout_seconds must be between"),
         (lambda a: a.message_history(limit=0), "limit must be between 1 and 200"),
+        (lambda a: a.message_history(thread=""), "thread is empty"),
         (lambda a: a.send_message("  ", 1), "`to` is empty"),
         (lambda a: a.decline("x", ""), "give a reason"),
     ],
@@ -88,6 +89,13 @@ async def test_names_and_addresses_resolve_and_unknowns_list_at_most_20(
     text = str(err.value)
     assert text.count(", ") == MAX_NAMES_SHOWN - 1
     assert "and 5 more." in text  # 25 mailboxes: ag, target and 23 made here
+    # The library's lookup offers close names; the list of those that exist follows.
+    with pytest.raises(AgentError) as err:
+        await agent.send_message("targte", "x")
+    assert "no mailbox is named or addressed 'targte' (did you mean 'target'?)." in str(err.value)
+    assert "Mailboxes that exist: ag, mb00," in str(err.value)
+    with pytest.raises(AgentError, match="no mailbox is named or addressed 'cue_000000000000'"):
+        await agent.send_message("cue_000000000000", "x")
 
 
 async def test_ask_agent_settled_without_a_reply_says_so_at_once(
@@ -99,3 +107,35 @@ async def test_ask_agent_settled_without_a_reply_says_so_at_once(
         with pytest.raises(AgentError, match=r"'silent' settled the request without answering"):
             await agent.ask_agent("silent", {"q": 1}, timeout_seconds=60)
         assert len(receiving.result()) == 1
+
+
+async def test_thread_history_survives_a_restart_and_shows_each_hand_off(
+    srv: RunningServer, client: CueClient
+) -> None:
+    address_of(client, "quiet")  # a mailbox that never writes back
+    async with AsyncCueClient(srv.api_key, srv.base_url) as aclient:
+        async with Agent.open(aclient, "ag") as before:
+            await before.send_message("quiet", "first", thread="t9")
+            await before.send_message("quiet", "elsewhere", thread="t8")
+        with Mailbox.open(client, "quiet") as quiet:
+            for msg in quiet.receive(wait=5, limit=1):
+                msg.ack("read it")
+        # A new process knows nothing of what the old one sent: the record still has it.
+        async with Agent.open(aclient, "ag") as after:
+            await after.send_message("ag", "note", thread="t9")
+            history = await after.message_history(thread="t9")
+    assert [(h["direction"], h["to"]["name"], h["body"]) for h in history] == [
+        ("in", "ag", "note"),  # a note to itself is one message, one record
+        ("out", "quiet", "first"),
+    ]
+    first = history[-1]
+    assert first["thread"] == "t9"
+    assert first["from"] == {"name": "ag", "address": address_of(client, "ag")}
+    assert (first["status"], first["attempts"]) == ("success", 1)
+    assert first["claimed_by"].startswith("quiet@")
+    assert first["outcome"] == {
+        "success": True,
+        "result": "read it",
+        "error": None,
+        "state": "acked",
+    }

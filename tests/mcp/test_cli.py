@@ -44,6 +44,14 @@ def test_bad_http_address_is_a_usage_error() -> None:
     assert "--http wants HOST:PORT" in done.stderr
 
 
+def test_session_ttl_must_be_positive() -> None:
+    done = run_module(
+        "--mailbox", "a", "--api-key", "k", "--http", "127.0.0.1:1", "--session-ttl", "0"
+    )
+    assert done.returncode == 2
+    assert "--session-ttl must be > 0 seconds, not 0" in done.stderr
+
+
 def test_a_base_url_that_is_not_http_is_a_usage_error() -> None:
     done = run_module("--mailbox", "a", "--api-key", "k", "--base-url", "127.0.0.1:9")
     assert (done.returncode, done.stdout) == (2, "")

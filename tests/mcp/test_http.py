@@ -75,3 +75,54 @@ async def test_a_killed_agent_loses_no_request(srv: RunningServer, client: CueCl
                     msg.reply("yes, via another worker")
             assert time.monotonic() - started >= LEASE * 0.5
             assert pending.result() == "yes, via another worker"
+
+
+async def test_a_session_that_ends_releases_only_its_own_held_requests(
+    srv: RunningServer, client: CueClient
+) -> None:
+    with http_agent_process(srv, "erin") as (url, _):
+        erin_address = address_of(client, "erin")
+        with Mailbox.open(client, "py-asker") as asker:
+            first = Background(lambda: asker.request(erin_address, "first?", timeout=30))
+            async with http_session(url) as staying:
+                async with http_session(url) as leaving:
+                    [gone] = (await call(leaving, "check_inbox", wait_seconds=10))["messages"]
+                    second = Background(lambda: asker.request(erin_address, "second?", timeout=30))
+                    [kept] = (await call(staying, "check_inbox", wait_seconds=10))["messages"]
+                    assert (gone["body"], kept["body"]) == ("first?", "second?")
+                    # Each session answers only what it received.
+                    text = await call_error(staying, "reply", message_id=gone["id"], body="no")
+                    assert "held by another session" in text
+                    text = await call_error(staying, "decline", message_id=gone["id"], reason="x")
+                    assert "held by another session" in text
+                # `leaving` ended (DELETE): its request comes back once its lease runs out.
+                with Mailbox.open(client, "erin") as again:
+                    seen = []
+                    for msg in again.receive(wait=LEASE * 5, limit=1):
+                        seen.append((msg.id, msg.deliveries))
+                        msg.reply("answered by another worker")
+                    assert seen == [(gone["id"], 2)]
+                assert first.result() == "answered by another worker"
+                # `staying` still holds its request, long past a lease: it can answer it.
+                time.sleep(LEASE * 1.5)
+                await call(staying, "reply", message_id=kept["id"], body="still mine")
+                assert second.result() == "still mine"
+
+
+async def test_an_idle_session_without_goodbye_releases_its_held_requests(
+    srv: RunningServer, client: CueClient
+) -> None:
+    with http_agent_process(srv, "fred", "--session-ttl", "1") as (url, _):
+        fred_address = address_of(client, "fred")
+        with Mailbox.open(client, "py-asker") as asker:
+            pending = Background(lambda: asker.request(fred_address, "there?", timeout=30))
+            async with http_session(url, terminate=False) as vanishing:
+                [held] = (await call(vanishing, "check_inbox", wait_seconds=10))["messages"]
+            # No DELETE: after 1 s with no request open the session is taken for gone.
+            with Mailbox.open(client, "fred") as again:
+                seen = []
+                for msg in again.receive(wait=LEASE * 5, limit=1):
+                    seen.append((msg.id, msg.deliveries))
+                    msg.reply("picked up again")
+                assert seen == [(held["id"], 2)]
+            assert pending.result() == "picked up again"
