@@ -43,6 +43,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "OutcomeResult",
     "PayloadTooLarge",
     "RateLimited",
+    "Redriven",
     "RetryPolicy",
     "ServerError",
     "TransportError",
