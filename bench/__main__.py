@@ -22,25 +22,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a ~1 minute smoke run")
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"Markdown file or directory ({DEFAULT_OUT})"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"Markdown file or directory ({DEFAULT_OUT}; with --only, none unless given)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument(
+        "--only",
+        choices=["tail"],
+        default=None,
+        help="run only these rows (tail: 2j/2k, one-way with and without a tail attached)",
+    )
     args = parser.parse_args(argv)
-    out: Path = args.out
-    if out.is_dir() or not out.suffix:
+    # A partial run (--only) never replaces the full table unless told where to write.
+    out: Path | None = args.out if args.out is not None or args.only else DEFAULT_OUT
+    if out is not None and (out.is_dir() or not out.suffix):
         out = out / "benchmarks.md"
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    report = Suite(Plan.make(args.quick), log).run()
+    report = Suite(Plan.make(args.quick), log, args.only).run()
     print(report.text())
-    write_markdown(report, out)
-    written = [str(out)]
+    written = []
+    if out is not None:
+        write_markdown(report, out)
+        written.append(str(out))
     if args.json is not None:
         write_json(report, args.json)
         written.append(str(args.json))
-    print(f"\nwritten: {', '.join(written)}", file=sys.stderr)
+    if written:
+        print(f"\nwritten: {', '.join(written)}", file=sys.stderr)
     return 0
 
 

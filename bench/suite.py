@@ -32,20 +32,22 @@ from bench.procs import (
 )
 from bench.report import Ratio, Report, Row
 from bench.rows import Plan
+from bench.tail import tail_rows
 
 # The row keys (and cases) every run prints, even when one cannot run.
 ROW_KEYS = [
-    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "2i", "2g", "2h", "3a", "3b",
-    "4", "4g", "5a", "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b", "B", "Bm",
-    "10a", "10b", "10c", "10d", "10e", "10f", "H",
+    "1a", "1b", "1c", "1d", "2a", "2b", "2c", "2d", "2e", "2f", "2i", "2g", "2h", "2j", "2k",
+    "3a", "3b", "4", "4g", "5a", "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b",
+    "B", "Bm", "10a", "10b", "10c", "10d", "10e", "10f", "H",
 ]  # fmt: skip
 
 
 class Suite:
     """Runs the rows of one plan and collects them into a `Report`."""
 
-    def __init__(self, plan: Plan, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, log: Callable[[str], None], only: str | None = None) -> None:
         self.plan = plan
+        self.only = only  # "tail": just rows 2j and 2k
         self.log = log
         self.kind = "mailbox"
         self.report = Report(
@@ -256,6 +258,12 @@ class Suite:
             todo = [(k, c) for k, c in cases if k not in done]
             self.skip(todo, f"failed: {type(exc).__name__}: {str(exc)[:200]}")
 
+    def tail(self, wd: Path) -> None:
+        """Rows 2j and 2k: one-way with and without a `cuemsg tail` attached."""
+        self.log("SQLite: one-way with and without a tail attached")
+        with servers(lambda: start_server(str(wd / "tail.db"), label="tail", workdir=wd)) as [s]:
+            self.add("2j", "one-way vs tail", lambda: tail_rows(self.plan, s, self.kind, self.log))
+
     def peers(self) -> None:
         self.log("reference peers")
         p = self.plan
@@ -293,9 +301,13 @@ class Suite:
         self.sample_load()
         started = time.monotonic()
         with workdir() as wd:
-            self.sqlite(wd)
-            self.postgres(wd)
-        self.peers()
+            if self.only != "tail":
+                self.sqlite(wd)
+            self.tail(wd)
+            if self.only != "tail":
+                self.postgres(wd)
+        if self.only != "tail":
+            self.peers()
         self.sample_load()
         self.report.rows.sort(key=lambda r: ROW_KEYS.index(r.key) if r.key in ROW_KEYS else 99)
         self.report.ratios = ratios(self.report)
@@ -358,6 +370,12 @@ def _ratios(report: Report) -> list[Ratio]:
             "T3", "idle receiver: requests per wait period",
             "server requests during the idle run / wait periods elapsed (6)",
             per_wait, 1.5, note="goal: about 1",
+        ),
+        Ratio(
+            "T10", "one-way slowdown with a tail attached",
+            "one-way rate without a tail (2j) / with `cuemsg tail` attached (2k)",
+            _div(g("2j", "value"), g("2k", "value")), 1.11,
+            note="goal: under 10 % slower",
         ),
         Ratio(
             "T4", "HTTP requests per one-way message",

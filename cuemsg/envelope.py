@@ -105,6 +105,8 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         signature: the sender's Ed25519 signature of `signed_content` (base64),
             when it signs (`cuemsg.signing`).
         gather: for a request sent by `gather`, the id of that gather.
+        redrive_of: on a dead letter sent again by a redrive, the dead execution
+            it re-sends (set by the server; unsigned, like `attempt`).
     """
 
     v: int = FORMAT_VERSION
@@ -122,6 +124,7 @@ class Meta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sender_name: str | None = None  # added after 0.1.0: last, with a default
     signature: str | None = None
     gather: str | None = None  # added after 0.1.0: last, with a default
+    redrive_of: str | None = None  # added after 0.1.0: last, with a default
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -398,6 +401,20 @@ def with_attempt(payload: dict[str, Any], attempt: int, *, message_id: str) -> d
     return {**payload, NAMESPACE: meta}
 
 
+def as_redrive(payload: dict[str, Any], dead_execution_id: str) -> dict[str, Any]:
+    """A copy of `payload` sent again by a redrive: its envelope names the dead
+    execution (`redrive_of`) and counts one more `attempt`, neither of them
+    signed, so a signed message stays verifiable. A foreign payload (no
+    envelope) comes back unchanged."""
+    meta = meta_of(payload)
+    if meta is None:
+        return dict(payload)
+    attempt = meta.get("attempt", 1)
+    attempt = (attempt if isinstance(attempt, int) else 1) + 1
+    meta = {**meta, "attempt": attempt, "redrive_of": dead_execution_id}
+    return {**payload, NAMESPACE: meta}
+
+
 def outcome_metadata(state: str, **fields: Any) -> dict[str, Any]:
     """An outcome's `metadata`: what cuemsg did (`state`) and its ids, under the `cuemsg` key.
 
@@ -421,7 +438,8 @@ def outcome_meta_of(outcome: Any) -> dict[str, Any]:
 SIGNING_KEY_FIELD = "cuemsg_signing_key"
 #: Envelope fields a signature leaves out: itself, and the attempt count a
 #: receiver's retry-later re-fire rewrites.
-_UNSIGNED_META = ("signature", "attempt")
+# What a server or a retry may change without voiding the sender's signature.
+_UNSIGNED_META = ("signature", "attempt", "redrive_of")
 _canonical = msgspec.json.Encoder(order="sorted")
 
 

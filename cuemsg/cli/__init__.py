@@ -1,16 +1,17 @@
 """The `cuemsg` command line (also `python -m cuemsg`). The only place logging is set up.
 
 `serve` and `demo` need nothing; `send`, `request`, `reply`, `listen`,
-`inspect` and `mailbox` talk to CueAPI with the key in `CUEAPI_API_KEY` (or `--api-key`)
-at `CUEAPI_BASE_URL` (or `--base-url`), and print text, or JSON with
-`--json`. Expected failures print one line, `cuemsg: ...`, on stderr (one
-JSON object with `--json`) and exit non-zero (see `_output.EXIT_CODES`);
-only a bug prints a traceback.
+`inspect`, `mailbox`, `tail` and `redrive` talk to CueAPI with the key in
+`CUEAPI_API_KEY` (or `--api-key`) at `CUEAPI_BASE_URL` (or `--base-url`),
+and print text, or JSON with `--json`. Expected failures print one line,
+`cuemsg: ...`, on stderr (one JSON object with `--json`) and exit non-zero
+(see `_output.EXIT_CODES`); only a bug prints a traceback.
 
 Modules: `serve.py` (serve, demo), `messaging.py` (send, request, reply),
-`listen.py` (listen, and `_exec.py` for --exec), `inspect.py`, `mailbox.py`
-(mailbox delete), `cuemsg.mcp.cli` (mcp), and
-`_output.py` (printing, errors, exit codes).
+`listen.py` (listen, and `_exec.py` for --exec), `inspect.py` (and
+`_render.py`: its tables and timelines on a terminal), `mailbox.py` (mailbox
+delete), `tail.py` (tail, redrive), `cuemsg.mcp.cli` (mcp), and `_output.py`
+(printing, errors, exit codes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 
 from cuemsg import __version__
-from cuemsg.cli import inspect, listen, mailbox, messaging, serve, webhook
+from cuemsg.cli import inspect, listen, mailbox, messaging, serve, tail, webhook
 from cuemsg.cli._connect import client_options, connection_options
 from cuemsg.cli._output import (
     EXIT_CODES,
@@ -56,6 +57,7 @@ def build_parser() -> Parser:
     listen.add_commands(sub, common)
     inspect.add_commands(sub, common)
     mailbox.add_commands(sub, common)
+    tail.add_commands(sub, common)
     add_mcp_command(sub)
     webhook.add_commands(sub)
     return parser

@@ -67,9 +67,18 @@ def emit(args: argparse.Namespace, data: Any, text: Sequence[str] | str) -> None
     """Print `data` as one line of JSON with --json, else the lines `text`."""
     if getattr(args, "json", False):
         print(json.dumps(data, ensure_ascii=False, default=str))
+    elif sys.stdout.isatty() and _rich(data):
+        pass  # drawn: `inspect` tables and timelines on a terminal
     elif text:
         print(text if isinstance(text, str) else "\n".join(text))
     sys.stdout.flush()
+
+
+def _rich(data: Any) -> bool:
+    """On a terminal, `inspect` output drawn with rich; False: not one of its shapes."""
+    from cuemsg.cli._render import render
+
+    return render(data)
 
 
 def report_error(message: str, code: int, *, as_json: bool, type: str = "Error") -> int:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 #: The `--db` URL schemes the server knows; anything else with `://` is a mistake.
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def check_db(db: str) -> None:
@@ -85,6 +86,8 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             webhook_allow=tuple(args.webhook_allow) or None,
             webhook_backoff_scale=args.webhook_backoff_scale,
+            # /metrics: on for loopback; beyond it, only when asked for.
+            metrics=args.metrics or args.host in LOOPBACK,
         )
     except ValueError as exc:
         raise UsageError(f"serve: {exc}") from None
@@ -180,6 +183,8 @@ def _announce(base_url: str, settings: ServerSettings, key: str | None) -> None:
             f"warning: listening on {settings.host}, reachable from other machines", file=sys.stderr
         )
     print(f"registration: {'open' if settings.registration_open else 'closed'}")
+    if settings.metrics:
+        print(f"metrics: {base_url}/metrics")
     sys.stdout.flush()
 
 
@@ -292,6 +297,11 @@ def add_commands(sub: Any) -> None:
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
     add_webhook_options(serve)
+    serve.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve /metrics (Prometheus) beyond loopback too (on loopback it always is)",
+    )
     serve.add_argument("--ssl-certfile", metavar="FILE", help="serve HTTPS with this certificate")
     serve.add_argument(
         "--ssl-keyfile", metavar="FILE", help="the certificate's private key (if not in it)"

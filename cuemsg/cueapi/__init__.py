@@ -44,6 +44,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "OutcomeResult",
     "PayloadTooLarge",
     "RateLimited",
+    "Redriven",
     "RetryPolicy",
     "ServerError",
     "TransportError",

@@ -36,6 +36,7 @@ from cuemsg.cueapi.models import (
     Model,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     decode_model,
 )
@@ -431,6 +432,11 @@ def claim_next(
 
 
 # -- workers ------------------------------------------------------------------------------
+
+
+def redrive(st: FlowState, execution_id: str) -> Flow[Redriven]:
+    yield from _require(st, "executions.redrive")
+    return (yield from request_model(st, routes.redrive(execution_id), Redriven))
 
 
 def list_workers(st: FlowState) -> Flow[list[Worker]]:

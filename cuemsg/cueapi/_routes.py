@@ -203,6 +203,11 @@ def get_execution(execution_id: str) -> Call:
     return Call("GET", f"/v1/executions/{execution_id}", retry_safe=True)
 
 
+def redrive(execution_id: str) -> Call:
+    # Safe to retry: a second redrive of one dead letter fires nothing.
+    return Call("POST", f"/v1/executions/{execution_id}/redrive", retry_safe=True)
+
+
 def list_claimable(*, task: str | None, agent: str | None) -> Call:
     params = _drop_none(task=task, agent=agent)
     return Call("GET", "/v1/executions/claimable", params=params, retry_safe=True)

@@ -37,6 +37,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -279,6 +280,10 @@ class AsyncExecutions(_Resource):
         """See `Executions.get`."""
         call = routes.get_execution(execution_id)
         return await self._client._run(flows.request_model(self._st, call, Execution))
+
+    async def redrive(self, execution_id: str) -> Redriven:
+        """See `Executions.redrive`."""
+        return await self._client._run(flows.redrive(self._st, execution_id))
 
     async def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

@@ -62,6 +62,7 @@ from cuemsg.cueapi.models import (
     Info,
     OutcomeRequest,
     OutcomeResult,
+    Redriven,
     Worker,
     WorkerHeartbeat,
 )
@@ -361,6 +362,17 @@ class Executions(_Resource):
         """Get one execution. Raises `NotFound` if it does not exist."""
         call = routes.get_execution(execution_id)
         return self._client._run(flows.request_model(self._st, call, Execution))
+
+    def redrive(self, execution_id: str) -> Redriven:
+        """Send a dead letter (a `failed` execution) again, as a new execution with the
+        same message (extension `executions.redrive`); a second call fires nothing.
+
+        Raises:
+            ExtensionNotAvailable: the server does not list `executions.redrive`.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
+        return self._client._run(flows.redrive(self._st, execution_id))
 
     def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

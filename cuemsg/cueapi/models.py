@@ -169,6 +169,8 @@ class Execution(Model, frozen=True, kw_only=True):
     triggered_by: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
+    redriven_to: str | None = None
+    redrive_of: str | None = None
 
     @property
     def task(self) -> str | None:
@@ -284,6 +286,18 @@ class Worker(Model, frozen=True, kw_only=True):
     worker_id: str
     handlers: list[str] = msgspec.field(default_factory=list)
     last_heartbeat: str | None = None
+
+
+class Redriven(Model, frozen=True, kw_only=True):
+    """`POST /v1/executions/{id}/redrive` (extension `executions.redrive`).
+
+    `redriven` is False when an earlier redrive already sent this dead letter
+    again: `redriven_to` is then the execution that one made.
+    """
+
+    execution_id: str
+    redriven_to: str
+    redriven: bool
 
 
 class Info(Model, frozen=True, kw_only=True):

@@ -1,6 +1,8 @@
-"""The methods of `Mailbox` and `AsyncMailbox` about the mailbox itself: waiting, delete.
+"""The methods of `Mailbox` and `AsyncMailbox` about the mailbox itself: waiting,
+delete, and redrive (a dead letter sent again).
 
-They drive the flows of `names.py` (the waiting count, deleting the cue).
+They drive the flows of `names.py` (the waiting count, deleting the cue) and
+`redrive.py`.
 Twin mixins, side by side, held equal by `tests/mailbox/test_twins.py`.
 """
 
@@ -9,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from cuemsg.cueapi.models import Redriven
 from cuemsg.mailbox._core import MailboxCore
 from cuemsg.mailbox._ops import Flow, Op
 from cuemsg.mailbox.names import count_waiting, delete_mailbox
+from cuemsg.mailbox.redrive import redrive as redrive_flow
 
 R = TypeVar("R")
 
 
 class AdminMethods:
-    """`Mailbox`'s methods about the mailbox itself (waiting, delete)."""
+    """`Mailbox`'s methods about the mailbox itself (waiting, delete, redrive)."""
 
     _core: MailboxCore
 
@@ -61,9 +65,23 @@ class AdminMethods:
         self._core.stopping = True
         return waiting
 
+    def redrive(self, execution_id: str) -> Redriven:
+        """Send a dead letter (a `failed` execution) again: a new execution with the same
+        message, whose envelope names the dead one (`msg.meta.redrive_of`), while
+        the dead one's record names the new one. Idempotent: a second call fires
+        nothing and answers `redriven=False` with the first redrive's execution.
+
+        Raises:
+            ExtensionNotAvailable: the server has no `executions.redrive` (the hosted
+                CueAPI): fire the message again yourself.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
+        return self._drive(redrive_flow(execution_id))
+
 
 class AsyncAdminMethods:
-    """`AsyncMailbox`'s methods about the mailbox itself (waiting, delete)."""
+    """`AsyncMailbox`'s methods about the mailbox itself (waiting, delete, redrive)."""
 
     _core: MailboxCore
 
@@ -108,3 +126,17 @@ class AsyncAdminMethods:
         waiting = await self._drive(flow)
         self._core.stopping = True
         return waiting
+
+    async def redrive(self, execution_id: str) -> Redriven:
+        """Send a dead letter (a `failed` execution) again: a new execution with the same
+        message, whose envelope names the dead one (`msg.meta.redrive_of`), while
+        the dead one's record names the new one. Idempotent: a second call fires
+        nothing and answers `redriven=False` with the first redrive's execution.
+
+        Raises:
+            ExtensionNotAvailable: the server has no `executions.redrive` (the hosted
+                CueAPI): fire the message again yourself.
+            NotFound: no such execution.
+            Conflict: it is not a dead letter (code `not_dead_letter`).
+        """
+        return await self._drive(redrive_flow(execution_id))

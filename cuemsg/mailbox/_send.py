@@ -13,6 +13,7 @@ from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
 from cuemsg.mailbox._signed import SignatureFlows
+from cuemsg.mailbox.tracing import with_trace
 
 
 class SendFlows(SignatureFlows):
@@ -58,7 +59,7 @@ class SendFlows(SignatureFlows):
             topic=topic,
             sent_at=sent_at,
             expires_at=None if ttl is None else from_timestamp(start + ttl),
-            headers=dict(headers or {}),
+            headers=dict(with_trace(headers) or {}),  # the current span's traceparent
             gather=gather,
         )
         payload = build_payload(meta=meta, body=body, task=task, reply_cue_id=self.info.address)

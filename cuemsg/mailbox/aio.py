@@ -76,6 +76,7 @@ from cuemsg.mailbox._slots import TaskSlots
 from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, lookup
+from cuemsg.mailbox.tracing import handler_span
 from cuemsg.signing import SigningKey
 
 __all__ = ["AsyncMailbox", "AsyncMessage"]
@@ -258,10 +259,11 @@ class AsyncMailbox(
                 await cast(anyio.Event, op.pending.event).wait()
             return None
         if isinstance(op, CallHandler):
-            result = op.handler(op.message)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            with handler_span(op.message):
+                result = op.handler(op.message)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
         if isinstance(op, Pause):
             await anyio.sleep(op.seconds)
             return None

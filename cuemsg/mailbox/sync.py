@@ -73,6 +73,7 @@ from cuemsg.mailbox._slots import ThreadSlots
 from cuemsg.mailbox._thread_state import BusyPolicy
 from cuemsg.mailbox.dedupe import DedupeStore
 from cuemsg.mailbox.names import MailboxAddress, lookup
+from cuemsg.mailbox.tracing import handler_span
 from cuemsg.signing import SigningKey
 
 __all__ = ["Mailbox", "Message"]
@@ -219,7 +220,8 @@ class Mailbox(
             cast(threading.Event, op.pending.event).wait(op.timeout)
             return None
         if isinstance(op, CallHandler):
-            return op.handler(op.message)
+            with handler_span(op.message):
+                return op.handler(op.message)
         if isinstance(op, Pause):
             self._wake_or_close(op.seconds)
             return None

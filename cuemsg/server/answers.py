@@ -187,6 +187,16 @@ class Execution(msgspec.Struct, kw_only=True):
     lease_expires_at: DateTime | None
     outcome: OutcomeInfo | None
     detail: dict[str, Any] | None  # scheduled runs fired late, webhook delivery attempts
+    redriven_to: str | None = None  # a dead letter sent again: the new execution
+    redrive_of: str | None = None  # a redriven execution: the dead letter it re-sends
+
+
+class Redriven(msgspec.Struct, kw_only=True):
+    """`POST /v1/executions/{id}/redrive` (extension `executions.redrive`)."""
+
+    execution_id: str
+    redriven_to: str
+    redriven: bool  # False: an earlier redrive had sent it again already
 
 
 class ExecutionPage(msgspec.Struct, kw_only=True):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -97,7 +98,14 @@ def create_app(
     a fake one to move past leases and timeouts without waiting.
     """
     settings = settings or ServerSettings()
-    server = Server(settings, storage or open_storage(settings), clock)
+    storage = storage or open_storage(settings)
+    metrics = None
+    if settings.metrics:
+        from cuemsg.server.metrics import MeteredStorage, Metrics
+
+        metrics = Metrics()
+        storage = cast(Storage, MeteredStorage(storage, metrics))
+    server = Server(settings, storage, clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -126,11 +134,18 @@ def create_app(
             await dispatcher.aclose()  # deliveries cut short are made again (leases)
             await server.storage.close()
 
+    def route(path: str, method: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+        if metrics is not None:  # count answers by route template, method and status
+            endpoint = metrics.instrument(path, method, endpoint)
+        return Route(path, endpoint, methods=[method])
+
     routes = [
-        Route(e.path, (authed if e.auth else public)(server, e.handler), methods=[e.method])
+        route(e.path, e.method, (authed if e.auth else public)(server, e.handler))
         for e in ROUTES + OPEN_ROUTES
         if e.extension is None or e.extension in server.extensions
     ]
+    if metrics is not None:
+        routes.append(route("/metrics", "GET", public(server, metrics.scrape)))
     middleware = []
     if settings.host is not None and settings.loopback:
         middleware.append(Middleware(HostGuard, bound=settings.host))

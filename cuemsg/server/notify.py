@@ -18,6 +18,7 @@ so other replicas' fires wake local waiters too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 _Key = tuple[str, "str | None"]
 
@@ -69,6 +70,8 @@ class Notifier:
     def __init__(self) -> None:
         # dicts as ordered sets: the oldest waiter is woken first
         self._waiters: dict[_Key, dict[Waiter, None]] = {}
+        #: Called on every notify (the server wakes its event streams with it).
+        self.on_notify: Callable[[], None] | None = None
 
     def subscribe(self, tenant_id: str, task: str | None, agent: str | None = None) -> Waiter:
         key = (tenant_id, task)
@@ -78,6 +81,8 @@ class Notifier:
 
     def notify(self, tenant_id: str, task: str | None, count: int = 1) -> None:
         """`count` executions of `task` became claimable for this tenant."""
+        if self.on_notify is not None:
+            self.on_notify()
         if not self._waiters:
             return
         keys = [(tenant_id, task)] if task is None else [(tenant_id, task), (tenant_id, None)]

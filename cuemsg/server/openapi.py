@@ -78,8 +78,9 @@ _LINKS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
 }
 
 
-def openapi_document(extensions: frozenset[str]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the routes served with these extensions."""
+def openapi_document(extensions: frozenset[str], *, metrics: bool = False) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the routes served with these extensions (and
+    `GET /metrics` when it is served)."""
     from cuemsg import __version__
 
     served = [e for e in ROUTES + OPEN_ROUTES if e.extension is None or e.extension in extensions]
@@ -102,6 +103,15 @@ def openapi_document(extensions: frozenset[str]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for e in served:
         paths.setdefault(e.path, {})[e.method.lower()] = _operation(e, served_ops)
+    if "/v1/events" in paths:  # a stream of Server-Sent Events, not one JSON answer
+        ok_events = paths["/v1/events"]["get"]["responses"]["200"]
+        ok_events["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    if metrics:
+        text = {"text/plain": {"schema": {"type": "string"}}}
+        ok_text = {"200": {"description": "Prometheus text format", "content": text}}
+        paths["/metrics"] = {
+            "get": {"summary": "Prometheus metrics", "security": [], "responses": ok_text}
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "cuemsg embedded CueAPI server", "version": __version__},

@@ -18,9 +18,11 @@ from cuemsg.server.handlers.auth import register
 from cuemsg.server.handlers.claims import claim, claim_next, heartbeat
 from cuemsg.server.handlers.cues import create_cue, delete_cue, get_cue, list_cues, patch_cue
 from cuemsg.server.handlers.discovery import health, info, openapi
+from cuemsg.server.handlers.events import events
 from cuemsg.server.handlers.executions import get_execution, list_claimable, list_executions
 from cuemsg.server.handlers.fire import fire, fire_batch
 from cuemsg.server.handlers.outcomes import outcome, outcome_batch
+from cuemsg.server.handlers.redrive import redrive
 from cuemsg.server.handlers.webhook_secret import get_webhook_secret, regenerate_webhook_secret
 from cuemsg.server.handlers.workers import list_workers, worker_heartbeat
 from cuemsg.server.responses import problem
@@ -61,6 +63,21 @@ class Endpoint:
 
 
 _INT = "integer"
+EVENT_PARAMS = (
+    Param("cue_id", {"type": "string"}, description="only this cue's executions"),
+    Param("thread", {"type": "string"}, description="only messages of this thread"),
+    Param(
+        "last_event_id",
+        {"type": "string", "pattern": "^[0-9]+$"},
+        description="resume after this event id (0: everything on record)",
+    ),
+    Param(
+        "Last-Event-ID",
+        {"type": "string", "pattern": "^[0-9]+$"},
+        "header",
+        "resume after this event id (wins over last_event_id)",
+    ),
+)
 LIMIT = Param("limit", {"type": _INT, "minimum": 1, "maximum": 1000, "default": 50})
 OFFSET = Param("offset", {"type": _INT, "minimum": 0, "maximum": 10**9, "default": 0})
 WORKER = Param(
@@ -167,6 +184,14 @@ ROUTES: list[Endpoint] = [
         "Regenerate the webhook secret (X-Confirm-Destructive: true)",
         answer=answers.WebhookSecret, errors=(400,), params=(CONFIRM,),
     ),
+    Endpoint(
+        "/v1/events", "GET", events, "Stream events (Server-Sent Events; docs/cueapi.md)",
+        None, "events.stream", errors=(422,), params=EVENT_PARAMS,
+    ),
+    Endpoint(
+        "/v1/executions/{execution_id}/redrive", "POST", redrive, "Send a dead letter again",
+        None, "executions.redrive", answer=answers.Redriven, errors=(404, 409),
+    ),
 ]
 
 #: The routes that need no key; their handlers take `(request, server)`.
@@ -194,6 +219,9 @@ def authed(
             return await handler(Ctx(request, tenant, server))
         except ApiProblem as p:
             return problem(p)
+        finally:
+            if request.method != "GET":
+                server.feed.bump()  # it may have changed an execution: streams look
 
     return endpoint
 

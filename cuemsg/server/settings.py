@@ -63,6 +63,8 @@ EXTENSIONS = (
     "outcome.batch",
     "outcome.reply",
     "workers.list",
+    "events.stream",
+    "executions.redrive",
 )
 
 
@@ -120,6 +122,8 @@ class ServerSettings:
             (tests use a small value; 1 = minutes as given).
         webhook_timeout: seconds one webhook delivery may take.
         webhook_pool: webhook deliveries in flight at once.
+        metrics: serve `GET /metrics` (Prometheus). `cuemsg serve` turns it off
+            when bound beyond loopback, unless `--metrics`.
     """
 
     db: str = "cuemsg.db"
@@ -144,6 +148,7 @@ class ServerSettings:
     webhook_backoff_scale: float = 1.0
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     webhook_pool: int = DEFAULT_WEBHOOK_POOL
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import ApiProblem, invalid
+from cuemsg.server.feed import FeedSignal
 from cuemsg.server.keys import hash_key
 from cuemsg.server.quotas import Quotas, Windows
 from cuemsg.server.settings import ServerSettings
@@ -68,13 +69,17 @@ class Server:
         )
         self.extensions = frozenset(settings.extension_names)
         self.draining = False
+        self.feed = FeedSignal()
+        # Wake-ups from fires (and other replicas' fires, on PostgreSQL) wake streams too.
+        storage.notifier.on_notify = self.feed.bump
         #: Why the storage did not open at startup (for `cuemsg serve` to say in one line).
         self.startup_error: StorageOpenError | None = None
 
     def drain(self) -> None:
-        """Shutdown begins: parked claims answer now instead of waiting on."""
+        """Shutdown begins: parked claims answer now, event streams end."""
         self.draining = True
         self.storage.notifier.wake_all()
+        self.feed.bump()
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

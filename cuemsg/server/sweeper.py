@@ -25,6 +25,7 @@ async def sweep_forever(server: Server) -> None:
             )
             since = now
             failures = 0
+            server.feed.bump()  # leases lost, executions missed: streams look
         except Exception:  # keep sweeping: a failed pass is retried next interval
             # The first failure with its traceback, then a line a minute, not one per pass.
             if failures == 0:

@@ -252,6 +252,8 @@ def execution_answer(e: ExecutionRow) -> answers.Execution:
         lease_expires_at=iso(e.lease_expires_at),
         outcome=outcome,
         detail=e.detail,
+        redriven_to=e.redriven_to,
+        redrive_of=e.redrive_of,
     )
 
 

@@ -286,6 +286,8 @@ def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots)
 
 
 def test_phone_width_has_no_sideways_scroll(browser: Any, scene: Scene, shots: Shots) -> None:
+    sign_in(browser, scene)  # each test signs in: none leans on another's session
+    until(browser, has_text("main h1", "Mailboxes"), "the sign-in lands on the mailboxes")
     browser.set_window_size(390, 844)
     try:
         for page, marker in (
@@ -304,6 +306,7 @@ def test_phone_width_has_no_sideways_scroll(browser: Any, scene: Scene, shots: S
 
 
 def test_keyboard_reaches_a_mailbox_and_a_message(browser: Any, scene: Scene, shots: Shots) -> None:
+    sign_in(browser, scene)
     browser.get(f"{scene.server.base_url}/console/#/mailboxes")
     until(
         browser,

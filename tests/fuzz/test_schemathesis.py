@@ -27,6 +27,9 @@ from cuemsg.testing import run_server
 #: Test cases per operation and phase; with the fixed seed the run is repeatable.
 MAX_EXAMPLES = 60
 SEED = 20261201
+#: Operations left out of the run: an event stream never ends by itself
+#: (tests/server/test_events.py covers GET /v1/events).
+EXCLUDED_PATHS = ("/v1/events",)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -67,6 +70,7 @@ def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path) -> None:
                 "1",
                 "--request-timeout",
                 "10",
+                *(arg for path in EXCLUDED_PATHS for arg in ("--exclude-path", path)),
                 "--report",
                 "json",
                 "--report-json-path",
@@ -86,7 +90,8 @@ def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path) -> None:
         f"{cases['generated']} test cases, {cases['with_failures']} with failures, "
         f"{len(result['errors'])} errors, {result['running_time']:.0f} s"
     )
-    assert result["operations"]["tested"] == result["operations"]["total"] >= 20
+    operations = result["operations"]
+    assert operations["tested"] == operations["total"] - len(EXCLUDED_PATHS) >= 20
     assert result["failures"] == [], run.stdout[-8000:]
     assert result["errors"] == [], run.stdout[-8000:]
     assert cases["errored"] == 0, run.stdout[-8000:]

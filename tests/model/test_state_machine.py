@@ -271,6 +271,7 @@ class ContractMachine(RuleBasedStateMachine):
             assert result["execution_id"] == execution
             expected = self.model.outcome(execution, worker, success)
             if isinstance(expected, Refused):
+                self.reached[f"answered {expected.status} {expected.code}"] += 1
                 assert result["error"]["status"] == expected.status, result
                 assert result["error"]["code"] == expected.code, result
             else:

@@ -104,11 +104,15 @@ def test_cue_list_pages(api: Api) -> None:
 
 def test_duplicate_cue_name_is_409_and_changes_nothing(api: Api) -> None:
     first = api.cue("same")
-    error_of(api.http.post("/v1/cues", json={"name": "same", "transport": "worker"}), 409,
-             "cue_name_taken")
+    error_of(
+        api.http.post("/v1/cues", json={"name": "same", "transport": "worker"}),
+        409,
+        "cue_name_taken",
+    )
     other = api.cue("other")
-    error_of(api.http.patch(f"/v1/cues/{other['id']}", json={"name": "same"}), 409,
-             "cue_name_taken")
+    error_of(
+        api.http.patch(f"/v1/cues/{other['id']}", json={"name": "same"}), 409, "cue_name_taken"
+    )
     assert api.http.get(f"/v1/cues/{other['id']}").json()["name"] == "other"
     assert api.http.get("/v1/cues").json()["total"] == 2
     assert api.http.get(f"/v1/cues/{first['id']}").json() == first
@@ -124,10 +128,14 @@ def test_cue_validation(api: Api) -> None:
         ({"name": "w", "transport": "worker", "retry": {"max_attempts": 11}}, "retry.max_attempts"),
         ({"name": "w", "transport": "worker", "payload": [1]}, "payload"),
         ({"name": "w", "transport": "worker", "schedule": {"type": "daily"}}, "schedule.type"),
-        ({"name": "w", "transport": "worker", "schedule": {"type": "once", "at": "soon"}},
-         "schedule.at"),
-        ({"name": "w", "transport": "worker", "schedule": {"type": "recurring", "cron": "* *"}},
-         "schedule.cron"),
+        (
+            {"name": "w", "transport": "worker", "schedule": {"type": "once", "at": "soon"}},
+            "schedule.at",
+        ),
+        (
+            {"name": "w", "transport": "worker", "schedule": {"type": "recurring", "cron": "* *"}},
+            "schedule.cron",
+        ),
     ]
     for body, field in cases:
         err = error_of(api.http.post("/v1/cues", json=body), 422, "validation_error")
@@ -143,8 +151,9 @@ def test_cue_validation(api: Api) -> None:
 
 def test_patch_validation_changes_nothing(api: Api) -> None:
     cue = api.cue("keep", payload={"task": "t"})
-    err = error_of(api.http.patch(f"/v1/cues/{cue['id']}", json={"status": "gone"}), 422,
-                   "validation_error")
+    err = error_of(
+        api.http.patch(f"/v1/cues/{cue['id']}", json={"status": "gone"}), 422, "validation_error"
+    )
     assert err["field"] == "status"
     assert api.http.get(f"/v1/cues/{cue['id']}").json() == cue
 
@@ -158,7 +167,10 @@ def test_fire_merge_and_replace(api: Api) -> None:
     assert merged["status"] == "pending" and merged["triggered_by"] == "manual_fire"
     assert merged["cue_id"] == cue["id"]
     assert api.execution(merged["id"])["payload"] == {
-        "task": "t", "keep": 1, "over": "fire", "message": "m",
+        "task": "t",
+        "keep": 1,
+        "over": "fire",
+        "message": "m",
     }
     explicit = api.fire(cue["id"], payload_override={"over": "x"}, merge_strategy="merge")
     assert api.execution(explicit["id"])["payload"]["keep"] == 1
@@ -187,8 +199,12 @@ def test_fire_send_at(api: Api) -> None:
     future = datetime.now(timezone.utc) + timedelta(seconds=0.6)
     later = api.fire(cue["id"], send_at=future.isoformat())
     assert datetime.fromisoformat(later["scheduled_for"]) == future
-    ids = [e["execution_id"] for e in api.http.get(
-        "/v1/executions/claimable", params={"task": "later"}).json()["executions"]]
+    ids = [
+        e["execution_id"]
+        for e in api.http.get("/v1/executions/claimable", params={"task": "later"}).json()[
+            "executions"
+        ]
+    ]
     assert ids == [now_fire["id"]]
     # A waiting claim gets the scheduled one as soon as it comes due.
     assert api.claim(task="later").json()["execution_id"] == now_fire["id"]
@@ -204,8 +220,10 @@ def test_fire_idempotency(api: Api) -> None:
     again = api.fire(cue["id"], **body)
     assert again["id"] == first["id"]
     err = error_of(
-        api.http.post(f"/v1/cues/{cue['id']}/fire",
-                      json={"payload_override": {"message": "other"}, "idempotency_key": "msg-1"}),
+        api.http.post(
+            f"/v1/cues/{cue['id']}/fire",
+            json={"payload_override": {"message": "other"}, "idempotency_key": "msg-1"},
+        ),
         409,
         "idempotency_key_conflict",
     )
@@ -250,36 +268,61 @@ def test_oversized_body_is_413_and_stores_nothing(api: Api) -> None:
             yield b"y" * 1024
         yield b'"}}'
 
-    error_of(api.http.post(f"/v1/cues/{cue['id']}/fire", content=chunks()), 413,
-             "payload_too_large")
+    error_of(
+        api.http.post(f"/v1/cues/{cue['id']}/fire", content=chunks()), 413, "payload_too_large"
+    )
     assert api.http.get("/v1/executions").json()["total"] == 0
 
 
 def test_fire_batch(api: Api) -> None:
     a = api.cue(payload={"task": "a"})
     b = api.cue(payload={"task": "b"})
-    answer = api.http.post("/v1/fire", json={"fires": [
-        {"cue_id": a["id"], "payload_override": {"n": 1}},
-        {"cue_id": b["id"], "payload_override": {"n": 2}, "idempotency_key": "k"},
-        {"cue_id": a["id"], "payload_override": {"n": 3}, "merge_strategy": "replace"},
-    ]})
+    answer = api.http.post(
+        "/v1/fire",
+        json={
+            "fires": [
+                {"cue_id": a["id"], "payload_override": {"n": 1}},
+                {"cue_id": b["id"], "payload_override": {"n": 2}, "idempotency_key": "k"},
+                {"cue_id": a["id"], "payload_override": {"n": 3}, "merge_strategy": "replace"},
+            ]
+        },
+    )
     assert answer.status_code == 200, answer.text
     fired = answer.json()["executions"]
     assert [f["cue_id"] for f in fired] == [a["id"], b["id"], a["id"]]
     assert api.execution(fired[2]["id"])["payload"] == {"n": 3}
     # One bad item: the whole batch is refused, naming its index; nothing is stored.
     before = api.http.get("/v1/executions").json()["total"]
-    err = error_of(api.http.post("/v1/fire", json={"fires": [
-        {"cue_id": a["id"]}, {"cue_id": b["id"], "merge_strategy": "nope"}]}), 422,
-        "validation_error")
+    err = error_of(
+        api.http.post(
+            "/v1/fire",
+            json={"fires": [{"cue_id": a["id"]}, {"cue_id": b["id"], "merge_strategy": "nope"}]},
+        ),
+        422,
+        "validation_error",
+    )
     assert err["field"] == "fires[1].merge_strategy"
-    err = error_of(api.http.post("/v1/fire", json={"fires": [
-        {"cue_id": a["id"]}, {"cue_id": "cue_missing00000"}]}), 404, "cue_not_found")
+    err = error_of(
+        api.http.post(
+            "/v1/fire", json={"fires": [{"cue_id": a["id"]}, {"cue_id": "cue_missing00000"}]}
+        ),
+        404,
+        "cue_not_found",
+    )
     assert err["field"] == "fires[1].cue_id"
-    err = error_of(api.http.post("/v1/fire", json={"fires": [
-        {"cue_id": a["id"]}, {"cue_id": b["id"], "idempotency_key": "k",
-                               "payload_override": {"n": 9}}]}), 409,
-        "idempotency_key_conflict")
+    err = error_of(
+        api.http.post(
+            "/v1/fire",
+            json={
+                "fires": [
+                    {"cue_id": a["id"]},
+                    {"cue_id": b["id"], "idempotency_key": "k", "payload_override": {"n": 9}},
+                ]
+            },
+        ),
+        409,
+        "idempotency_key_conflict",
+    )
     assert err["field"] == "fires[1].idempotency_key"
     error_of(api.http.post("/v1/fire", json={"fires": []}), 422, "validation_error")
     too_many = {"fires": [{"cue_id": a["id"]}] * 101}
@@ -292,8 +335,10 @@ def test_fire_batch(api: Api) -> None:
 
 def test_claimable_filters_order_and_limit(api: Api) -> None:
     cue = api.cue(payload={"task": "t"})
-    ids = [api.fire(cue["id"], payload_override={"n": i, "agent": "ag" if i % 2 else "x"})["id"]
-           for i in range(55)]
+    ids = [
+        api.fire(cue["id"], payload_override={"n": i, "agent": "ag" if i % 2 else "x"})["id"]
+        for i in range(55)
+    ]
     other = api.cue(payload={"task": "other"})
     api.fire(other["id"])
     listed = api.http.get("/v1/executions/claimable", params={"task": "t"}).json()["executions"]
@@ -301,8 +346,9 @@ def test_claimable_filters_order_and_limit(api: Api) -> None:
     first = listed[0]
     assert first["cue_id"] == cue["id"] and first["cue_name"] == cue["name"]
     assert first["task"] == "t" and first["attempt"] == 0 and first["payload"]["n"] == 0
-    by_agent = api.http.get("/v1/executions/claimable",
-                            params={"task": "t", "agent": "ag"}).json()["executions"]
+    by_agent = api.http.get("/v1/executions/claimable", params={"task": "t", "agent": "ag"}).json()[
+        "executions"
+    ]
     assert [e["execution_id"] for e in by_agent] == ids[1::2]
     # The filter applies before the 50-row window: the one 'other' is found.
     others = api.http.get("/v1/executions/claimable", params={"task": "other"}).json()
@@ -323,32 +369,53 @@ def test_claim_lifecycle_success(api: Api) -> None:
     assert record["status"] == "delivering" and record["claimed_by_worker"] == "w1"
     assert record["attempts"] == 1 and record["lease_expires_at"]
     # Claimed once: a second claim fails.
-    error_of(api.http.post(f"/v1/executions/{eid}/claim", json={"worker_id": "w2"}), 409,
-             "claim_failed")
+    error_of(
+        api.http.post(f"/v1/executions/{eid}/claim", json={"worker_id": "w2"}), 409, "claim_failed"
+    )
     # Heartbeat: owner ok, other worker 403, no header accepted.
     hb = api.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w1"})
     assert hb.status_code == 200
     assert hb.json()["acknowledged"] is True and hb.json()["execution_id"] == eid
     assert hb.json()["lease_extended_until"]
-    error_of(api.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w2"}),
-             403, "not_execution_owner")
+    error_of(
+        api.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w2"}),
+        403,
+        "not_execution_owner",
+    )
     assert api.http.post(f"/v1/executions/{eid}/heartbeat").status_code == 200
     # Outcome from another worker: 403, and nothing recorded.
-    error_of(api.http.post(f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "w2"},
-                           json={"success": True}), 403, "not_execution_owner")
+    error_of(
+        api.http.post(
+            f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "w2"}, json={"success": True}
+        ),
+        403,
+        "not_execution_owner",
+    )
     assert api.execution(eid)["outcome"] is None
-    done = api.http.post(f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "w1"},
-                         json={"success": True, "result": "ok", "metadata": {"k": 1}})
-    assert done.json() == {"execution_id": eid, "outcome_recorded": True,
-                           "outcome_state": "success"}
+    done = api.http.post(
+        f"/v1/executions/{eid}/outcome",
+        headers={"X-Worker-Id": "w1"},
+        json={"success": True, "result": "ok", "metadata": {"k": 1}},
+    )
+    assert done.json() == {
+        "execution_id": eid,
+        "outcome_recorded": True,
+        "outcome_state": "success",
+    }
     record = api.execution(eid)
     assert record["status"] == "success"
     assert record["outcome"]["result"] == "ok" and record["outcome"]["metadata"] == {"k": 1}
     # Write-once.
-    error_of(api.http.post(f"/v1/executions/{eid}/outcome", json={"success": False}), 409,
-             "outcome_already_recorded")
-    error_of(api.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w1"}),
-             409, "execution_not_claiming")
+    error_of(
+        api.http.post(f"/v1/executions/{eid}/outcome", json={"success": False}),
+        409,
+        "outcome_already_recorded",
+    )
+    error_of(
+        api.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w1"}),
+        409,
+        "execution_not_claiming",
+    )
     assert api.execution(eid)["outcome"]["success"] is True
 
 
@@ -356,8 +423,9 @@ def test_failure_outcome_is_terminal(api: Api) -> None:
     cue = api.cue(payload={"task": "t"})
     eid = api.fire(cue["id"])["id"]
     assert api.claim(task="t").json()["execution_id"] == eid
-    answer = api.http.post(f"/v1/executions/{eid}/outcome", json={"success": False,
-                                                                   "error": "boom"})
+    answer = api.http.post(
+        f"/v1/executions/{eid}/outcome", json={"success": False, "error": "boom"}
+    )
     assert answer.json()["outcome_state"] == "failed"
     assert api.execution(eid)["outcome"]["error"] == "boom"
     error_of(api.claim(task="t"), 409, "claim_failed")
@@ -367,16 +435,22 @@ def test_failure_outcome_is_terminal(api: Api) -> None:
 def test_outcome_needs_a_claim_and_valid_body(api: Api) -> None:
     cue = api.cue(payload={"task": "t"})
     eid = api.fire(cue["id"])["id"]
-    error_of(api.http.post(f"/v1/executions/{eid}/outcome", json={"success": True}), 409,
-             "execution_not_claiming")
+    error_of(
+        api.http.post(f"/v1/executions/{eid}/outcome", json={"success": True}),
+        409,
+        "execution_not_claiming",
+    )
     error_of(api.http.post(f"/v1/executions/{eid}/heartbeat"), 409, "execution_not_claiming")
     api.claim(task="t")
-    err = error_of(api.http.post(f"/v1/executions/{eid}/outcome",
-                                 json={"success": True, "result": "r" * 2001}), 422,
-                   "validation_error")
+    err = error_of(
+        api.http.post(
+            f"/v1/executions/{eid}/outcome", json={"success": True, "result": "r" * 2001}
+        ),
+        422,
+        "validation_error",
+    )
     assert err["field"] == "result"
-    err = error_of(api.http.post(f"/v1/executions/{eid}/outcome", json={}), 422,
-                   "validation_error")
+    err = error_of(api.http.post(f"/v1/executions/{eid}/outcome", json={}), 422, "validation_error")
     assert err["field"] == "success"
     assert api.execution(eid)["status"] == "delivering"
 
@@ -384,11 +458,13 @@ def test_outcome_needs_a_claim_and_valid_body(api: Api) -> None:
 def test_bad_execution_ids_are_404(api: Api) -> None:
     for path in ("/v1/executions/nope", "/v1/executions/00000000-0000-0000-0000-000000000000"):
         error_of(api.http.get(path), 404, "execution_not_found")
-        error_of(api.http.post(f"{path}/claim", json={"worker_id": "w"}), 404,
-                 "execution_not_found")
+        error_of(
+            api.http.post(f"{path}/claim", json={"worker_id": "w"}), 404, "execution_not_found"
+        )
         error_of(api.http.post(f"{path}/heartbeat"), 404, "execution_not_found")
-        error_of(api.http.post(f"{path}/outcome", json={"success": True}), 404,
-                 "execution_not_found")
+        error_of(
+            api.http.post(f"{path}/outcome", json={"success": True}), 404, "execution_not_found"
+        )
 
 
 def test_claim_next_plain_and_extended(api: Api) -> None:
@@ -426,8 +502,11 @@ def test_claim_validation(api: Api) -> None:
     for body, field in cases:
         err = error_of(api.http.post("/v1/executions/claim", json=body), 422, "validation_error")
         assert err["field"] == field, (body, err)
-    err = error_of(api.http.post("/v1/executions/x/claim", json={"worker_id": "w", "task": "t"}),
-                   422, "validation_error")
+    err = error_of(
+        api.http.post("/v1/executions/x/claim", json={"worker_id": "w", "task": "t"}),
+        422,
+        "validation_error",
+    )
     assert err["field"] == "task"
 
 
@@ -438,12 +517,14 @@ def test_outcome_batch(api: Api) -> None:
     answer = api.http.post(
         "/v1/executions/outcomes",
         headers={"X-Worker-Id": "w1"},
-        json={"outcomes": [
-            {"execution_id": ids[0], "success": True},
-            {"execution_id": ids[2], "success": True},
-            {"execution_id": ids[1], "success": False, "error": "no"},
-            {"execution_id": ids[0], "success": True},
-        ]},
+        json={
+            "outcomes": [
+                {"execution_id": ids[0], "success": True},
+                {"execution_id": ids[2], "success": True},
+                {"execution_id": ids[1], "success": False, "error": "no"},
+                {"execution_id": ids[0], "success": True},
+            ]
+        },
     )
     assert answer.status_code == 200
     results = answer.json()["results"]
@@ -467,8 +548,9 @@ def test_list_executions_filters(api: Api) -> None:
     assert delivering["total"] == 1 and delivering["executions"][0]["cue_id"] == b["id"]
     page = api.http.get("/v1/executions", params={"limit": 2, "offset": 1}).json()
     assert page["total"] == 4 and len(page["executions"]) == 2
-    err = error_of(api.http.get("/v1/executions", params={"status": "weird"}), 422,
-                   "validation_error")
+    err = error_of(
+        api.http.get("/v1/executions", params={"status": "weird"}), 422, "validation_error"
+    )
     assert err["field"] == "status"
 
 
@@ -481,11 +563,11 @@ def test_list_executions_cursor(api: Api) -> None:
         "/v1/executions", params={"cue_id": cue["id"], "limit": 2, "before": ids[1]}
     ).json()
     assert [e["id"] for e in rest["executions"]] == [ids[0]] and rest["total"] == 1
-    err = error_of(api.http.get("/v1/executions", params={"before": "nope"}), 422,
-                   "validation_error")
+    err = error_of(
+        api.http.get("/v1/executions", params={"before": "nope"}), 422, "validation_error"
+    )
     assert err["field"] == "before" and "nope" in err["message"]
-    err = error_of(api.http.get("/v1/executions", params={"before": ""}), 422,
-                   "validation_error")
+    err = error_of(api.http.get("/v1/executions", params={"before": ""}), 422, "validation_error")
     assert err["field"] == "before"
 
 
@@ -495,6 +577,7 @@ def test_worker_heartbeat_and_list(api: Api) -> None:
     assert answer.json()["acknowledged"] is True and answer.json()["server_time"]
     workers = api.http.get("/v1/workers").json()["workers"]
     assert [(w["worker_id"], w["handlers"]) for w in workers] == [("w9", ["t"])]
-    err = error_of(api.http.post("/v1/worker/heartbeat", json={"handlers": []}), 422,
-                   "validation_error")
+    err = error_of(
+        api.http.post("/v1/worker/heartbeat", json={"handlers": []}), 422, "validation_error"
+    )
     assert err["field"] == "worker_id"

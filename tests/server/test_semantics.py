@@ -23,36 +23,55 @@ def test_tenants_are_isolated(api_factory: Callable[[], Api]) -> None:
     # Another key sees nothing and can touch nothing: 404, as if it did not exist.
     assert stranger.http.get("/v1/cues").json()["total"] == 0
     error_of(stranger.http.get(f"/v1/cues/{cue['id']}"), 404, "cue_not_found")
-    error_of(stranger.http.patch(f"/v1/cues/{cue['id']}", json={"status": "paused"}), 404,
-             "cue_not_found")
+    error_of(
+        stranger.http.patch(f"/v1/cues/{cue['id']}", json={"status": "paused"}),
+        404,
+        "cue_not_found",
+    )
     error_of(stranger.http.delete(f"/v1/cues/{cue['id']}"), 404, "cue_not_found")
     error_of(stranger.http.post(f"/v1/cues/{cue['id']}/fire", json={}), 404, "cue_not_found")
-    error_of(stranger.http.post("/v1/fire", json={"fires": [{"cue_id": cue["id"]}]}), 404,
-             "cue_not_found")
+    error_of(
+        stranger.http.post("/v1/fire", json={"fires": [{"cue_id": cue["id"]}]}),
+        404,
+        "cue_not_found",
+    )
     error_of(stranger.http.get(f"/v1/executions/{eid}"), 404, "execution_not_found")
     assert stranger.http.get("/v1/executions").json()["total"] == 0
-    assert stranger.http.get("/v1/executions/claimable",
-                             params={"task": "secret"}).json()["executions"] == []
-    error_of(stranger.http.post(f"/v1/executions/{eid}/claim", json={"worker_id": "w"}), 404,
-             "execution_not_found")
+    assert (
+        stranger.http.get("/v1/executions/claimable", params={"task": "secret"}).json()[
+            "executions"
+        ]
+        == []
+    )
+    error_of(
+        stranger.http.post(f"/v1/executions/{eid}/claim", json={"worker_id": "w"}),
+        404,
+        "execution_not_found",
+    )
     error_of(stranger.claim(task="secret"), 409, "claim_failed")
     error_of(stranger.claim(), 409, "claim_failed")
     # Even once claimed by the owner, the stranger cannot heartbeat or ack it.
     assert owner.claim("w1", task="secret").status_code == 200
-    error_of(stranger.http.post(f"/v1/executions/{eid}/heartbeat",
-                                headers={"X-Worker-Id": "w1"}), 404, "execution_not_found")
-    error_of(stranger.http.post(f"/v1/executions/{eid}/outcome", json={"success": True}), 404,
-             "execution_not_found")
-    results = stranger.http.post("/v1/executions/outcomes",
-                                 json={"outcomes": [{"execution_id": eid, "success": True}]})
+    error_of(
+        stranger.http.post(f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w1"}),
+        404,
+        "execution_not_found",
+    )
+    error_of(
+        stranger.http.post(f"/v1/executions/{eid}/outcome", json={"success": True}),
+        404,
+        "execution_not_found",
+    )
+    results = stranger.http.post(
+        "/v1/executions/outcomes", json={"outcomes": [{"execution_id": eid, "success": True}]}
+    )
     assert results.json()["results"][0]["error"]["code"] == "execution_not_found"
     assert owner.execution(eid)["status"] == "delivering"
     # Names are unique per tenant only.
     assert stranger.cue(cue["name"])["id"] != cue["id"]
 
 
-def test_racing_claims_on_one_execution_never_double_claim(srv: RunningServer,
-                                                            api: Api) -> None:
+def test_racing_claims_on_one_execution_never_double_claim(srv: RunningServer, api: Api) -> None:
     cue = api.cue(payload={"task": "race"})
     for round_ in range(5):
         eid = api.fire(cue["id"])["id"]
@@ -60,14 +79,16 @@ def test_racing_claims_on_one_execution_never_double_claim(srv: RunningServer,
 
         # The round's barrier and execution are bound now: a late call must not see the next's.
         def grab(i: int, barrier: threading.Barrier = barrier, eid: str = eid) -> int:
-            with httpx.Client(base_url=srv.base_url,
-                              headers={"Authorization": f"Bearer {api.key}"}) as http:
+            with httpx.Client(
+                base_url=srv.base_url, headers={"Authorization": f"Bearer {api.key}"}
+            ) as http:
                 barrier.wait()
                 if i % 2:
                     answer = http.post(f"/v1/executions/{eid}/claim", json={"worker_id": f"w{i}"})
                 else:
-                    answer = http.post("/v1/executions/claim",
-                                       json={"worker_id": f"w{i}", "task": "race"})
+                    answer = http.post(
+                        "/v1/executions/claim", json={"worker_id": f"w{i}", "task": "race"}
+                    )
                 return answer.status_code
 
         with ThreadPoolExecutor(12) as pool:
@@ -86,8 +107,9 @@ def test_sixteen_claim_next_at_once_get_sixteen_distinct(
     barrier = threading.Barrier(16)
 
     def grab(i: int) -> str:
-        with httpx.Client(base_url=srv.base_url,
-                          headers={"Authorization": f"Bearer {api.key}"}) as http:
+        with httpx.Client(
+            base_url=srv.base_url, headers={"Authorization": f"Bearer {api.key}"}
+        ) as http:
             body: dict[str, Any] = {"worker_id": f"w{i}"}
             if with_task:
                 body["task"] = "fan"
@@ -119,8 +141,9 @@ def test_long_poll_wakes_on_fire(srv: RunningServer, api: Api) -> None:
     while httpx.get(f"{srv.base_url}/health").json()["waiting_claims"] < 1:
         assert time.monotonic() < deadline, "the claim never started waiting"
         time.sleep(0.005)
-    with httpx.Client(base_url=srv.base_url,
-                      headers={"Authorization": f"Bearer {api.key}"}) as other:
+    with httpx.Client(
+        base_url=srv.base_url, headers={"Authorization": f"Bearer {api.key}"}
+    ) as other:
         fired_at = time.monotonic()
         eid = other.post(f"/v1/cues/{cue['id']}/fire", json={}).json()["id"]
     waiter.join(25)
@@ -167,8 +190,15 @@ def test_lease_expiry_returns_the_message_to_the_queue(short_lease: Api) -> None
     record = api.execution(eid)
     assert record["claimed_by_worker"] == "w2" and record["payload"]["message"] == "m"
     # The first worker's late ack is refused: the lease passed to w2.
-    error_of(api.http.post(f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "dead-worker"},
-                           json={"success": True}), 403, "not_execution_owner")
+    error_of(
+        api.http.post(
+            f"/v1/executions/{eid}/outcome",
+            headers={"X-Worker-Id": "dead-worker"},
+            json={"success": True},
+        ),
+        403,
+        "not_execution_owner",
+    )
 
 
 def test_heartbeat_keeps_the_lease(short_lease: Api) -> None:
@@ -178,11 +208,19 @@ def test_heartbeat_keeps_the_lease(short_lease: Api) -> None:
     api.claim("w1", task="t")
     for _ in range(6):
         time.sleep(0.1)
-        assert api.http.post(f"/v1/executions/{eid}/heartbeat",
-                             headers={"X-Worker-Id": "w1"}).status_code == 200
+        assert (
+            api.http.post(
+                f"/v1/executions/{eid}/heartbeat", headers={"X-Worker-Id": "w1"}
+            ).status_code
+            == 200
+        )
     assert api.execution(eid)["status"] == "delivering"
-    assert api.http.post(f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "w1"},
-                         json={"success": True}).status_code == 200
+    assert (
+        api.http.post(
+            f"/v1/executions/{eid}/outcome", headers={"X-Worker-Id": "w1"}, json={"success": True}
+        ).status_code
+        == 200
+    )
 
 
 def test_claim_cap_fails_a_message_that_kills_every_receiver(short_lease: Api) -> None:
@@ -232,9 +270,14 @@ def test_restart_keeps_pending_and_delivering(db_url: str) -> None:
         assert record["status"] == "delivering" and record["claimed_by_worker"] == "w1"
         assert api.execution(done)["outcome"]["result"] == "r"
         # The worker that held the lease can still finish it after the restart.
-        assert api.http.post(f"/v1/executions/{delivering}/outcome",
-                             headers={"X-Worker-Id": "w1"},
-                             json={"success": True}).status_code == 200
+        assert (
+            api.http.post(
+                f"/v1/executions/{delivering}/outcome",
+                headers={"X-Worker-Id": "w1"},
+                json={"success": True},
+            ).status_code
+            == 200
+        )
         assert api.claim(task="t").json()["execution_id"] == pending
         api.close()
 
@@ -250,18 +293,21 @@ def test_extensions_off_is_a_plain_cueapi(
     for field, value in (("task", "t"), ("wait", 1), ("limit", 2), ("agent", "a")):
         err = error_of(api.claim(**dict[str, Any]({field: value})), 422, "validation_error")
         assert err["field"] == field
-    error_of(api.http.post("/v1/fire", json={"fires": [{"cue_id": cue["id"]}]}), 404,
-             "not_found")
+    error_of(api.http.post("/v1/fire", json={"fires": [{"cue_id": cue["id"]}]}), 404, "not_found")
     # /v1/executions/outcomes now reads as GET /v1/executions/{id}: a POST there is 405.
-    error_of(api.http.post("/v1/executions/outcomes", json={"outcomes": []}), 405,
-             "method_not_allowed")
+    error_of(
+        api.http.post("/v1/executions/outcomes", json={"outcomes": []}), 405, "method_not_allowed"
+    )
     error_of(api.http.get("/v1/workers"), 404, "not_found")
     # The plain path: list with task, claim by id; the answer carries no payload.
     listed = api.http.get("/v1/executions/claimable", params={"task": "t"}).json()
     assert listed["executions"][0]["payload"]["message"] == 1
     claimed = api.http.post(f"/v1/executions/{eid}/claim", json={"worker_id": "w"}).json()
-    assert claimed == {"claimed": True, "execution_id": eid, "lease_seconds": claimed[
-        "lease_seconds"]}
+    assert claimed == {
+        "claimed": True,
+        "execution_id": eid,
+        "lease_seconds": claimed["lease_seconds"],
+    }
     paths = set(httpx.get(f"{srv.base_url}/openapi.json").json()["paths"])
     assert "/v1/fire" not in paths and "/v1/executions/outcomes" not in paths
 
@@ -297,9 +343,7 @@ def test_one_fire_wakes_one_of_many_parked_claims(srv: RunningServer, api: Api) 
     cue = api.cue(payload={"task": "herd"})
     results: list[httpx.Response] = []
     threads = [
-        threading.Thread(
-            target=lambda i=i: results.append(api.claim(f"w{i}", task="herd", wait=2))
-        )
+        threading.Thread(target=lambda i=i: results.append(api.claim(f"w{i}", task="herd", wait=2)))
         for i in range(4)
     ]
     for t in threads:

@@ -23,8 +23,13 @@ def test_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("lease_seconds", 0), ("unclaimed_timeout", -1), ("sweep_interval", 0),
-     ("max_body_bytes", 0), ("rate_limit", -1)],
+    [
+        ("lease_seconds", 0),
+        ("unclaimed_timeout", -1),
+        ("sweep_interval", 0),
+        ("max_body_bytes", 0),
+        ("rate_limit", -1),
+    ],
 )
 def test_bad_values_name_the_setting(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
@@ -40,7 +45,9 @@ def test_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_serve_refuses_a_bad_setting_with_exit_2() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cuemsg", "serve", "--db", ":memory:", "--lease-seconds", "-1"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2
     assert "lease_seconds must be > 0" in done.stderr

@@ -36,4 +36,4 @@ async def openapi(request: Request, server: Server) -> Response:
     # Imported here: the document is generated from the route table, which imports us.
     from cuemsg.server.openapi import openapi_document
 
-    return ok(openapi_document(server.extensions))
+    return ok(openapi_document(server.extensions, metrics=server.settings.metrics))

@@ -21,6 +21,7 @@ lease, a scheduled execution coming due) a backend calls
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ import msgspec
 
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Notifier
+from cuemsg.server.storage.feed import FeedBatch
 
 CLAIMABLE = ("pending", "retry_ready")
 TERMINAL = ("success", "failed", "missed")
@@ -94,6 +96,8 @@ class ExecutionRow(msgspec.Struct, kw_only=True):
     #: What the server adds about how this execution came to be or went (a late
     #: scheduled run, the last webhook delivery's error); None for most.
     detail: dict[str, Any] | None = None
+    redriven_to: str | None = None  # a dead letter sent again: the new execution
+    redrive_of: str | None = None  # a redriven execution: the dead letter it re-sends
 
 
 class NewFire(msgspec.Struct, kw_only=True):
@@ -133,7 +137,7 @@ def routing_keys(payload: dict[str, Any]) -> tuple[str | None, str | None]:
 EXECUTION_COLUMNS = (
     "id, tenant_id, cue_id, status, task, agent, payload, transport, triggered_by, "
     "scheduled_for, created_at, updated_at, attempts, max_attempts, claimed_by_worker, "
-    "claimed_at, lease_expires_at, outcome, detail"
+    "claimed_at, lease_expires_at, outcome, detail, redriven_to, redrive_of"
 )
 _decode_payload = msgspec.json.Decoder(dict[str, Any]).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
@@ -163,6 +167,8 @@ def execution_from_row(row: Sequence[Any], cue_name: str | None = None) -> Execu
         cue_name=cue_name,
         size=len(row[6]),
         detail=_decode_payload(row[18]) if row[18] is not None else None,
+        redriven_to=row[19],
+        redrive_of=row[20],
     )
 
 
@@ -282,6 +288,14 @@ def name_reply(outcome: OutcomeRecord, execution_id: str) -> OutcomeRecord:
     )
 
 
+def not_dead_letter(execution_id: str, status: str) -> ApiProblem:
+    return ApiProblem(
+        409,
+        "not_dead_letter",
+        f"execution {execution_id!r} is {status}, not a dead letter (failed): nothing to redrive",
+    )
+
+
 def outcome_already_recorded(execution_id: str) -> ApiProblem:
     return ApiProblem(
         409, "outcome_already_recorded", f"execution {execution_id!r} already has an outcome"
@@ -305,6 +319,8 @@ class Storage(Protocol):
     """What the server needs from a backend. All methods are scoped by tenant."""
 
     notifier: Notifier
+    #: What the sweeps of this process did (`lease_expired`, `missed`), for /metrics.
+    swept: Counter[str]
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
@@ -487,6 +503,27 @@ class Storage(Protocol):
     async def webhook_secret(self, tenant_id: str, candidate: str, *, replace: bool) -> str:
         """The tenant's webhook signing secret: `candidate` is stored if there is
         none yet (or always, with `replace`); the stored one is returned."""
+
+    # the event feed and redrive (cuemsg/server/storage/feed.py)
+    async def event_head(self) -> int:
+        """The newest event stamp given so far (0 for none)."""
+
+    async def read_events(
+        self, tenant_id: str, after: int, *, cue_id: str | None, limit: int
+    ) -> FeedBatch:
+        """The tenant's executions stamped after `after`: a batch holding every
+        stamp in (after, batch.upto], read at most about `limit` rows at a time."""
+
+    async def waiting_by_cue(self, limit: int) -> list[tuple[str, str | None, int]]:
+        """(cue id, cue name, claimable executions) of the `limit` cues with the most
+        waiting, across tenants (for /metrics)."""
+
+    async def redrive(
+        self, tenant_id: str, execution_id: str, now: float
+    ) -> tuple[ExecutionRow, bool]:
+        """Fire a dead letter's message again (`redrive_payload`) and name the new
+        execution on the dead one, atomically; the new execution and True, or the
+        one made by an earlier redrive and False. 404, 409 `not_dead_letter`."""
 
     # time-driven transitions (run by the server's sweeper)
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:

@@ -51,6 +51,8 @@ from cuemsg.server.storage.base import (
     where_equal,
     within_bytes,
 )
+from cuemsg.server.storage.feed import SEQ_NAMES
+from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
 from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
@@ -69,7 +71,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
+class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -79,6 +81,9 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         self.synchronous = synchronous.upper()
         self.notifier = Notifier()
         self._db: sqlite3.Connection | None = None
+        self._stamp = 0  # the last event stamp given (one connection: commit order)
+        #: What sweeps did, for /metrics: `lease_expired`, `missed`.
+        self.swept: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -99,6 +104,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        # Each state change stamps its execution with the next number (the feed).
+        db.create_function("cuemsg_next_event", 0, self._next_stamp)
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         # `SCHEMA` is version 2: a new file starts there and, like an older
         # one, takes each step since (ALTERs that would clash if it were newer).
@@ -115,6 +122,14 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
             "INSERT INTO meta (key, value) VALUES ('schema_version', "
             f"'{SCHEMA_VERSION}') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;"
         )
+        self._stamp = db.execute(
+            "SELECT max(" + ", ".join(f"ifnull(max({n}), 0)" for n in SEQ_NAMES) + ") "
+            "FROM executions"
+        ).fetchone()[0]
+
+    def _next_stamp(self) -> int:
+        self._stamp += 1
+        return self._stamp
 
     async def close(self) -> None:
         self.notifier.close()
@@ -312,8 +327,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
             db.execute(
                 "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                 "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
-                "max_attempts) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, 'manual_fire', ?, ?, ?, "
-                "0, ?)",
+                "max_attempts, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
+                "'manual_fire', ?, ?, ?, 0, ?, cuemsg_next_event())",
                 (
                     execution.id,
                     tenant_id,
@@ -428,7 +443,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         with self._tx() as db:
             row = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ? "
+                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
+                "claimed_seq = cuemsg_next_event() "
                 f"WHERE id = ? AND tenant_id = ? AND {_CLAIMABLE} RETURNING {_EXEC_COLS}",
                 (worker_id, now, now + lease_seconds, now, execution_id, tenant_id, now),
             ).fetchone()
@@ -459,7 +475,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         with self._tx() as db:
             rows = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ? "
+                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
+                "claimed_seq = cuemsg_next_event() "
                 f"WHERE seq IN (SELECT seq FROM executions WHERE {where} "
                 f"ORDER BY scheduled_for, seq LIMIT ?) RETURNING {_EXEC_COLS}, seq",
                 [worker_id, now, now + lease_seconds, now, *args, limit],
@@ -554,7 +571,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep):
         self._check_open(db, tenant_id, execution_id, worker_id)
         row = db.execute(
             "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
-            f"lease_expires_at = NULL WHERE id = ? RETURNING {_EXEC_COLS}",
+            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+            f"WHERE id = ? RETURNING {_EXEC_COLS}",
             (
                 "success" if outcome.success else "failed",
                 _encode(outcome),

@@ -3,14 +3,16 @@
 `SQLiteStorage._prepare` (in `sqlite.py`) runs `SCHEMA` on every open, then
 the steps of `MIGRATIONS` from the file's version up to `SCHEMA_VERSION`,
 then `INDEXES`, in one transaction. Version 3's step and indexes belong to
-the timed work and live beside it in `sqlite_timed.py`.
+the timed work and live beside it in `sqlite_timed.py`; version 4 adds the
+event feed's stamps (`feed.py`).
 """
 
 from __future__ import annotations
 
+from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BASE_VERSION = 2  # what SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
@@ -26,8 +28,16 @@ CREATE INDEX IF NOT EXISTS ix_exec_due_ready ON executions (scheduled_for)
 CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
+CREATE INDEX IF NOT EXISTS ix_exec_events ON executions (tenant_id, event_seq);
 """
 INDEXES += TIMED_INDEXES
+
+# The feed's position: the newest stamp of an execution (a virtual column, indexed).
+_EVENT_SEQ = (
+    "event_seq INTEGER GENERATED ALWAYS AS (max("
+    + ", ".join(f"ifnull({name}, 0)" for name in SEQ_NAMES)
+    + ")) VIRTUAL"
+)
 
 # Steps from version N-1 to N, applied in order by open().
 MIGRATIONS = {
@@ -38,6 +48,9 @@ DROP INDEX IF EXISTS ix_exec_due;
 DROP INDEX IF EXISTS ix_exec_lease;
 """,
     3: MIGRATION_3,
+    # The event feed's stamps (cuemsg/server/storage/feed.py).
+    4: "".join(f"ALTER TABLE executions ADD COLUMN {n} {kind};\n" for n, kind in STAMP_COLUMNS)
+    + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
 }
 
 SCHEMA = """

@@ -105,7 +105,8 @@ class SQLiteTimed:
             rows = db.execute(
                 "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
                 "claimed_by_worker = 'cuemsg-webhooks', claimed_at = ?, lease_expires_at = ?, "
-                "updated_at = ? WHERE seq IN (SELECT seq FROM executions WHERE tenant_id = ? "
+                "updated_at = ?, claimed_seq = cuemsg_next_event() "
+                "WHERE seq IN (SELECT seq FROM executions WHERE tenant_id = ? "
                 "AND transport = 'webhook' AND status IN ('pending', 'retry_ready') "
                 "AND scheduled_for <= ? ORDER BY scheduled_for, seq LIMIT ?) "
                 f"RETURNING {EXECUTION_COLUMNS}, seq",
@@ -128,7 +129,9 @@ class SQLiteTimed:
             cur = db.execute(
                 "UPDATE executions SET status = ?, outcome = ?, detail = ?, "
                 "scheduled_for = COALESCE(?, scheduled_for), lease_expires_at = NULL, "
-                "claimed_by_worker = NULL, updated_at = COALESCE(?, updated_at) "
+                "claimed_by_worker = NULL, updated_at = COALESCE(?, updated_at), "
+                # the event feed: a final outcome is an event, a retry is not yet
+                "done_seq = CASE WHEN ? THEN cuemsg_next_event() ELSE done_seq END "
                 "WHERE id = ? AND status = 'delivering' AND attempts = ?",
                 (
                     _final_status(outcome),
@@ -136,6 +139,7 @@ class SQLiteTimed:
                     _encode(detail),
                     retry_at,
                     now,
+                    outcome is not None,
                     execution_id,
                     attempt,
                 ),
@@ -168,7 +172,8 @@ def _insert_execution(db: sqlite3.Connection, e: ExecutionRow) -> None:
     db.execute(
         "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
         "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
-        "max_attempts, detail) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        "max_attempts, detail, fired_seq) "
+        "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, cuemsg_next_event())",
         (
             e.id,
             e.tenant_id,

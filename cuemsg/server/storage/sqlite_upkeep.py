@@ -19,6 +19,12 @@ from cuemsg.server.storage.base import IDEMPOTENCY_TTL
 
 #: Rows (by seq) a purge looks at per transaction.
 _PURGE_WINDOW = 5000
+# A lease ran out: stamp it for the event feed, and keep who lost it and when
+# (the claim is cleared).
+_LOST = (
+    "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
+    "lost_claimed_at = claimed_at"
+)
 
 
 class SQLiteUpkeep:
@@ -26,6 +32,7 @@ class SQLiteUpkeep:
 
     # Defined by SQLiteStorage.
     notifier: Notifier
+    swept: Counter[str]
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
     if TYPE_CHECKING:
@@ -37,31 +44,33 @@ class SQLiteUpkeep:
         wake: Counter[tuple[str, str | None]] = Counter()
         with self._tx() as db:
             # Past the claim cap: a message that kills every receiver stops here.
-            db.execute(
+            capped = db.execute(
                 "UPDATE executions SET status = 'failed', updated_at = ?, lease_expires_at = NULL, "
+                f"{_LOST}, done_seq = cuemsg_next_event(), "
                 "outcome = json_object('success', json('false'), 'error', "
                 "'lease expired after ' || attempts || ' claims (claim cap reached)', "
                 "'recorded_at', ?) "
                 "WHERE status = 'delivering' AND lease_expires_at < ? "
                 "AND attempts >= max_attempts",
+                (now, now, now, now),
+            ).rowcount
+            requeued = db.execute(
+                "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
+                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
+                "WHERE status = 'delivering' AND lease_expires_at < ? "
+                "RETURNING tenant_id, task",
                 (now, now, now),
-            )
-            wake.update(
-                db.execute(
-                    "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                    "claimed_at = NULL, lease_expires_at = NULL, updated_at = ? "
-                    "WHERE status = 'delivering' AND lease_expires_at < ? "
-                    "RETURNING tenant_id, task",
-                    (now, now),
-                ).fetchall()
-            )
+            ).fetchall()
+            wake.update(requeued)
+            self.swept["lease_expired"] += capped + len(requeued)
             if unclaimed_timeout > 0:
-                db.execute(
-                    "UPDATE executions SET status = 'missed', updated_at = ? "
+                self.swept["missed"] += db.execute(
+                    "UPDATE executions SET status = 'missed', updated_at = ?, "
+                    "done_seq = cuemsg_next_event() "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < ?",
                     (now, now - unclaimed_timeout),
-                )
+                ).rowcount
             for tenant_id, task, count in db.execute(
                 "SELECT tenant_id, task, count(*) FROM executions "
                 "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "

@@ -43,7 +43,8 @@ different hosts need synchronised clocks (NTP), as leases depend on them.
 
 The modules: `schema.py` (migrations), `connection.py` (pool, LISTEN, open and
 close), `relay.py` (NOTIFY payloads), `statements.py` (shared SQL fragments),
-`fires.py` (firing) and `storage.py` (`PostgresStorage`, everything else).
+`fires.py` (firing), `feed.py` (the event feed and redrive) and `storage.py`
+(`PostgresStorage`, everything else).
 """
 
 from cuemsg.server.storage.postgres.connection import split_pool_params

@@ -109,6 +109,34 @@ _MIGRATIONS: tuple[str, ...] = (
         secret text NOT NULL,
         created_at double precision NOT NULL);
     """,
+    # 3: the event feed (cuemsg/server/storage/feed.py). Stamps come from one
+    # sequence through `cuemsg_next_event()`, which first gives the transaction
+    # its id: a feed reader that waits out the transactions in progress when it
+    # read the sequence then sees every stamp up to the value it read.
+    """
+    CREATE SEQUENCE cuemsg_event_seq;
+    CREATE FUNCTION cuemsg_next_event() RETURNS bigint LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_current_xact_id();
+        RETURN nextval('cuemsg_event_seq');
+    END $$;
+    ALTER TABLE cuemsg_executions
+        ADD COLUMN fired_seq bigint,
+        ADD COLUMN claimed_seq bigint,
+        ADD COLUMN lost_seq bigint,
+        ADD COLUMN lost_worker text,
+        ADD COLUMN lost_at double precision,
+        ADD COLUMN lost_claimed_at double precision,
+        ADD COLUMN done_seq bigint,
+        ADD COLUMN redriven_seq bigint,
+        ADD COLUMN redriven_to text,
+        ADD COLUMN redrive_of text;
+    -- Inserts are stamped by default (rows from before the feed keep none).
+    ALTER TABLE cuemsg_executions ALTER COLUMN fired_seq SET DEFAULT cuemsg_next_event();
+    ALTER TABLE cuemsg_executions ADD COLUMN event_seq bigint GENERATED ALWAYS AS
+        (GREATEST(fired_seq, claimed_seq, lost_seq, done_seq, redriven_seq)) STORED;
+    CREATE INDEX cuemsg_exec_events ON cuemsg_executions (tenant_id, event_seq);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -16,7 +16,12 @@ EXEC_COLS = EXECUTION_COLUMNS
 CLAIMABLE_WHERE = claimable_condition("%s")
 CLAIM_SET = (
     "status = 'delivering', attempts = e.attempts + 1, claimed_by_worker = %s, "
-    "claimed_at = %s, lease_expires_at = %s, updated_at = %s"
+    "claimed_at = %s, lease_expires_at = %s, updated_at = %s, claimed_seq = cuemsg_next_event()"
+)
+# A lease ran out: stamp it for the feed, and keep who lost it and when.
+LOST_SET = (
+    "lost_seq = cuemsg_next_event(), lost_worker = e.claimed_by_worker, lost_at = %s, "
+    "lost_claimed_at = e.claimed_at"
 )
 # Claims, heartbeats and the sweep commit without waiting for the WAL flush
 # (`synchronous_commit = off` for that one statement's transaction). Safe by

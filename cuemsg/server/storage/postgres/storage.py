@@ -1,6 +1,6 @@
 """`PostgresStorage`: the `Storage` protocol on PostgreSQL (meta, tenants, cues,
 executions, claims, leases, outcomes, workers and the sweep); firing is in
-`fires.py`, connections in `connection.py`.
+`fires.py`, the event feed and redrive in `feed.py`, connections in `connection.py`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,13 @@ from cuemsg.server.storage.base import (
     where_equal,
     within_bytes,
 )
+from cuemsg.server.storage.postgres.feed import PostgresFeed
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
     EXEC_COLS,
     IS_RELAXED,
+    LOST_SET,
     RELAXED,
     cue_from_doc,
     encode_json,
@@ -45,7 +47,7 @@ from cuemsg.server.storage.postgres.timed import PostgresTimed
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresTimed):
+class PostgresStorage(PostgresFeed, PostgresTimed):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
@@ -357,7 +359,8 @@ class PostgresStorage(PostgresTimed):
     ) -> ExecutionRow:
         update = (
             "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-            "lease_expires_at = NULL WHERE id = %s AND tenant_id = %s {} "
+            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+            "WHERE id = %s AND tenant_id = %s {} "
             f"RETURNING {EXEC_COLS}"
         )
         args: list[Any] = [
@@ -404,7 +407,8 @@ class PostgresStorage(PostgresTimed):
             named = name_reply(outcome, fired.id)
             cur = await conn.execute(
                 "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-                f"lease_expires_at = NULL WHERE id = %s RETURNING {EXEC_COLS}",
+                "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+                f"WHERE id = %s RETURNING {EXEC_COLS}",
                 (
                     "success" if named.success else "failed",
                     encode_json(named).decode(),
@@ -435,7 +439,8 @@ class PostgresStorage(PostgresTimed):
                     continue
                 cur = await conn.execute(
                     "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-                    f"lease_expires_at = NULL WHERE id = %s RETURNING {EXEC_COLS}",
+                    "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
+                    f"WHERE id = %s RETURNING {EXEC_COLS}",
                     (
                         "success" if outcome.success else "failed",
                         encode_json(outcome).decode(),
@@ -480,42 +485,47 @@ class PostgresStorage(PostgresTimed):
         requeued: list[tuple[str, str | None, int]] = []
         async with self._conn() as conn:
             # Past the claim cap: a message that kills every receiver stops here.
-            await conn.execute(
+            cur = await conn.execute(
                 f"WITH {RELAXED}, gone AS (SELECT seq FROM cuemsg_executions "
                 "WHERE status = 'delivering' "
                 "AND lease_expires_at < %s AND attempts >= max_attempts "
                 "FOR UPDATE SKIP LOCKED) "
                 "UPDATE cuemsg_executions e SET status = 'failed', updated_at = %s, "
+                f"{LOST_SET}, done_seq = cuemsg_next_event(), "
                 "lease_expires_at = NULL, outcome = jsonb_build_object('success', false, "
                 "'error', 'lease expired after ' || e.attempts || ' claims (claim cap reached)', "
                 "'recorded_at', %s::float8) "
                 f"FROM gone WHERE e.seq = gone.seq AND {IS_RELAXED}",
-                (now, now, now),
+                (now, now, now, now),
             )
+            self.swept["lease_expired"] += max(cur.rowcount, 0)
             cur = await conn.execute(
                 f"WITH {RELAXED}, gone AS (SELECT seq FROM cuemsg_executions "
                 "WHERE status = 'delivering' "
                 "AND lease_expires_at < %s AND attempts < max_attempts "
                 "FOR UPDATE SKIP LOCKED) "
                 "UPDATE cuemsg_executions e SET status = 'pending', claimed_by_worker = NULL, "
-                "claimed_at = NULL, lease_expires_at = NULL, updated_at = %s "
+                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = %s, {LOST_SET} "
                 f"FROM gone WHERE e.seq = gone.seq AND {IS_RELAXED} RETURNING e.tenant_id, e.task",
-                (now, now),
+                (now, now, now),
             )
             counts = Counter((r[0], r[1]) for r in await cur.fetchall())
             requeued = [(tenant, task, n) for (tenant, task), n in counts.items()]
+            self.swept["lease_expired"] += sum(counts.values())
             if requeued:
                 # Waiters on other replicas want these too (committed already: autocommit).
                 await self._publish(conn, requeued)
             if unclaimed_timeout > 0:
-                await conn.execute(
+                cur = await conn.execute(
                     f"WITH {RELAXED}, late AS (SELECT seq FROM cuemsg_executions "
                     "WHERE status IN ('pending', 'retry_ready') AND attempts = 0 "
                     "AND scheduled_for < %s FOR UPDATE SKIP LOCKED) "
-                    "UPDATE cuemsg_executions e SET status = 'missed', updated_at = %s "
+                    "UPDATE cuemsg_executions e SET status = 'missed', updated_at = %s, "
+                    "done_seq = cuemsg_next_event() "
                     f"FROM late WHERE e.seq = late.seq AND {IS_RELAXED}",
                     (now - unclaimed_timeout, now),
                 )
+                self.swept["missed"] += max(cur.rowcount, 0)
             # Scheduled work that came due: every replica sweeps, so each wakes
             # only its own waiters.
             cur = await conn.execute(

@@ -106,7 +106,8 @@ class PostgresTimed(PostgresFires):
             "FOR UPDATE SKIP LOCKED) "
             "UPDATE cuemsg_executions e SET status = 'delivering', attempts = e.attempts + 1, "
             "claimed_by_worker = 'cuemsg-webhooks', claimed_at = %s, lease_expires_at = %s, "
-            f"updated_at = %s FROM picked WHERE e.seq = picked.seq RETURNING {EXEC_COLS}, e.seq",
+            "updated_at = %s, claimed_seq = cuemsg_next_event() "
+            f"FROM picked WHERE e.seq = picked.seq RETURNING {EXEC_COLS}, e.seq",
             (tenant_id, now, limit, now, now + lease_seconds, now),
         )
         rows.sort(key=lambda r: (r[9], r[-1]))
@@ -125,7 +126,9 @@ class PostgresTimed(PostgresFires):
         row = await self._one(
             "UPDATE cuemsg_executions SET status = %s, outcome = %s::jsonb, detail = %s::jsonb, "
             "scheduled_for = COALESCE(%s, scheduled_for), lease_expires_at = NULL, "
-            "claimed_by_worker = NULL, updated_at = COALESCE(%s, updated_at) "
+            "claimed_by_worker = NULL, updated_at = COALESCE(%s, updated_at), "
+            # the event feed: a final outcome is an event, a retry is not yet
+            "done_seq = CASE WHEN %s THEN cuemsg_next_event() ELSE done_seq END "
             "WHERE id = %s AND status = 'delivering' AND attempts = %s RETURNING 1",
             (
                 status,
@@ -133,6 +136,7 @@ class PostgresTimed(PostgresFires):
                 encode_json(detail).decode(),
                 retry_at,
                 outcome.recorded_at if outcome is not None else None,
+                outcome is not None,
                 execution_id,
                 attempt,
             ),

@@ -1,0 +1,228 @@
+"""The event feed's logic with no I/O: the events an execution's stamps stand
+for, their JSON and SSE framing, and `FeedSignal`, which wakes open streams
+when something may have changed.
+
+An execution read by the feed (`FeedRow`) carries one stamp per kind of
+change (storage/feed.py); `events_of` turns the stamps in (after, upto] into
+events, oldest first. Its envelope (message id, kind, sender, thread) is
+read with `cuemsg.envelope.meta_of` (leniently: the feed shows what it can).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from cuemsg.envelope import NAMESPACE, meta_of
+from cuemsg.server.storage.base import OutcomeRecord
+from cuemsg.server.storage.feed import FeedRow
+from cuemsg.server.wire import iso
+
+#: The event types, in the order one hand-off goes through them.
+EVENT_TYPES = ("fired", "claimed", "heartbeat_lost", "outcome", "expired", "redriven")
+
+
+class _Outer(msgspec.Struct):
+    """A payload read for its envelope only: the body and the rest are skipped, unparsed."""
+
+    cuemsg: Any = None  # envelope.NAMESPACE
+
+
+_decode_outer = msgspec.json.Decoder(_Outer).decode
+_decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One event of the feed; its JSON is the SSE `data` (docs/cueapi.md)."""
+
+    seq: int
+    type: str
+    at: str | None
+    execution_id: str
+    cue_id: str
+    cue_name: str | None
+    task: str | None
+    message_id: str | None
+    kind: str | None
+    sender: str | None
+    thread: str | None
+    worker_id: str | None = None
+    attempt: int | None = None
+    status: str
+    success: bool | None = None
+    result: str | None = None
+    error: str | None = None
+    redrive_of: str | None = None
+    redriven_to: str | None = None
+
+
+class _Envelope(msgspec.Struct):
+    message_id: str | None = None
+    kind: str | None = None
+    sender: str | None = None
+    thread: str | None = None
+
+
+def _envelope(row: FeedRow) -> _Envelope:
+    try:
+        meta = meta_of({NAMESPACE: _decode_outer(row.payload).cuemsg})
+    except msgspec.DecodeError:  # not JSON we can read: no message fields
+        return _Envelope()
+    if meta is None:  # a foreign payload
+        return _Envelope()
+
+    def text(key: str) -> str | None:
+        value = meta.get(key)
+        return value if isinstance(value, str) else None
+
+    return _Envelope(text("id"), text("kind") or "message", text("sender"), text("thread"))
+
+
+def events_of(rows: Iterable[FeedRow], *, after: int, upto: int, thread: str | None) -> list[Event]:
+    """The events stamped in (after, upto] on `rows`, oldest first; with `thread`,
+    only those of messages in that thread."""
+    out: list[Event] = []
+    for row in rows:
+        env = _envelope(row)
+        if thread is not None and env.thread != thread:
+            continue
+        out.extend(e for e in _row_events(row, env) if after < e.seq <= upto)
+    out.sort(key=lambda e: e.seq)
+    return out
+
+
+def _row_events(row: FeedRow, env: _Envelope) -> list[Event]:
+    def event(seq: int, type: str, at: float | None, status: str, **extra: Any) -> Event:
+        return Event(
+            seq=seq,
+            type=type,
+            at=iso(at),
+            execution_id=row.id,
+            cue_id=row.cue_id,
+            cue_name=row.cue_name,
+            task=row.task,
+            message_id=env.message_id,
+            kind=env.kind,
+            sender=env.sender,
+            thread=env.thread,
+            status=status,
+            **extra,
+        )
+
+    lost = row.lost_seq or 0
+    claimed = row.claimed_seq or 0
+    out: list[Event] = []
+    if row.fired_seq:
+        fired = event(row.fired_seq, "fired", row.created_at, "pending", redrive_of=row.redrive_of)
+        out.append(fired)
+    if claimed:
+        # The latest claim; if its lease ran out since, the claim fields were cleared
+        # and what it was is kept with the loss.
+        current = claimed > lost
+        out.append(
+            event(
+                claimed,
+                "claimed",
+                row.claimed_at if current else row.lost_claimed_at,
+                "delivering",
+                worker_id=row.claimed_by_worker if current else row.lost_worker,
+                attempt=row.attempts,
+            )
+        )
+    if lost:
+        # Past the claim cap the lost lease ends it: the outcome follows with no claim.
+        capped = bool(row.done_seq) and claimed < lost and row.status == "failed"
+        out.append(
+            event(
+                lost,
+                "heartbeat_lost",
+                row.lost_at,
+                "failed" if capped else "pending",
+                worker_id=row.lost_worker,
+                attempt=row.attempts - 1 if claimed > lost else row.attempts,
+            )
+        )
+    if row.done_seq:
+        if row.status == "missed":
+            out.append(
+                event(
+                    row.done_seq,
+                    "expired",
+                    row.updated_at,
+                    "missed",
+                    success=False,
+                    error="nobody claimed it within the unclaimed timeout",
+                )
+            )
+        elif row.outcome is not None:
+            outcome = _decode_outcome(row.outcome)
+            out.append(
+                event(
+                    row.done_seq,
+                    "outcome",
+                    outcome.recorded_at,
+                    "success" if outcome.success else "failed",
+                    worker_id=outcome.worker_id or row.claimed_by_worker or row.lost_worker,
+                    attempt=row.attempts,
+                    success=outcome.success,
+                    result=outcome.result,
+                    error=outcome.error,
+                )
+            )
+    if row.redriven_seq:
+        out.append(
+            event(
+                row.redriven_seq,
+                "redriven",
+                row.updated_at,
+                row.status,
+                redriven_to=row.redriven_to,
+            )
+        )
+    return out
+
+
+def sse(event: Event) -> bytes:
+    """One event framed for `text/event-stream`."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), _encode(event))
+
+
+def sse_ready(seq: int) -> bytes:
+    """The `ready` event: the backlog asked for has been sent, the stream is live."""
+    return b'id: %d\nevent: ready\ndata: {"seq":%d}\n\n' % (seq, seq)
+
+
+SSE_KEEPALIVE = b": keepalive\n\n"
+
+
+class FeedSignal:
+    """Wakes every open stream when something may have changed.
+
+    `bump()` is called after each state-changing request, each sweep and each
+    wake-up relayed from another replica; it costs nothing while no stream is
+    open. A stream subscribes before it reads, so a change committed between
+    its read and its wait still wakes it.
+    """
+
+    def __init__(self) -> None:
+        self._events: set[asyncio.Event] = set()
+
+    def subscribe(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events.add(event)
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        self._events.discard(event)
+
+    @property
+    def streams(self) -> int:
+        return len(self._events)
+
+    def bump(self) -> None:
+        for event in self._events:
+            event.set()

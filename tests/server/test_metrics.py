@@ -1,0 +1,166 @@
+"""`GET /metrics`: Prometheus text with what operators look for, off beyond
+loopback unless asked for (`cuemsg serve --metrics`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from cuemsg.testing import RunningServer, free_port, run_server
+from tests.server.conftest import Api
+
+
+def samples(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    answer = httpx.get(f"{base_url}/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(answer.text)
+        for s in family.samples
+    }
+
+
+def value(
+    found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_metrics_count_the_hand_offs() -> None:
+    # A server of its own: the counters are this test's alone.
+    with run_server(lease_seconds=0.2, sweep_interval=0.05, unclaimed_timeout=0.5) as srv:
+        api = Api(srv.base_url, srv.new_key())
+        try:
+            cue = api.cue(name="inbox", payload={"task": "inbox"})
+            for _ in range(3):
+                api.fire(cue["id"])
+            ok = api.claim("w", task="inbox").json()["execution_id"]
+            api.http.post(
+                f"/v1/executions/{ok}/outcome", json={"success": True}, headers={"X-Worker-Id": "w"}
+            )
+            bad = api.claim("w", task="inbox").json()["execution_id"]
+            api.http.post(
+                f"/v1/executions/{bad}/outcome",
+                json={"success": False, "error": "no"},
+                headers={"X-Worker-Id": "w"},
+            )
+            found = samples(srv.base_url)
+            assert value(found, "cuemsg_fires_total") == 3
+            assert value(found, "cuemsg_claims_total") == 2
+            assert value(found, "cuemsg_outcomes_total", kind="success") == 1
+            assert value(found, "cuemsg_outcomes_total", kind="failure") == 1
+            waiting = value(found, "cuemsg_waiting_executions", cue_id=cue["id"], mailbox="inbox")
+            assert waiting == 1
+            route = "/v1/executions/{execution_id}/outcome"
+            assert (
+                value(found, "cuemsg_http_requests_total", route=route, method="POST", status="200")
+                == 2
+            )
+            assert (
+                value(
+                    found,
+                    "cuemsg_http_requests_total",
+                    route="/v1/cues",
+                    method="POST",
+                    status="201",
+                )
+                == 1
+            )
+            assert value(found, "cuemsg_storage_seconds_count", op="fire") == 3
+            assert value(found, "cuemsg_long_polls_parked") == 0
+            # A lease that runs out (back to waiting), then a message nobody claims.
+            api.claim("w", task="inbox")
+            api.fire(cue["id"])
+            deadline = time.monotonic() + 10
+            while value(samples(srv.base_url), "cuemsg_sweeps_total", what="missed") < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            found = samples(srv.base_url)
+            assert value(found, "cuemsg_sweeps_total", what="lease_expired") == 1
+            assert value(found, "cuemsg_waiting_executions", cue_id=cue["id"], mailbox="inbox") == 1
+        finally:
+            api.close()
+
+
+def test_a_parked_long_poll_shows(api_on: Callable[..., Api]) -> None:
+    api = api_on()
+    base = str(api.http.base_url).rstrip("/")
+    parked = []
+    thread = threading.Thread(
+        target=lambda: parked.append(api.claim("w", task="nothing-ever", wait=2)), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 5
+    while value(samples(base), "cuemsg_long_polls_parked") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    thread.join(timeout=5)
+    assert parked[0].status_code == 409
+
+
+def test_metrics_can_be_turned_off(api_on: Callable[..., Api]) -> None:
+    api = api_on(metrics=False)
+    base = str(api.http.base_url).rstrip("/")
+    assert httpx.get(f"{base}/metrics").status_code == 404
+
+
+def _serve(*flags: str) -> tuple[int, subprocess.Popen[str]]:
+    port = free_port("0.0.0.0")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUEAPI_", "CUEMSG_"))}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cuemsg",
+            "serve",
+            "--db",
+            ":memory:",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            return port, proc
+        except httpx.TransportError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_beyond_loopback_metrics_need_the_flag() -> None:
+    port, proc = _serve()
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 404
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
+    port, proc = _serve("--metrics")
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics")
+        assert answer.status_code == 200 and "cuemsg_fires_total" in answer.text
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert f"metrics: http://0.0.0.0:{port}/metrics" in out
+
+
+def test_loopback_serves_metrics_by_default(srv: RunningServer) -> None:
+    assert "cuemsg_http_requests_total" in httpx.get(f"{srv.base_url}/metrics").text
