@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import threading
 import time
@@ -29,9 +30,32 @@ from cuemsg.server.settings import ServerSettings
 __all__ = ["RunningServer", "free_port", "run_server"]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the OS hands to outgoing connections (Linux; elsewhere a common default)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as sock:
+    """A TCP port that was free a moment ago, for a server started just after.
+
+    It is picked below the OS's range for outgoing connections: a port from
+    that range can be taken as the local end of some client's connection
+    between this check and the server's bind (a busy test run makes many).
+    """
+    low, _ = _ephemeral_range()
+    for port in random.sample(range(max(1024, low - 12000), low), 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # all taken: let the OS pick one
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

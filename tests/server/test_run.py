@@ -68,3 +68,14 @@ def test_run_loop_passes_the_coroutines_error_on() -> None:
 
     with pytest.raises(LookupError, match="from the coroutine"):
         run_loop(fail())
+
+
+def test_free_port_is_outside_the_range_of_outgoing_connections() -> None:
+    """A client's connection cannot take the port between the check and the server's bind."""
+    from cuemsg.testing import _ephemeral_range, free_port
+
+    low, _ = _ephemeral_range()
+    port = free_port()
+    assert 1024 <= port < low
+    with socket.socket() as sock:  # and it is free now
+        sock.bind(("127.0.0.1", port))
