@@ -161,8 +161,7 @@ def test_open_a_message_timeline(browser: Any, scene: Scene, shots: Shots) -> No
 
 
 def test_a_new_message_appears_live(browser: Any, scene: Scene, shots: Shots) -> None:
-    if "events.stream" not in extensions(scene):
-        pytest.skip("this server has no event feed (events.stream) yet")
+    assert "events.stream" in extensions(scene)  # the embedded server serves the feed
     browser.get(f"{scene.server.base_url}/console/#/mailbox/{scene.writer.address}")
     until(browser, has_text("#live", "Live"), "the live feed connects")
     until(
@@ -191,8 +190,7 @@ def test_a_new_message_appears_live(browser: Any, scene: Scene, shots: Shots) ->
 
 
 def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None:
-    if "executions.redrive" not in extensions(scene):
-        pytest.skip("this server has no redrive route (executions.redrive) yet")
+    assert "executions.redrive" in extensions(scene)
     browser.get(f"{scene.server.base_url}/console/#/dead")
     row_css = f'tr[data-execution="{scene.dead_id}"]'
     until(browser, has_text(row_css, "the outline is missing"), "the dead letter shows its error")
@@ -228,8 +226,7 @@ def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None
 def test_redrive_one_by_its_button_and_a_failed_redrive_says_why(
     browser: Any, scene: Scene, shots: Shots
 ) -> None:
-    if "executions.redrive" not in extensions(scene):
-        pytest.skip("this server has no redrive route (executions.redrive) yet")
+    assert "executions.redrive" in extensions(scene)
     with Mailbox.open(scene.client, "scratch") as scratch:
         scene.planner.send(scratch.address, {"x": 1})
         scene.planner.send(scratch.address, {"x": 2})
