@@ -146,18 +146,18 @@ def test_open_a_message_timeline(browser: Any, scene: Scene, shots: Shots) -> No
     assert "Sent by writer" in text_of(browser, ".reply .timeline")
     shots.take(browser, "timeline")
     # The thread: the conversation in order, both directions.
-    if "events.stream" in extensions(scene):
-        browser.find_element(By.LINK_TEXT, "t-7").click()
-        until(
-            browser,
-            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thread li")) >= 5,
-            "the thread lists its messages",
-        )
-        bubbles = [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".thread li")]
-        assert "agents talk to agents" in bubbles[0] and "planner → writer" in bubbles[0]
-        assert "words" in bubbles[1] and "writer → planner" in bubbles[1]
-        assert "review the draft" in bubbles[-1]
-        shots.take(browser, "thread")
+    assert "events.stream" in extensions(scene)  # the thread view reads the feed
+    browser.find_element(By.LINK_TEXT, "t-7").click()
+    until(
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".thread li")) >= 5,
+        "the thread lists its messages",
+    )
+    bubbles = [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".thread li")]
+    assert "agents talk to agents" in bubbles[0] and "planner → writer" in bubbles[0]
+    assert "words" in bubbles[1] and "writer → planner" in bubbles[1]
+    assert "review the draft" in bubbles[-1]
+    shots.take(browser, "thread")
 
 
 def test_a_new_message_appears_live(browser: Any, scene: Scene, shots: Shots) -> None:
