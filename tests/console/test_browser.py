@@ -69,6 +69,12 @@ def sign_in(driver: Any, scene: Scene, key: str | None = None) -> None:
     field.send_keys(Keys.ENTER)
 
 
+def signed_in(driver: Any, scene: Scene) -> None:
+    """Sign in and land on the mailboxes: each test starts so, none leans on another's session."""
+    sign_in(driver, scene)
+    until(driver, has_text("main h1", "Mailboxes"), "the sign-in lands on the mailboxes")
+
+
 def test_a_wrong_key_is_refused_with_a_clear_message(
     browser: Any, scene: Scene, shots: Shots
 ) -> None:
@@ -126,6 +132,7 @@ def test_sign_in_and_see_the_mailboxes(browser: Any, scene: Scene, shots: Shots)
 
 
 def test_open_a_message_timeline(browser: Any, scene: Scene, shots: Shots) -> None:
+    signed_in(browser, scene)
     browser.get(f"{scene.server.base_url}/console/#/mailbox/{scene.writer.address}")
     until(
         browser,
@@ -161,6 +168,7 @@ def test_open_a_message_timeline(browser: Any, scene: Scene, shots: Shots) -> No
 
 
 def test_a_new_message_appears_live(browser: Any, scene: Scene, shots: Shots) -> None:
+    signed_in(browser, scene)
     assert "events.stream" in extensions(scene)  # the embedded server serves the feed
     browser.get(f"{scene.server.base_url}/console/#/mailbox/{scene.writer.address}")
     until(browser, has_text("#live", "Live"), "the live feed connects")
@@ -190,6 +198,7 @@ def test_a_new_message_appears_live(browser: Any, scene: Scene, shots: Shots) ->
 
 
 def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None:
+    signed_in(browser, scene)
     assert "executions.redrive" in extensions(scene)
     browser.get(f"{scene.server.base_url}/console/#/dead")
     row_css = f'tr[data-execution="{scene.dead_id}"]'
@@ -226,6 +235,7 @@ def test_redrive_a_dead_letter(browser: Any, scene: Scene, shots: Shots) -> None
 def test_redrive_one_by_its_button_and_a_failed_redrive_says_why(
     browser: Any, scene: Scene, shots: Shots
 ) -> None:
+    signed_in(browser, scene)
     assert "executions.redrive" in extensions(scene)
     with Mailbox.open(scene.client, "scratch") as scratch:
         scene.planner.send(scratch.address, {"x": 1})
@@ -258,6 +268,7 @@ def test_redrive_one_by_its_button_and_a_failed_redrive_says_why(
 
 
 def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots) -> None:
+    signed_in(browser, scene)
     with Mailbox.open(scene.client, "bulk") as bulk:
         for start in range(0, 120, 40):
             scene.planner.send_many(bulk.address, [{"n": n} for n in range(start, start + 40)])
@@ -283,8 +294,7 @@ def test_a_big_mailbox_pages_by_cursor(browser: Any, scene: Scene, shots: Shots)
 
 
 def test_phone_width_has_no_sideways_scroll(browser: Any, scene: Scene, shots: Shots) -> None:
-    sign_in(browser, scene)  # each test signs in: none leans on another's session
-    until(browser, has_text("main h1", "Mailboxes"), "the sign-in lands on the mailboxes")
+    signed_in(browser, scene)
     browser.set_window_size(390, 844)
     try:
         for page, marker in (
