@@ -48,13 +48,17 @@ class ReplyRouter:
     def __init__(self, event_factory: Callable[[], Event]) -> None:
         self._event_factory = event_factory
         self._waiting: dict[str, PendingReply] = {}
+        # Entries still without a reply: the reply loop polls only while some are (an
+        # answered entry stays in `_waiting` until its request wakes and gives it up).
+        self._unanswered = 0
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.closed = False
         self.on_expect: Callable[[], None] | None = None  # wakes an idle reply loop
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        """Requests still waiting for their reply."""
+        return self._unanswered
 
     def expect(self, correlation_id: str) -> PendingReply:
         """Register a request before it is fired, so a fast reply finds it."""
@@ -62,7 +66,9 @@ class ReplyRouter:
         with self._lock:
             if self.closed:
                 raise MailboxError("the mailbox is closed")
+            self._drop(self._waiting.get(correlation_id))
             self._waiting[correlation_id] = pending
+            self._unanswered += 1
         if self.on_expect is not None:
             self.on_expect()
         return pending
@@ -89,6 +95,7 @@ class ReplyRouter:
                 return "duplicate" if correlation_id in self._answered else "late"
             pending.reply = reply
             pending.reply_execution_id = execution_id
+            self._unanswered -= 1
             self._answered[correlation_id] = None
             while len(self._answered) > self.RECENT:
                 self._answered.popitem(last=False)
@@ -99,9 +106,15 @@ class ReplyRouter:
         """Stop waiting for `correlation_id`; the entry (with any reply that raced in)."""
         with self._lock:
             pending = self._waiting.pop(correlation_id, None)
-            if pending is not None:
-                pending.closed = True
+            self._drop(pending)
             return pending
+
+    def _drop(self, pending: PendingReply | None) -> None:
+        """Close an entry leaving `_waiting` (under the lock)."""
+        if pending is not None and not pending.closed:
+            pending.closed = True
+            if pending.reply is None:
+                self._unanswered -= 1
 
     def close(self) -> None:
         """Wake every waiting request (they fail: the mailbox is closing)."""

@@ -15,14 +15,22 @@ from cuemsg._exceptions import (
     NoResponder,
     RequestTimeout,
 )
-from cuemsg.cueapi.models import Claimed, Execution, OutcomeRequest
+from cuemsg.cueapi.models import Claimed, ClaimResult, Execution, OutcomeRequest
 from cuemsg.envelope import decode_payload, new_id
-from cuemsg.mailbox._config import PRESENCE_KEY, REPLY_ACK_DELAY, REPLY_BATCH, TimeoutReason
-from cuemsg.mailbox._helpers import cut, parse_time, pause_after
+from cuemsg.mailbox._config import (
+    ACK_CARRY,
+    PRESENCE_KEY,
+    REPLY_ACK_DELAY,
+    REPLY_BATCH,
+    TimeoutReason,
+)
+from cuemsg.mailbox._helpers import TRANSIENT, cut, parse_time, pause_after
 from cuemsg.mailbox._noreply import from_record
 from cuemsg.mailbox._ops import (
     AwaitReply,
     CallHandler,
+    Claim,
+    Extensions,
     Fire,
     Flow,
     GetCue,
@@ -193,7 +201,10 @@ class RequestFlows(ReceiveFlows):
         The loop long-polls only while requests are waiting: an idle
         requester costs no requests. Replies that come after their request
         gave up are picked up by the next poll (or `drain_replies` at close).
+        With `claim.settle` the acks of the replies routed so far ride on the
+        next claim; only those left when no request waits are recorded apart.
         """
+        carry = "claim.settle" in (yield Extensions())
         failures = 0
         while not self.closing:
             try:
@@ -202,9 +213,7 @@ class RequestFlows(ReceiveFlows):
                 if not self.router:
                     yield IdleWait(self._reply_wait())
                     continue
-                claims = yield from self.claim(
-                    self.info.reply_task, self._reply_wait(), REPLY_BATCH, hold=False
-                )
+                claims = yield from self.claim_replies(carry, wait=True)
                 if claims:
                     yield from self.route_replies(claims)
                 failures = 0
@@ -222,10 +231,52 @@ class RequestFlows(ReceiveFlows):
 
     def drain_replies(self) -> Flow[None]:
         """Settle the replies already waiting (all late by now): one claim, no wait."""
-        claims = yield from self.claim(self.info.reply_task, None, REPLY_BATCH, hold=False)
+        carry = "claim.settle" in (yield Extensions())
+        claims = yield from self.claim_replies(carry, wait=False)
         if claims:
             yield from self.route_replies(claims)
         yield from self.flush_reply_acks()
+
+    def claim_replies(self, carry: bool, *, wait: bool) -> Flow[list[Claimed]]:
+        """Claim waiting replies (long-polling if `wait`); with `carry` (`claim.settle`)
+        the waiting reply acks ride on the claim, recorded before it.
+
+        Acks a claim could not deliver (a transient failure) wait, first in
+        line, for the next claim or flush; acks of a claim refused as a whole
+        are dropped with a warning: their replies come again when their
+        leases run out, and are acked then as duplicates.
+        """
+        if not carry or not self.reply_acks:
+            poll = self._reply_wait() if wait else None
+            return (yield from self.claim(self.info.reply_task, poll, REPLY_BATCH, hold=False))
+        send, self.reply_acks = self.reply_acks[:ACK_CARRY], self.reply_acks[ACK_CARRY:]
+        claim = Claim(
+            self.info.worker_id,
+            self.info.reply_task,
+            self._reply_wait() if wait else None,  # no sooner than the acks left over are due
+            REPLY_BATCH,
+            tuple(send),
+        )
+        try:
+            result: ClaimResult = yield claim
+        except TRANSIENT as exc:
+            self.reply_acks[:0] = send
+            log.warning("claiming replies failed (%s); trying again", exc)
+            yield Pause(pause_after(exc, 1))
+            return []
+        except CuemsgError as exc:
+            log.warning(
+                "the acks of %d replies were not recorded (%s): they come again", len(send), exc
+            )
+            raise
+        self._replies_acked(send, result.settled)
+        return list(result.executions)
+
+    @staticmethod
+    def _replies_acked(outcomes: Sequence[OutcomeRequest], answers: Sequence[Any]) -> None:
+        for item, answer in zip(outcomes, answers, strict=False):
+            if isinstance(answer, CueAPIError):
+                log.warning("outcome of reply %s not recorded: %s", item.execution_id, answer)
 
     def flush_reply_acks(self) -> Flow[None]:
         """Record the waiting reply acks in one `report_outcomes` (one request per 100).
@@ -237,9 +288,7 @@ class RequestFlows(ReceiveFlows):
         if not outcomes:
             return
         answers = yield RecordOutcomes(outcomes, self.info.worker_id)
-        for item, answer in zip(outcomes, answers, strict=False):
-            if isinstance(answer, CueAPIError):
-                log.warning("outcome of reply %s not recorded: %s", item.execution_id, answer)
+        self._replies_acked(outcomes, answers)
 
     def route_replies(self, claims: Sequence[Claimed]) -> Flow[None]:
         """Hand claimed replies to their requests; queue each one's ack with what became
