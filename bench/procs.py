@@ -42,6 +42,13 @@ PG_DSN = os.environ.get("CUEMSG_BENCH_POSTGRES_DSN", "postgresql://127.0.0.1:543
 # -- servers ------------------------------------------------------------------------------
 
 
+def server_requests(base_url: str) -> int:
+    """Requests the server at `base_url` answered so far (`/health`), not counting this call."""
+    answer = httpx.get(f"{base_url}/health", timeout=10)
+    answer.raise_for_status()
+    return int(answer.json()["requests"]) - 1
+
+
 @dataclass
 class ServerProc:
     """One running `cuemsg serve` process."""
@@ -59,9 +66,7 @@ class ServerProc:
 
     def requests(self) -> int:
         """Requests answered so far (`/health`), not counting this `/health` call."""
-        answer = httpx.get(f"{self.base_url}/health", timeout=10)
-        answer.raise_for_status()
-        return int(answer.json()["requests"]) - 1
+        return server_requests(self.base_url)
 
     def register(self, email: str = "bench@localhost") -> str:
         """A new tenant's API key (`POST /v1/auth/register`)."""

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from bench.drivers import body, make_driver
-from bench.procs import RoleContext
+from bench.procs import RoleContext, server_requests
 
 Result = dict[str, Any]
 
@@ -304,19 +304,29 @@ def requester(
     deadline: float,
     extensions: bool = True,
 ) -> Result:
-    """Make `count` requests, one after another; time each round trip."""
+    """Make `count` requests, one after another; time each round trip.
+
+    `requests`: the requests the server answered from the first call to the
+    last answer (row 4's requests per call): neither the warm-up's leftovers
+    (its last reply ack, recorded on a linger) nor what both sides send while
+    they close.
+    """
     drv = make_driver(kind, base_url, api_key, name, extensions=extensions)
     try:
         for i in range(3):  # warm-up (opens the reply stream)
             drv.request(to, body(i), timeout=10)
         ctx.ready()
+        before = server_requests(base_url)
         start = time.perf_counter()
         latencies: list[float] = []
         while len(latencies) < count and time.perf_counter() - start < deadline:
             t0 = time.perf_counter()
             drv.request(to, body(len(latencies)), timeout=10)
             latencies.append(time.perf_counter() - t0)
-        return {"latencies": latencies, "elapsed": time.perf_counter() - start}
+        elapsed = time.perf_counter() - start
+        # `server_requests` leaves its own /health out; the first one counts in the second
+        after = server_requests(base_url) - 1
+        return {"latencies": latencies, "elapsed": elapsed, "requests": after - before}
     finally:
         drv.close()
 

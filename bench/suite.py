@@ -444,7 +444,7 @@ def _ratios(report: Report) -> list[Ratio]:
         ),
         Ratio(
             "T5", "HTTP requests per RPC call",
-            "server requests / calls, request -> serve -> reply (4)",
+            "server requests, first call to last answer / calls, request -> serve -> reply (4)",
             g("4", "req_per_msg"), 4.0,
         ),
         Ratio(
