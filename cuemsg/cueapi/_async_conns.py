@@ -203,13 +203,14 @@ class _AnswerProtocol(asyncio.Protocol):
         if self._drained is not None:
             await self._wait(self._drained, deadline)
 
-    def _ended(self) -> BaseException:
-        """What reading past the end raises: the reset, or a clean end of stream."""
+    def _ended(self, incomplete: bool) -> BaseException:
+        """What reading past the end raises: the reset, or an incomplete read (`incomplete`)
+        or the end of the stream, as anyio's buffered stream raises them."""
         if self.error is not None:
             broken = anyio.BrokenResourceError()
             broken.__cause__ = self.error
             return broken
-        return anyio.EndOfStream()
+        return anyio.IncompleteRead() if incomplete else anyio.EndOfStream()
 
     # -- Receiver ---------------------------------------------------------------------------
 
@@ -224,14 +225,14 @@ class _AnswerProtocol(asyncio.Protocol):
             if len(self.buffer) >= max_bytes:
                 raise anyio.DelimiterNotFound(max_bytes)
             if self.eof:
-                raise anyio.IncompleteRead() from self._ended()
+                raise self._ended(incomplete=True)
             offset = max(len(self.buffer) - len(delimiter) + 1, 0)
             await self._more()
 
     async def receive_exactly(self, nbytes: int) -> bytes:
         while len(self.buffer) < nbytes:
             if self.eof:
-                raise anyio.IncompleteRead() from self._ended()
+                raise self._ended(incomplete=True)
             await self._more()
         found = bytes(self.buffer[:nbytes])
         del self.buffer[:nbytes]
@@ -240,7 +241,7 @@ class _AnswerProtocol(asyncio.Protocol):
     async def receive(self) -> bytes:
         while not self.buffer:
             if self.eof:
-                raise self._ended()
+                raise self._ended(incomplete=False)
             await self._more()
         found = bytes(self.buffer)
         self.buffer.clear()
@@ -263,16 +264,10 @@ class AsyncioConn:
 
     async def send(self, data: bytes, timeout: float | None) -> None:
         protocol = self._protocol
-        if protocol.eof:  # lost before we wrote: nothing of the request left
-            raise anyio.BrokenResourceError() from protocol.error
-        self._transport.write(data)
-        if protocol.eof or self._transport.is_closing():
-            raise anyio.BrokenResourceError() from protocol.error
-        if timeout is not None:
-            await protocol.drain(asyncio.get_running_loop().time() + timeout)
-        else:
-            await protocol.drain(None)
-        if protocol.error is not None:  # lost while the request was going out
+        self._transport.write(data)  # what the socket does not take now waits in the transport
+        loop = asyncio.get_running_loop()
+        await protocol.drain(None if timeout is None else loop.time() + timeout)
+        if protocol.error is not None:  # reset while the request went out
             raise anyio.BrokenResourceError() from protocol.error
 
     async def answer(self, method: str, timeout: float | None) -> Answer:

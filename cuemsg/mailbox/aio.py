@@ -133,8 +133,10 @@ class AsyncMailbox(
         )
         self._wake = anyio.Event()  # heartbeat task: a lease was taken, or closing
         self._requests = anyio.Event()  # reply task: a request started waiting
-        self._core.leases.on_hold = lambda: self._wake.set()
-        self._core.acks.on_due = lambda: self._wake.set()
+        # When the heartbeat task wakes by itself (`core.monotonic()`; -inf while awake).
+        self._tick_at = float("-inf")
+        self._core.leases.on_hold = self._nudge
+        self._core.acks.on_due = self._nudge
         self._core.router.on_expect = lambda: self._requests.set()
         self._tg: TaskGroup | None = None
         self._replies_started = False
@@ -313,11 +315,21 @@ class AsyncMailbox(
             )
         return self._tg
 
+    def _nudge(self) -> None:
+        """A lease was taken or an ack queued: wake the heartbeat task if that is due
+        before it wakes by itself (a wake-up each message costs more than this check)."""
+        core = self._core
+        if core.monotonic() + core.next_tick_in(cap=1.0) < self._tick_at:
+            self._wake.set()
+
     async def _heartbeat_loop(self) -> None:
         core = self._core
         while not core.closing:
-            with anyio.move_on_after(core.next_tick_in(cap=1.0)):
+            wait = core.next_tick_in(cap=1.0)
+            self._tick_at = core.monotonic() + wait
+            with anyio.move_on_after(wait):
                 await self._wake.wait()
+            self._tick_at = float("-inf")  # awake: what comes now is seen before it sleeps
             if self._wake.is_set():
                 self._wake = anyio.Event()
             if core.closing:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
@@ -280,6 +281,74 @@ async def test_an_answer_ended_by_the_connection_and_a_1xx_before_it() -> None:
         async with AsyncCueClient("cue_sk_x", url, max_retries=0) as c:
             assert (await c.info()).version == "raw"
             assert _transport(c).idle_count == 0  # ended by the close: never pooled
+        thread.join(5)
+
+
+def _peer_that(act: Callable[[socket.socket], None]) -> tuple[socket.socket, threading.Thread]:
+    """A listener whose one connection `act` handles, then closes."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            act(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _reset(conn: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), not a clean FIN."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def _post(url: str, body: bytes, timeout: httpx.Timeout) -> httpx.Response:
+    async with httpx.AsyncClient(transport=AsyncKeepAliveTransport(), timeout=timeout) as http:
+        return await http.post(url, content=body)
+
+
+BIG = b"x" * (32 << 20)  # more than loopback's socket buffers take: the write has to wait
+
+
+async def test_a_body_the_server_does_not_read_is_a_write_timeout() -> None:
+    release = threading.Event()
+    listener, thread = _peer_that(lambda conn: release.wait(10))  # reads nothing
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        with pytest.raises(httpx.WriteTimeout):
+            await _post(url, BIG, httpx.Timeout(5.0, write=0.3))
+        release.set()
+        thread.join(5)
+
+
+async def test_a_reset_while_the_request_goes_out_is_a_write_error() -> None:
+    def read_a_little_then_reset(conn: socket.socket) -> None:
+        conn.recv(1024)
+        _reset(conn)
+
+    listener, thread = _peer_that(read_a_little_then_reset)
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        with pytest.raises(httpx.WriteError):
+            await _post(url, BIG, httpx.Timeout(5.0))
+        thread.join(5)
+
+
+async def test_a_reset_in_the_middle_of_an_answer_is_a_read_error() -> None:
+    def answer_half_then_reset(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        time.sleep(0.1)  # the client has read what came: the reset meets it waiting for more
+        _reset(conn)
+
+    listener, thread = _peer_that(answer_half_then_reset)
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        with pytest.raises(httpx.ReadError):
+            await _post(url, b"{}", httpx.Timeout(5.0))
         thread.join(5)
 
 
