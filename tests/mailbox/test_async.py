@@ -78,6 +78,46 @@ async def test_a_reply_is_one_request_with_outcome_reply(
             assert (pong.body, pong.execution_id) == ("pong", reply_eid)
 
 
+async def test_each_reply_is_acked_by_the_next_call(aclient: AsyncCueClient) -> None:
+    async def echo(msg: AsyncMessage[Any]) -> Any:
+        return msg.body
+
+    async with (
+        AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(aclient, "b", poll_wait=POLL) as b,
+    ):
+        carried = "claim.settle" in await aclient.load_extensions()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.serve, echo)
+            assert [await a.request(b.address, n, timeout=10) for n in range(4)] == [0, 1, 2, 3]
+            b.stop()
+        replies = (await aclient.executions.list(cue_id=a.address)).executions
+        assert len(replies) == 4
+        if carried:  # each reply's ack rode on the claim that fetched the next reply
+            assert sum(r.status == "success" for r in replies) >= 3
+    replies = (await aclient.executions.list(cue_id=a.address)).executions
+    assert [r.status for r in replies] == ["success"] * 4  # the last one at close
+
+
+async def test_heartbeats_keep_a_message_held_longer_than_its_lease(
+    short_lease_server: RunningServer,
+) -> None:
+    srv = short_lease_server
+    async with (
+        AsyncCueClient(srv.new_key(), srv.base_url) as client,
+        AsyncMailbox.open(client, "a", poll_wait=POLL) as a,
+        AsyncMailbox.open(client, "b", poll_wait=POLL) as b,
+    ):
+        sent = await a.send(b.address, "held")
+        async for _ in b.receive(wait=5, limit=1):
+            # Leases of 1 s: renewed every third of a second only if taking the lease woke
+            # the heartbeat task (by itself it sleeps up to a second).
+            await anyio.sleep(2.5)
+        exe = await client.executions.get(sent.execution_id)
+        assert exe.status == "success" and exe.attempts == 1
+        assert b.stats.acked == 1 and b.stats.redelivered == 0
+
+
 async def test_settling_twice_raises_already_settled(aclient: AsyncCueClient) -> None:
     async with (
         AsyncMailbox.open(aclient, "a", poll_wait=POLL) as a,

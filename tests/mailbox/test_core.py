@@ -59,6 +59,7 @@ from cuemsg.mailbox._ops import (
     Fire,
     GetCue,
     GetExecution,
+    IdleWait,
     ListCues,
     ListWorkers,
     Pause,
@@ -800,6 +801,93 @@ def test_require_responder() -> None:
         run(c.check_responder(PEER, "peer"), plain(old))
     with pytest.raises(NoResponder):
         run(c.check_responder(PEER, "peer"), plain(None))
+
+
+def _reply_loop_until(
+    c: MailboxCore, claims: list[Any], close_on: tuple[type, ...] = (IdleWait,)
+) -> list[Any]:
+    """Run the reply loop on a server listing `claim.settle`: each Claim takes the next of
+    `claims` (a ClaimResult, or an error to raise); the first `close_on` op closes the
+    mailbox."""
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset({"claim.settle"})
+        if isinstance(op, Claim):
+            got = claims.pop(0)
+            if isinstance(got, Exception):
+                raise got
+            return got
+        if isinstance(op, close_on):
+            c.closing = True
+        return ok(op)
+
+    return [op for op in run(c.reply_loop(), answer)[1] if not isinstance(op, Extensions)]
+
+
+def test_reply_acks_ride_on_the_next_reply_claim() -> None:
+    c = make_core()
+    c.router.expect("c0")
+    run(c.route_replies([claimed(reply_payload("c0", 0), eid="r0")]), ok)
+    assert len(c.router) == 0 and [o.execution_id for o in c.reply_acks] == ["r0"]
+    c.router.expect("c1")  # the next request: its claim carries r0's ack
+    answered = ClaimResult(
+        claimed=True,
+        executions=[claimed(reply_payload("c1", 1), eid="r1")],
+        settled=[OutcomeResult(execution_id="r0")],
+    )
+    ops = _reply_loop_until(c, [answered])
+    # Answered, c1 no longer keeps a poll open: the loop idles, and r1's ack is recorded
+    # on close, when no claim is coming to carry it.
+    assert [type(o) for o in ops] == [Claim, IdleWait, RecordOutcomes]
+    assert [o.execution_id for o in ops[0].settle] == ["r0"]
+    assert [o.execution_id for o in ops[2].outcomes] == ["r1"]
+    assert not c.reply_acks
+
+
+def test_reply_acks_of_a_claim_that_failed_ride_on_the_next_one() -> None:
+    c = make_core()
+    c.router.expect("c0")
+    run(c.route_replies([claimed(reply_payload("c0", 0), eid="r0")]), ok)
+    c.router.expect("c1")
+    answered = ClaimResult(
+        claimed=True,
+        executions=[claimed(reply_payload("c1", 1), eid="r1")],
+        settled=[Forbidden("not yours", status=403, code="lease_lost")],  # logged, dropped
+    )
+    ops = _reply_loop_until(c, [TransportError("reset"), answered])
+    assert [type(o) for o in ops] == [Claim, Pause, Claim, IdleWait, RecordOutcomes]
+    assert [o.execution_id for o in ops[0].settle] == ["r0"]
+    assert [o.execution_id for o in ops[2].settle] == ["r0"]  # first in line again
+
+
+def test_reply_acks_of_a_claim_refused_as_a_whole_are_dropped() -> None:
+    c = make_core()
+    c.router.expect("c0")
+    run(c.route_replies([claimed(reply_payload("c0", 0), eid="r0")]), ok)
+    refused = Forbidden("key revoked", status=403, code="forbidden")
+    c.router.expect("c1")
+    ops = _reply_loop_until(c, [refused], close_on=(Pause,))
+    # The replies come again when their leases run out, and are acked then.
+    assert [type(o) for o in ops] == [Claim, Pause]
+    assert not c.reply_acks
+
+
+def test_router_counts_only_requests_still_waiting() -> None:
+    router = ReplyRouter(threading.Event)
+    env = decode_payload(reply_payload("c1", 1))
+    router.expect("c1")
+    router.expect("c2")
+    assert len(router) == 2
+    router.deliver("c1", env, "e1")
+    assert len(router) == 1  # answered: its requester has yet to wake, but polls need not wait
+    router.give_up("c1")
+    router.give_up("c2")
+    router.give_up("c2")
+    assert len(router) == 0
+    router.expect("c3")
+    router.expect("c3")  # the same id again: one entry
+    assert len(router) == 1
 
 
 def test_router_races_and_late_replies() -> None:

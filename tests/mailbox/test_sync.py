@@ -288,6 +288,19 @@ def test_redelivered_ids_are_handled_once(client: CueClient, mailboxes: Open) ->
 # -- request / reply ------------------------------------------------------------------------------
 
 
+def test_each_reply_is_acked_by_the_next_call(client: CueClient, mailboxes: Open) -> None:
+    a, b = mailboxes("a"), mailboxes("b")
+    with serving(b, lambda m: m.body):
+        assert [a.request(b.address, n, timeout=10) for n in range(4)] == [0, 1, 2, 3]
+        replies = client.executions.list(cue_id=a.address).executions
+        assert len(replies) == 4
+        if "claim.settle" in client.extensions:  # each ack rode on the next reply claim
+            assert sum(r.status == "success" for r in replies) >= 3
+    a.close()
+    replies = client.executions.list(cue_id=a.address).executions
+    assert [r.status for r in replies] == ["success"] * 4  # the last one at close
+
+
 def test_request_reply_and_accountability(client: CueClient, mailboxes: Open) -> None:
     a, b = mailboxes("a"), mailboxes("b")
     with serving(b, echo):
