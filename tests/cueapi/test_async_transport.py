@@ -284,7 +284,7 @@ async def test_an_answer_ended_by_the_connection_and_a_1xx_before_it() -> None:
         thread.join(5)
 
 
-def _peer_that(act: Callable[[socket.socket], None]) -> tuple[socket.socket, threading.Thread]:
+def _peer_that(act: Callable[[socket.socket], object]) -> tuple[socket.socket, threading.Thread]:
     """A listener whose one connection `act` handles, then closes."""
     listener = socket.create_server(("127.0.0.1", 0))
 
