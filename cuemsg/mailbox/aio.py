@@ -140,6 +140,7 @@ class AsyncMailbox(
         self._core.router.on_expect = lambda: self._requests.set()
         self._tg: TaskGroup | None = None
         self._replies_started = False
+        self._replies_done = anyio.Event()  # the reply loop ended (its last acks recorded)
         self._closed = False
 
     @classmethod
@@ -351,6 +352,8 @@ class AsyncMailbox(
         except Exception:
             if not self._core.closing:
                 log.exception("the reply loop of %s stopped", self.name)
+        finally:
+            self._replies_done.set()
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -528,6 +531,10 @@ class AsyncMailbox(
         self._requests.set()
         await self._flush_acks()
         if self._replies_started:
+            # As `Mailbox.close` joins its reply thread: the loop's last flush of reply
+            # acks must not be cancelled with the task group.
+            with anyio.move_on_after(core.config.poll_wait + self.client.timeout):
+                await self._replies_done.wait()
             try:
                 await self._drive(core.drain_replies())
             except Exception as exc:
