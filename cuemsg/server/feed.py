@@ -191,6 +191,11 @@ def sse(event: Event) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), _encode(event))
 
 
+def sse_frames(events: list[Event]) -> bytes:
+    """Events framed for `text/event-stream`, in one buffer (one write for a batch)."""
+    return b"".join([sse(event) for event in events])
+
+
 def sse_ready(seq: int) -> bytes:
     """The `ready` event: the backlog asked for has been sent, the stream is live."""
     return b'id: %d\nevent: ready\ndata: {"seq":%d}\n\n' % (seq, seq)
