@@ -34,9 +34,18 @@ def value(
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
+def until(base_url: str, name: str, **labels: str) -> None:
+    """Wait (up to 30 s: the sweeper runs late on a loaded machine) for a count."""
+    deadline = time.monotonic() + 30
+    while value(samples(base_url), name, **labels) < 1:
+        assert time.monotonic() < deadline, f"{name} {labels} never counted"
+        time.sleep(0.05)
+
+
 def test_metrics_count_the_hand_offs() -> None:
     # A server of its own: the counters are this test's alone.
-    with run_server(lease_seconds=0.2, sweep_interval=0.05, unclaimed_timeout=0.5) as srv:
+    # The unclaimed timeout is long enough for the first checks on a loaded machine.
+    with run_server(lease_seconds=0.2, sweep_interval=0.05, unclaimed_timeout=3.0) as srv:
         api = Api(srv.base_url, srv.new_key())
         try:
             cue = api.cue(name="inbox", payload={"task": "inbox"})
@@ -76,13 +85,15 @@ def test_metrics_count_the_hand_offs() -> None:
             )
             assert value(found, "cuemsg_storage_seconds_count", op="fire") == 3
             assert value(found, "cuemsg_long_polls_parked") == 0
-            # A lease that runs out (back to waiting), then a message nobody claims.
+            # A lease that runs out: back to waiting.
             api.claim("w", task="inbox")
+            until(srv.base_url, "cuemsg_sweeps_total", what="lease_expired")
+            found = samples(srv.base_url)
+            assert value(found, "cuemsg_waiting_executions", cue_id=cue["id"], mailbox="inbox") == 1
+            # A message nobody claims within the unclaimed timeout: missed (the one
+            # claimed before stays, so one still waits).
             api.fire(cue["id"])
-            deadline = time.monotonic() + 10
-            while value(samples(srv.base_url), "cuemsg_sweeps_total", what="missed") < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            until(srv.base_url, "cuemsg_sweeps_total", what="missed")
             found = samples(srv.base_url)
             assert value(found, "cuemsg_sweeps_total", what="lease_expired") == 1
             assert value(found, "cuemsg_waiting_executions", cue_id=cue["id"], mailbox="inbox") == 1
