@@ -90,12 +90,15 @@ class _Hot:
             if other.methods is not None and method not in other.methods:
                 continue
             theirs = _segments(other.path)
-            if theirs is not None and len(theirs) != len(segments):
-                continue  # another count of segments: never the same path
-            if theirs is not None and not any(param for _, param in theirs):
-                paths.add(other.path)
-            else:
-                self.shadows.append(other)
+            if theirs is None:
+                self.shadows.append(other)  # a convertor: its regex is asked
+            elif len(theirs) == len(segments) and all(
+                a == b or p or q for (a, p), (b, q) in zip(theirs, segments, strict=True)
+            ):  # the same count of segments, and no two literals differ: may overlap
+                if any(param for _, param in theirs):
+                    self.shadows.append(other)
+                else:
+                    paths.add(other.path)
         self.shadow_paths = frozenset(paths)
 
     def match(self, parts: list[str], scope: Scope) -> dict[str, Any] | None:
