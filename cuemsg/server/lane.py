@@ -74,13 +74,17 @@ class _Hot:
     """One hot route: its literal and parameter segments, and the earlier routes that
     Starlette would try first on the same paths."""
 
-    def __init__(self, route: Route, segments: list[tuple[str, bool]], earlier: list[BaseRoute]):
+    def __init__(
+        self,
+        route: Route,
+        method: str,
+        segments: list[tuple[str, bool]],
+        earlier: Sequence[BaseRoute],
+    ) -> None:
         self.route = route
         self.endpoint = route.endpoint
         self.literals = tuple((i, text) for i, (text, param) in enumerate(segments) if not param)
         self.params = tuple((i, name) for i, (name, param) in enumerate(segments) if param)
-        method = next(iter(route.methods or ()))
-        self.shadow_paths: frozenset[str] = frozenset()
         self.shadows: list[BaseRoute] = []
         paths = set()
         for other in earlier:
@@ -131,7 +135,7 @@ class Lane:
             segments = _segments(route.path)
             if (method, route.path) not in HOT or segments is None:
                 continue
-            hot = _Hot(route, segments, list(routes[:i]))
+            hot = _Hot(route, method, segments, routes[:i])
             self.table.setdefault((method, len(segments)), []).append(hot)
 
     def match(self, scope: Scope) -> tuple[_Hot, dict[str, Any]] | None:
