@@ -6,6 +6,7 @@ OpenAPI document) and the web console's files (`cuemsg.console`); this module
 owns only the assembly: opening the backend, the lifespan (storage, sweeper,
 retention purge, scheduler and webhook dispatcher), the Host guard of a
 loopback-bound server, and the 404/405 answers (other errors: `guard.py`).
+The message path's routes are answered by the hot lane in front (`lane.py`).
 Handlers live in `cuemsg.server.handlers`, shared state in `state.py`.
 """
 
@@ -28,8 +29,9 @@ from cuemsg._exceptions import StorageOpenError
 from cuemsg.console import console_routes
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.guard import ErrorGuard
-from cuemsg.server.hosts import HostGuard
+from cuemsg.server.hosts import HostCheck, HostGuard
 from cuemsg.server.keys import ensure_dev_key
+from cuemsg.server.lane import App, Lane
 from cuemsg.server.responses import problem
 from cuemsg.server.retention import purge_forever
 from cuemsg.server.routes import OPEN_ROUTES, ROUTES, authed, public
@@ -147,14 +149,17 @@ def create_app(
     if metrics is not None:
         routes.append(route("/metrics", "GET", public(server, metrics.scrape)))
     middleware = []
+    hosts = None
     if settings.host is not None and settings.loopback:
-        middleware.append(Middleware(HostGuard, bound=settings.host))
-    app = Starlette(
+        hosts = HostCheck(settings.host)
+        middleware.append(Middleware(HostGuard, check=hosts))
+    app = App(
         routes=[*routes, *console_routes()],  # the console: static files calling the API
         lifespan=lifespan,
         # Other exceptions: answered by the guard, which keeps the connection.
         middleware=[Middleware(ErrorGuard), *middleware],
         exception_handlers={HTTPException: _not_found},
     )
+    app.lane = Lane(app.routes, hosts)  # the message path, past Starlette's layers
     app.state.server = server
     return app

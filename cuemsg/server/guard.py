@@ -18,13 +18,20 @@ from __future__ import annotations
 
 import logging
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cuemsg._exceptions import StorageError, StorageFull
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import problem
 
-__all__ = ["FULL_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "ErrorGuard", "problem_for"]
+__all__ = [
+    "FULL_RETRY_AFTER",
+    "UNAVAILABLE_RETRY_AFTER",
+    "ErrorGuard",
+    "answer_exception",
+    "problem_for",
+]
 
 log = logging.getLogger("cuemsg.server")
 
@@ -54,6 +61,18 @@ def problem_for(exc: Exception) -> ApiProblem:
     return ApiProblem(500, "internal_error", f"internal error: {type(exc).__name__}")
 
 
+def answer_exception(exc: Exception, scope: Scope) -> Response:
+    """The answer to an exception no handler answered, logged once (the guard's and the
+    hot lane's: `lane.py`)."""
+    answer = problem_for(exc)
+    where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
+    if answer.status == 500:
+        log.exception("unhandled error on %s", where)
+    else:
+        log.warning("%s on %s: %s", answer.code, where, exc)
+    return problem(answer)
+
+
 class ErrorGuard:
     """Wraps the app (inside Starlette's error middleware) and answers its exceptions."""
 
@@ -77,10 +96,4 @@ class ErrorGuard:
         except Exception as exc:
             if started:
                 raise  # half an answer is out: only closing the connection can end it
-            answer = problem_for(exc)
-            where = f"{scope.get('method', '?')} {scope.get('path', '?')}"
-            if answer.status == 500:
-                log.exception("unhandled error on %s", where)
-            else:
-                log.warning("%s on %s: %s", answer.code, where, exc)
-            await problem(answer)(scope, receive, send)
+            await answer_exception(exc, scope)(scope, receive, send)

@@ -6,6 +6,7 @@ name. A web page on `evil.example` whose name an attacker re-points at
 
 from __future__ import annotations
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cuemsg.server.errors import ApiProblem
@@ -21,26 +22,40 @@ def host_name(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
+class HostCheck:
+    """Which `Host` names a server bound to `bound` answers for, and the refusal of others
+    (used by `HostGuard` and by the hot lane, `lane.py`)."""
+
+    def __init__(self, bound: str) -> None:
+        self.allowed = frozenset(LOOPBACK_NAMES | {host_name(bound)})
+
+    def refusal(self, scope: Scope) -> Response | None:
+        """The 421 answer when the request's `Host` is not ours, else None."""
+        header = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        name = host_name(header.decode("latin-1"))
+        if name in self.allowed:
+            return None
+        return problem(
+            ApiProblem(
+                421,
+                "misdirected_request",
+                f"this server answers only for {', '.join(sorted(self.allowed))}, "
+                f"not Host {name or '(none)'!r} (DNS rebinding guard)",
+            )
+        )
+
+
 class HostGuard:
     """ASGI middleware refusing requests for any other host name."""
 
-    def __init__(self, app: ASGIApp, bound: str) -> None:
+    def __init__(self, app: ASGIApp, check: HostCheck) -> None:
         self.app = app
-        self.allowed = frozenset(LOOPBACK_NAMES | {host_name(bound)})
+        self.check = check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            header = next((v for k, v in scope["headers"] if k == b"host"), b"")
-            name = host_name(header.decode("latin-1"))
-            if name not in self.allowed:
-                answer = problem(
-                    ApiProblem(
-                        421,
-                        "misdirected_request",
-                        f"this server answers only for {', '.join(sorted(self.allowed))}, "
-                        f"not Host {name or '(none)'!r} (DNS rebinding guard)",
-                    )
-                )
+            answer = self.check.refusal(scope)
+            if answer is not None:
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)

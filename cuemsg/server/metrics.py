@@ -15,17 +15,23 @@ What is measured, all with bounded label sets:
 
 `MeteredStorage` wraps the backend to time and count its calls; the
 registry is one per app, so several apps in one process never collide.
+The hot paths stay cheap: a labelled child is looked up once per label set,
+and storage timings are counted in plain lists (`Timings`) rendered as the
+same histogram at scrape time.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,6 +43,51 @@ if TYPE_CHECKING:
 WAITING_TOP = 50
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Timings:
+    """`cuemsg_storage_seconds`, the histogram of storage call latency by `op`.
+
+    prometheus_client's `Histogram.observe` takes a lock for the sum and one for
+    the bucket, and searches the buckets in Python: a few microseconds per
+    storage call. Storage calls are timed on the event loop's thread only, so
+    plain per-op lists suffice; a scrape renders them as the same family
+    (`_bucket`, `_count`, `_sum`, `_created`).
+    """
+
+    name = "cuemsg_storage_seconds"
+
+    def __init__(self, registry: CollectorRegistry, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        # The `le` labels as prometheus_client writes them (Go's float format).
+        self.les = [*(floatToGoString(b) for b in buckets), "+Inf"]  # type: ignore[no-untyped-call]
+        #: op -> [calls per bucket (the last is +Inf)..., the sum of seconds]
+        self.ops: dict[str, list[float]] = {}
+        self.created: dict[str, float] = {}
+        registry.register(self)
+
+    def of(self, op: str) -> list[float]:
+        """The counts of `op` (made on first use, as a labelled child is)."""
+        counts = self.ops.get(op)
+        if counts is None:
+            counts = self.ops[op] = [0] * (len(self.bounds) + 1) + [0.0]
+            self.created[op] = time.time()
+        return counts
+
+    def observe(self, counts: list[float], seconds: float) -> None:
+        counts[bisect_left(self.bounds, seconds)] += 1  # the first bound >= seconds
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, "storage call latency", labels=["op"])
+        for op, counts in list(self.ops.items()):
+            buckets, total = [], 0.0
+            for le, n in zip(self.les, counts[:-1], strict=True):
+                total += n
+                buckets.append((le, total))
+            family.add_metric([op], buckets, counts[-1])
+            family.add_sample(f"{self.name}_created", {"op": op}, self.created[op])
+        yield family
 
 
 class Metrics:
@@ -54,12 +105,12 @@ class Metrics:
         self.fires = Counter("cuemsg_fires", "executions fired", registry=r)
         self.claims = Counter("cuemsg_claims", "executions claimed", registry=r)
         self.outcomes = Counter("cuemsg_outcomes", "outcomes recorded", ["kind"], registry=r)
+        self.succeeded = self.outcomes.labels("success")
+        self.failed = self.outcomes.labels("failure")
         self.sweeps = Counter(
             "cuemsg_sweeps", "what the sweeper did (lease_expired, missed)", ["what"], registry=r
         )
-        self.storage = Histogram(
-            "cuemsg_storage_seconds", "storage call latency", ["op"], buckets=_BUCKETS, registry=r
-        )
+        self.storage = Timings(r, _BUCKETS)
         self.parked = Gauge("cuemsg_long_polls_parked", "claims waiting for work", registry=r)
         self.streams = Gauge("cuemsg_event_streams", "open event streams", registry=r)
         self.waiting = Gauge(
@@ -75,9 +126,15 @@ class Metrics:
     ) -> Callable[[Request], Awaitable[Response]]:
         """`endpoint`, counting its answers by route template, method and status."""
 
+        by_status: dict[int, Any] = {}  # status -> its child: `labels()` once per status
+
         async def counted(request: Request) -> Response:
             response = await endpoint(request)
-            self.requests.labels(route, method, str(response.status_code)).inc()
+            status = response.status_code
+            child = by_status.get(status)
+            if child is None:
+                child = by_status[status] = self.requests.labels(route, method, str(status))
+            child.inc()
             return response
 
         return counted
@@ -109,7 +166,7 @@ def _count_outcome(m: Metrics, result: Any) -> None:
     for row in result if isinstance(result, list) else [result]:
         outcome = getattr(row, "outcome", None)  # an ApiProblem in a batch has none
         if outcome is not None:
-            m.outcomes.labels("success" if outcome.success else "failure").inc()
+            (m.succeeded if outcome.success else m.failed).inc()
 
 
 _COUNTED: dict[str, Callable[[Metrics, Any], None]] = {
@@ -133,16 +190,18 @@ class MeteredStorage:
         value = getattr(self._inner, name)
         if not inspect.iscoroutinefunction(value):
             return value
-        histogram = self._metrics.storage.labels(name)
-        count = _COUNTED.get(name)
         metrics = self._metrics
+        timings = metrics.storage
+        counts = timings.of(name)
+        count = _COUNTED.get(name)
+        clock = time.perf_counter
 
         async def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = clock()
             try:
                 result = await value(*args, **kwargs)
             finally:
-                histogram.observe(time.perf_counter() - start)
+                timings.observe(counts, clock() - start)
             if count is not None:
                 count(metrics, result)
             return result

@@ -175,3 +175,28 @@ def test_beyond_loopback_metrics_need_the_flag() -> None:
 
 def test_loopback_serves_metrics_by_default(srv: RunningServer) -> None:
     assert "cuemsg_http_requests_total" in httpx.get(f"{srv.base_url}/metrics").text
+
+
+def test_storage_timings_render_as_a_prometheus_histogram_does() -> None:
+    import re
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from cuemsg.server.metrics import _BUCKETS, Timings
+
+    theirs, ours = CollectorRegistry(auto_describe=True), CollectorRegistry(auto_describe=True)
+    histogram = Histogram(
+        "cuemsg_storage_seconds", "storage call latency", ["op"], buckets=_BUCKETS, registry=theirs
+    )
+    timings = Timings(ours, _BUCKETS)
+    assert generate_latest(ours) == generate_latest(theirs)  # nothing timed yet
+    for op in ("fire", "claim_next"):
+        counts = timings.of(op)
+        for seconds in (0.0001, 0.0005, 0.0006, 0.001, 0.003, 2.5, 3.0):  # bounds included
+            histogram.labels(op).observe(seconds)
+            timings.observe(counts, seconds)
+
+    def text(registry: CollectorRegistry) -> str:  # creation times differ by microseconds
+        return re.sub(r"(_created\{.*\}) .*", r"\1", generate_latest(registry).decode())
+
+    assert text(ours) == text(theirs)

@@ -79,3 +79,23 @@ def test_free_port_is_outside_the_range_of_outgoing_connections() -> None:
     assert 1024 <= port < low
     with socket.socket() as sock:  # and it is free now
         sock.bind(("127.0.0.1", port))
+
+
+def test_a_reverse_proxy_on_loopback_passes_the_clients_address() -> None:
+    """uvicorn's proxy-headers layer stays on (the hot lane does not need it, registration
+    does): behind nginx on the same host every request comes from 127.0.0.1, and only
+    `X-Forwarded-For` tells registration's per-address limit who is asking."""
+    import httpx
+
+    from cuemsg.testing import run_server
+
+    with run_server(registration_rate=1) as srv:
+        url = f"{srv.base_url}/v1/auth/register"
+        forwarded = {"X-Forwarded-For": "203.0.113.9"}
+        statuses = [
+            httpx.post(url, json={"email": "a@example.com"}, headers=forwarded).status_code
+            for _ in range(2)
+        ]
+        assert statuses == [201, 429]
+        # Loopback itself is not counted (it can read the development key anyway).
+        assert httpx.post(url, json={"email": "b@example.com"}).status_code == 201
