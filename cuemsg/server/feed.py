@@ -167,6 +167,16 @@ def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Eve
             worker_id=row.claimed_by_worker if current else row.lost_worker,
             attempt=row.attempts,
         )
+    if row.lost_claim_seq and claimed > lost:
+        # Claimed again since its lease ran out: the claim that lost it, as it was.
+        event(
+            row.lost_claim_seq,
+            "claimed",
+            row.lost_claimed_at,
+            "delivering",
+            worker_id=row.lost_worker,
+            attempt=row.attempts - 1,
+        )
     if lost:
         # Past the claim cap the lost lease ends it: the outcome follows with no claim.
         capped = bool(row.done_seq) and claimed < lost and row.status == "failed"

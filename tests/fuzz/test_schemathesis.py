@@ -31,7 +31,7 @@ SEED = 20261201
 #: (tests/server/test_events.py covers GET /v1/events).
 EXCLUDED_PATHS = ("/v1/events",)
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def _schemathesis() -> list[str]:
@@ -80,7 +80,7 @@ def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path) -> None:
             text=True,
             env=env,
             cwd=tmp_path,
-            timeout=280,
+            timeout=1100,
         )
     assert report.exists(), run.stdout[-5000:] + run.stderr[-2000:]
     result = json.loads(report.read_text())

@@ -357,13 +357,13 @@ def _run(new_db: Callable[[], str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1200)
 def test_sqlite_server_follows_the_model(tmp_path: Any) -> None:
     _run(lambda: str(tmp_path / f"{uuid.uuid4().hex}.db"))
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1200)
 def test_postgres_server_follows_the_model(postgres_url: PostgresURLs) -> None:
     _run(postgres_url)

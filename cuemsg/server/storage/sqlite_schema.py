@@ -4,7 +4,7 @@
 the steps of `MIGRATIONS` from the file's version up to `SCHEMA_VERSION`,
 then `INDEXES`, in one transaction. Version 3's step and indexes belong to
 the timed work and live beside it in `sqlite_timed.py`; version 4 adds the
-event feed's stamps (`feed.py`).
+event feed's stamps (`feed.py`), version 5 the lost claim's stamp.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BASE_VERSION = 2  # what SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
@@ -51,6 +51,8 @@ DROP INDEX IF EXISTS ix_exec_lease;
     # The event feed's stamps (cuemsg/server/storage/feed.py).
     4: "".join(f"ALTER TABLE executions ADD COLUMN {n} {kind};\n" for n, kind in STAMP_COLUMNS)
     + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
+    # The feed keeps the claim a lost lease was, when it is claimed again.
+    5: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n",
 }
 
 SCHEMA = """

@@ -23,7 +23,7 @@ _PURGE_WINDOW = 5000
 # (the claim is cleared).
 _LOST = (
     "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
-    "lost_claimed_at = claimed_at"
+    "lost_claimed_at = claimed_at, lost_claim_seq = claimed_seq"
 )
 
 

@@ -137,6 +137,8 @@ _MIGRATIONS: tuple[str, ...] = (
         (GREATEST(fired_seq, claimed_seq, lost_seq, done_seq, redriven_seq)) STORED;
     CREATE INDEX cuemsg_exec_events ON cuemsg_executions (tenant_id, event_seq);
     """,
+    # The feed keeps the claim a lost lease was, when it is claimed again.
+    "ALTER TABLE cuemsg_executions ADD COLUMN lost_claim_seq bigint;",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
