@@ -42,12 +42,13 @@ from cuemsg.server.storage.postgres.statements import (
     cue_from_doc,
     encode_json,
 )
+from cuemsg.server.storage.postgres.release import PostgresRelease
 from cuemsg.server.storage.postgres.timed import PostgresTimed
 
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFeed, PostgresTimed):
+class PostgresStorage(PostgresFeed, PostgresTimed, PostgresRelease):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
