@@ -290,9 +290,7 @@ class AsyncExecutions(_Resource):
         self, execution_ids: Sequence[str], *, worker_id: str
     ) -> builtins.list[Released | CueAPIError]:
         """See `Executions.release`."""
-        return await self._client._run(
-            flows.release(self._st, execution_ids, worker_id=worker_id)
-        )
+        return await self._client._run(flows.release(self._st, execution_ids, worker_id=worker_id))
 
     async def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

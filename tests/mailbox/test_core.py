@@ -534,7 +534,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
         return ok(op)
 
     delivered: list[Any] = []
-    flow = c.receive(wait=None, limit=4, type=None, batch=3)
+    flow = c.receive(wait=None, limit=4, type=None, prefetch=3)
     value: Any = None
     ops: list[Any] = []
     while True:
@@ -562,7 +562,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
     assert flushed == [["e-1", "e-2", "e-3"], ["e-4"]]
     assert c.stats.acked == 4 and len(c.leases) == 0 and not c.acks
     with pytest.raises(ValueError):
-        run(c.receive(wait=None, limit=None, batch=0), ok)
+        run(c.receive(wait=None, limit=None, prefetch=0), ok)
 
 
 def test_a_refused_item_of_a_batch_is_a_lost_lease_not_an_ack() -> None:

@@ -32,6 +32,7 @@ from cuemsg.server.storage.base import (
     within_bytes,
 )
 from cuemsg.server.storage.postgres.feed import PostgresFeed
+from cuemsg.server.storage.postgres.release import PostgresRelease
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
@@ -42,7 +43,6 @@ from cuemsg.server.storage.postgres.statements import (
     cue_from_doc,
     encode_json,
 )
-from cuemsg.server.storage.postgres.release import PostgresRelease
 from cuemsg.server.storage.postgres.timed import PostgresTimed
 
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
