@@ -593,49 +593,6 @@ def test_leaving_a_prefetching_loop_records_the_acks_and_gives_back_the_rest(
     assert c.stats.acked == 1 and not c._core.prefetched and len(c._core.leases) == 0
 
 
-def test_prefetch_hands_out_a_backlog_in_order_with_one_claim(
-    server: RunningServer, client: CueClient, mailboxes: Open
-) -> None:
-    a, b = mailboxes("a"), mailboxes("b")
-    sent = a.send_many(b.address, list(range(20)))
-    before = server.requests
-    got = [m.body for m in b.receive(wait=0.5, limit=20)]  # the default prefetch
-    used = server.requests - before
-    assert got == list(range(20))
-    assert {client.executions.get(s.execution_id).status for s in sent} == {"success"}
-    if "executions.release" in client.extensions:
-        assert used <= 3  # one claim took all twenty; their acks went together
-    assert b.stats.acked == 20 and len(b._core.leases) == 0 and not b._core.acks
-
-
-def test_with_no_backlog_a_message_costs_two_requests(
-    server: RunningServer, client: CueClient, mailboxes: Open
-) -> None:
-    a, b = mailboxes("a"), mailboxes("b")
-    n = 10
-    got: list[Any] = []
-    arrived = threading.Semaphore(0)
-
-    def receiver() -> None:
-        for msg in b.receive(wait=3, limit=n):
-            got.append(msg.body)
-            arrived.release()
-
-    list(b.receive(wait=0))  # the extensions are read before the count
-    before = server.requests
-    thread = threading.Thread(target=receiver)
-    thread.start()
-    for i in range(n):
-        a.send(b.address, i)  # one at a time: the receiver never finds a backlog
-        assert arrived.acquire(timeout=10)
-    thread.join(10)
-    assert got == list(range(n))
-    if "claim.settle" in client.extensions:
-        # Each message: its fire, and the claim that takes it (carrying the ack before
-        # it); one more claim parked at the start, and the last ack's own request.
-        assert server.requests - before <= 2 * n + 2
-
-
 def test_serve_batches_outcomes_under_load(
     server: RunningServer, client: CueClient, mailboxes: Open
 ) -> None:
