@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from cuemsg._exceptions import CuemsgError, EnvelopeError, LeaseLost
@@ -265,45 +265,54 @@ class ReceiveFlows(SettleFlows):
                 if deadline is not None and self.monotonic() >= deadline:
                     return
                 continue
-            self.prefetched.update(dict.fromkeys(c.execution_id for c in claims))
-            for claimed in claims:
-                if self.stopping:
-                    break  # the rest are given back below
-                self.prefetched.pop(claimed.execution_id, None)
-                msg = yield from self.admit(claimed, type)
-                if msg is None:
-                    continue
-                count += 1
-                deadline = None if wait is None else self.monotonic() + wait
-                try:
-                    yield Deliver(msg)
-                except GeneratorExit:
-                    # The caller left the loop holding it: stop renewing; its lease runs out
-                    # and it is delivered again (ack before breaking out to avoid that).
-                    # The driver gives back the rest (`release_prefetched`).
-                    self.leases.release(claimed.execution_id)
-                    raise
-                if msg.settled is None:
-                    # A request's ack tells its requester: at once.
-                    if (prefetch == 1 and not carry) or msg.is_request:
-                        yield from self._quiet(self.ack(msg))
+            # Claimed and not handed out yet: this loop's own (another loop may run).
+            ahead = [c.execution_id for c in claims]
+            try:
+                for claimed in claims:
+                    if self.stopping:
+                        break  # the rest are given back below
+                    ahead.remove(claimed.execution_id)
+                    msg = yield from self.admit(claimed, type)
+                    if msg is None:
                         continue
-                    with contextlib.suppress(LeaseLost):  # logged and counted where raised
-                        self.queue_ack(msg, RECEIVE_ACK_DELAY)
-            if self.prefetched:
-                yield from self.release_prefetched()
+                    count += 1
+                    deadline = None if wait is None else self.monotonic() + wait
+                    try:
+                        yield Deliver(msg)
+                    except GeneratorExit:
+                        # The caller left the loop holding it: stop renewing; its lease runs
+                        # out and it is delivered again (ack before breaking out to avoid it).
+                        self.leases.release(claimed.execution_id)
+                        raise
+                    if msg.settled is None:
+                        # A request's ack tells its requester: at once.
+                        if (prefetch == 1 and not carry) or msg.is_request:
+                            yield from self._quiet(self.ack(msg))
+                            continue
+                        with contextlib.suppress(LeaseLost):  # logged and counted where raised
+                            self.queue_ack(msg, RECEIVE_ACK_DELAY)
+            except GeneratorExit:
+                # No op can be yielded now: the driver gives them back (`release_prefetched`).
+                self.prefetched.update(dict.fromkeys(ahead))
+                raise
+            if ahead:
+                yield from self.release_prefetched(ahead)
         if self.acks:
             yield from self.flush_acks(final=True)
 
-    def release_prefetched(self) -> Flow[int]:
-        """Give back the messages claimed ahead and not handed out; how many went back.
+    def release_prefetched(self, execution_ids: Sequence[str] | None = None) -> Flow[int]:
+        """Give back messages claimed ahead and not handed out; how many went back.
 
-        With `executions.release` they are pending again at once, their attempt
-        not counted; otherwise (or if that fails) their leases are no longer
-        renewed and run out, and they are delivered again after the lease.
+        `execution_ids`, or (None) those a receive loop closed early left in
+        `prefetched`. With `executions.release` they are pending again at once,
+        their attempt not counted; otherwise (or if that fails) their leases
+        are no longer renewed and run out, and they are delivered again then.
         """
-        ids = tuple(self.prefetched)
-        self.prefetched.clear()
+        if execution_ids is None:
+            ids = tuple(self.prefetched)
+            self.prefetched.clear()
+        else:
+            ids = tuple(execution_ids)
         if not ids:
             return 0
         released = 0
