@@ -46,7 +46,7 @@ PREFETCH = 20
 #: Longest wait of an ack made by `serve()` before it is recorded (seconds): acks of
 #: handlers that finish within this of each other go in one `report_outcomes`.
 SERVE_ACK_DELAY = 0.05
-#: Longest wait of an ack made by `receive(batch=n)` when the caller is slow to get
+#: Longest wait of an ack made by a prefetching `receive()` when the caller is slow to get
 #: through the batch (seconds); otherwise the batch's acks go before the next claim.
 RECEIVE_ACK_DELAY = 1.0
 #: Acks recorded at once, at most, before `serve()` flushes without waiting.

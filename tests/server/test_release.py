@@ -130,3 +130,21 @@ def test_extension_off_has_no_release(
     error_of(release(api, "w1", "x"), 405, "method_not_allowed")
     srv = shared_server(extensions=False)
     assert "/v1/executions/release" not in httpx.get(f"{srv.base_url}/openapi.json").json()["paths"]
+
+
+def test_the_feed_shows_a_release_as_the_worker_letting_go(api: Api) -> None:
+    from tests.server.test_events import replay
+
+    cue = api.cue(payload={"task": "t"})
+    eid = api.fire(cue["id"])["id"]
+    assert api.claim("w1", task="t").json()["execution_id"] == eid
+    assert release(api, "w1", eid).json()["results"][0]["released"] is True
+    assert api.claim("w2", task="t").json()["execution_id"] == eid
+    mine = [
+        e
+        for e in replay(str(api.http.base_url).rstrip("/"), api.key)
+        if e.data["execution_id"] == eid
+    ]
+    assert [e.type for e in mine] == ["fired", "heartbeat_lost", "claimed"]
+    assert mine[1].data["worker_id"] == "w1"
+    assert mine[2].data["worker_id"] == "w2" and mine[2].data["attempt"] == 1
