@@ -151,6 +151,11 @@ ROUTES: list[Endpoint] = [
         "/v1/executions/outcomes", "POST", outcome_batch, "Record many outcomes",
         wire.BatchOutcome, "outcome.batch", answer=answers.OutcomeResults, params=(WORKER,),
     ),
+    # Before /v1/executions/{execution_id}: that would match its path first.
+    Endpoint(
+        "/v1/executions/release", "POST", release, "Hand claimed executions back",
+        wire.ReleaseBody, "executions.release", answer=answers.ReleaseResults,
+    ),
     Endpoint(
         "/v1/executions/{execution_id}", "GET", get_execution, "Get an execution",
         answer=answers.Execution, errors=(404,),
@@ -192,10 +197,6 @@ ROUTES: list[Endpoint] = [
     Endpoint(
         "/v1/executions/{execution_id}/redrive", "POST", redrive, "Send a dead letter again",
         None, "executions.redrive", answer=answers.Redriven, errors=(404, 409),
-    ),
-    Endpoint(
-        "/v1/executions/release", "POST", release, "Hand claimed executions back",
-        wire.ReleaseBody, "executions.release", answer=answers.ReleaseResults,
     ),
 ]
 
