@@ -10,12 +10,9 @@ mailbox's (`--since`, `--dry-run`), through the server's `executions.redrive`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import sys
-import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -29,8 +26,6 @@ if TYPE_CHECKING:
     from cuemsg._events import FeedEvent
     from cuemsg.cueapi import CueClient
 
-#: Longest a printed event waits in stdout's buffer when it is not a terminal (seconds).
-FLUSH_EVERY = 0.2
 #: Dead letters a `redrive --mailbox` looks at, newest first.
 REDRIVE_SCAN = 10_000
 
@@ -75,7 +70,7 @@ def event_line(data: dict[str, Any], names: Names | None = None) -> str:
 
 
 def tail(args: argparse.Namespace) -> int:
-    from cuemsg._events import follow
+    from cuemsg._events import follow_batches
 
     with make_client(args) as client:
         cue_id = find_mailbox(client, args.mailbox).id if args.mailbox else None
@@ -87,7 +82,7 @@ def tail(args: argparse.Namespace) -> int:
         def dropped(exc: BaseException) -> None:
             print(f"cuemsg tail: connection lost ({exc}); reconnecting", file=sys.stderr)
 
-        for event in follow(
+        for batch in follow_batches(
             client.base_url,
             client.api_key or "",
             cue_id=cue_id,
@@ -95,27 +90,39 @@ def tail(args: argparse.Namespace) -> int:
             last_event_id=args.from_id,
             on_reconnect=dropped,
         ):
-            if event.type == "ready":
-                if not announced:  # on stderr: stdout stays the events only
+            events = []
+            for event in batch:
+                if event.type != "ready":
+                    events.append(event)
+                elif not announced:  # on stderr: stdout stays the events only
                     where = args.mailbox or "every mailbox"
                     print(f"cuemsg tail: {where}, after event {event.id}", file=sys.stderr)
                     sys.stderr.flush()
                     announced = True
-                continue
-            show(event)
-            shown += 1
+            if args.limit is not None:
+                events = events[: args.limit - shown]
+            if events:
+                show(events)
+                shown += len(events)
             if args.limit is not None and shown >= args.limit:
                 break
     return 0
 
 
-def _printer(args: argparse.Namespace, names: Names) -> Callable[[FeedEvent], None]:
+def _printer(args: argparse.Namespace, names: Names) -> Callable[[list[FeedEvent]], None]:
+    """What prints a batch of events (what one read from the server completed).
+
+    Piped or `--json`, a batch is one write and one flush: a busy feed costs a
+    write per batch (a few a second), not per event, and a reader at the other
+    end sees each event as soon as it came.
+    """
     if args.json:
 
-        def as_json(event: FeedEvent) -> None:
-            print(event.raw)  # the server's JSON as it came: one line (flushed by _flusher)
+        def as_json(events: list[FeedEvent]) -> None:
+            # The server's JSON as it came: one line an event.
+            sys.stdout.write("".join([event.raw + "\n" for event in events]))
+            sys.stdout.flush()
 
-        _flusher()
         return as_json
     if sys.stdout.isatty():
         from rich.console import Console
@@ -123,35 +130,22 @@ def _printer(args: argparse.Namespace, names: Names) -> Callable[[FeedEvent], No
 
         console = Console(highlight=False)
 
-        def coloured(event: FeedEvent) -> None:
-            line = Text(event_line(event.data, names))
-            start = line.plain.find(event.type)
-            line.stylize(_STYLES.get(event.type, ""), start, start + len(event.type))
-            if event.type == "outcome" and not event.data.get("success"):
-                line.stylize("red", start, start + len(event.type))
-            console.print(line)
+        def coloured(events: list[FeedEvent]) -> None:
+            for event in events:
+                line = Text(event_line(event.data, names))
+                start = line.plain.find(event.type)
+                line.stylize(_STYLES.get(event.type, ""), start, start + len(event.type))
+                if event.type == "outcome" and not event.data.get("success"):
+                    line.stylize("red", start, start + len(event.type))
+                console.print(line)
 
         return coloured
 
-    def plain(event: FeedEvent) -> None:
-        print(event_line(event.data, names))
+    def plain(events: list[FeedEvent]) -> None:
+        sys.stdout.write("".join([event_line(event.data, names) + "\n" for event in events]))
+        sys.stdout.flush()
 
-    _flusher()
     return plain
-
-
-def _flusher() -> None:
-    """Flush stdout a few times a second from a thread of its own: a reader at the
-    other end of a pipe sees each event within `FLUSH_EVERY`, and a busy feed
-    costs one write per flush, not one per event."""
-
-    def flush() -> None:
-        with contextlib.suppress(OSError, ValueError):  # the reader went away, or exit
-            while True:
-                time.sleep(FLUSH_EVERY)
-                sys.stdout.flush()
-
-    threading.Thread(target=flush, name="cuemsg-tail-flush", daemon=True).start()
 
 
 # -- redrive -----------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ read with `cuemsg.envelope.meta_of` (leniently: the feed shows what it can).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -34,6 +35,36 @@ class _Outer(msgspec.Struct):
 _decode_outer = msgspec.json.Decoder(_Outer).decode
 _decode_outcome = msgspec.json.Decoder(OutcomeRecord).decode
 _encode = msgspec.json.Encoder().encode
+_replace = msgspec.structs.replace
+
+#: Times `_at` renders itself (others go to `wire.iso`, which clamps): from
+#: 1970 to 3058, whole seconds under 2**35.
+_FAST_AT = float(2**35)
+
+
+@functools.lru_cache(maxsize=64)
+def _second(whole: int) -> str:
+    """`wire.iso` of a whole second: `YYYY-MM-DDTHH:MM:SS+00:00`."""
+    return cast(str, iso(float(whole)))
+
+
+def _at(ts: float | None) -> str | None:
+    """`wire.iso(ts)`, the same text, at a fraction of its cost: a busy feed
+    renders a few times a second's worth of events in the same second, so the
+    date and time of day are rendered once a second, the microseconds each time.
+
+    The microseconds are rounded as `timedelta(seconds=ts)` rounds them (half
+    to even, of the float fraction times 10**6); tests/server/test_feed_frames.py
+    holds the two equal.
+    """
+    if ts is None or not (0.0 <= ts < _FAST_AT):  # NaN fails both tests: iso clamps it
+        return iso(ts)
+    whole = int(ts)
+    micro = round((ts - whole) * 1e6)
+    if micro == 1_000_000:
+        whole, micro = whole + 1, 0
+    text = _second(whole)
+    return text if micro == 0 else f"{text[:19]}.{micro:06d}+00:00"
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -90,98 +121,93 @@ def events_of(rows: Iterable[FeedRow], *, after: int, upto: int, thread: str | N
         env = _envelope(row)
         if thread is not None and env.thread != thread:
             continue
-        out.extend(e for e in _row_events(row, env) if after < e.seq <= upto)
+        out.extend(_row_events(row, env, after, upto))
     out.sort(key=lambda e: e.seq)
     return out
 
 
-def _row_events(row: FeedRow, env: _Envelope) -> list[Event]:
-    def event(seq: int, type: str, at: float | None, status: str, **extra: Any) -> Event:
-        return Event(
-            seq=seq,
-            type=type,
-            at=iso(at),
-            execution_id=row.id,
-            cue_id=row.cue_id,
-            cue_name=row.cue_name,
-            task=row.task,
-            message_id=env.message_id,
-            kind=env.kind,
-            sender=env.sender,
-            thread=env.thread,
-            status=status,
-            **extra,
-        )
+def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Event]:
+    """The row's events stamped in (after, upto]; those outside are not rendered
+    (a row changed again is read again, with the stamps already sent)."""
+    # The fields every event of the row shares are set once; each event is a copy
+    # with its own (msgspec's replace: far cheaper than building each anew).
+    base = Event(
+        seq=0,
+        type="",
+        at=None,
+        execution_id=row.id,
+        cue_id=row.cue_id,
+        cue_name=row.cue_name,
+        task=row.task,
+        message_id=env.message_id,
+        kind=env.kind,
+        sender=env.sender,
+        thread=env.thread,
+        status="",
+    )
+    out: list[Event] = []
+
+    def event(seq: int, type: str, at: float | None, status: str, **extra: Any) -> None:
+        if after < seq <= upto:
+            out.append(_replace(base, seq=seq, type=type, at=_at(at), status=status, **extra))
 
     lost = row.lost_seq or 0
     claimed = row.claimed_seq or 0
-    out: list[Event] = []
     if row.fired_seq:
-        fired = event(row.fired_seq, "fired", row.created_at, "pending", redrive_of=row.redrive_of)
-        out.append(fired)
+        event(row.fired_seq, "fired", row.created_at, "pending", redrive_of=row.redrive_of)
     if claimed:
         # The latest claim; if its lease ran out since, the claim fields were cleared
         # and what it was is kept with the loss.
         current = claimed > lost
-        out.append(
-            event(
-                claimed,
-                "claimed",
-                row.claimed_at if current else row.lost_claimed_at,
-                "delivering",
-                worker_id=row.claimed_by_worker if current else row.lost_worker,
-                attempt=row.attempts,
-            )
+        event(
+            claimed,
+            "claimed",
+            row.claimed_at if current else row.lost_claimed_at,
+            "delivering",
+            worker_id=row.claimed_by_worker if current else row.lost_worker,
+            attempt=row.attempts,
         )
     if lost:
         # Past the claim cap the lost lease ends it: the outcome follows with no claim.
         capped = bool(row.done_seq) and claimed < lost and row.status == "failed"
-        out.append(
-            event(
-                lost,
-                "heartbeat_lost",
-                row.lost_at,
-                "failed" if capped else "pending",
-                worker_id=row.lost_worker,
-                attempt=row.attempts - 1 if claimed > lost else row.attempts,
-            )
+        event(
+            lost,
+            "heartbeat_lost",
+            row.lost_at,
+            "failed" if capped else "pending",
+            worker_id=row.lost_worker,
+            attempt=row.attempts - 1 if claimed > lost else row.attempts,
         )
     if row.done_seq:
         if row.status == "missed":
-            out.append(
-                event(
-                    row.done_seq,
-                    "expired",
-                    row.updated_at,
-                    "missed",
-                    success=False,
-                    error="nobody claimed it within the unclaimed timeout",
-                )
+            event(
+                row.done_seq,
+                "expired",
+                row.updated_at,
+                "missed",
+                success=False,
+                error="nobody claimed it within the unclaimed timeout",
             )
-        elif row.outcome is not None:
+        elif row.outcome is not None and after < row.done_seq <= upto:
             outcome = _decode_outcome(row.outcome)
-            out.append(
-                event(
-                    row.done_seq,
-                    "outcome",
-                    outcome.recorded_at,
-                    "success" if outcome.success else "failed",
-                    worker_id=outcome.worker_id or row.claimed_by_worker or row.lost_worker,
-                    attempt=row.attempts,
-                    success=outcome.success,
-                    result=outcome.result,
-                    error=outcome.error,
-                )
+            event(
+                row.done_seq,
+                "outcome",
+                outcome.recorded_at,
+                "success" if outcome.success else "failed",
+                worker_id=outcome.worker_id or row.claimed_by_worker or row.lost_worker,
+                attempt=row.attempts,
+                success=outcome.success,
+                result=outcome.result,
+                error=outcome.error,
             )
     if row.redriven_seq:
-        out.append(
-            event(
-                row.redriven_seq,
-                "redriven",
-                row.updated_at,
-                row.status,
-                redriven_to=row.redriven_to,
-            )
+        event(
+            row.redriven_seq,
+            "redriven",
+            row.updated_at,
+            row.status,
+            redriven_to=row.redriven_to,
         )
     return out
 
@@ -189,6 +215,11 @@ def _row_events(row: FeedRow, env: _Envelope) -> list[Event]:
 def sse(event: Event) -> bytes:
     """One event framed for `text/event-stream`."""
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.type.encode(), _encode(event))
+
+
+def sse_frames(events: list[Event]) -> bytes:
+    """Events framed for `text/event-stream`, in one buffer (one write for a batch)."""
+    return b"".join([sse(event) for event in events])
 
 
 def sse_ready(seq: int) -> bytes:

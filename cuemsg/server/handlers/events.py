@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from starlette.responses import Response, StreamingResponse
 
 from cuemsg.server.errors import invalid
-from cuemsg.server.feed import SSE_KEEPALIVE, events_of, sse, sse_ready
+from cuemsg.server.feed import SSE_KEEPALIVE, events_of, sse_frames, sse_ready
 from cuemsg.server.state import Ctx, Server
 
 #: Executions read at a time (a long backlog is sent in batches of this).
@@ -24,6 +24,11 @@ KEEPALIVE = 15.0
 #: After a wake-up, a stream waits this long before it reads, so that a busy
 #: server's changes are read a batch at a time rather than one read each.
 COALESCE = 0.05
+#: The wait after a wake-up when the stream's last read found events: a busy
+#: feed is then read (and sent, and parsed by the tail) in batches of a few
+#: hundred milliseconds, and a message's fired, claimed and outcome mostly
+#: land in one read of its row instead of three. A watcher sees no difference.
+BUSY_COALESCE = 0.25
 
 _PARAMS = frozenset(("cue_id", "thread", "last_event_id"))
 
@@ -68,8 +73,10 @@ async def _stream(
             batch = await server.storage.read_events(
                 tenant_id, after, cue_id=cue_id, limit=BATCH_ROWS
             )
-            for event in events_of(batch.rows, after=after, upto=batch.upto, thread=thread):
-                yield sse(event)
+            found = events_of(batch.rows, after=after, upto=batch.upto, thread=thread)
+            if found:
+                # One chunk for the whole read: one write here, one read at the tail.
+                yield sse_frames(found)
                 quiet_since = time.monotonic()
             after = max(after, batch.upto)
             if len(batch.rows) >= BATCH_ROWS:
@@ -79,7 +86,7 @@ async def _stream(
                 ready = True
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(wake.wait(), POLL_INTERVAL)
-                await asyncio.sleep(COALESCE)
+                await asyncio.sleep(BUSY_COALESCE if found else COALESCE)
             if time.monotonic() - quiet_since >= KEEPALIVE:
                 yield SSE_KEEPALIVE
                 quiet_since = time.monotonic()
