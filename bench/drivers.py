@@ -169,7 +169,7 @@ class MailboxDriver:
         *,
         extensions: bool,
         poll_wait: float | None = None,
-        batch: int = 1,
+        batch: int | None = None,
     ) -> None:
         from cuemsg.mailbox import DEFAULT_POLL_WAIT, Mailbox
 
@@ -178,7 +178,8 @@ class MailboxDriver:
         self.mailbox = Mailbox.open(self.client, name, poll_wait=poll_wait or DEFAULT_POLL_WAIT)
         self.label = "Mailbox" + ("" if extensions else ", plain contract")
         self.address: str = self.mailbox.address
-        self.batch = batch  # receive(batch=): claims of up to this many, acks recorded together
+        # receive(prefetch=): claims of up to this many, acks batched (None: its default)
+        self.batch = batch
         self._it: Any = None
 
     def send(self, to: str, payload: dict[str, Any]) -> None:
@@ -186,7 +187,7 @@ class MailboxDriver:
 
     def receive(self, wait: float) -> Any | None:
         if self._it is None:
-            self._it = self.mailbox.receive(wait=wait, batch=self.batch)
+            self._it = self.mailbox.receive(wait=wait, prefetch=self.batch)
         try:
             return next(self._it)
         except StopIteration:
@@ -249,12 +250,13 @@ def make_driver(
     *,
     extensions: bool = True,
     poll_wait: float | None = None,
-    batch: int = 1,
+    batch: int | None = None,
 ) -> Driver:
     """A driver: `kind` "mailbox" (falls back to the raw client if absent) or "raw".
 
     `poll_wait` is the Mailbox's longest long-poll (its default when None);
-    `batch` the Mailbox's `receive(batch=)` (the raw client claims one at a time).
+    `batch` the Mailbox's `receive(prefetch=)` (None: its default; the raw client
+    claims one at a time).
     """
     if kind == "mailbox" and mailbox_available():
         return MailboxDriver(

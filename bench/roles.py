@@ -117,10 +117,10 @@ def receiver(
     deadline: float,
     wait: float = 5.0,
     extensions: bool = True,
-    batch: int = 1,
+    batch: int | None = None,
 ) -> Result:
     """Receive and ack `count` messages (or stop at the deadline); `batch`: the Mailbox's
-    `receive(batch=)`.
+    `receive(prefetch=)` (None: its default).
 
     Before the start it receives one message of its own, so what a receiver
     does once when it starts (the Mailbox's first presence heartbeat) is not

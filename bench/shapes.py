@@ -23,11 +23,14 @@ from bench.rows import measured, open_inboxes, with_cpu
 UNBOUNDED = 10**9
 
 
-def timed(server: ServerProc, *, key: str, seconds: float, label: str = "", batch: int = 1) -> Row:
+def timed(
+    server: ServerProc, *, key: str, seconds: float, label: str = "", batch: int | None = None
+) -> Row:
     """One Mailbox sender and one Mailbox receiver process on one inbox for `seconds`.
 
-    `batch`: the receiver's `receive(batch=)`, claims of up to that many when a
-    backlog is there and their acks recorded together (a broker's prefetch).
+    `batch`: the receiver's `receive(prefetch=)`, claims of up to that many when a
+    backlog is there and their acks recorded together (a broker's prefetch); None:
+    its default.
     """
     name = f"timed-{key}"
     [inbox] = open_inboxes("mailbox", server, [f"{name}-in"], True)
@@ -53,7 +56,7 @@ def timed(server: ServerProc, *, key: str, seconds: float, label: str = "", batc
         percentile(recv["latencies"], 99),
         counter.count / got if got else None,
         f"{sent / span:,.0f}/s sent, backlog {backlog:,} at the end; {driver_label('mailbox')}"
-        + (f", receive(batch={batch})" if batch > 1 else ""),
+        + (f", receive(batch={batch})" if batch is not None else ", receive() (prefetch)"),
         extra={"sent": sent, "backlog": backlog},
     )
     return with_cpu(row, counter, results, got)

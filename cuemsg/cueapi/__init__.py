@@ -45,6 +45,7 @@ from cuemsg.cueapi.models import (
     OutcomeRequest,
     OutcomeResult,
     Redriven,
+    Released,
     Worker,
     WorkerHeartbeat,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "Redriven",
+    "Released",
     "RetryPolicy",
     "ServerError",
     "TransportError",

@@ -37,6 +37,7 @@ from cuemsg.cueapi.models import (
     OutcomeRequest,
     OutcomeResult,
     Redriven,
+    Released,
     Worker,
     decode_model,
 )
@@ -437,6 +438,26 @@ def claim_next(
 def redrive(st: FlowState, execution_id: str) -> Flow[Redriven]:
     yield from _require(st, "executions.redrive")
     return (yield from request_model(st, routes.redrive(execution_id), Redriven))
+
+
+def release(
+    st: FlowState, execution_ids: Sequence[str], *, worker_id: str
+) -> Flow[list[Released | CueAPIError]]:
+    """Hand claimed executions back, per 100; each item's error is returned in its place."""
+    yield from _require(st, "executions.release")
+    results: list[Released | CueAPIError] = []
+    for chunk in _chunks(execution_ids):
+        call = routes.release(list(chunk), worker_id=worker_id)
+        data = yield from request(st, call)
+        answers = data.get("results") if isinstance(data, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(chunk):
+            raise routes.invalid_answer(call, ValueError("results do not match the ids"))
+        for answer in answers:
+            if isinstance(answer, dict) and "error" in answer:
+                results.append(routes.item_error(answer))
+            else:
+                results.append(_decode(call, answer, Released))
+    return results
 
 
 def list_workers(st: FlowState) -> Flow[list[Worker]]:

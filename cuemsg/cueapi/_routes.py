@@ -203,6 +203,16 @@ def get_execution(execution_id: str) -> Call:
     return Call("GET", f"/v1/executions/{execution_id}", retry_safe=True)
 
 
+def release(execution_ids: list[str], *, worker_id: str) -> Call:
+    # Safe to retry: a second release of an execution finds it no longer held (409).
+    return Call(
+        "POST",
+        "/v1/executions/release",
+        json={"worker_id": worker_id, "execution_ids": execution_ids},
+        retry_safe=True,
+    )
+
+
 def redrive(execution_id: str) -> Call:
     # Safe to retry: a second redrive of one dead letter fires nothing.
     return Call("POST", f"/v1/executions/{execution_id}/redrive", retry_safe=True)

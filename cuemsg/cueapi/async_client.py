@@ -38,6 +38,7 @@ from cuemsg.cueapi.models import (
     OutcomeRequest,
     OutcomeResult,
     Redriven,
+    Released,
     Worker,
     WorkerHeartbeat,
 )
@@ -284,6 +285,12 @@ class AsyncExecutions(_Resource):
     async def redrive(self, execution_id: str) -> Redriven:
         """See `Executions.redrive`."""
         return await self._client._run(flows.redrive(self._st, execution_id))
+
+    async def release(
+        self, execution_ids: Sequence[str], *, worker_id: str
+    ) -> builtins.list[Released | CueAPIError]:
+        """See `Executions.release`."""
+        return await self._client._run(flows.release(self._st, execution_ids, worker_id=worker_id))
 
     async def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

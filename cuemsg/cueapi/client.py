@@ -63,6 +63,7 @@ from cuemsg.cueapi.models import (
     OutcomeRequest,
     OutcomeResult,
     Redriven,
+    Released,
     Worker,
     WorkerHeartbeat,
 )
@@ -373,6 +374,19 @@ class Executions(_Resource):
             Conflict: it is not a dead letter (code `not_dead_letter`).
         """
         return self._client._run(flows.redrive(self._st, execution_id))
+
+    def release(
+        self, execution_ids: Sequence[str], *, worker_id: str
+    ) -> builtins.list[Released | CueAPIError]:
+        """Hand back executions `worker_id` claimed and will not handle (extension
+        `executions.release`): each is pending again at once, its attempt not counted.
+        Each item's error is returned in its place, not raised: `Forbidden` (another
+        worker holds it), `Conflict` (not delivering), `NotFound`.
+
+        Raises:
+            ExtensionNotAvailable: the server does not list `executions.release`.
+        """
+        return self._client._run(flows.release(self._st, execution_ids, worker_id=worker_id))
 
     def list_claimable(
         self, *, task: str | None = None, agent: str | None = None

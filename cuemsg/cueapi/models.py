@@ -300,6 +300,14 @@ class Redriven(Model, frozen=True, kw_only=True):
     redriven: bool
 
 
+class Released(Model, frozen=True, kw_only=True):
+    """One execution handed back by `POST /v1/executions/release` (extension
+    `executions.release`): pending again, its attempt not counted."""
+
+    execution_id: str
+    released: bool = True
+
+
 class Info(Model, frozen=True, kw_only=True):
     """`GET /v1/info`: the server's version and the extensions it serves."""
 

@@ -38,10 +38,15 @@ REPLY_BATCH = 50
 REPLY_ACK_DELAY = 0.5
 #: Messages claimed at most per request of `serve` (bounded by free handler slots).
 SERVE_BATCH = 50
+#: The default `prefetch=` of `receive()` and `serve()`: messages one claim takes at
+#: most when it finds a backlog (with none it takes the one that comes, at once). Held
+#: messages keep their leases; 20 amortizes the claims of a backlog (one request per
+#: 20 messages) without holding so many that a slow receiver starves its peers.
+PREFETCH = 20
 #: Longest wait of an ack made by `serve()` before it is recorded (seconds): acks of
 #: handlers that finish within this of each other go in one `report_outcomes`.
 SERVE_ACK_DELAY = 0.05
-#: Longest wait of an ack made by `receive(batch=n)` when the caller is slow to get
+#: Longest wait of an ack made by a prefetching `receive()` when the caller is slow to get
 #: through the batch (seconds); otherwise the batch's acks go before the next claim.
 RECEIVE_ACK_DELAY = 1.0
 #: Acks recorded at once, at most, before `serve()` flushes without waiting.

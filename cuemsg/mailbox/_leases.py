@@ -52,6 +52,23 @@ class LeaseBook:
         with self._lock:
             self._held.pop(execution_id, None)
 
+    def pause(self, execution_ids: Sequence[str]) -> None:
+        """Renew none of these while their outcomes are in flight (on a long-polling
+        claim, `claim.settle`: recorded when it starts, answered when it ends)."""
+        with self._lock:
+            for execution_id in execution_ids:
+                lease = self._held.get(execution_id)
+                if lease is not None:
+                    lease.next_due = float("inf")
+
+    def resume(self, execution_ids: Sequence[str], now: float) -> None:
+        """Renew these again, at once (their outcomes did not get through)."""
+        with self._lock:
+            for execution_id in execution_ids:
+                lease = self._held.get(execution_id)
+                if lease is not None and lease.next_due == float("inf"):
+                    lease.next_due = now
+
     def due(self, now: float) -> list[str]:
         """Leases to renew now; each is rescheduled one interval later."""
         out: list[str] = []

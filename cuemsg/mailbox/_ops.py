@@ -132,6 +132,17 @@ class RenewLease(Op):
 
 
 @dataclass(frozen=True)
+class Release(Op):
+    """Hand claimed executions back (`executions.release`): pending again at once."""
+
+    worker_id: str
+    execution_ids: tuple[str, ...]
+
+    def call(self, client: Any) -> Any:
+        return client.executions.release(self.execution_ids, worker_id=self.worker_id)
+
+
+@dataclass(frozen=True)
 class RecordOutcome(Op):
     execution_id: str
     worker_id: str

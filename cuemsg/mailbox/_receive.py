@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from cuemsg._exceptions import CuemsgError, EnvelopeError, LeaseLost
-from cuemsg.cueapi.models import Claimed, ClaimResult
+from cuemsg.cueapi.models import Claimed, ClaimResult, Released
 from cuemsg.envelope import decode_body, decode_payload, from_timestamp, payload_from_bytes
-from cuemsg.mailbox._config import ACK_CARRY, RECEIVE_ACK_DELAY
+from cuemsg.mailbox._config import ACK_CARRY, PREFETCH, RECEIVE_ACK_DELAY
 from cuemsg.mailbox._helpers import TRANSIENT, pause_after
-from cuemsg.mailbox._ops import Claim, Deliver, Extensions, Fire, Flow, Pause
+from cuemsg.mailbox._ops import Claim, Deliver, Extensions, Fire, Flow, Pause, Release
 from cuemsg.mailbox._records import Delivery, cached_reply_decoder
 from cuemsg.mailbox._settle import SettleFlows
 from cuemsg.mailbox._withdrawn import is_cancelled
@@ -47,10 +48,15 @@ class ReceiveFlows(SettleFlows):
         self.acks.put_back(send[ACK_CARRY:], self.monotonic())
         send = send[:ACK_CARRY]
         outcomes = tuple(item.outcome for item in send)
+        # Recorded as the claim starts, answered when it ends (maybe a long poll later):
+        # renewing them meanwhile would be refused (409) and read as a lost lease.
+        carried = [o.execution_id for o in outcomes]
+        self.leases.pause(carried)
         try:
             result: ClaimResult = yield Claim(self.info.worker_id, task, wait, limit, outcomes)
         except TRANSIENT as exc:
             if send:
+                self.leases.resume(carried, self.monotonic())
                 self.acks_not_sent(send, exc)
             log.warning("claiming task %r failed (%s); trying again", task, exc)
             yield Pause(pause_after(exc, 1))
@@ -207,7 +213,12 @@ class ReceiveFlows(SettleFlows):
         return str(fired.id)
 
     def receive(
-        self, *, wait: float | None, limit: int | None, type: Any = None, batch: int = 1
+        self,
+        *,
+        wait: float | None,
+        limit: int | None,
+        type: Any = None,
+        prefetch: int | None = None,
     ) -> Flow[None]:
         """Deliver messages one by one until `limit` were, `wait` s pass with none, or stop().
 
@@ -215,30 +226,38 @@ class ReceiveFlows(SettleFlows):
         Only `serve()` announces the worker as a responder: an idle receive loop
         costs one claim per `poll_wait` and nothing more.
 
-        With `batch` > 1, up to `batch` messages are claimed per request (never
-        more than `limit` still wants); their leases are renewed until each is
-        settled. The acks of the messages left unsettled are queued (their ids
-        go to the dedupe store at once) and recorded together before the next
-        claim, when the loop ends, or `RECEIVE_ACK_DELAY` s after they were
-        decided if the caller is slower than that. `stop()` ends the loop once
-        the batch in hand is delivered. Explicit `ack()`, `reject()`,
-        `retry_later()` and `reply()` are recorded at once, as with `batch=1`.
+        Each claim takes up to `prefetch` messages (never more than `limit`
+        still wants): all those waiting, up to that many, or the first one to
+        come. Their leases are renewed while they wait their turn; each is
+        admitted (dedupe, expiry) when its turn comes. The acks of the
+        messages left unsettled are queued (their ids go to the dedupe store
+        at once) and ride on the next claim (`claim.settle`), or are recorded
+        together before it, when the loop ends, or `RECEIVE_ACK_DELAY` s
+        after they were decided if the caller is slower than that. With
+        `prefetch=1` and no `claim.settle` each ack is its own request, at
+        once. stop() ends the loop before the next message: those claimed
+        and not handed out are given back (`release_prefetched`), as they are
+        when the caller leaves the loop (the driver runs it). Explicit
+        `ack()`, `reject()`, `retry_later()` and `reply()` are recorded at once.
         A driver runs `flush_acks(final=True)` when the loop is closed early.
         """
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, not {batch}")
+        if prefetch is not None and prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, not {prefetch}")
         if wait is not None and not wait >= 0:  # as collect(wait=): not silently "no wait"
             raise ValueError(f"wait must be >= 0, not {wait}")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, not {limit}")
         count = 0
         deadline = None if wait is None else self.monotonic() + wait
+        extensions = yield Extensions()
         # With `claim.settle` the acks of the messages moved on from ride on the next claim.
-        carry = "claim.settle" in (yield Extensions())
+        carry = "claim.settle" in extensions
+        if prefetch is None:
+            prefetch = default_prefetch(extensions)
         while not self.stopping and (limit is None or count < limit):
-            if batch > 1 and self.acks and not carry:
+            if prefetch > 1 and self.acks and not carry:
                 yield from self.flush_acks()
-            want = batch if limit is None else min(batch, limit - count)
+            want = prefetch if limit is None else min(prefetch, limit - count)
             claims = yield from self.claim(
                 self.info.task, self._poll(deadline), want if want > 1 else None, settle=carry
             )
@@ -246,26 +265,91 @@ class ReceiveFlows(SettleFlows):
                 if deadline is not None and self.monotonic() >= deadline:
                     return
                 continue
-            for i, claimed in enumerate(claims):
-                msg = yield from self.admit(claimed, type)
-                if msg is None:
-                    continue
-                count += 1
-                deadline = None if wait is None else self.monotonic() + wait
-                try:
-                    yield Deliver(msg)
-                except GeneratorExit:
-                    # The caller left the loop holding it: stop renewing; its lease runs out
-                    # and it is delivered again (ack before breaking out to avoid that).
-                    for rest in claims[i:]:
-                        self.leases.release(rest.execution_id)
-                    raise
-                if msg.settled is None:
-                    # A request's ack tells its requester: at once.
-                    if (batch == 1 and not carry) or msg.is_request:
-                        yield from self._quiet(self.ack(msg))
+            # Claimed and not handed out yet: this loop's own (another loop may run).
+            ahead = [c.execution_id for c in claims]
+            try:
+                for claimed in claims:
+                    if self.stopping:
+                        break  # the rest are given back below
+                    ahead.remove(claimed.execution_id)
+                    msg = yield from self.admit(claimed, type)
+                    if msg is None:
                         continue
-                    with contextlib.suppress(LeaseLost):  # logged and counted where raised
-                        self.queue_ack(msg, RECEIVE_ACK_DELAY)
+                    count += 1
+                    deadline = None if wait is None else self.monotonic() + wait
+                    try:
+                        yield Deliver(msg)
+                    except GeneratorExit:
+                        # The caller left the loop holding it: stop renewing; its lease runs
+                        # out and it is delivered again (ack before breaking out to avoid it).
+                        self.leases.release(claimed.execution_id)
+                        raise
+                    if msg.settled is None:
+                        # A request's ack tells its requester: at once.
+                        if (prefetch == 1 and not carry) or msg.is_request:
+                            yield from self._quiet(self.ack(msg))
+                            continue
+                        with contextlib.suppress(LeaseLost):  # logged and counted where raised
+                            self.queue_ack(msg, RECEIVE_ACK_DELAY)
+            except GeneratorExit:
+                # No op can be yielded now: the driver gives them back (`release_prefetched`).
+                self.prefetched.update(dict.fromkeys(ahead))
+                raise
+            if ahead:
+                yield from self.release_prefetched(ahead)
         if self.acks:
             yield from self.flush_acks(final=True)
+
+    def release_prefetched(self, execution_ids: Sequence[str] | None = None) -> Flow[int]:
+        """Give back messages claimed ahead and not handed out; how many went back.
+
+        `execution_ids`, or (None) those a receive loop closed early left in
+        `prefetched`. With `executions.release` they are pending again at once,
+        their attempt not counted; otherwise (or if that fails) their leases
+        are no longer renewed and run out, and they are delivered again then.
+        """
+        if execution_ids is None:
+            ids = tuple(self.prefetched)
+            self.prefetched.clear()
+        else:
+            ids = tuple(execution_ids)
+        if not ids:
+            return 0
+        released = 0
+        try:
+            if "executions.release" in (yield Extensions()):
+                results = yield Release(self.info.worker_id, ids)
+                released = sum(1 for r in results if isinstance(r, Released))
+                for r in results:
+                    if not isinstance(r, Released):
+                        log.info("could not give back a prefetched message: %s", r)
+        except CuemsgError as exc:
+            log.warning("could not give back %d prefetched messages (%s)", len(ids), exc)
+        finally:
+            for eid in ids:
+                self.leases.release(eid)
+        if released < len(ids):
+            log.info(
+                "%d prefetched messages go back when their leases run out", len(ids) - released
+            )
+        return released
+
+
+def pick_prefetch(prefetch: int | None, batch: int | None) -> int | None:
+    """`receive(prefetch=)`, or its former name `batch=`; not both."""
+    if batch is None:
+        return prefetch
+    if prefetch is not None and prefetch != batch:
+        raise ValueError("give prefetch= or batch= (its former name), not both")
+    return batch
+
+
+def default_prefetch(extensions: Collection[str]) -> int:
+    """`PREFETCH` where a claim takes many and leftovers can be given back, else 1.
+
+    On the plain contract a prefetched message not handed out would wait for its
+    lease to run out, and claiming many costs a request each anyway.
+    """
+    if "claim.many" in extensions and "executions.release" in extensions:
+        return PREFETCH
+    return 1

@@ -17,7 +17,13 @@ from cuemsg._exceptions import (
 )
 from cuemsg.cueapi.models import Claimed
 from cuemsg.envelope import from_timestamp
-from cuemsg.mailbox._config import ACK_BATCH, PRESENCE_KEY, SERVE_ACK_DELAY, SERVE_BATCH
+from cuemsg.mailbox._config import (
+    ACK_BATCH,
+    PREFETCH,
+    PRESENCE_KEY,
+    SERVE_ACK_DELAY,
+    SERVE_BATCH,
+)
 from cuemsg.mailbox._helpers import error_name
 from cuemsg.mailbox._ops import (
     AnnounceWorker,
@@ -48,10 +54,12 @@ class ServeFlows(ThreadFlows):
         reply (its requester raises `RemoteError`); a message is rejected,
         or retried (bounded) with `on_error="retry"`.
 
-        An ack is queued, not sent: the last handler to end while none other
-        runs records the waiting acks with one `report_outcomes`, as does a
-        handler that finds `ACK_BATCH` waiting; otherwise the heartbeat loop
-        sends them `SERVE_ACK_DELAY` s after the first was decided.
+        An ack is queued, not sent: with `claim.settle` the serve loop's next
+        claim carries it; otherwise, or when the loop is parked in a claim
+        already, the last handler to end while none other runs records the
+        waiting acks with one `report_outcomes`, as does a handler that finds
+        `ACK_BATCH` waiting; otherwise the heartbeat loop sends them
+        `SERVE_ACK_DELAY` s after the first was decided.
         Replies, rejections and retries are recorded at once.
         """
         with self._handling_lock:
@@ -62,7 +70,9 @@ class ServeFlows(ThreadFlows):
             with self._handling_lock:
                 self._handling -= 1
                 idle = self._handling == 0
-        if self.acks and (idle or waiting >= ACK_BATCH):
+        # The serve loop's next claim carries them, if it is not parked in one.
+        carried = self.carry_acks and not self.serve_claiming
+        if self.acks and ((idle and not carried) or waiting >= ACK_BATCH):
             yield from self.flush_acks()
 
     def _handle(
@@ -124,31 +134,46 @@ class ServeFlows(ThreadFlows):
         type: Any = None,
         idle_timeout: float | None = None,
         on_busy: BusyPolicy = "queue",
+        prefetch: int = PREFETCH,
     ) -> Flow[None]:
         """Claim and handle messages, `concurrency` at a time, until stop() (or idle).
 
-        Messages of one thread are handled one at a time (`dispatch`); a
-        message that waits for its thread holds a slot, so at most
-        `concurrency` are claimed and not yet settled.
+        A claim takes up to `prefetch` messages, and never more than there are
+        free handler slots: each claimed message goes to a handler at once, so
+        none waits in hand (nothing to give back at stop()). Messages of one
+        thread are handled one at a time (`dispatch`); a message that waits for
+        its thread holds a slot, so at most `concurrency` are claimed and not
+        yet settled. With `claim.settle` the acks ride on the next claim.
         """
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, not {prefetch}")
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency}")
         if on_busy not in BUSY_POLICIES:
             raise ValueError(
                 f"on_busy must be one of {', '.join(map(repr, BUSY_POLICIES))}, not {on_busy!r}"
             )
+        carry = "claim.settle" in (yield Extensions())
         self.presence.start()
         last = self.monotonic()
         error: Exception | None = None
+        self.carry_acks = carry
         try:
             while not self.stopping:
                 free = yield WaitSlots(concurrency)
                 if self.stopping:
                     break
                 deadline = None if idle_timeout is None else last + idle_timeout
-                claims = yield from self.claim(
-                    self.info.task, self._poll(deadline), min(free, SERVE_BATCH)
-                )
+                self.serve_claiming = True
+                try:
+                    claims = yield from self.claim(
+                        self.info.task,
+                        self._poll(deadline),
+                        min(free, prefetch, SERVE_BATCH),
+                        settle=carry,
+                    )
+                finally:
+                    self.serve_claiming = False
                 if not claims:
                     if deadline is not None and self.monotonic() >= deadline:
                         break
@@ -160,11 +185,13 @@ class ServeFlows(ThreadFlows):
                     )
         except GeneratorExit:
             self.presence.stop()
+            self.carry_acks = False
             raise
         except Exception as exc:
             error = exc  # finish the handlers in hand first
         yield Drain()
         self.presence.stop()
+        self.carry_acks = False
         if self.acks:
             yield from self.flush_acks(final=True)
         if error is not None:

@@ -67,6 +67,12 @@ class CoreState:
         self.threads = ThreadGate()  # serve(on_busy=...): busy threads and their queues
         self.thread_peers = ThreadPeers()  # history(): where this process sent each thread
         self.stopping = False  # receive/serve loops end after their current poll
+        # Claimed ahead by receive() and not handed out yet: given back when the loop ends.
+        self.prefetched: dict[str, None] = {}
+        # serve() with `claim.settle`: the loop's next claim carries the acks, unless it
+        # is parked in a claim already (then the last handler to end records them).
+        self.carry_acks = False
+        self.serve_claiming = False
         self.closing = False  # background loops end too
         self._tasks: dict[str, str] = {}  # cue id -> its task (require_responder)
         self.addresses = AddressBook(MailboxAddress(info.name, info.address, info.task))

@@ -45,6 +45,7 @@ from cuemsg.mailbox._config import (
     DEFAULT_PRESENCE_INTERVAL,
     DEFAULT_PRESENCE_TTL,
     DEFAULT_RETRY_DELAY,
+    PREFETCH,
     MailboxConfig,
     MailboxInfo,
     OnError,
@@ -70,6 +71,7 @@ from cuemsg.mailbox._ops import (
     WaitSlots,
     advance,
 )
+from cuemsg.mailbox._receive import pick_prefetch
 from cuemsg.mailbox._sending import AsyncSendMethods
 from cuemsg.mailbox._settling import AsyncSettleMethods
 from cuemsg.mailbox._slots import TaskSlots
@@ -364,11 +366,18 @@ class AsyncMailbox(
         wait: float | None = None,
         limit: int | None = None,
         type: None = None,
-        batch: int = 1,
+        prefetch: int | None = None,
+        batch: int | None = None,
     ) -> AsyncGenerator[AsyncMessage[Any], None]: ...
     @overload
     def receive(
-        self, *, wait: float | None = None, limit: int | None = None, type: type[T], batch: int = 1
+        self,
+        *,
+        wait: float | None = None,
+        limit: int | None = None,
+        type: type[T],
+        prefetch: int | None = None,
+        batch: int | None = None,
     ) -> AsyncGenerator[AsyncMessage[T], None]: ...
     async def receive(
         self,
@@ -376,7 +385,8 @@ class AsyncMailbox(
         wait: float | None = None,
         limit: int | None = None,
         type: Any = None,
-        batch: int = 1,
+        prefetch: int | None = None,
+        batch: int | None = None,
     ) -> AsyncGenerator[AsyncMessage[Any], None]:
         """Iterate over incoming messages.
 
@@ -385,24 +395,33 @@ class AsyncMailbox(
                 until `stop()`).
             limit: stop after this many messages.
             type: decode bodies to this type (pydantic model, Struct, ...).
-            batch: claim up to this many messages per request (default 1:
-                one claim and one ack request a message). With more, the
-                acks of the messages the loop moves on from are recorded
-                together, with one request, before the next claim (or when
-                the loop ends, or a second after they were decided); the
-                leases of the messages in hand are renewed meanwhile.
-                `stop()` ends the loop once the batch in hand is delivered.
+            prefetch: messages one claim takes at most when a backlog waits
+                (default 20 where the server lists `claim.many` and
+                `executions.release`, else 1); with none waiting a claim takes
+                the first to come, at once. They are handed out one at a time,
+                their leases renewed meanwhile. The acks of the messages the
+                loop moves on from ride on the next claim (`claim.settle`), or
+                are recorded together before it (or when the loop ends, or a
+                second after they were decided); with `prefetch=1` and no
+                `claim.settle`, each at once. `stop()` ends the loop before the
+                next message and gives back those not handed out (with
+                `executions.release` they are pending again at once; without
+                it, when their leases run out).
+            batch: the former name of `prefetch` (give one or the other).
 
         Usage: `async for msg in mb.receive(): ...`.
 
         Yields:
             Each `AsyncMessage`; one left unsettled is acked when the loop moves
-            on. Breaking out of the loop with one unsettled leaves it, and
-            the rest of the batch in hand, to be delivered again when their
-            leases run out: ack it first. Acks already decided are recorded.
+            on. Breaking out of the loop with one unsettled leaves it to be
+            delivered again when its lease runs out: ack it first. The messages
+            claimed ahead and not handed out are given back, and the acks
+            already decided recorded.
         """
         self._running()
-        flow = self._core.receive(wait=wait, limit=limit, type=type, batch=batch)
+        flow = self._core.receive(
+            wait=wait, limit=limit, type=type, prefetch=pick_prefetch(prefetch, batch)
+        )
         value: Any = None
         exc: BaseException | None = None
         try:
@@ -420,7 +439,18 @@ class AsyncMailbox(
                     exc = err
         finally:
             flow.close()
+            await self._release_prefetched()
             await self._flush_acks()
+
+    async def _release_prefetched(self) -> None:
+        """Give back the messages a receive loop claimed ahead and did not hand out."""
+        if not self._core.prefetched:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._drive(self._core.release_prefetched())
+            except Exception:
+                log.exception("could not give back the prefetched messages of %s", self.name)
 
     async def _flush_acks(self) -> None:
         """Record the acks still waiting (a receive loop closed early, or aclose())."""
@@ -440,12 +470,14 @@ class AsyncMailbox(
         type: Any = None,
         idle_timeout: float | None = None,
         on_busy: BusyPolicy = "queue",
+        prefetch: int = PREFETCH,
     ) -> None:
         """Handle messages until `stop()` (or `idle_timeout` s without one).
 
         The handler's return value answers a request; a message is acked
-        when the handler returns (acks of handlers that finish close together
-        are recorded with one request, at most 50 ms later; replies at once).
+        when the handler returns (the ack rides on the next claim with
+        `claim.settle`; acks of handlers that finish close together are recorded
+        with one request, at most 50 ms later; replies at once).
         `RetryLater` asks for a later retry; any
         other exception sends a request an error reply, and rejects (or,
         with `on_error="retry"`, retries) a message. The loop survives bad
@@ -463,6 +495,9 @@ class AsyncMailbox(
                 as busy), `"interrupt"` (the running message's `cancelled` event
                 is set; the new one runs once that handler returns). Its outcome
                 records what the policy did.
+            prefetch: messages one claim takes at most when a backlog waits,
+                never more than there are free handler slots (each goes to a
+                handler at once).
 
         Async: the handler may be a coroutine function (awaited) or a quick sync
         function (called in the event loop).
@@ -502,6 +537,7 @@ class AsyncMailbox(
                     type=type,
                     idle_timeout=idle_timeout,
                     on_busy=on_busy,
+                    prefetch=prefetch,
                 ),
                 perform,
             )
@@ -529,6 +565,7 @@ class AsyncMailbox(
         core.router.close()
         self._wake.set()
         self._requests.set()
+        await self._release_prefetched()
         await self._flush_acks()
         if self._replies_started:
             # As `Mailbox.close` joins its reply thread: the loop's last flush of reply

@@ -270,6 +270,20 @@ class OutcomeResults(msgspec.Struct, kw_only=True):
     results: list[OutcomeResult]
 
 
+class ReleaseResult(msgspec.Struct, kw_only=True):
+    """One item of a release: handed back (pending again), or failed on its own."""
+
+    execution_id: str
+    released: bool
+    error: ErrorDetail | UnsetType = UNSET
+
+
+class ReleaseResults(msgspec.Struct, kw_only=True):
+    """`POST /v1/executions/release` (extension `executions.release`)."""
+
+    results: list[ReleaseResult]
+
+
 class WorkerAck(msgspec.Struct, kw_only=True):
     acknowledged: bool
     server_time: DateTime

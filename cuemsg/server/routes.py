@@ -23,6 +23,7 @@ from cuemsg.server.handlers.executions import get_execution, list_claimable, lis
 from cuemsg.server.handlers.fire import fire, fire_batch
 from cuemsg.server.handlers.outcomes import outcome, outcome_batch
 from cuemsg.server.handlers.redrive import redrive
+from cuemsg.server.handlers.release import release
 from cuemsg.server.handlers.webhook_secret import get_webhook_secret, regenerate_webhook_secret
 from cuemsg.server.handlers.workers import list_workers, worker_heartbeat
 from cuemsg.server.responses import problem
@@ -149,6 +150,11 @@ ROUTES: list[Endpoint] = [
     Endpoint(
         "/v1/executions/outcomes", "POST", outcome_batch, "Record many outcomes",
         wire.BatchOutcome, "outcome.batch", answer=answers.OutcomeResults, params=(WORKER,),
+    ),
+    # Before /v1/executions/{execution_id}: that would match its path first.
+    Endpoint(
+        "/v1/executions/release", "POST", release, "Hand claimed executions back",
+        wire.ReleaseBody, "executions.release", answer=answers.ReleaseResults,
     ),
     Endpoint(
         "/v1/executions/{execution_id}", "GET", get_execution, "Get an execution",

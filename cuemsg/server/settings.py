@@ -65,6 +65,7 @@ EXTENSIONS = (
     "workers.list",
     "events.stream",
     "executions.redrive",
+    "executions.release",
 )
 
 

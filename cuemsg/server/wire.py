@@ -116,6 +116,13 @@ class BatchOutcome(msgspec.Struct):
     outcomes: Annotated[list[BatchOutcomeItem], Meta(min_length=1, max_length=100)]
 
 
+class ReleaseBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`POST /v1/executions/release` (extension `executions.release`)."""
+
+    worker_id: WorkerId
+    execution_ids: Annotated[list[Key], Meta(min_length=1, max_length=100)]
+
+
 class WorkerHeartbeat(msgspec.Struct, kw_only=True):
     worker_id: WorkerId
     handlers: list[str] = msgspec.field(default_factory=list)

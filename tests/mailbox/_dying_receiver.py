@@ -11,6 +11,9 @@ claimed but not yet yielded. `os._exit` skips every cleanup: a real crash.
 MODE `receive_ack`: a `receive()` loop is SIGKILLed when it decides the first
 message's ack (its id just recorded in the dedupe file), before the claim that
 carries the ack (`claim.settle`) or the ack's own request is sent.
+MODE `prefetch`: the default `receive()` (which prefetches) is SIGKILLed while the
+fifth message is in hand: four acks decided but not yet recorded, the rest of the
+backlog claimed ahead and held, none of it given back.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ def main() -> None:
             with open(runs_log, "a") as log:
                 log.write(f"{msg.id}\n")
         sys.exit("the receiver was expected to be killed deciding its first ack")
+
+    if mode == "prefetch":
+        for n, msg in enumerate(mailbox.receive(wait=20), 1):
+            with open(runs_log, "a") as log:
+                log.write(f"{msg.id}\n")
+            if n == 5:
+                os.kill(os.getpid(), signal.SIGKILL)
+        sys.exit("the receiver was expected to be killed on its fifth message")
 
     if mode == "batch":
         for n, msg in enumerate(mailbox.receive(wait=20, batch=10), 1):

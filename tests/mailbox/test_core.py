@@ -33,6 +33,7 @@ from cuemsg.cueapi.models import (
     Execution,
     FireResult,
     OutcomeResult,
+    Released,
     Worker,
     decode_model,
 )
@@ -66,6 +67,7 @@ from cuemsg.mailbox._ops import (
     RecordOutcome,
     RecordOutcomes,
     RecordReply,
+    Release,
     RenewLease,
     StartReplies,
     UpdateCue,
@@ -535,7 +537,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
         return ok(op)
 
     delivered: list[Any] = []
-    flow = c.receive(wait=None, limit=4, type=None, batch=3)
+    flow = c.receive(wait=None, limit=4, type=None, prefetch=3)
     value: Any = None
     ops: list[Any] = []
     while True:
@@ -563,7 +565,7 @@ def test_receive_in_batches_records_the_acks_together_before_the_next_claim() ->
     assert flushed == [["e-1", "e-2", "e-3"], ["e-4"]]
     assert c.stats.acked == 4 and len(c.leases) == 0 and not c.acks
     with pytest.raises(ValueError):
-        run(c.receive(wait=None, limit=None, batch=0), ok)
+        run(c.receive(wait=None, limit=None, prefetch=0), ok)
 
 
 def test_a_refused_item_of_a_batch_is_a_lost_lease_not_an_ack() -> None:
@@ -980,3 +982,55 @@ def test_config_is_checked() -> None:
     ):
         with pytest.raises(ValueError):
             MailboxConfig(**bad)
+
+
+def test_stop_gives_back_only_this_loops_prefetched_messages() -> None:
+    c = make_core()
+    c.prefetched["other"] = None  # another loop's, closed early: not this loop's to give back
+    released: list[tuple[str, ...]] = []
+    delivered: list[Any] = []
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset({"claim.many", "claim.settle", "executions.release"})
+        if isinstance(op, Claim):
+            assert op.limit == 20  # the default prefetch
+            return batch_of("1", "2", "3")
+        if isinstance(op, Release):
+            released.append(op.execution_ids)
+            return [Released(execution_id=e) for e in op.execution_ids]
+        if isinstance(op, Deliver):
+            delivered.append(op.message.body)
+            c.stopping = True
+        return ok(op)
+
+    run(c.receive(wait=None, limit=None), answer)
+    assert delivered == ["1"]
+    assert released == [("e-2", "e-3")]
+    assert "e-2" not in c.leases and "e-3" not in c.leases
+    assert list(c.prefetched) == ["other"]
+
+
+def test_without_the_extension_prefetched_leases_are_left_to_run_out() -> None:
+    c = make_core()
+    for eid in ("e-1", "e-2"):
+        c.leases.hold(eid, 30, 0.0)
+        c.prefetched[eid] = None
+    _, ops = run(c.release_prefetched(), ok)  # no extensions listed
+    assert not any(isinstance(op, Release) for op in ops)
+    assert len(c.leases) == 0 and not c.prefetched
+
+
+def test_a_failed_release_leaves_the_leases_to_run_out() -> None:
+    c = make_core()
+    c.leases.hold("e-1", 30, 0.0)
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset({"executions.release"})
+        if isinstance(op, Release):
+            raise TransportError("connection reset")
+        return ok(op)
+
+    released, _ = run(c.release_prefetched(["e-1"]), answer)
+    assert released == 0 and len(c.leases) == 0

@@ -132,6 +132,42 @@ def test_a_receiver_dying_with_a_batch_in_hand_loses_nothing(
             mb.close()
 
 
+def test_a_receiver_killed_holding_prefetched_messages_loses_nothing(
+    short_lease_server: RunningServer, tmp_path: Path
+) -> None:
+    """The default receive() claims a backlog ahead; a SIGKILL while it holds them
+    only delays them by a lease, and what was handled before is not handled again."""
+    srv = short_lease_server
+    key = srv.new_key()
+    dedupe, runs = tmp_path / "dedupe.db", tmp_path / "runs.log"
+    with CueClient(key, srv.base_url) as client:
+        prefetching = "executions.release" in client.extensions
+        a = Mailbox.open(client, "a", poll_wait=0.3)
+        b_address = Mailbox.open(client, "b", poll_wait=0.3).address
+        sent = a.send_many(b_address, [f"m{i}" for i in range(12)])
+        crash_a_receiver(srv, key, dedupe, "prefetch", runs, code=-signal.SIGKILL)
+        assert runs.read_text().split() == [s.id for s in sent[:5]]
+        held = [client.executions.get(s.execution_id).status for s in sent]
+        if prefetching:  # the whole backlog was claimed by the one request
+            assert held == ["delivering"] * 12
+        survivor = Mailbox.open(
+            client, "b", worker_id="survivor", poll_wait=0.3, dedupe=SQLiteDedupe(dedupe)
+        )
+        again = [m.id for m in survivor.receive(wait=2.5)]
+        # The four acks decided before the kill are known duplicates (acked, not delivered);
+        # the message in hand and the prefetched ones are delivered (again) once each.
+        assert sorted(again) == sorted(s.id for s in sent[4:])
+        # The four handled before the kill: acked by the dead receiver (its acks got
+        # out before the kill), or acked here as known duplicates, never delivered again.
+        by = [client.executions.get(s.execution_id).claimed_by_worker for s in sent]
+        assert by[4:] == ["survivor"] * 8
+        assert survivor.stats.duplicates == by[:4].count("survivor")
+        assert survivor.stats.acked == 8
+        assert {client.executions.get(s.execution_id).status for s in sent} == {"success"}
+        for mb in (a, survivor):
+            mb.close()
+
+
 def test_a_receiver_killed_between_an_ack_and_the_claim_carrying_it(
     short_lease_server: RunningServer, tmp_path: Path
 ) -> None:

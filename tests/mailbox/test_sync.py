@@ -571,27 +571,39 @@ def test_receive_in_batches_gets_all_in_order_with_fewer_requests(
     assert len(b._core.leases) == 0 and not b._core.acks
 
 
-def test_leaving_a_batched_loop_records_the_acks_already_decided(
-    client: CueClient, mailboxes: Open
+def test_leaving_a_prefetching_loop_records_the_acks_and_gives_back_the_rest(
+    server: RunningServer, client: CueClient, mailboxes: Open
 ) -> None:
+    given_back = "executions.release" in client.extensions
     a, b = mailboxes("a"), mailboxes("b")
     sent = a.send_many(b.address, list(range(10)))
-    for msg in b.receive(wait=2, batch=5):
+    for msg in b.receive(wait=2, prefetch=5):
         if msg.body == 2:
             break  # 0 and 1 were acked (queued); 2 is left unsettled, 3 and 4 unyielded
-    statuses = [client.executions.get(s.execution_id).status for s in sent]
-    assert statuses[:2] == ["success"] * 2
-    assert "success" not in statuses[2:]
-    assert b.stats.acked == 2 and not b._core.acks
-    # stop() ends the loop once the batch in hand is delivered; every ack is recorded.
+    records = [client.executions.get(s.execution_id) for s in sent]
+    assert [r.status for r in records[:2]] == ["success"] * 2
+    assert records[2].status == "delivering"  # in hand: its lease runs out
+    # Claimed ahead, never handed out: pending again at once, the claim not counted
+    # (on the plain contract their leases run out instead).
+    if given_back:
+        assert [(r.status, r.attempts) for r in records[3:5]] == [("pending", 0)] * 2
+    else:
+        assert [r.status for r in records[3:5]] == ["delivering"] * 2
+    assert b.stats.acked == 2 and not b._core.acks and not b._core.prefetched
+    assert len(b._core.leases) == 0
+    # stop() ends the loop before the next message; the rest claimed are given back.
     c = mailboxes("b", worker_id="b-2")
     got: list[Any] = []
-    for msg in c.receive(wait=2, batch=4):
+    for msg in c.receive(wait=2, prefetch=4):
         got.append(msg.body)
         c.stop()
-    assert got == [5, 6, 7, 8]
-    assert [client.executions.get(s.execution_id).status for s in sent[5:9]] == ["success"] * 4
-    assert c.stats.acked == 4
+    first = 3 if given_back else 5
+    assert got == [first]
+    rest = [client.executions.get(s.execution_id) for s in sent[first + 1 : first + 4]]
+    if given_back:
+        assert [(r.status, r.attempts) for r in rest] == [("pending", 0)] * 3
+    assert client.executions.get(sent[first].execution_id).status == "success"
+    assert c.stats.acked == 1 and not c._core.prefetched and len(c._core.leases) == 0
 
 
 def test_serve_batches_outcomes_under_load(
@@ -633,7 +645,15 @@ def test_a_lost_lease_inside_a_batch_of_acks_is_redelivered_not_acked(
             reports.append([o.execution_id for o in outcomes])
             return report_outcomes(outcomes, worker_id=worker_id)
 
+        claim_next = b1_client.executions.claim_next
+
+        def claim_spy(**kwargs: Any) -> Any:  # with claim.settle the acks ride on a claim
+            if kwargs.get("settle"):
+                reports.append([o.execution_id for o in kwargs["settle"]])
+            return claim_next(**kwargs)
+
         b1_client.executions.report_outcomes = spy  # type: ignore[method-assign]
+        b1_client.executions.claim_next = claim_spy  # type: ignore[method-assign]
         a = Mailbox.open(client, "a", poll_wait=POLL)
         b1 = Mailbox.open(b1_client, "b", worker_id="b1", poll_wait=POLL)
         b2 = Mailbox.open(client, "b", worker_id="b2", poll_wait=POLL)

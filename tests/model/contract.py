@@ -6,6 +6,7 @@ compares every answer and every execution after every step.
 
     pending/retry_ready --claim--> delivering --outcome--> success | failed
     delivering --lease ran out, swept--> pending, or failed at the claim cap
+    delivering --released by its holder--> pending, the claim not counted
     pending never claimed past the unclaimed timeout, swept--> missed
 """
 
@@ -140,6 +141,20 @@ class Contract:
             return problem
         e.status = "success" if success else "failed"
         e.outcome = success
+        e.lease_until = None
+        return e
+
+    def release(self, execution_id: str, worker: str) -> Execution | Refused:
+        """`executions.release`: pending again at once, the claim not counted."""
+        e = self.executions.get(execution_id)
+        if e is None:
+            return Refused(404, "execution_not_found")
+        problem = self._lease_problem(e, worker)
+        if problem is not None:
+            return problem
+        e.status = "pending"
+        e.attempts -= 1
+        e.holder = None
         e.lease_until = None
         return e
 

@@ -277,6 +277,28 @@ class ContractMachine(RuleBasedStateMachine):
             else:
                 assert result["outcome_state"] == expected.status, result
 
+    @rule(
+        items=st.lists(st.one_of(executions, st.just(UNKNOWN)), min_size=1, max_size=3),
+        worker=WORKERS,
+    )
+    def release(self, items: list[str], worker: str) -> None:
+        body = {"worker_id": worker, "execution_ids": items}
+        answer = self.http.post("/v1/executions/release", json=body)
+        assert answer.status_code == 200, answer.text
+        results = answer.json()["results"]
+        assert len(results) == len(items)
+        for execution, result in zip(items, results, strict=True):
+            assert result["execution_id"] == execution
+            expected = self.model.release(execution, worker)
+            if isinstance(expected, Refused):
+                self.reached[f"release answered {expected.status} {expected.code}"] += 1
+                assert result["released"] is False, result
+                assert result["error"]["status"] == expected.status, result
+                assert result["error"]["code"] == expected.code, result
+            else:
+                self.reached["released"] += 1
+                assert result == {"execution_id": execution, "released": True}, result
+
     @rule(seconds=st.sampled_from([0.5, 3.0, LEASE - 0.5, LEASE + 0.5, 2 * LEASE, 50.0]))
     def time_passes(self, seconds: float) -> None:
         """The clock moves on and the sweeper makes one pass."""

@@ -525,6 +525,15 @@ class Storage(Protocol):
         execution on the dead one, atomically; the new execution and True, or the
         one made by an earlier redrive and False. 404, 409 `not_dead_letter`."""
 
+    async def release(
+        self, tenant_id: str, execution_ids: list[str], worker_id: str, now: float
+    ) -> list[ExecutionRow | ApiProblem]:
+        """Hand claimed executions back (`executions.release`): each one `worker_id`
+        holds goes back to `pending` at once, its attempt not counted (`attempts`
+        one less), stamped for the feed like a lost lease; waiters are woken. One
+        transaction; each item answers on its own: the row, or 404, 409
+        `execution_not_claiming`, 403 `not_execution_owner`."""
+
     # time-driven transitions (run by the server's sweeper)
     async def sweep(self, now: float, *, since: float, unclaimed_timeout: float) -> None:
         """Requeue expired leases (or fail them past the claim cap), mark long-unclaimed

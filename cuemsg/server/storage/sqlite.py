@@ -54,6 +54,7 @@ from cuemsg.server.storage.base import (
 from cuemsg.server.storage.feed import SEQ_NAMES
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
+from cuemsg.server.storage.sqlite_release import SQLiteRelease
 from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
     INDEXES,
@@ -71,7 +72,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
+class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:

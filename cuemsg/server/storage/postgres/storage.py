@@ -32,6 +32,7 @@ from cuemsg.server.storage.base import (
     within_bytes,
 )
 from cuemsg.server.storage.postgres.feed import PostgresFeed
+from cuemsg.server.storage.postgres.release import PostgresRelease
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
     CLAIMABLE_WHERE,
@@ -47,7 +48,7 @@ from cuemsg.server.storage.postgres.timed import PostgresTimed
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFeed, PostgresTimed):
+class PostgresStorage(PostgresFeed, PostgresTimed, PostgresRelease):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
