@@ -153,6 +153,11 @@ def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Eve
 
     lost = row.lost_seq or 0
     claimed = row.claimed_seq or 0
+    # The attempt whose lease ran out (rows from before `lost_attempt` infer it; a
+    # release gives its attempt back, so only the stored number is exact there).
+    lost_n = row.lost_attempt
+    if lost_n is None:
+        lost_n = row.attempts - 1 if claimed > lost else row.attempts
     if row.fired_seq:
         event(row.fired_seq, "fired", row.created_at, "pending", redrive_of=row.redrive_of)
     if claimed:
@@ -165,7 +170,7 @@ def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Eve
             row.claimed_at if current else row.lost_claimed_at,
             "delivering",
             worker_id=row.claimed_by_worker if current else row.lost_worker,
-            attempt=row.attempts,
+            attempt=row.attempts if current else lost_n,
         )
     if row.lost_claim_seq and claimed > lost:
         # Claimed again since its lease ran out: the claim that lost it, as it was.
@@ -175,7 +180,7 @@ def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Eve
             row.lost_claimed_at,
             "delivering",
             worker_id=row.lost_worker,
-            attempt=row.attempts - 1,
+            attempt=lost_n,
         )
     if lost:
         # Past the claim cap the lost lease ends it: the outcome follows with no claim.
@@ -186,7 +191,7 @@ def _row_events(row: FeedRow, env: _Envelope, after: int, upto: int) -> list[Eve
             row.lost_at,
             "failed" if capped else "pending",
             worker_id=row.lost_worker,
-            attempt=row.attempts - 1 if claimed > lost else row.attempts,
+            attempt=lost_n,
         )
     if row.done_seq:
         if row.status == "missed":

@@ -145,6 +145,8 @@ def test_the_feed_shows_a_release_as_the_worker_letting_go(api: Api) -> None:
         for e in replay(str(api.http.base_url).rstrip("/"), api.key)
         if e.data["execution_id"] == eid
     ]
-    assert [e.type for e in mine] == ["fired", "heartbeat_lost", "claimed"]
-    assert mine[1].data["worker_id"] == "w1"
-    assert mine[2].data["worker_id"] == "w2" and mine[2].data["attempt"] == 1
+    assert [e.type for e in mine] == ["fired", "claimed", "heartbeat_lost", "claimed"]
+    # The released claim is kept with its own attempt, and the next is attempt 1 again.
+    assert mine[1].data["worker_id"] == "w1" and mine[1].data["attempt"] == 1
+    assert mine[2].data["worker_id"] == "w1" and mine[2].data["attempt"] == 1
+    assert mine[3].data["worker_id"] == "w2" and mine[3].data["attempt"] == 1

@@ -10,7 +10,8 @@ read by a trigger), in a column per kind of change:
     fired_seq      the insert (a fire, a redrive)
     claimed_seq    the latest claim
     lost_seq       the latest lease that ran out (with the worker that lost it)
-    lost_claim_seq the claim whose lease that was (kept when it is claimed again)
+    lost_claim_seq the claim whose lease that was (kept when it is claimed again),
+                   with its attempt number in `lost_attempt`
     done_seq       the outcome, or `missed` (the unclaimed timeout)
     redriven_seq   the dead letter was sent again (`redriven_to`)
 
@@ -46,7 +47,7 @@ FEED_COLUMNS = (
     "e.id, e.cue_id, c.name, e.task, e.payload, e.status, e.attempts, e.claimed_by_worker, "
     "e.created_at, e.claimed_at, e.updated_at, e.outcome, e.fired_seq, e.claimed_seq, "
     "e.lost_seq, e.lost_worker, e.lost_at, e.lost_claimed_at, e.done_seq, e.redriven_seq, "
-    "e.redriven_to, e.redrive_of, e.event_seq, e.lost_claim_seq"
+    "e.redriven_to, e.redrive_of, e.event_seq, e.lost_claim_seq, e.lost_attempt"
 )
 
 
@@ -77,6 +78,7 @@ class FeedRow(msgspec.Struct, kw_only=True):
     redrive_of: str | None
     event_seq: int
     lost_claim_seq: int | None = None
+    lost_attempt: int | None = None
 
 
 def _text(value: Any) -> bytes:
@@ -110,6 +112,7 @@ def feed_row(row: tuple[Any, ...]) -> FeedRow:
         redrive_of=row[21],
         event_seq=row[22] or 0,
         lost_claim_seq=row[23],
+        lost_attempt=row[24],
     )
 
 

@@ -19,14 +19,13 @@ from cuemsg.server.storage.base import (
     check_lease,
     execution_from_row,
 )
+from cuemsg.server.storage.sqlite_upkeep import LOST_SET
 
 # Pending again as if this claim had not been made (its attempt is given back), but
 # stamped like a lost lease so the event feed shows the worker let go of it.
 RELEASE_SET = (
     "status = 'pending', attempts = attempts - 1, claimed_by_worker = NULL, "
-    "claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, "
-    "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
-    "lost_claimed_at = claimed_at"
+    "claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, " + LOST_SET
 )
 
 

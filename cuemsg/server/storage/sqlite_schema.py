@@ -52,7 +52,8 @@ DROP INDEX IF EXISTS ix_exec_lease;
     4: "".join(f"ALTER TABLE executions ADD COLUMN {n} {kind};\n" for n, kind in STAMP_COLUMNS)
     + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
     # The feed keeps the claim a lost lease was, when it is claimed again.
-    5: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n",
+    5: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n"
+    "ALTER TABLE executions ADD COLUMN lost_attempt INTEGER;\n",
 }
 
 SCHEMA = """

@@ -21,9 +21,9 @@ from cuemsg.server.storage.base import IDEMPOTENCY_TTL
 _PURGE_WINDOW = 5000
 # A lease ran out: stamp it for the event feed, and keep who lost it and when
 # (the claim is cleared).
-_LOST = (
+LOST_SET = (
     "lost_seq = cuemsg_next_event(), lost_worker = claimed_by_worker, lost_at = ?, "
-    "lost_claimed_at = claimed_at, lost_claim_seq = claimed_seq"
+    "lost_claimed_at = claimed_at, lost_claim_seq = claimed_seq, lost_attempt = attempts"
 )
 
 
@@ -46,7 +46,7 @@ class SQLiteUpkeep:
             # Past the claim cap: a message that kills every receiver stops here.
             capped = db.execute(
                 "UPDATE executions SET status = 'failed', updated_at = ?, lease_expires_at = NULL, "
-                f"{_LOST}, done_seq = cuemsg_next_event(), "
+                f"{LOST_SET}, done_seq = cuemsg_next_event(), "
                 "outcome = json_object('success', json('false'), 'error', "
                 "'lease expired after ' || attempts || ' claims (claim cap reached)', "
                 "'recorded_at', ?) "
@@ -56,7 +56,7 @@ class SQLiteUpkeep:
             ).rowcount
             requeued = db.execute(
                 "UPDATE executions SET status = 'pending', claimed_by_worker = NULL, "
-                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {_LOST} "
+                f"claimed_at = NULL, lease_expires_at = NULL, updated_at = ?, {LOST_SET} "
                 "WHERE status = 'delivering' AND lease_expires_at < ? "
                 "RETURNING tenant_id, task",
                 (now, now, now),

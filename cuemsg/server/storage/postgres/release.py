@@ -14,15 +14,14 @@ from psycopg import AsyncConnection
 from cuemsg.server.errors import ApiProblem, execution_not_found
 from cuemsg.server.storage.base import ExecutionRow, check_lease, execution_from_row
 from cuemsg.server.storage.postgres.connection import PostgresConnection
-from cuemsg.server.storage.postgres.statements import EXEC_COLS
+from cuemsg.server.storage.postgres.statements import EXEC_COLS, LOST_SET
 
 # Pending again as if this claim had not been made (its attempt is given back), but
 # stamped like a lost lease so the event feed shows the worker let go of it.
 _RELEASE = (
     "UPDATE cuemsg_executions e SET status = 'pending', attempts = e.attempts - 1, "
     "claimed_by_worker = NULL, claimed_at = NULL, lease_expires_at = NULL, updated_at = %s, "
-    "lost_seq = cuemsg_next_event(), lost_worker = e.claimed_by_worker, lost_at = %s, "
-    f"lost_claimed_at = e.claimed_at WHERE id = %s RETURNING {EXEC_COLS}"
+    f"{LOST_SET} WHERE id = %s RETURNING {EXEC_COLS}"
 )
 
 

@@ -138,7 +138,8 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX cuemsg_exec_events ON cuemsg_executions (tenant_id, event_seq);
     """,
     # The feed keeps the claim a lost lease was, when it is claimed again.
-    "ALTER TABLE cuemsg_executions ADD COLUMN lost_claim_seq bigint;",
+    "ALTER TABLE cuemsg_executions ADD COLUMN lost_claim_seq bigint, "
+    "ADD COLUMN lost_attempt integer;",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -21,7 +21,7 @@ CLAIM_SET = (
 # A lease ran out: stamp it for the feed, and keep who lost it and when.
 LOST_SET = (
     "lost_seq = cuemsg_next_event(), lost_worker = e.claimed_by_worker, lost_at = %s, "
-    "lost_claimed_at = e.claimed_at, lost_claim_seq = e.claimed_seq"
+    "lost_claimed_at = e.claimed_at, lost_claim_seq = e.claimed_seq, lost_attempt = e.attempts"
 )
 # Claims, heartbeats and the sweep commit without waiting for the WAL flush
 # (`synchronous_commit = off` for that one statement's transaction). Safe by
