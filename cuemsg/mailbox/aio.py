@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -38,6 +38,7 @@ from anyio.abc import TaskGroup
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient
 from cuemsg.mailbox._admin import AsyncAdminMethods
+from cuemsg.mailbox._aopen import Opening, run_flow
 from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -87,30 +88,6 @@ log = logging.getLogger("cuemsg.mailbox")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class _Opening:
-    """What `AsyncMailbox.open()` returns: await it, or enter it with `async with`."""
-
-    def __init__(self, make: Callable[[], Awaitable[AsyncMailbox]]) -> None:
-        self._make = make
-        self._mailbox: AsyncMailbox | None = None
-
-    def __await__(self) -> Generator[Any, None, AsyncMailbox]:
-        return self._make().__await__()
-
-    async def __aenter__(self) -> AsyncMailbox:
-        self._mailbox = await self._make()
-        return await self._mailbox.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._mailbox is not None
-        await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
 class AsyncMailbox(
@@ -164,7 +141,7 @@ class AsyncMailbox(
         presence_ttl: float = DEFAULT_PRESENCE_TTL,
         signing_key: SigningKey | str | Path | None = None,
         require_signed: bool = False,
-    ) -> _Opening:
+    ) -> Opening:
         """Open the mailbox `name`, creating its cue if it does not exist yet.
 
         Safe when several processes open the same name at once: they all
@@ -229,10 +206,10 @@ class AsyncMailbox(
                 max_deliveries=max_deliveries,
                 public_key=None if config.signing_key is None else config.signing_key.public_key,
             )
-            info = await _run(client, flow)
+            info = await run_flow(client, flow)
             return cls(client, info, config)
 
-        return _Opening(make)
+        return Opening(make)
 
     @classmethod
     async def lookup(cls, client: AsyncCueClient, name: str) -> MailboxAddress:
@@ -251,7 +228,7 @@ class AsyncMailbox(
             NotFound: no cue has that address.
             MailboxError: the cue of that name is not a mailbox.
         """
-        return await _run(client, lookup(name))
+        return await run_flow(client, lookup(name))
 
     # -- driving ----------------------------------------------------------------------------
 
@@ -604,24 +581,3 @@ class AsyncMailbox(
             if tg is not None:
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(exc_type, exc, tb)
-
-
-async def _run(client: AsyncCueClient, flow: Flow[R]) -> R:
-    """Run a flow that only calls the client (no mailbox yet)."""
-    value: Any = None
-    exc: BaseException | None = None
-    try:
-        while True:
-            done, op = advance(flow, value, exc)
-            if done:
-                result: R = op
-                return result
-            value, exc = None, None
-            try:
-                value = op.call(client)
-                if inspect.isawaitable(value):
-                    value = await value
-            except Exception as err:
-                exc = err
-    finally:
-        flow.close()

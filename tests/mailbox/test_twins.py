@@ -58,7 +58,7 @@ ASYNC_TO_SYNC = [
     (r"\bAsync mailbox\b", "Mailbox"),
     (r"\basync mailbox\b", "mailbox"),
     # `AsyncMailbox.open` answers an awaitable that is also an async context manager.
-    (r"\b_Opening\b", "Mailbox"),
+    (r"\bOpening\b", "Mailbox"),
 ]
 
 
