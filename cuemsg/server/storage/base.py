@@ -420,6 +420,22 @@ class Storage(Protocol):
     ) -> list[ExecutionRow]:
         """Claim up to `limit` oldest claimable executions atomically; [] when none."""
 
+    async def settle_and_claim(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]]:
+        """`record_outcomes` (by `worker_id`) then `claim_next`, in one transaction:
+        (each outcome or its `ApiProblem`, in order; the executions claimed, maybe
+        none). A refused outcome does not stop the claim."""
+
     async def heartbeat(
         self,
         tenant_id: str,

@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from cuemsg._exceptions import StorageOpenError
-from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
+from cuemsg.server.errors import cue_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
@@ -37,7 +37,6 @@ from cuemsg.server.storage.base import (
     NewFire,
     OutcomeRecord,
     WorkerRow,
-    check_lease,
     claimable_condition,
     claimable_where,
     execution_from_row,
@@ -46,7 +45,6 @@ from cuemsg.server.storage.base import (
     name_taken,
     new_execution,
     new_execution_id,
-    outcome_already_recorded,
     unknown_cursor,
     where_equal,
     within_bytes,
@@ -54,6 +52,7 @@ from cuemsg.server.storage.base import (
 from cuemsg.server.storage.feed import SEQ_NAMES
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
+from cuemsg.server.storage.sqlite_leases import SQLiteLeases
 from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
     INDEXES,
@@ -71,7 +70,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
+class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -437,102 +436,6 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
                 names[row[2]] = name[0] if name else None
         return [execution_from_row(r, names[r[2]]) for r in rows]
 
-    async def claim(
-        self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            row = db.execute(
-                "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
-                "claimed_seq = cuemsg_next_event() "
-                f"WHERE id = ? AND tenant_id = ? AND {_CLAIMABLE} RETURNING {_EXEC_COLS}",
-                (worker_id, now, now + lease_seconds, now, execution_id, tenant_id, now),
-            ).fetchone()
-            if row is None:
-                exists = db.execute(
-                    "SELECT 1 FROM executions WHERE id = ? AND tenant_id = ?",
-                    (execution_id, tenant_id),
-                ).fetchone()
-                if exists is None:
-                    raise execution_not_found(execution_id)
-                raise ApiProblem(
-                    409, "claim_failed", f"execution {execution_id!r} is not claimable"
-                )
-        return execution_from_row(row)
-
-    async def claim_next(
-        self,
-        tenant_id: str,
-        worker_id: str,
-        *,
-        task: str | None,
-        agent: str | None,
-        now: float,
-        lease_seconds: float,
-        limit: int,
-    ) -> list[ExecutionRow]:
-        where, args = claimable_where("?", tenant_id, task, agent, now)
-        with self._tx() as db:
-            rows = db.execute(
-                "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
-                "claimed_seq = cuemsg_next_event() "
-                f"WHERE seq IN (SELECT seq FROM executions WHERE {where} "
-                f"ORDER BY scheduled_for, seq LIMIT ?) RETURNING {_EXEC_COLS}, seq",
-                [worker_id, now, now + lease_seconds, now, *args, limit],
-            ).fetchall()
-        # RETURNING gives no order guarantee: restore oldest-first.
-        rows.sort(key=lambda r: (r[9], r[-1]))
-        return [execution_from_row(r) for r in rows]
-
-    def _owned(
-        self, db: sqlite3.Connection, tenant_id: str, execution_id: str
-    ) -> tuple[str, str | None, str | None]:
-        row = db.execute(
-            "SELECT status, claimed_by_worker, outcome FROM executions "
-            "WHERE id = ? AND tenant_id = ?",
-            (execution_id, tenant_id),
-        ).fetchone()
-        if row is None:
-            raise execution_not_found(execution_id)
-        return row[0], row[1], row[2]
-
-    async def heartbeat(
-        self,
-        tenant_id: str,
-        execution_id: str,
-        worker_id: str | None,
-        now: float,
-        lease_seconds: float,
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            status, holder, _ = self._owned(db, tenant_id, execution_id)
-            check_lease(execution_id, status, holder, worker_id)
-            row = db.execute(
-                "UPDATE executions SET lease_expires_at = ?, updated_at = ? "
-                f"WHERE id = ? RETURNING {_EXEC_COLS}",
-                (now + lease_seconds, now, execution_id),
-            ).fetchone()
-        return execution_from_row(row)
-
-    async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            return self._record(db, tenant_id, execution_id, worker_id, outcome)
-
-    async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
-    ) -> list[ExecutionRow | ApiProblem]:
-        results: list[ExecutionRow | ApiProblem] = []
-        with self._tx() as db:  # one commit for the batch; each item stands on its own
-            for execution_id, outcome in items:
-                try:
-                    results.append(self._record(db, tenant_id, execution_id, worker_id, outcome))
-                except ApiProblem as problem:
-                    results.append(problem)
-        return results
-
     async def record_outcome_and_fire(
         self,
         tenant_id: str,
@@ -551,36 +454,6 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
             )
         self._wake(tenant_id, created, now)
         return settled, fired
-
-    def _check_open(
-        self, db: sqlite3.Connection, tenant_id: str, execution_id: str, worker_id: str | None
-    ) -> None:
-        status, holder, recorded = self._owned(db, tenant_id, execution_id)
-        if recorded is not None:
-            raise outcome_already_recorded(execution_id)
-        check_lease(execution_id, status, holder, worker_id)
-
-    def _record(
-        self,
-        db: sqlite3.Connection,
-        tenant_id: str,
-        execution_id: str,
-        worker_id: str | None,
-        outcome: OutcomeRecord,
-    ) -> ExecutionRow:
-        self._check_open(db, tenant_id, execution_id, worker_id)
-        row = db.execute(
-            "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
-            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
-            f"WHERE id = ? RETURNING {_EXEC_COLS}",
-            (
-                "success" if outcome.success else "failed",
-                _encode(outcome),
-                outcome.recorded_at,
-                execution_id,
-            ),
-        ).fetchone()
-        return execution_from_row(row)
 
     # -- workers ---------------------------------------------------------------
 

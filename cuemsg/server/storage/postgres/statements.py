@@ -43,3 +43,18 @@ def cue_from_doc(doc: bytes, fired_count: int, last_run: float | None) -> CueRow
     cue.fired_count = fired_count
     cue.last_run = last_run
     return cue
+
+
+def claim_next_statement(where: str, *, relaxed: bool) -> str:
+    """Claim the oldest claimable rows matching `where` (its arguments, then the
+    limit, then those of `CLAIM_SET`). The CTE (always materialised: it locks)
+    runs once; SKIP LOCKED lets concurrent claimers on any replica take
+    different rows without waiting. `relaxed`: a claim on its own commits
+    without waiting for the flush; one that carries outcomes must wait."""
+    head, check = (f"WITH {RELAXED}, ", f" AND {IS_RELAXED}") if relaxed else ("WITH ", "")
+    return (
+        f"{head}picked AS (SELECT seq FROM cuemsg_executions WHERE {where} "
+        "ORDER BY scheduled_for, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"UPDATE cuemsg_executions e SET {CLAIM_SET} FROM picked "
+        f"WHERE e.seq = picked.seq{check} RETURNING {EXEC_COLS}, e.seq"
+    )
