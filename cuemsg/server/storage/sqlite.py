@@ -37,8 +37,8 @@ from cuemsg.server.storage.base import (
     NewFire,
     OutcomeRecord,
     WorkerRow,
-    claimable_condition,
     claimable_where,
+    cue_from_doc,
     execution_from_row,
     idempotency_conflict,
     name_reply,
@@ -64,10 +64,10 @@ from cuemsg.server.storage.sqlite_timed import SQLiteTimed
 from cuemsg.server.storage.sqlite_upkeep import SQLiteUpkeep
 
 _EXEC_COLS = EXECUTION_COLUMNS
-_CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(CueRow).decode
+# The cue's document and its fire counters (columns of their own: `cue_from_doc`).
+_CUE_COLS = "doc, fired_count, last_run"
 
 
 class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
@@ -219,8 +219,8 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run, "
+                    "fired_count, last_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         cue.id,
                         cue.tenant_id,
@@ -229,6 +229,8 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
                         cue.created_at,
                         _encode(cue),
                         cue.next_run,
+                        cue.fired_count,
+                        cue.last_run,
                     ),
                 )
         except sqlite3.IntegrityError as exc:
@@ -237,9 +239,9 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
 
     async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None:
         row = self.db.execute(
-            "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
+            f"SELECT {_CUE_COLS} FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
         ).fetchone()
-        return _decode_cue(row[0]) if row else None
+        return cue_from_doc(*row) if row else None
 
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
@@ -247,10 +249,10 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
         where, args = where_equal("?", tenant_id=tenant_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM cues WHERE {where}", args).fetchone()[0]
         rows = self.db.execute(
-            f"SELECT doc FROM cues WHERE {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+            f"SELECT {_CUE_COLS} FROM cues WHERE {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
-        return [_decode_cue(r[0]) for r in rows], total
+        return [cue_from_doc(*r) for r in rows], total
 
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
@@ -258,11 +260,12 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
         try:
             with self._tx() as db:
                 row = db.execute(
-                    "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
+                    f"SELECT {_CUE_COLS} FROM cues WHERE id = ? AND tenant_id = ?",
+                    (cue_id, tenant_id),
                 ).fetchone()
                 if row is None:
                     return None
-                cue = msgspec.structs.replace(_decode_cue(row[0]), **changes, updated_at=now)
+                cue = msgspec.structs.replace(cue_from_doc(*row), **changes, updated_at=now)
                 db.execute(
                     "UPDATE cues SET name = ?, status = ?, doc = ?, next_run = ? WHERE id = ?",
                     (cue.name, cue.status, _encode(cue), cue.next_run, cue_id),
@@ -290,15 +293,19 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
     def _fire_in(
         self, db: sqlite3.Connection, tenant_id: str, fires: list[NewFire], now: float
     ) -> tuple[list[ExecutionRow], list[ExecutionRow]]:
-        """The fires, inside the caller's transaction: (answers in order, those created)."""
+        """The fires, inside the caller's transaction: (answers in order, those created).
+
+        The executions are inserted together at the end (one `executemany`),
+        and each cue's counters bumped once, in SQL (its document is only read).
+        """
         out: list[ExecutionRow] = []
-        created: list[ExecutionRow] = []
+        created: dict[str, ExecutionRow] = {}  # by id: a repeat in the batch finds its first
         cues: dict[str, CueRow] = {}
         for i, fire in enumerate(fires):
             cue = cues.get(fire.cue_id)
             if cue is None:
                 row = db.execute(
-                    "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?",
+                    "SELECT doc, fired_count, last_run FROM cues WHERE id = ? AND tenant_id = ?",
                     (fire.cue_id, tenant_id),
                 ).fetchone()
                 if row is None:
@@ -306,63 +313,47 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
                     if len(fires) > 1:
                         problem.field = f"fires[{i}].cue_id"
                     raise problem
-                cue = cues[fire.cue_id] = _decode_cue(row[0])
+                cue = cues[fire.cue_id] = cue_from_doc(*row)
+            execution_id = new_execution_id()
             if fire.idempotency_key is not None:
-                seen = db.execute(
-                    "SELECT body_hash, execution_id FROM idempotency "
-                    "WHERE tenant_id = ? AND cue_id = ? AND key = ? AND created_at > ?",
-                    (tenant_id, fire.cue_id, fire.idempotency_key, now - IDEMPOTENCY_TTL),
-                ).fetchone()
-                if seen is not None:
-                    if seen[0] != fire.body_hash:
-                        raise idempotency_conflict(fire.idempotency_key, i, len(fires))
-                    first = db.execute(
-                        f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (seen[1],)
-                    ).fetchone()
-                    if first is not None:
-                        out.append(execution_from_row(first))
-                        continue
-            execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
-            db.execute(
+                first = _keyed(db, tenant_id, fire, execution_id, now, created)
+                if isinstance(first, str):
+                    raise idempotency_conflict(first, i, len(fires))
+                if first is not None:
+                    out.append(first)
+                    continue
+            execution = new_execution(tenant_id, cue, fire, execution_id, now)
+            out.append(execution)
+            created[execution_id] = execution
+        if created:
+            db.executemany(
                 "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                 "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
                 "max_attempts, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
                 "'manual_fire', ?, ?, ?, 0, ?, cuemsg_next_event())",
-                (
-                    execution.id,
-                    tenant_id,
-                    cue.id,
-                    execution.task,
-                    execution.agent,
-                    _encode(execution.payload),
-                    cue.transport,
-                    execution.scheduled_for,
-                    now,
-                    now,
-                    execution.max_attempts,
-                ),
-            )
-            if fire.idempotency_key is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO idempotency "
-                    "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                [
                     (
+                        e.id,
                         tenant_id,
-                        cue.id,
-                        fire.idempotency_key,
-                        fire.body_hash,
-                        execution.id,
+                        e.cue_id,
+                        e.task,
+                        e.agent,
+                        _encode(e.payload),
+                        e.transport,
+                        e.scheduled_for,
                         now,
-                    ),
+                        now,
+                        e.max_attempts,
+                    )
+                    for e in created.values()
+                ],
+            )
+            for cue_id, count in Counter(e.cue_id for e in created.values()).items():
+                db.execute(
+                    "UPDATE cues SET fired_count = fired_count + ?, last_run = ? WHERE id = ?",
+                    (count, now, cue_id),
                 )
-            cue.fired_count += 1
-            cue.last_run = now
-            out.append(execution)
-            created.append(execution)
-        for cue in cues.values():
-            db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(cue), cue.id))
-        return out, created
+        return out, list(created.values())
 
     def _wake(self, tenant_id: str, created: list[ExecutionRow], now: float) -> None:
         """After the commit: wake the claims waiting for what is claimable now."""
@@ -478,3 +469,48 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed):
             WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
+
+
+def _keyed(
+    db: sqlite3.Connection,
+    tenant_id: str,
+    fire: NewFire,
+    execution_id: str,
+    now: float,
+    made: dict[str, ExecutionRow],
+) -> ExecutionRow | str | None:
+    """Take `fire`'s idempotency key for `execution_id`, in one statement when it
+    is new or expired: None (make the execution), the key's first execution
+    (a repeat; `made` holds those of this batch, not inserted yet), or the key
+    itself when it was used with another body (a conflict)."""
+    key = fire.idempotency_key
+    assert key is not None
+    taken = db.execute(
+        "INSERT INTO idempotency (tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
+        "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
+        "created_at = excluded.created_at WHERE idempotency.created_at <= ? RETURNING 1",
+        (tenant_id, fire.cue_id, key, fire.body_hash, execution_id, now, now - IDEMPOTENCY_TTL),
+    ).fetchone()
+    if taken is not None:
+        return None
+    body_hash, first_id = db.execute(
+        "SELECT body_hash, execution_id FROM idempotency "
+        "WHERE tenant_id = ? AND cue_id = ? AND key = ?",
+        (tenant_id, fire.cue_id, key),
+    ).fetchone()
+    if body_hash != fire.body_hash:
+        return key
+    first = made.get(first_id)
+    if first is not None:
+        return first
+    row = db.execute(f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (first_id,)).fetchone()
+    if row is not None:
+        return execution_from_row(row)
+    # The key's first execution is gone (purged): this fire takes its place.
+    db.execute(
+        "UPDATE idempotency SET execution_id = ?, created_at = ? "
+        "WHERE tenant_id = ? AND cue_id = ? AND key = ?",
+        (execution_id, now, tenant_id, fire.cue_id, key),
+    )
+    return None

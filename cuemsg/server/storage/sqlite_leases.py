@@ -42,6 +42,7 @@ _DONE_SET = (
 _OPEN = "status = 'delivering' AND outcome IS NULL"
 #: Items of a batch per statement (4 parameters each, far below SQLite's limit).
 _CHUNK = 500
+_DONE_MANY = _DONE_SET.format("v.vstatus", "v.voutcome", "v.vat")
 
 _encode = msgspec.json.Encoder().encode
 
@@ -236,7 +237,7 @@ class SQLiteLeases:
                 values = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
                 rows = db.execute(
                     f"WITH v(vid, vstatus, voutcome, vat) AS (VALUES {values}) "
-                    f"UPDATE executions AS e SET {_DONE_SET.format('v.vstatus', 'v.voutcome', 'v.vat')} FROM v "
+                    f"UPDATE executions AS e SET {_DONE_MANY} FROM v "
                     "WHERE e.id = v.vid AND e.tenant_id = ? AND e.status = 'delivering' "
                     f"AND e.outcome IS NULL{owner} RETURNING {_EXEC_COLS}",
                     args,

@@ -8,9 +8,11 @@ import msgspec
 
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
-    CueRow,
     claimable_condition,
+    cue_from_doc,
 )
+
+__all__ = ["cue_from_doc"]  # shared with SQLite, imported from here by this backend
 
 EXEC_COLS = EXECUTION_COLUMNS
 CLAIMABLE_WHERE = claimable_condition("%s")
@@ -33,16 +35,6 @@ RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v
 IS_RELAXED = "(SELECT v FROM relaxed) = 'off'"  # referencing the CTE makes it run
 
 encode_json = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(CueRow).decode
-
-
-def cue_from_doc(doc: bytes, fired_count: int, last_run: float | None) -> CueRow:
-    # The fire counters live in their own columns (a fire bumps them without
-    # rewriting the document); the document holds everything else.
-    cue = _decode_cue(doc)
-    cue.fired_count = fired_count
-    cue.last_run = last_run
-    return cue
 
 
 def claim_next_statement(where: str, *, relaxed: bool) -> str:
