@@ -54,7 +54,7 @@ async def test_a_batch_records_each_item_on_its_own(db_url: str) -> None:
         ]
         got = await s.get_execution(t, mine[1].id)
         assert got is not None and got.outcome is not None and got.outcome.result == "b"
-        assert (await s.get_execution(t, theirs.id)).status == "delivering"  # type: ignore[union-attr]
+        assert (await s.get_execution(t, theirs.id)).status == "delivering"
 
 
 async def test_settle_and_claim_records_then_claims(db_url: str) -> None:
@@ -81,7 +81,7 @@ async def test_settle_and_claim_records_then_claims(db_url: str) -> None:
         assert not isinstance(settled[1], ApiProblem) and settled[1].status == "success"
         assert [e.id for e in claimed] == [third.id]  # the refusal did not stop the claim
         assert claimed[0].claimed_by_worker == "w1" and claimed[0].status == "delivering"
-        assert (await s.get_execution(t, held.id)).status == "success"  # type: ignore[union-attr]
+        assert (await s.get_execution(t, held.id)).status == "success"
 
 
 async def test_settle_and_claim_with_nothing_claimable_still_records(db_url: str) -> None:
