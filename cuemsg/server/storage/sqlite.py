@@ -10,10 +10,11 @@ file: the long-poll notifier is in-process (use PostgreSQL for replicas).
 cut may lose the last commits; `synchronous="FULL"` trades speed for that.
 
 This module holds `SQLiteStorage`: opening (and migrating) a file, tenants
-and keys, cues, fires, claims, outcomes and workers. Beside it:
-`sqlite_schema.py` (tables, indexes, migrations), `sqlite_files.py` (opening
-a file, a full disk), `sqlite_timed.py` (schedules, webhook deliveries) and
-`sqlite_upkeep.py` (the sweep and the purge), the last two mixed in.
+and keys, cues, fires and workers. Beside it: `sqlite_schema.py` (tables,
+indexes, migrations), `sqlite_files.py` (opening a file, a full disk),
+`sqlite_leases.py` (claims, heartbeats, outcomes), `sqlite_timed.py`
+(schedules, webhook deliveries) and `sqlite_upkeep.py` (the sweep and the
+purge), the last three mixed in.
 """
 
 from __future__ import annotations
