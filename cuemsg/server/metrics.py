@@ -169,12 +169,18 @@ def _count_outcome(m: Metrics, result: Any) -> None:
             (m.succeeded if outcome.success else m.failed).inc()
 
 
+def _count_settle_and_claim(m: Metrics, result: Any) -> None:
+    _count_outcome(m, result[0])
+    _count_claims(m, result[1])
+
+
 _COUNTED: dict[str, Callable[[Metrics, Any], None]] = {
     "fire": _count_fire,
     "claim": _count_claims,
     "claim_next": _count_claims,
     "record_outcome": _count_outcome,
     "record_outcomes": _count_outcome,
+    "settle_and_claim": _count_settle_and_claim,
 }
 
 

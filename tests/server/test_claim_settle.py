@@ -71,3 +71,27 @@ def test_extensions_off_refuses_settle(api_on: Callable[..., Api]) -> None:
         api.claim("w1", settle=[{"execution_id": "x", "success": True}]), 422, "validation_error"
     )
     assert err["field"] == "settle"
+
+
+def test_a_refused_outcome_with_nothing_claimable_is_answered(api: Api) -> None:
+    cue = api.cue(payload={"task": "t"})
+    mine = api.fire(cue["id"])["id"]
+    assert api.claim("w1", task="t").json()["execution_id"] == mine
+    answer = api.claim(
+        "w1",
+        task="t",
+        settle=[
+            {"execution_id": "no-such-execution", "success": True},
+            {"execution_id": mine, "success": True},
+        ],
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["claimed"] is False and body["executions"] == []
+    assert body["settled"][0]["error"]["code"] == "execution_not_found"
+    assert body["settled"][1] == {
+        "execution_id": mine,
+        "outcome_recorded": True,
+        "outcome_state": "success",
+    }
+    assert api.execution(mine)["status"] == "success"

@@ -5,11 +5,14 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cuemsg import StorageOpenError
+from cuemsg.server.storage.base import CueRow
 from cuemsg.server.storage.sqlite import SQLiteStorage
-from cuemsg.server.storage.sqlite_schema import SCHEMA, SCHEMA_VERSION
+from cuemsg.server.storage.sqlite_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
+from tests.storage.helpers import T0, keyed
 
 pytestmark = pytest.mark.anyio
 
@@ -57,3 +60,58 @@ async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION + 1),)
+
+
+async def test_a_version_4_file_keeps_its_counters_and_keys(tmp_path: Path) -> None:
+    """Version 5 moved a cue's fire counters out of its document into columns and
+    made the idempotency table WITHOUT ROWID: a file of version 4 keeps both."""
+    path = tmp_path / "v4.db"
+    cue = CueRow(
+        id="cue_old",
+        tenant_id="ten_old",
+        name="inbox",
+        payload={"task": "t"},
+        created_at=T0,
+        updated_at=T0,
+        fired_count=3,
+        last_run=T0 + 5,
+    )
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA + MIGRATIONS[3] + MIGRATIONS[4])
+        db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '4')")
+        db.execute(
+            "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run) "
+            "VALUES (?, ?, ?, 'active', ?, ?, NULL)",
+            (cue.id, cue.tenant_id, cue.name, T0, msgspec.json.encode(cue)),
+        )
+        db.execute(
+            "INSERT INTO executions (id, tenant_id, cue_id, status, task, payload, transport, "
+            "triggered_by, scheduled_for, created_at, updated_at, max_attempts) VALUES "
+            "('exe_old', 'ten_old', 'cue_old', 'pending', 't', '{\"task\": \"t\"}', 'worker', "
+            "'manual_fire', ?, ?, ?, 3)",
+            (T0, T0, T0),
+        )
+        db.execute(
+            "INSERT INTO idempotency VALUES ('ten_old', 'cue_old', 'k1', 'hash-same', "
+            "'exe_old', ?)",
+            (T0,),
+        )
+    store = SQLiteStorage(str(path))
+    await store.open()
+    try:
+        got = await store.get_cue("ten_old", "cue_old")
+        assert got is not None and (got.fired_count, got.last_run) == (3, T0 + 5)
+        # The key survived the table's rebuild: a repeat finds the first execution.
+        [again] = await store.fire("ten_old", [keyed("cue_old", "k1", at=T0 + 6)], T0 + 6)
+        assert again.id == "exe_old"
+        [new] = await store.fire("ten_old", [keyed("cue_old", "k2", at=T0 + 7)], T0 + 7)
+        assert new.id != "exe_old"
+        got = await store.get_cue("ten_old", "cue_old")
+        assert got is not None and (got.fired_count, got.last_run) == (4, T0 + 7)
+        [listed], _ = await store.list_cues("ten_old", status=None, limit=5, offset=0)
+        assert (listed.fired_count, listed.last_run) == (4, T0 + 7)
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        [ddl] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'idempotency'").fetchone()
+    assert "WITHOUT ROWID" in ddl

@@ -43,7 +43,9 @@ async def claim_next(ctx: Ctx) -> Response:
     server.need("claim.settle", "settle", body.settle)
     lease = server.settings.lease_seconds
     storage = server.storage
-    settled = None if body.settle is None else await settle(ctx, body.worker_id, body.settle)
+    limit = int(body.limit or 1)
+    carried = body.settle  # recorded with the first try, in its transaction
+    settled: list[answers.OutcomeResult] | None = None
     wait = min(body.wait or 0.0, MAX_CLAIM_WAIT)
     deadline = time.monotonic() + wait
     while True:
@@ -52,15 +54,19 @@ async def claim_next(ctx: Ctx) -> Response:
         woke = False
         try:
             server.stats.claim_attempts += 1
-            claimed = await storage.claim_next(
-                ctx.tenant_id,
-                body.worker_id,
-                task=body.task,
-                agent=body.agent,
-                now=server.clock(),
-                lease_seconds=lease,
-                limit=int(body.limit or 1),
-            )
+            if carried is not None:
+                settled, claimed = await settle_and_claim(ctx, body, carried, lease, limit)
+                carried = None
+            else:
+                claimed = await storage.claim_next(
+                    ctx.tenant_id,
+                    body.worker_id,
+                    task=body.task,
+                    agent=body.agent,
+                    now=server.clock(),
+                    lease_seconds=lease,
+                    limit=limit,
+                )
             if claimed:
                 break
             remaining = deadline - time.monotonic()
@@ -95,18 +101,35 @@ async def claim_next(ctx: Ctx) -> Response:
     )
 
 
-async def settle(
-    ctx: Ctx, worker_id: str, items: list[wire.BatchOutcomeItem]
-) -> list[answers.OutcomeResult]:
+async def settle_and_claim(
+    ctx: Ctx,
+    body: wire.ClaimNextExtBody,
+    items: list[wire.BatchOutcomeItem],
+    lease: float,
+    limit: int,
+) -> tuple[list[answers.OutcomeResult], list[ExecutionRow]]:
     """Record the outcomes a claim carries (`claim.settle`), each on its own, as
-    `POST /v1/executions/outcomes` would with `X-Worker-Id: worker_id`."""
-    now = ctx.server.clock()
-    outcomes = [(item.execution_id, outcome_record(item, worker_id, now)) for item in items]
-    results = await ctx.server.storage.record_outcomes(ctx.tenant_id, outcomes, worker_id)
+    `POST /v1/executions/outcomes` would with `X-Worker-Id: worker_id`, and
+    claim, in one transaction: a refused outcome does not stop the claim, and
+    the outcomes stand when nothing is claimable (the long-poll waits after)."""
+    server = ctx.server
+    now = server.clock()
+    outcomes = [(item.execution_id, outcome_record(item, body.worker_id, now)) for item in items]
+    results, claimed = await server.storage.settle_and_claim(
+        ctx.tenant_id,
+        body.worker_id,
+        outcomes,
+        task=body.task,
+        agent=body.agent,
+        now=now,
+        lease_seconds=lease,
+        limit=limit,
+    )
     for result in results:
         if isinstance(result, ExecutionRow):
-            await complete_once(ctx.server.storage, result, now)
-    return [outcome_result(eid, r) for (eid, _), r in zip(outcomes, results, strict=True)]
+            await complete_once(server.storage, result, now)
+    answered = [outcome_result(eid, r) for (eid, _), r in zip(outcomes, results, strict=True)]
+    return answered, claimed
 
 
 async def heartbeat(ctx: Ctx) -> Response:

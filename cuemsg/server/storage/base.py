@@ -117,6 +117,21 @@ class WorkerRow(msgspec.Struct, kw_only=True):
     last_heartbeat: float
 
 
+_decode_cue = msgspec.json.Decoder(CueRow).decode
+
+
+def cue_from_doc(doc: str | bytes, fired_count: int, last_run: float | None) -> CueRow:
+    """A cue from its stored document and its fire counters.
+
+    The counters live in columns of their own on every backend (a fire bumps
+    them without reading or rewriting the document); the document holds
+    everything else (its own copy of the counters is stale)."""
+    cue = _decode_cue(doc)
+    cue.fired_count = fired_count
+    cue.last_run = last_run
+    return cue
+
+
 def effective_payload(cue_payload: dict[str, Any], fire: NewFire) -> dict[str, Any]:
     """The payload an execution carries: fixed at fire time (docs/cueapi.md, Fire)."""
     if fire.payload_override is None:
@@ -419,6 +434,22 @@ class Storage(Protocol):
         limit: int,
     ) -> list[ExecutionRow]:
         """Claim up to `limit` oldest claimable executions atomically; [] when none."""
+
+    async def settle_and_claim(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]]:
+        """`record_outcomes` (by `worker_id`) then `claim_next`, in one transaction:
+        (each outcome or its `ApiProblem`, in order; the executions claimed, maybe
+        none). A refused outcome does not stop the claim."""
 
     async def heartbeat(
         self,

@@ -10,10 +10,11 @@ file: the long-poll notifier is in-process (use PostgreSQL for replicas).
 cut may lose the last commits; `synchronous="FULL"` trades speed for that.
 
 This module holds `SQLiteStorage`: opening (and migrating) a file, tenants
-and keys, cues, fires, claims, outcomes and workers. Beside it:
-`sqlite_schema.py` (tables, indexes, migrations), `sqlite_files.py` (opening
-a file, a full disk), `sqlite_timed.py` (schedules, webhook deliveries) and
-`sqlite_upkeep.py` (the sweep and the purge), the last two mixed in.
+and keys, cues, fires and workers. Beside it: `sqlite_schema.py` (tables,
+indexes, migrations), `sqlite_files.py` (opening a file, a full disk),
+`sqlite_leases.py` (claims, heartbeats, outcomes), `sqlite_timed.py`
+(schedules, webhook deliveries) and `sqlite_upkeep.py` (the sweep and the
+purge), the last three mixed in.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import msgspec
 
 from cuemsg._exceptions import StorageOpenError
-from cuemsg.server.errors import ApiProblem, cue_not_found, execution_not_found
+from cuemsg.server.errors import cue_not_found
 from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
@@ -37,16 +38,14 @@ from cuemsg.server.storage.base import (
     NewFire,
     OutcomeRecord,
     WorkerRow,
-    check_lease,
-    claimable_condition,
     claimable_where,
+    cue_from_doc,
     execution_from_row,
     idempotency_conflict,
     name_reply,
     name_taken,
     new_execution,
     new_execution_id,
-    outcome_already_recorded,
     unknown_cursor,
     where_equal,
     within_bytes,
@@ -54,6 +53,7 @@ from cuemsg.server.storage.base import (
 from cuemsg.server.storage.feed import SEQ_NAMES
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
+from cuemsg.server.storage.sqlite_leases import SQLiteLeases
 from cuemsg.server.storage.sqlite_release import SQLiteRelease
 from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
@@ -66,13 +66,13 @@ from cuemsg.server.storage.sqlite_timed import SQLiteTimed
 from cuemsg.server.storage.sqlite_upkeep import SQLiteUpkeep
 
 _EXEC_COLS = EXECUTION_COLUMNS
-_CLAIMABLE = claimable_condition("?")
 
 _encode = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(CueRow).decode
+# The cue's document and its fire counters (columns of their own: `cue_from_doc`).
+_CUE_COLS = "doc, fired_count, last_run"
 
 
-class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
+class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
     """The default backend. `path` is a file path or `:memory:`."""
 
     def __init__(self, path: str = "cuemsg.db", *, synchronous: str = "NORMAL") -> None:
@@ -221,8 +221,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO cues (id, tenant_id, name, status, created_at, doc, next_run, "
+                    "fired_count, last_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         cue.id,
                         cue.tenant_id,
@@ -231,6 +231,8 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
                         cue.created_at,
                         _encode(cue),
                         cue.next_run,
+                        cue.fired_count,
+                        cue.last_run,
                     ),
                 )
         except sqlite3.IntegrityError as exc:
@@ -239,9 +241,9 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
 
     async def get_cue(self, tenant_id: str, cue_id: str) -> CueRow | None:
         row = self.db.execute(
-            "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
+            f"SELECT {_CUE_COLS} FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
         ).fetchone()
-        return _decode_cue(row[0]) if row else None
+        return cue_from_doc(*row) if row else None
 
     async def list_cues(
         self, tenant_id: str, *, status: str | None, limit: int, offset: int
@@ -249,10 +251,10 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
         where, args = where_equal("?", tenant_id=tenant_id, status=status)
         total = self.db.execute(f"SELECT count(*) FROM cues WHERE {where}", args).fetchone()[0]
         rows = self.db.execute(
-            f"SELECT doc FROM cues WHERE {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
+            f"SELECT {_CUE_COLS} FROM cues WHERE {where} ORDER BY created_at, id LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
-        return [_decode_cue(r[0]) for r in rows], total
+        return [cue_from_doc(*r) for r in rows], total
 
     async def update_cue(
         self, tenant_id: str, cue_id: str, changes: dict[str, Any], now: float
@@ -260,11 +262,12 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
         try:
             with self._tx() as db:
                 row = db.execute(
-                    "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?", (cue_id, tenant_id)
+                    f"SELECT {_CUE_COLS} FROM cues WHERE id = ? AND tenant_id = ?",
+                    (cue_id, tenant_id),
                 ).fetchone()
                 if row is None:
                     return None
-                cue = msgspec.structs.replace(_decode_cue(row[0]), **changes, updated_at=now)
+                cue = msgspec.structs.replace(cue_from_doc(*row), **changes, updated_at=now)
                 db.execute(
                     "UPDATE cues SET name = ?, status = ?, doc = ?, next_run = ? WHERE id = ?",
                     (cue.name, cue.status, _encode(cue), cue.next_run, cue_id),
@@ -292,15 +295,19 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
     def _fire_in(
         self, db: sqlite3.Connection, tenant_id: str, fires: list[NewFire], now: float
     ) -> tuple[list[ExecutionRow], list[ExecutionRow]]:
-        """The fires, inside the caller's transaction: (answers in order, those created)."""
+        """The fires, inside the caller's transaction: (answers in order, those created).
+
+        The executions are inserted together at the end (one `executemany`),
+        and each cue's counters bumped once, in SQL (its document is only read).
+        """
         out: list[ExecutionRow] = []
-        created: list[ExecutionRow] = []
+        created: dict[str, ExecutionRow] = {}  # by id: a repeat in the batch finds its first
         cues: dict[str, CueRow] = {}
         for i, fire in enumerate(fires):
             cue = cues.get(fire.cue_id)
             if cue is None:
                 row = db.execute(
-                    "SELECT doc FROM cues WHERE id = ? AND tenant_id = ?",
+                    "SELECT doc, fired_count, last_run FROM cues WHERE id = ? AND tenant_id = ?",
                     (fire.cue_id, tenant_id),
                 ).fetchone()
                 if row is None:
@@ -308,63 +315,47 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
                     if len(fires) > 1:
                         problem.field = f"fires[{i}].cue_id"
                     raise problem
-                cue = cues[fire.cue_id] = _decode_cue(row[0])
+                cue = cues[fire.cue_id] = cue_from_doc(*row)
+            execution_id = new_execution_id()
             if fire.idempotency_key is not None:
-                seen = db.execute(
-                    "SELECT body_hash, execution_id FROM idempotency "
-                    "WHERE tenant_id = ? AND cue_id = ? AND key = ? AND created_at > ?",
-                    (tenant_id, fire.cue_id, fire.idempotency_key, now - IDEMPOTENCY_TTL),
-                ).fetchone()
-                if seen is not None:
-                    if seen[0] != fire.body_hash:
-                        raise idempotency_conflict(fire.idempotency_key, i, len(fires))
-                    first = db.execute(
-                        f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (seen[1],)
-                    ).fetchone()
-                    if first is not None:
-                        out.append(execution_from_row(first))
-                        continue
-            execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
-            db.execute(
+                first = _keyed(db, tenant_id, fire, execution_id, now, created)
+                if isinstance(first, str):
+                    raise idempotency_conflict(first, i, len(fires))
+                if first is not None:
+                    out.append(first)
+                    continue
+            execution = new_execution(tenant_id, cue, fire, execution_id, now)
+            out.append(execution)
+            created[execution_id] = execution
+        if created:
+            db.executemany(
                 "INSERT INTO executions (id, tenant_id, cue_id, status, task, agent, payload, "
                 "transport, triggered_by, scheduled_for, created_at, updated_at, attempts, "
                 "max_attempts, fired_seq) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, "
                 "'manual_fire', ?, ?, ?, 0, ?, cuemsg_next_event())",
-                (
-                    execution.id,
-                    tenant_id,
-                    cue.id,
-                    execution.task,
-                    execution.agent,
-                    _encode(execution.payload),
-                    cue.transport,
-                    execution.scheduled_for,
-                    now,
-                    now,
-                    execution.max_attempts,
-                ),
-            )
-            if fire.idempotency_key is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO idempotency "
-                    "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                [
                     (
+                        e.id,
                         tenant_id,
-                        cue.id,
-                        fire.idempotency_key,
-                        fire.body_hash,
-                        execution.id,
+                        e.cue_id,
+                        e.task,
+                        e.agent,
+                        _encode(e.payload),
+                        e.transport,
+                        e.scheduled_for,
                         now,
-                    ),
+                        now,
+                        e.max_attempts,
+                    )
+                    for e in created.values()
+                ],
+            )
+            for cue_id, count in Counter(e.cue_id for e in created.values()).items():
+                db.execute(
+                    "UPDATE cues SET fired_count = fired_count + ?, last_run = ? WHERE id = ?",
+                    (count, now, cue_id),
                 )
-            cue.fired_count += 1
-            cue.last_run = now
-            out.append(execution)
-            created.append(execution)
-        for cue in cues.values():
-            db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(cue), cue.id))
-        return out, created
+        return out, list(created.values())
 
     def _wake(self, tenant_id: str, created: list[ExecutionRow], now: float) -> None:
         """After the commit: wake the claims waiting for what is claimable now."""
@@ -438,102 +429,6 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
                 names[row[2]] = name[0] if name else None
         return [execution_from_row(r, names[r[2]]) for r in rows]
 
-    async def claim(
-        self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            row = db.execute(
-                "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
-                "claimed_seq = cuemsg_next_event() "
-                f"WHERE id = ? AND tenant_id = ? AND {_CLAIMABLE} RETURNING {_EXEC_COLS}",
-                (worker_id, now, now + lease_seconds, now, execution_id, tenant_id, now),
-            ).fetchone()
-            if row is None:
-                exists = db.execute(
-                    "SELECT 1 FROM executions WHERE id = ? AND tenant_id = ?",
-                    (execution_id, tenant_id),
-                ).fetchone()
-                if exists is None:
-                    raise execution_not_found(execution_id)
-                raise ApiProblem(
-                    409, "claim_failed", f"execution {execution_id!r} is not claimable"
-                )
-        return execution_from_row(row)
-
-    async def claim_next(
-        self,
-        tenant_id: str,
-        worker_id: str,
-        *,
-        task: str | None,
-        agent: str | None,
-        now: float,
-        lease_seconds: float,
-        limit: int,
-    ) -> list[ExecutionRow]:
-        where, args = claimable_where("?", tenant_id, task, agent, now)
-        with self._tx() as db:
-            rows = db.execute(
-                "UPDATE executions SET status = 'delivering', attempts = attempts + 1, "
-                "claimed_by_worker = ?, claimed_at = ?, lease_expires_at = ?, updated_at = ?, "
-                "claimed_seq = cuemsg_next_event() "
-                f"WHERE seq IN (SELECT seq FROM executions WHERE {where} "
-                f"ORDER BY scheduled_for, seq LIMIT ?) RETURNING {_EXEC_COLS}, seq",
-                [worker_id, now, now + lease_seconds, now, *args, limit],
-            ).fetchall()
-        # RETURNING gives no order guarantee: restore oldest-first.
-        rows.sort(key=lambda r: (r[9], r[-1]))
-        return [execution_from_row(r) for r in rows]
-
-    def _owned(
-        self, db: sqlite3.Connection, tenant_id: str, execution_id: str
-    ) -> tuple[str, str | None, str | None]:
-        row = db.execute(
-            "SELECT status, claimed_by_worker, outcome FROM executions "
-            "WHERE id = ? AND tenant_id = ?",
-            (execution_id, tenant_id),
-        ).fetchone()
-        if row is None:
-            raise execution_not_found(execution_id)
-        return row[0], row[1], row[2]
-
-    async def heartbeat(
-        self,
-        tenant_id: str,
-        execution_id: str,
-        worker_id: str | None,
-        now: float,
-        lease_seconds: float,
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            status, holder, _ = self._owned(db, tenant_id, execution_id)
-            check_lease(execution_id, status, holder, worker_id)
-            row = db.execute(
-                "UPDATE executions SET lease_expires_at = ?, updated_at = ? "
-                f"WHERE id = ? RETURNING {_EXEC_COLS}",
-                (now + lease_seconds, now, execution_id),
-            ).fetchone()
-        return execution_from_row(row)
-
-    async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
-    ) -> ExecutionRow:
-        with self._tx() as db:
-            return self._record(db, tenant_id, execution_id, worker_id, outcome)
-
-    async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
-    ) -> list[ExecutionRow | ApiProblem]:
-        results: list[ExecutionRow | ApiProblem] = []
-        with self._tx() as db:  # one commit for the batch; each item stands on its own
-            for execution_id, outcome in items:
-                try:
-                    results.append(self._record(db, tenant_id, execution_id, worker_id, outcome))
-                except ApiProblem as problem:
-                    results.append(problem)
-        return results
-
     async def record_outcome_and_fire(
         self,
         tenant_id: str,
@@ -552,36 +447,6 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
             )
         self._wake(tenant_id, created, now)
         return settled, fired
-
-    def _check_open(
-        self, db: sqlite3.Connection, tenant_id: str, execution_id: str, worker_id: str | None
-    ) -> None:
-        status, holder, recorded = self._owned(db, tenant_id, execution_id)
-        if recorded is not None:
-            raise outcome_already_recorded(execution_id)
-        check_lease(execution_id, status, holder, worker_id)
-
-    def _record(
-        self,
-        db: sqlite3.Connection,
-        tenant_id: str,
-        execution_id: str,
-        worker_id: str | None,
-        outcome: OutcomeRecord,
-    ) -> ExecutionRow:
-        self._check_open(db, tenant_id, execution_id, worker_id)
-        row = db.execute(
-            "UPDATE executions SET status = ?, outcome = ?, updated_at = ?, "
-            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
-            f"WHERE id = ? RETURNING {_EXEC_COLS}",
-            (
-                "success" if outcome.success else "failed",
-                _encode(outcome),
-                outcome.recorded_at,
-                execution_id,
-            ),
-        ).fetchone()
-        return execution_from_row(row)
 
     # -- workers ---------------------------------------------------------------
 
@@ -606,3 +471,48 @@ class SQLiteStorage(SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
             WorkerRow(worker_id=r[0], handlers=msgspec.json.decode(r[1]), last_heartbeat=r[2])
             for r in rows
         ]
+
+
+def _keyed(
+    db: sqlite3.Connection,
+    tenant_id: str,
+    fire: NewFire,
+    execution_id: str,
+    now: float,
+    made: dict[str, ExecutionRow],
+) -> ExecutionRow | str | None:
+    """Take `fire`'s idempotency key for `execution_id`, in one statement when it
+    is new or expired: None (make the execution), the key's first execution
+    (a repeat; `made` holds those of this batch, not inserted yet), or the key
+    itself when it was used with another body (a conflict)."""
+    key = fire.idempotency_key
+    assert key is not None
+    taken = db.execute(
+        "INSERT INTO idempotency (tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
+        "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
+        "created_at = excluded.created_at WHERE idempotency.created_at <= ? RETURNING 1",
+        (tenant_id, fire.cue_id, key, fire.body_hash, execution_id, now, now - IDEMPOTENCY_TTL),
+    ).fetchone()
+    if taken is not None:
+        return None
+    body_hash, first_id = db.execute(
+        "SELECT body_hash, execution_id FROM idempotency "
+        "WHERE tenant_id = ? AND cue_id = ? AND key = ?",
+        (tenant_id, fire.cue_id, key),
+    ).fetchone()
+    if body_hash != fire.body_hash:
+        return key
+    first = made.get(first_id)
+    if first is not None:
+        return first
+    row = db.execute(f"SELECT {_EXEC_COLS} FROM executions WHERE id = ?", (first_id,)).fetchone()
+    if row is not None:
+        return execution_from_row(row)
+    # The key's first execution is gone (purged): this fire takes its place.
+    db.execute(
+        "UPDATE idempotency SET execution_id = ?, created_at = ? "
+        "WHERE tenant_id = ? AND cue_id = ? AND key = ?",
+        (execution_id, now, tenant_id, fire.cue_id, key),
+    )
+    return None

@@ -4,7 +4,8 @@
 the steps of `MIGRATIONS` from the file's version up to `SCHEMA_VERSION`,
 then `INDEXES`, in one transaction. Version 3's step and indexes belong to
 the timed work and live beside it in `sqlite_timed.py`; version 4 adds the
-event feed's stamps (`feed.py`), version 5 the lost claim's stamp.
+event feed's stamps (`feed.py`); version 5 the cue's fire counters as columns;
+version 6 the lost claim's stamp and attempt.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BASE_VERSION = 2  # what SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
@@ -39,6 +40,13 @@ _EVENT_SEQ = (
     + ")) VIRTUAL"
 )
 
+_IDEMPOTENCY = """
+CREATE TABLE {} (
+    tenant_id TEXT NOT NULL, cue_id TEXT NOT NULL, key TEXT NOT NULL,
+    body_hash TEXT NOT NULL, execution_id TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, cue_id, key)) WITHOUT ROWID;
+"""
+
 # Steps from version N-1 to N, applied in order by open().
 MIGRATIONS = {
     2: """
@@ -51,8 +59,25 @@ DROP INDEX IF EXISTS ix_exec_lease;
     # The event feed's stamps (cuemsg/server/storage/feed.py).
     4: "".join(f"ALTER TABLE executions ADD COLUMN {n} {kind};\n" for n, kind in STAMP_COLUMNS)
     + f"ALTER TABLE executions ADD COLUMN {_EVENT_SEQ};\n",
+    # A cue's fire counters in columns (as on PostgreSQL): a fire bumps them
+    # in SQL instead of decoding and rewriting the cue's document.
+    5: """
+ALTER TABLE cues ADD COLUMN fired_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE cues ADD COLUMN last_run REAL;
+UPDATE cues SET fired_count = ifnull(json_extract(doc, '$.fired_count'), 0),
+    last_run = json_extract(doc, '$.last_run');
+"""
+    # Idempotency keys in their primary key's b-tree alone (WITHOUT ROWID): every
+    # keyed fire (each message: its id is the key) writes one b-tree, not two.
+    + _IDEMPOTENCY.format("idempotency_v5")
+    + """
+INSERT INTO idempotency_v5 SELECT tenant_id, cue_id, key, body_hash, execution_id, created_at
+    FROM idempotency;
+DROP TABLE idempotency;
+ALTER TABLE idempotency_v5 RENAME TO idempotency;
+""",
     # The feed keeps the claim a lost lease was, when it is claimed again.
-    5: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n"
+    6: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n"
     "ALTER TABLE executions ADD COLUMN lost_attempt INTEGER;\n",
 }
 

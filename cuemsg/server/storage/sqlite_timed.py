@@ -23,6 +23,7 @@ from cuemsg.server.storage.base import (
     CueRow,
     ExecutionRow,
     OutcomeRecord,
+    cue_from_doc,
     execution_from_row,
 )
 
@@ -60,11 +61,11 @@ class SQLiteTimed:
     async def due_cues(self, now: float, limit: int) -> list[CueRow]:
         with self._tx() as db:
             rows = db.execute(
-                "SELECT doc, next_run FROM cues WHERE status = 'active' AND next_run <= ? "
-                "ORDER BY next_run LIMIT ?",
+                "SELECT doc, fired_count, last_run, next_run FROM cues WHERE status = 'active' "
+                "AND next_run <= ? ORDER BY next_run LIMIT ?",
                 (now, limit),
             ).fetchall()
-        return [_with_next_run(_decode_cue(doc), next_run) for doc, next_run in rows]
+        return [_with_next_run(cue_from_doc(*row[:3]), row[3]) for row in rows]
 
     async def advance_schedule(
         self, cue: CueRow, due: float, next_run: float | None, execution: ExecutionRow | None
@@ -77,13 +78,15 @@ class SQLiteTimed:
             ).fetchone()
             if row is None:
                 return None  # paused, deleted, changed or already fired meanwhile
-            stored = _decode_cue(row[0])
+            stored = _decode_cue(row[0])  # its counters are the columns' (cue_from_doc)
             stored.next_run = next_run
             if execution is not None:
                 _insert_execution(db, execution)
                 stored.run_count += 1
-                stored.fired_count += 1
-                stored.last_run = execution.created_at
+                db.execute(
+                    "UPDATE cues SET fired_count = fired_count + 1, last_run = ? WHERE id = ?",
+                    (execution.created_at, cue.id),
+                )
             db.execute("UPDATE cues SET doc = ? WHERE id = ?", (_encode(stored), cue.id))
         if execution is not None and execution.transport == "worker":
             self.notifier.notify(execution.tenant_id, execution.task)

@@ -8,9 +8,11 @@ import msgspec
 
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
-    CueRow,
     claimable_condition,
+    cue_from_doc,
 )
+
+__all__ = ["cue_from_doc"]  # shared with SQLite, imported from here by this backend
 
 EXEC_COLS = EXECUTION_COLUMNS
 CLAIMABLE_WHERE = claimable_condition("%s")
@@ -33,13 +35,18 @@ RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS v
 IS_RELAXED = "(SELECT v FROM relaxed) = 'off'"  # referencing the CTE makes it run
 
 encode_json = msgspec.json.Encoder().encode
-_decode_cue = msgspec.json.Decoder(CueRow).decode
 
 
-def cue_from_doc(doc: bytes, fired_count: int, last_run: float | None) -> CueRow:
-    # The fire counters live in their own columns (a fire bumps them without
-    # rewriting the document); the document holds everything else.
-    cue = _decode_cue(doc)
-    cue.fired_count = fired_count
-    cue.last_run = last_run
-    return cue
+def claim_next_statement(where: str, *, relaxed: bool) -> str:
+    """Claim the oldest claimable rows matching `where` (its arguments, then the
+    limit, then those of `CLAIM_SET`). The CTE (always materialised: it locks)
+    runs once; SKIP LOCKED lets concurrent claimers on any replica take
+    different rows without waiting. `relaxed`: a claim on its own commits
+    without waiting for the flush; one that carries outcomes must wait."""
+    head, check = (f"WITH {RELAXED}, ", f" AND {IS_RELAXED}") if relaxed else ("WITH ", "")
+    return (
+        f"{head}picked AS (SELECT seq FROM cuemsg_executions WHERE {where} "
+        "ORDER BY scheduled_for, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"UPDATE cuemsg_executions e SET {CLAIM_SET} FROM picked "
+        f"WHERE e.seq = picked.seq{check} RETURNING {EXEC_COLS}, e.seq"
+    )

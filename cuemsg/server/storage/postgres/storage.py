@@ -1,6 +1,7 @@
 """`PostgresStorage`: the `Storage` protocol on PostgreSQL (meta, tenants, cues,
-executions, claims, leases, outcomes, workers and the sweep); firing is in
-`fires.py`, the event feed and redrive in `feed.py`, connections in `connection.py`.
+executions, claims, leases, workers and the sweep); firing is in `fires.py`,
+outcomes in `outcomes.py`, the event feed and redrive in `feed.py`, connections
+in `connection.py`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import AsyncConnection
 
 from cuemsg._exceptions import StorageError
 from cuemsg.server.errors import ApiProblem, execution_not_found
@@ -18,20 +18,17 @@ from cuemsg.server.storage.base import (
     IDEMPOTENCY_TTL,
     CueRow,
     ExecutionRow,
-    NewFire,
-    OutcomeRecord,
     WorkerRow,
     check_lease,
     claimable_where,
     execution_from_row,
-    name_reply,
     name_taken,
-    outcome_already_recorded,
     unknown_cursor,
     where_equal,
     within_bytes,
 )
 from cuemsg.server.storage.postgres.feed import PostgresFeed
+from cuemsg.server.storage.postgres.outcomes import PostgresOutcomes
 from cuemsg.server.storage.postgres.release import PostgresRelease
 from cuemsg.server.storage.postgres.statements import (
     CLAIM_SET,
@@ -40,15 +37,15 @@ from cuemsg.server.storage.postgres.statements import (
     IS_RELAXED,
     LOST_SET,
     RELAXED,
+    claim_next_statement,
     cue_from_doc,
     encode_json,
 )
-from cuemsg.server.storage.postgres.timed import PostgresTimed
 
 _decode_handlers = msgspec.json.Decoder(list[str]).decode
 
 
-class PostgresStorage(PostgresFeed, PostgresTimed, PostgresRelease):
+class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
     """The backend for several replicas: `url` is a `postgresql://` URL (libpq syntax).
 
     Args:
@@ -299,31 +296,13 @@ class PostgresStorage(PostgresFeed, PostgresTimed, PostgresRelease):
         limit: int,
     ) -> list[ExecutionRow]:
         where, args = claimable_where("%s", tenant_id, task, agent, now)
-        # The CTE (always materialised: it locks) runs once; SKIP LOCKED lets
-        # concurrent claimers on any replica take different rows without waiting.
         rows = await self._all(
-            f"WITH {RELAXED}, picked AS (SELECT seq FROM cuemsg_executions WHERE {where} "
-            "ORDER BY scheduled_for, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
-            f"UPDATE cuemsg_executions e SET {CLAIM_SET} FROM picked "
-            f"WHERE e.seq = picked.seq AND {IS_RELAXED} RETURNING {EXEC_COLS}, e.seq",
+            claim_next_statement(where, relaxed=True),
             [*args, limit, worker_id, now, now + lease_seconds, now],
         )
         # RETURNING gives no order guarantee: restore oldest-first.
         rows.sort(key=lambda r: (r[9], r[-1]))
         return [execution_from_row(r) for r in rows]
-
-    async def _locked(
-        self, conn: AsyncConnection[Any], tenant_id: str, execution_id: str
-    ) -> tuple[str, str | None, bool]:
-        cur = await conn.execute(
-            "SELECT status, claimed_by_worker, outcome IS NOT NULL FROM cuemsg_executions "
-            "WHERE id = %s AND tenant_id = %s FOR UPDATE",
-            (execution_id, tenant_id),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise execution_not_found(execution_id)
-        return row[0], row[1], bool(row[2])
 
     async def heartbeat(
         self,
@@ -354,105 +333,6 @@ class PostgresStorage(PostgresFeed, PostgresTimed, PostgresRelease):
                 row = await cur.fetchone()
         assert row is not None
         return execution_from_row(row)
-
-    async def record_outcome(
-        self, tenant_id: str, execution_id: str, worker_id: str | None, outcome: OutcomeRecord
-    ) -> ExecutionRow:
-        update = (
-            "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-            "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
-            "WHERE id = %s AND tenant_id = %s {} "
-            f"RETURNING {EXEC_COLS}"
-        )
-        args: list[Any] = [
-            "success" if outcome.success else "failed",
-            encode_json(outcome).decode(),
-            outcome.recorded_at,
-            execution_id,
-            tenant_id,
-        ]
-        guard = "AND status = 'delivering' AND outcome IS NULL"
-        if worker_id is not None:
-            guard += " AND claimed_by_worker = %s"
-        row = await self._one(
-            update.format(guard), [*args, worker_id] if worker_id is not None else args
-        )
-        if row is None:
-            async with self._tx() as conn:
-                status, holder, recorded = await self._locked(conn, tenant_id, execution_id)
-                if recorded:
-                    raise outcome_already_recorded(execution_id)
-                check_lease(execution_id, status, holder, worker_id)
-                cur = await conn.execute(update.format(""), args)
-                row = await cur.fetchone()
-        assert row is not None
-        return execution_from_row(row)
-
-    async def record_outcome_and_fire(
-        self,
-        tenant_id: str,
-        execution_id: str,
-        worker_id: str | None,
-        outcome: OutcomeRecord,
-        reply: NewFire,
-        now: float,
-    ) -> tuple[ExecutionRow, ExecutionRow]:
-        async with self._tx() as conn:
-            # The row lock first: a refused outcome fires nothing, and a racing
-            # outcome on the same execution waits for this commit.
-            status, holder, recorded = await self._locked(conn, tenant_id, execution_id)
-            if recorded:
-                raise outcome_already_recorded(execution_id)
-            check_lease(execution_id, status, holder, worker_id)
-            [fired], wake = await self._fire_in(conn, tenant_id, [reply], now)
-            named = name_reply(outcome, fired.id)
-            cur = await conn.execute(
-                "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-                "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
-                f"WHERE id = %s RETURNING {EXEC_COLS}",
-                (
-                    "success" if named.success else "failed",
-                    encode_json(named).decode(),
-                    named.recorded_at,
-                    execution_id,
-                ),
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        self._wake(wake)
-        return execution_from_row(row), fired
-
-    async def record_outcomes(
-        self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None
-    ) -> list[ExecutionRow | ApiProblem]:
-        results: dict[int, ExecutionRow | ApiProblem] = {}
-        async with self._tx() as conn:  # one commit for the batch
-            # Lock rows in id order so two batches over the same rows cannot deadlock.
-            for index in sorted(range(len(items)), key=lambda i: items[i][0]):
-                execution_id, outcome = items[index]
-                try:
-                    status, holder, recorded = await self._locked(conn, tenant_id, execution_id)
-                    if recorded:
-                        raise outcome_already_recorded(execution_id)
-                    check_lease(execution_id, status, holder, worker_id)
-                except ApiProblem as problem:
-                    results[index] = problem
-                    continue
-                cur = await conn.execute(
-                    "UPDATE cuemsg_executions SET status = %s, outcome = %s, updated_at = %s, "
-                    "lease_expires_at = NULL, done_seq = cuemsg_next_event() "
-                    f"WHERE id = %s RETURNING {EXEC_COLS}",
-                    (
-                        "success" if outcome.success else "failed",
-                        encode_json(outcome).decode(),
-                        outcome.recorded_at,
-                        execution_id,
-                    ),
-                )
-                row = await cur.fetchone()
-                assert row is not None
-                results[index] = execution_from_row(row)
-        return [results[i] for i in range(len(items))]
 
     # -- workers ---------------------------------------------------------------
 
