@@ -97,13 +97,17 @@ class Mailbox(
 
     def __init__(self, client: CueClient, info: MailboxInfo, config: MailboxConfig) -> None:
         self.client = client
-        self._wake = threading.Event()  # heartbeat thread: a lease was taken, or closing
+        self._wake = threading.Event()  # heartbeat thread: something is due sooner, or closing
+        # When the heartbeat thread wakes by itself (`core.monotonic()`): -inf while it
+        # is awake (what comes then is seen before it sleeps), +inf while it works out
+        # how long to sleep (what comes then must wake it: that reckoning may miss it).
+        self._tick_at = float("-inf")
         self._requests = threading.Event()  # reply thread: a request started waiting
         self._core = MailboxCore(
             info, config, event_factory=threading.Event, make_message=self._message
         )
-        self._core.leases.on_hold = self._wake.set
-        self._core.acks.on_due = self._wake.set
+        self._core.leases.on_hold = self._nudge
+        self._core.acks.on_due = self._nudge
         self._core.router.on_expect = self._requests.set
         self._lock = threading.Lock()
         self._heartbeats: threading.Thread | None = None
@@ -268,10 +272,21 @@ class Mailbox(
                 )
                 self._heartbeats.start()
 
+    def _nudge(self) -> None:
+        """A lease was taken or an ack queued: wake the heartbeat thread if that is due
+        before it wakes by itself (a wake-up each message costs more than this check)."""
+        core = self._core
+        if core.monotonic() + core.next_tick_in(cap=1.0) < self._tick_at:
+            self._wake.set()
+
     def _heartbeat_loop(self) -> None:
         core = self._core
         while not core.closing:
-            self._wake.wait(core.next_tick_in(cap=1.0))
+            self._tick_at = float("inf")
+            wait = core.next_tick_in(cap=1.0)
+            self._tick_at = core.monotonic() + wait
+            self._wake.wait(wait)
+            self._tick_at = float("-inf")
             self._wake.clear()
             if core.closing:
                 break
