@@ -165,6 +165,9 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 # -- ids ----------------------------------------------------------------------------------
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# An id's 130 bits are written two digits (10 bits) at a time: 13 steps, not 26.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_PAIR_SHIFTS = range(120, -10, -10)
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
@@ -189,11 +192,7 @@ def new_id() -> str:
             rand = secrets.randbits(80)
         _last_ms, _last_rand = ms, rand
     n = (ms << 80) | rand
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[n & 31])
-        n >>= 5
-    return "".join(reversed(chars))
+    return "".join([_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 # -- bodies -------------------------------------------------------------------------------

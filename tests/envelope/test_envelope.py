@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from typing import Any
 
 import msgspec
@@ -222,3 +223,17 @@ def test_outcome_metadata_round_trips_and_drops_nones() -> None:
     }
     for outcome in (None, {}, {"metadata": None}, {"metadata": {NAMESPACE: 5}}):
         assert outcome_meta_of(outcome) == {}
+
+
+def test_new_id_is_a_ulid_of_the_current_millisecond() -> None:
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    before = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(50)]
+    after = time.time_ns() // 1_000_000
+    for made in ids:
+        assert len(made) == 26 and set(made) <= set(crockford)
+        n = 0
+        for digit in made:  # base 32, most significant digit first
+            n = n * 32 + crockford.index(digit)
+        assert n < 1 << 128  # a ULID's 128 bits: the two top bits of 130 are clear
+        assert before <= n >> 80 <= after  # the time part is the millisecond it was made in
