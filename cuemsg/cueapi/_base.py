@@ -46,6 +46,7 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
     _VERSION = "0"
 USER_AGENT = f"cuemsg/{_VERSION}"
 _URL_CACHE_SIZE = 256
+_HEADERS_CACHE_SIZE = 64  # distinct header sets kept normalised
 _OWN_HEADERS = frozenset({b"accept", b"user-agent"})  # set on every request by `_request_args`
 
 
@@ -165,6 +166,7 @@ class _BaseClient:
         ]
         self._default_names = frozenset(name.lower() for name, _ in self._default_headers)
         self._urls: dict[str, httpx.URL] = {}
+        self._header_sets: dict[tuple[tuple[str, str], ...], httpx.Headers] = {}
 
     def _build_request(self, call: Call) -> httpx.Request:
         """What `self._http.build_request(**self._request_args(call))` gives, built directly.
@@ -185,12 +187,21 @@ class _BaseClient:
             if len(self._urls) >= _URL_CACHE_SIZE:
                 self._urls.clear()
             self._urls[args["url"]] = url
+        # Normalising a header list is half of building a request, and a client sends
+        # few sets (one per worker id): each is normalised once, then copied.
+        key = tuple(ours.items())
+        headers = self._header_sets.get(key)
+        if headers is None:
+            headers = httpx.Headers([*self._default_headers, *key])
+            if len(self._header_sets) >= _HEADERS_CACHE_SIZE:
+                self._header_sets.clear()
+            self._header_sets[key] = headers
         return httpx.Request(
             call.method,
             url,
             params=args["params"],
             content=args["content"],
-            headers=[*self._default_headers, *ours.items()],
+            headers=headers,  # copied by the request: the cached set stays as it is
             extensions={"timeout": timeout.as_dict()},
         )
 

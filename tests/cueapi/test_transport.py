@@ -223,6 +223,23 @@ def test_requests_are_built_as_httpx_builds_them(call: routes.Call) -> None:
     assert fast.extensions == slow.extensions
 
 
+def test_header_sets_built_once_stay_apart_and_unchanged() -> None:
+    # Each set of headers is normalised once and copied: a request's headers
+    # never leak into the next request's, nor does another worker's id.
+    calls = [routes.heartbeat("e-1", worker_id=f"w{i % 3}") for i in range(7)]
+    calls += [routes.info(), routes.heartbeat("e-1", worker_id="w1")]
+    with CueClient("cue_sk_x", "http://cueapi.test:8080/", timeout=3.0) as c:
+        for call in calls:
+            fast = c._build_request(call)
+            fast.headers["X-Extra"] = "changed after building"
+            slow = c._http.build_request(**c._request_args(call))
+            del fast.headers["X-Extra"]
+            assert fast.headers.raw == slow.headers.raw
+        c.api_key = "cue_sk_other"
+        fast = c._build_request(calls[0])
+        assert fast.headers["Authorization"] == "Bearer cue_sk_other"
+
+
 def test_a_closed_client_refuses_as_httpx_does(srv: RunningServer) -> None:
     c = CueClient(srv.api_key, srv.base_url)
     c.info()
