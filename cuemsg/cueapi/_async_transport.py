@@ -35,7 +35,7 @@ import anyio
 import httpx
 
 from cuemsg.cueapi._async_conns import Answer, Conn, connect
-from cuemsg.cueapi._http11 import encode_request
+from cuemsg.cueapi._http11 import encode_request, whole_response
 from cuemsg.cueapi._transport import DEFAULT_KEEPALIVE_EXPIRY, DEFAULT_MAX_IDLE
 
 __all__ = ["AsyncKeepAliveTransport"]
@@ -110,17 +110,10 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
             await self._checkin(origin, conn)
         else:
             await conn.close()
-        response = httpx.Response(
-            answer.status,
-            headers=answer.headers,
-            stream=httpx.ByteStream(answer.content),
-            extensions={"http_version": answer.version, "reason_phrase": answer.reason},
-            request=request,
-        )
-        # The body is in hand: reading it here (decoding gzip, say) takes httpx's sync
-        # path, cheaper than the async iterators `aread()` would go through.
-        response.read()
-        return response
+        # The body is in hand: it is read here (decoding gzip, say, on httpx's sync
+        # path, cheaper than the async iterators `aread()` would go through).
+        head = (answer.version, answer.status, answer.reason, answer.headers)
+        return whole_response(request, head, answer.content)
 
     async def aclose(self) -> None:
         """Close every idle connection (connections in use close when their request ends)."""

@@ -174,3 +174,33 @@ def read_answer(fp: BinaryIO, method: str) -> tuple[Head, bytes, bool]:
     else:
         body, keep = fp.read(), False
     return head, body, keep
+
+
+def whole_response(
+    request: httpx.Request,
+    head: Head,
+    content: bytes,
+) -> httpx.Response:
+    """The `httpx.Response` of an answer read whole, already read (`.content` is set).
+
+    Without a `Content-Encoding` the body is the content as it came: it is set
+    as `read()` would set it, without `read()`'s iterators, decoders and context
+    managers (half of what a small answer costs on the client). With one,
+    `read()` decodes it (gzip, say).
+    """
+    version, status, reason, headers = head
+    response = httpx.Response(
+        status,
+        headers=headers,
+        stream=httpx.ByteStream(content),
+        extensions={"http_version": version, "reason_phrase": reason},
+        request=request,
+    )
+    if any(name.lower() == b"content-encoding" for name, _ in headers):
+        response.read()
+    else:  # what `read()` leaves: the content, the stream consumed and closed
+        response._content = content
+        response._num_bytes_downloaded = len(content)
+        response.is_stream_consumed = True
+        response.is_closed = True
+    return response

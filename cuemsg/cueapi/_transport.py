@@ -46,7 +46,7 @@ import time
 
 import httpx
 
-from cuemsg.cueapi._http11 import IncompleteAnswer, encode_request, read_answer
+from cuemsg.cueapi._http11 import IncompleteAnswer, encode_request, read_answer, whole_response
 
 __all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "DEFAULT_MAX_IDLE", "KeepAliveTransport"]
 
@@ -234,7 +234,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         try:
             sock.settimeout(timeouts.get("read"))
             with sock.makefile("rb") as fp:
-                (version, status, reason, headers), content, keep = read_answer(fp, request.method)
+                head, content, keep = read_answer(fp, request.method)
         except TimeoutError as exc:
             raise httpx.ReadTimeout(_describe(exc), request=request) from exc
         except (IncompleteAnswer, ValueError) as exc:
@@ -243,11 +243,4 @@ class KeepAliveTransport(httpx.BaseTransport):
         except OSError as exc:  # reset by peer, and the like
             raise httpx.ReadError(_describe(exc), request=request) from exc
 
-        response = httpx.Response(
-            status,
-            headers=headers,
-            stream=httpx.ByteStream(content),
-            extensions={"http_version": version, "reason_phrase": reason},
-            request=request,
-        )
-        return response, keep
+        return whole_response(request, head, content), keep

@@ -563,3 +563,34 @@ def test_a_header_with_a_line_break_is_refused_before_sending() -> None:
     with pytest.raises(httpx.LocalProtocolError, match="line break"):
         transport.handle_request(request)
     assert transport.connections_opened == 0
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_a_whole_answer_is_left_as_httpx_leaves_one_it_read(encoding: str | None) -> None:
+    from cuemsg.cueapi._http11 import whole_response
+
+    body = b'{"ok": true, "pad": "' + b"x" * 300 + b'"}'
+    wire = body if encoding is None else gzip.compress(body)
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(wire))]
+    if encoding is not None:
+        headers.append((b"Content-Encoding", encoding.encode()))
+    request = httpx.Request("GET", "http://cueapi.test/v1/info")
+    ours = whole_response(request, (b"HTTP/1.1", 200, b"OK", headers), wire)
+    theirs = httpx.Response(
+        200,
+        headers=headers,
+        stream=httpx.ByteStream(wire),
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": b"OK"},
+        request=request,
+    )
+    theirs.read()
+    for response in (ours, theirs):
+        assert response.content == body and response.read() == body
+        assert response.is_stream_consumed and response.is_closed
+        assert b"".join(response.iter_bytes()) == body
+        assert response.json() == {"ok": True, "pad": "x" * 300}
+        with pytest.raises(httpx.StreamConsumed):
+            list(response.iter_raw())
+    assert ours.num_bytes_downloaded == theirs.num_bytes_downloaded == len(wire)
+    assert ours.headers.raw == theirs.headers.raw
+    assert ours.extensions == theirs.extensions and ours.http_version == "HTTP/1.1"
