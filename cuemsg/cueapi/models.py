@@ -73,13 +73,17 @@ def decode_model(data: Any, model: type[_M]) -> _M:
 
 
 def _attach_raw(obj: Any, data: Any) -> None:
+    # Only models and lists can hold a model: other values (most fields) are not visited.
     if isinstance(obj, Model) and isinstance(data, dict):
         obj.__dict__["_raw"] = data
         for name, wire in zip(obj.__struct_fields__, obj.__struct_encode_fields__, strict=True):
-            _attach_raw(getattr(obj, name), data.get(wire))
+            value = getattr(obj, name)
+            if isinstance(value, (Model, list)):
+                _attach_raw(value, data.get(wire))
     elif isinstance(obj, list) and isinstance(data, list):
         for item, item_data in zip(obj, data, strict=False):
-            _attach_raw(item, item_data)
+            if isinstance(item, (Model, list)):
+                _attach_raw(item, item_data)
 
 
 # -- cues ---------------------------------------------------------------------------------
