@@ -15,15 +15,23 @@ so that what it calls schema-valid is what the server accepts:
 - A claim's `wait` (0..30 s) is a real long-poll: a generated `"wait": 29` on
   an empty queue holds the request for 29 s. Every valid `wait` stays valid but
   is shortened to a tenth of a second, so the budget goes to requests.
+- `format: date-time`: the server takes timestamps from `EARLIEST` to `LATEST`
+  once normalised to UTC (a day inside each end of what `datetime` holds, so
+  no reader's offset can push one over: docs/cueapi.md); JSON Schema has no
+  range for a format, so valid timestamps are drawn from that range, with any
+  offset.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import schemathesis
 from hypothesis import strategies as st
+
+from cuemsg.server.timestamps import EARLIEST, LATEST
 
 SHORT_WAIT = 0.1
 
@@ -37,6 +45,21 @@ _CRON_FIELDS = (
 schemathesis.openapi.format(
     "cron",
     st.tuples(*(st.sampled_from(values) for values in _CRON_FIELDS)).map(" ".join),
+)
+
+
+def _timestamp(utc: Any, minutes: int) -> str:
+    zone = timezone(timedelta(minutes=minutes))
+    return str(utc.replace(tzinfo=timezone.utc).astimezone(zone).isoformat())
+
+
+schemathesis.openapi.format(
+    "date-time",
+    st.builds(
+        _timestamp,
+        st.datetimes(EARLIEST.replace(tzinfo=None), LATEST.replace(tzinfo=None)),
+        st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    ),
 )
 
 
