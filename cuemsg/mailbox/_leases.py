@@ -28,7 +28,7 @@ class LeaseBook:
     it lost, and the message's settlement then raises `LeaseLost`.
     """
 
-    def __init__(self, on_hold: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_hold: Callable[[float], None] | None = None) -> None:
         self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self.on_hold = on_hold
@@ -45,7 +45,7 @@ class LeaseBook:
         with self._lock:
             self._held[execution_id] = _Lease(interval=interval, next_due=now + interval)
         if self.on_hold is not None:
-            self.on_hold()
+            self.on_hold(now + interval)
 
     def release(self, execution_id: str) -> None:
         """Stop renewing (the message was settled, or given up)."""
@@ -125,7 +125,7 @@ class AckQueue:
     def __init__(self) -> None:
         self._items: list[PendingAck] = []
         self._lock = threading.Lock()
-        self.on_due: Callable[[], None] | None = None
+        self.on_due: Callable[[float], None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -136,7 +136,7 @@ class AckQueue:
             self._items.append(item)
             size = len(self._items)
         if self.on_due is not None:
-            self.on_due()
+            self.on_due(item.due)
         return size
 
     def take(self) -> list[PendingAck]:
@@ -154,7 +154,7 @@ class AckQueue:
         with self._lock:
             self._items[:0] = items
         if self.on_due is not None:
-            self.on_due()
+            self.on_due(due)
 
     def next_due(self) -> float | None:
         """When the earliest waiting ack is due (None when none waits)."""

@@ -272,11 +272,10 @@ class Mailbox(
                 )
                 self._heartbeats.start()
 
-    def _nudge(self) -> None:
-        """A lease was taken or an ack queued: wake the heartbeat thread if that is due
-        before it wakes by itself (a wake-up each message costs more than this check)."""
-        core = self._core
-        if core.monotonic() + core.next_tick_in(cap=1.0) < self._tick_at:
+    def _nudge(self, due: float) -> None:
+        """A lease was taken or an ack queued, due at `due`: wake the heartbeat thread
+        if that is before it wakes by itself (a wake-up each message costs more)."""
+        if due < self._tick_at:
             self._wake.set()
 
     def _heartbeat_loop(self) -> None:
