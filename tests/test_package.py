@@ -10,7 +10,7 @@ import pytest
 import cuemsg
 
 # Python 3.11+ reads TOML itself; on 3.10 this module's version check is skipped.
-tomllib = pytest.importorskip("tomllib")
+tomllib = pytest.importorskip("tomllib", reason="tomllib is standard from Python 3.11")
 
 ROOT = Path(__file__).resolve().parents[1]
 

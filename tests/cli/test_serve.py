@@ -134,7 +134,7 @@ def test_https_with_a_self_signed_certificate(
 
 
 def test_a_database_that_cannot_open_prints_no_key() -> None:
-    pytest.importorskip("psycopg")
+    pytest.importorskip("psycopg", reason="the PostgreSQL extra is not installed")
     db = "postgresql://127.0.0.1:1/nowhere"  # nothing listens on port 1
     proc = run_cuemsg("serve", "--port", "0", "--db", db, srv=None)
     assert (proc.returncode, proc.stdout) == (2, "")  # no key, no export lines

@@ -52,7 +52,7 @@ def test_bind_refuses_an_address_in_use() -> None:
 def test_run_loop_runs_on_uvloop_when_installed() -> None:
     from cuemsg.server.run import run_loop
 
-    uvloop = pytest.importorskip("uvloop")
+    uvloop = pytest.importorskip("uvloop", reason="uvloop has no build for this platform (Windows)")
 
     async def which() -> type:
         return type(asyncio.get_running_loop())

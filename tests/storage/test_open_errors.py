@@ -5,10 +5,13 @@ requests later."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,16 +89,35 @@ async def test_a_sound_file_and_memory_open(tmp_path: Path) -> None:
 
 
 async def test_a_read_only_file_is_named(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes through file permissions, so no read-only file can be made")
-    path = _real_db(tmp_path / "ro.db")
-    path.chmod(0o444)
-    tmp_path.chmod(0o555)
+    with (
+        _read_only_copy(_real_db(tmp_path / "ro.db"), tmp_path / "ro") as path,
+        pytest.raises(StorageOpenError, match="cannot open it for reading and writing"),
+    ):
+        await SQLiteStorage(str(path)).open()
+
+
+@contextlib.contextmanager
+def _read_only_copy(db: Path, where: Path) -> Iterator[Path]:
+    """`db` copied into `where`, which is then made read-only: by permissions for
+    an ordinary user; for root (CI), who writes through permissions, a tmpfs
+    remounted read-only."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        path = Path(shutil.copy(db, where))
+        path.chmod(0o444)
+        where.chmod(0o555)
+        try:
+            yield path
+        finally:
+            where.chmod(0o755)
+        return
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
     try:
-        with pytest.raises(StorageOpenError, match="cannot open it for reading and writing"):
-            await SQLiteStorage(str(path)).open()
+        path = Path(shutil.copy(db, where))
+        subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield path
     finally:
-        tmp_path.chmod(0o755)
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_reason_of_an_unopenable_file(tmp_path: Path) -> None:

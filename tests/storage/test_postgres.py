@@ -4,6 +4,7 @@ replicas (and its reconnection), concurrent sweeps, errors as StorageError."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -108,7 +109,10 @@ async def test_plain_url_uses_the_default_schema() -> None:
         with psycopg.connect(PG_DSN, autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{database}"')
     except psycopg.Error as exc:
-        pytest.skip(f"cannot create a database here: {exc}")
+        why = f"cannot create a database here: {exc}"
+        if os.environ.get("CUEMSG_REQUIRE_POSTGRES") == "1":  # CI: trust auth as a superuser
+            pytest.fail(why)
+        pytest.skip(why)
     url = PG_DSN.rsplit("/", 1)[0] + f"/{database}"
     try:
         store = PostgresStorage(url)
