@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cuemsg.cueapi.async_client import AsyncCueClient
-from cuemsg.mailbox._ops import Flow, advance
+from cuemsg.mailbox._ops import Flow, Op, advance
 
 if TYPE_CHECKING:
     from cuemsg.mailbox.aio import AsyncMailbox
@@ -42,8 +42,9 @@ class Opening:
         await self._mailbox.__aexit__(exc_type, exc, tb)
 
 
-async def run_flow(client: AsyncCueClient, flow: Flow[R]) -> R:
-    """Run a flow that only calls the client (no mailbox yet)."""
+async def adrive(flow: Flow[R], perform: Callable[[Op], Awaitable[Any]]) -> R:
+    """Run `flow` to its end, awaiting `perform` on each op it yields (an op that
+    raises resumes the flow with the error): `_ops.drive`'s async twin."""
     value: Any = None
     exc: BaseException | None = None
     try:
@@ -54,10 +55,18 @@ async def run_flow(client: AsyncCueClient, flow: Flow[R]) -> R:
                 return result
             value, exc = None, None
             try:
-                value = op.call(client)
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await perform(op)
             except Exception as err:
                 exc = err
     finally:
         flow.close()
+
+
+async def run_flow(client: AsyncCueClient, flow: Flow[R]) -> R:
+    """Run a flow that only calls the client (no mailbox yet)."""
+
+    async def call(op: Op) -> Any:
+        value = op.call(client)
+        return await value if inspect.isawaitable(value) else value
+
+    return await adrive(flow, call)

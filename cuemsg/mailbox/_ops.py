@@ -337,3 +337,23 @@ def advance(flow: Flow[T], value: Any, exc: BaseException | None) -> tuple[bool,
     except StopIteration as stop:
         return True, stop.value
     return False, op
+
+
+def drive(flow: Flow[T], perform: Callable[[Op], Any]) -> T:
+    """Run `flow` to its end, performing each op it yields with `perform` (an op
+    that raises resumes the flow with the error). The async twin is `_aopen.adrive`."""
+    value: Any = None
+    exc: BaseException | None = None
+    try:
+        while True:
+            done, op = advance(flow, value, exc)
+            if done:
+                result: T = op
+                return result
+            value, exc = None, None
+            try:
+                value = perform(op)
+            except Exception as err:
+                exc = err
+    finally:
+        flow.close()

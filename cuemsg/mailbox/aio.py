@@ -38,7 +38,7 @@ from anyio.abc import TaskGroup
 from cuemsg._exceptions import MailboxError
 from cuemsg.cueapi import AsyncCueClient
 from cuemsg.mailbox._admin import AsyncAdminMethods
-from cuemsg.mailbox._aopen import Opening, run_flow
+from cuemsg.mailbox._aopen import Opening, adrive, run_flow
 from cuemsg.mailbox._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_DELIVERIES,
@@ -266,22 +266,7 @@ class AsyncMailbox(
     async def _drive(
         self, flow: Flow[R], perform: Callable[[Op], Awaitable[Any]] | None = None
     ) -> R:
-        run = perform or self._perform
-        value: Any = None
-        exc: BaseException | None = None
-        try:
-            while True:
-                done, op = advance(flow, value, exc)
-                if done:
-                    result: R = op
-                    return result
-                value, exc = None, None
-                try:
-                    value = await run(op)
-                except Exception as err:
-                    exc = err
-        finally:
-            flow.close()
+        return await adrive(flow, perform or self._perform)
 
     # -- background tasks -------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from cuemsg.mailbox._ops import (
     StartReplies,
     WaitSlots,
     advance,
+    drive,
 )
 from cuemsg.mailbox._receive import pick_prefetch
 from cuemsg.mailbox._sending import SendMethods
@@ -244,22 +245,7 @@ class Mailbox(
         self._closed_event.wait(seconds)  # sleep, but not past close()
 
     def _drive(self, flow: Flow[R], perform: Callable[[Op], Any] | None = None) -> R:
-        run = perform or self._perform
-        value: Any = None
-        exc: BaseException | None = None
-        try:
-            while True:
-                done, op = advance(flow, value, exc)
-                if done:
-                    result: R = op
-                    return result
-                value, exc = None, None
-                try:
-                    value = run(op)
-                except Exception as err:
-                    exc = err
-        finally:
-            flow.close()
+        return drive(flow, perform or self._perform)
 
     # -- background threads -----------------------------------------------------------------
 
@@ -549,18 +535,4 @@ class Mailbox(
 
 def _run(client: CueClient, flow: Flow[R]) -> R:
     """Run a flow that only calls the client (no mailbox yet)."""
-    value: Any = None
-    exc: BaseException | None = None
-    try:
-        while True:
-            done, op = advance(flow, value, exc)
-            if done:
-                result: R = op
-                return result
-            value, exc = None, None
-            try:
-                value = op.call(client)
-            except Exception as err:
-                exc = err
-    finally:
-        flow.close()
+    return drive(flow, lambda op: op.call(client))

@@ -46,5 +46,9 @@ def execution_not_found(execution_id: str) -> ApiProblem:
     return ApiProblem(404, "execution_not_found", f"execution {execution_id!r} not found")
 
 
+def not_claimable(execution_id: str) -> ApiProblem:
+    return ApiProblem(409, "claim_failed", f"execution {execution_id!r} is not claimable")
+
+
 def invalid(field: str, message: str) -> ApiProblem:
     return ApiProblem(422, "validation_error", f"{field}: {message}", field=field)

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from cuemsg.server.errors import ApiProblem, execution_not_found
+from cuemsg.server.errors import ApiProblem, execution_not_found, not_claimable
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     ExecutionRow,
@@ -73,9 +73,7 @@ class SQLiteLeases:
                 ).fetchone()
                 if exists is None:
                     raise execution_not_found(execution_id)
-                raise ApiProblem(
-                    409, "claim_failed", f"execution {execution_id!r} is not claimable"
-                )
+                raise not_claimable(execution_id)
         return execution_from_row(row)
 
     async def claim_next(

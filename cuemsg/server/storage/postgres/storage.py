@@ -13,7 +13,7 @@ import msgspec
 import psycopg
 
 from cuemsg._exceptions import StorageError
-from cuemsg.server.errors import ApiProblem, execution_not_found
+from cuemsg.server.errors import execution_not_found, not_claimable
 from cuemsg.server.storage.base import (
     IDEMPOTENCY_TTL,
     CueRow,
@@ -279,9 +279,7 @@ class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
                 )
                 if await cur.fetchone() is None:
                     raise execution_not_found(execution_id)
-                raise ApiProblem(
-                    409, "claim_failed", f"execution {execution_id!r} is not claimable"
-                )
+                raise not_claimable(execution_id)
         return execution_from_row(row)
 
     async def claim_next(
