@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,19 @@ ROW_KEYS = [
     "3a", "3b", "4", "4g", "5a", "5b", "5c", "6", "7a", "7b", "7c", "7d", "8a", "8b", "9a", "9b",
     "B", "Bm", "10a", "10b", "10c", "10d", "10e", "10f", "H",
 ]  # fmt: skip
+#: Rows on the SQLite servers (`Suite.sqlite`), not the tail's, PostgreSQL's or the peers'.
+SQLITE_ROWS = [k for k in ROW_KEYS if k not in ("2j", "2k") and not k.startswith(("7", "8", "10"))]
 
 
 class Suite:
     """Runs the rows of one plan and collects them into a `Report`."""
 
-    def __init__(self, plan: Plan, log: Callable[[str], None], only: str | None = None) -> None:
+    def __init__(
+        self, plan: Plan, log: Callable[[str], None], only: Collection[str] | None = None
+    ) -> None:
         self.plan = plan
-        self.only = only  # "tail": just rows 2j and 2k
+        #: run only these row keys ("2j" brings 2k, "2a" the floor 1a it is read against)
+        self.only = set(only) if only else None
         self.log = log
         self.kind = "mailbox"
         self.report = Report(
@@ -64,6 +69,8 @@ class Suite:
 
     def add(self, key: str, case: str, make: Callable[[], Row | list[Row]]) -> None:
         """Run one row; on failure keep a row that says so."""
+        if not self.wants(key):
+            return
         self.sample_load()
         started = time.monotonic()
         try:
@@ -74,6 +81,9 @@ class Suite:
         for row in made if isinstance(made, list) else [made]:
             self.report.rows.append(row)
             self.log(f"  {row.key:>3} {row.case[:70]:<70} {time.monotonic() - started:5.1f} s")
+
+    def wants(self, *keys: str) -> bool:
+        return self.only is None or any(k in self.only for k in keys)
 
     def skip(self, keys_cases: list[tuple[str, str]], why: str) -> None:
         for key, case in keys_cases:
@@ -171,14 +181,14 @@ class Suite:
         machine) over all cases instead of one, so their ratios hold better.
         """
         k, p = self.kind, self.plan
-        cases = [
+        cases: list[tuple[str, str, list[ServerProc], int, str, bool]] = [
             ("2b", "one-way send -> receive -> ack, 1 pair", [s], 1, k, False),
             ("2c", "one-way send -> receive -> ack, 8 concurrent pairs", [s], 8, k, False),
             ("2d", "one-way send -> receive -> ack, 1 pair, raw client", [s], 1, "raw", False),
             ("3a", "one-way, 1 pair, plain contract (list + claim by id)", [pl], 1, k, True),
             ("3b", "one-way, 8 concurrent pairs, plain contract (list + claim)", [pl], 8, k, True),
         ]
-        if not mailbox_available():
+        if not mailbox_available() and self.wants("2d"):
             cases = [c for c in cases if c[0] != "2d"]
             self.report.rows.append(
                 Row(
@@ -187,6 +197,7 @@ class Suite:
                     note="same as 2b: the Mailbox has not landed",
                 )
             )
+        cases = [c for c in cases if self.wants(c[0])]
         runs: dict[str, list[rows.OneWayRun]] = {c[0]: [] for c in cases}
         errors: dict[str, str] = {}
         for round_ in range(p.rounds):
@@ -301,13 +312,13 @@ class Suite:
         self.sample_load()
         started = time.monotonic()
         with workdir() as wd:
-            if self.only != "tail":
+            if self.wants(*SQLITE_ROWS):
                 self.sqlite(wd)
-            self.tail(wd)
-            if self.only != "tail":
+            if self.wants("2j"):
+                self.tail(wd)
+            if self.wants("7a", "7b", "7c", "7d"):
                 self.postgres(wd)
-        if self.only != "tail":
-            self.peers()
+        self.peers()
         self.sample_load()
         self.report.rows.sort(key=lambda r: ROW_KEYS.index(r.key) if r.key in ROW_KEYS else 99)
         self.report.ratios = ratios(self.report)
