@@ -17,7 +17,8 @@ wants a `datetime` calls `datetime.fromisoformat(...)`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -76,7 +77,7 @@ def _attach_raw(obj: Any, data: Any) -> None:
     # Only models and lists can hold a model: other values (most fields) are not visited.
     if isinstance(obj, Model) and isinstance(data, dict):
         obj.__dict__["_raw"] = data
-        for name, wire in zip(obj.__struct_fields__, obj.__struct_encode_fields__, strict=True):
+        for name, wire in _model_fields(type(obj)):
             value = getattr(obj, name)
             if isinstance(value, (Model, list)):
                 _attach_raw(value, data.get(wire))
@@ -84,6 +85,33 @@ def _attach_raw(obj: Any, data: Any) -> None:
         for item, item_data in zip(obj, data, strict=False):
             if isinstance(item, (Model, list)):
                 _attach_raw(item, item_data)
+
+
+_MODEL_FIELDS: dict[type[Any], tuple[tuple[str, str], ...]] = {}
+
+
+def _model_fields(cls: type[Model]) -> tuple[tuple[str, str], ...]:
+    """(name, JSON key) of the fields of `cls` whose type can hold a model, found once
+    per class: a claim of 50 then visits none of its fields (`msgspec.convert` puts
+    plain JSON in every other field, never a model)."""
+    fields = _MODEL_FIELDS.get(cls)
+    if fields is None:
+        hints = get_type_hints(cls)
+        fields = tuple(
+            (name, wire)
+            for name, wire in zip(cls.__struct_fields__, cls.__struct_encode_fields__, strict=True)
+            if _holds_model(hints[name])
+        )
+        _MODEL_FIELDS[cls] = fields
+    return fields
+
+
+def _holds_model(hint: Any) -> bool:
+    if isinstance(hint, type):
+        return issubclass(hint, Model)
+    if get_origin(hint) in (list, Union, UnionType):
+        return any(_holds_model(arg) for arg in get_args(hint))
+    return False
 
 
 # -- cues ---------------------------------------------------------------------------------

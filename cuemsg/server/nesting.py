@@ -9,7 +9,6 @@ refuses such bodies at the door, the same way whatever the stack depth.
 
 from __future__ import annotations
 
-import re
 from itertools import accumulate
 
 from cuemsg.server.errors import ApiProblem
@@ -19,8 +18,7 @@ __all__ = ["MAX_JSON_DEPTH", "check_depth", "too_deep"]
 #: The deepest nesting of arrays and objects a request body may have.
 MAX_JSON_DEPTH = 100
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_NOT_MARK = bytes(b for b in range(256) if b not in b'"[]{}')
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
@@ -37,7 +35,13 @@ def check_depth(body: bytes) -> None:
     # Cheap first: a body with few brackets cannot nest deeply (most bodies).
     if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
         return
-    # Brackets inside strings do not nest: drop the strings, then all but brackets.
-    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
-    if brackets and max(accumulate(_STEP[b] for b in brackets)) > MAX_JSON_DEPTH:
+    # Brackets inside strings do not nest: drop the strings, with C-speed steps only
+    # (a batch of 50 messages has hundreds of brackets). Escaped backslashes go
+    # first, then escaped quotes: every quote left opens or closes a string.
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Keep the quotes and brackets; an empty string ("") holds no bracket.
+    marks = body.translate(None, _NOT_MARK).replace(b'""', b"")
+    brackets = b"".join(marks.split(b'"')[::2])  # the parts outside strings
+    if brackets and max(accumulate(map(_STEP.__getitem__, brackets))) > MAX_JSON_DEPTH:
         raise too_deep()

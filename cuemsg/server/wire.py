@@ -8,6 +8,7 @@ instead of silently dropping data (docs/cueapi.md, Conventions).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import msgspec
@@ -183,8 +184,10 @@ def iso(ts: float | None) -> str | None:
     return timestamps.render(ts)
 
 
+@lru_cache(maxsize=256)
 def stamp(ts: float) -> str:
-    """A time every row has (`created_at`, `scheduled_for`) as ISO 8601."""
+    """A time every row has (`created_at`, `scheduled_for`) as ISO 8601; cached, as
+    the items of a batch share their times (its fires have one `now`)."""
     return cast(str, timestamps.render(ts))  # only None renders as None
 
 

@@ -74,6 +74,18 @@ def test_brackets_inside_strings_do_not_count() -> None:
     assert wire.decode(text, dict)["n"] == [[1]]
 
 
+@pytest.mark.parametrize("text", ["\\", '\\"', '"', "]]", "\\]", "\n[", ""])
+def test_strings_with_escapes_around_a_deep_value(text: str) -> None:
+    # Escaped backslashes and quotes end (or not) their string where JSON says.
+    for levels, refused in ((MAX_JSON_DEPTH - 1, False), (MAX_JSON_DEPTH, True)):
+        body = json.dumps([text, {text: text}, _nested(levels), text, [[text]] * 60]).encode()
+        if refused:
+            with pytest.raises(ApiProblem):
+                check_depth(body)
+        else:
+            check_depth(body)
+
+
 def test_a_recursion_error_in_the_decoder_is_still_a_422() -> None:
     # Fault injection: a recursion limit just above this frame makes msgspec
     # give up within the allowed depth, as a deep call stack would.

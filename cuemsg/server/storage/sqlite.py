@@ -45,7 +45,7 @@ from cuemsg.server.storage.base import (
     name_reply,
     name_taken,
     new_execution,
-    new_execution_id,
+    new_execution_ids,
     unknown_cursor,
     where_equal,
     within_bytes,
@@ -303,6 +303,7 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         out: list[ExecutionRow] = []
         created: dict[str, ExecutionRow] = {}  # by id: a repeat in the batch finds its first
         cues: dict[str, CueRow] = {}
+        ids = new_execution_ids(len(fires))
         for i, fire in enumerate(fires):
             cue = cues.get(fire.cue_id)
             if cue is None:
@@ -316,7 +317,7 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
                         problem.field = f"fires[{i}].cue_id"
                     raise problem
                 cue = cues[fire.cue_id] = cue_from_doc(*row)
-            execution_id = new_execution_id()
+            execution_id = ids[i]
             if fire.idempotency_key is not None:
                 first = _keyed(db, tenant_id, fire, execution_id, now, created)
                 if isinstance(first, str):

@@ -19,6 +19,7 @@ from cuemsg.server.storage.base import (
     idempotency_conflict,
     new_execution,
     new_execution_id,
+    new_execution_ids,
 )
 from cuemsg.server.storage.postgres.connection import PostgresConnection
 from cuemsg.server.storage.postgres.statements import EXEC_COLS, cue_from_doc, encode_json
@@ -147,7 +148,7 @@ class PostgresFires(PostgresConnection):
         missing = next((i for i, f in enumerate(fires) if f.cue_id not in cues), len(fires))
         valid = fires[:missing]
 
-        ids = [new_execution_id() for _ in valid]
+        ids = new_execution_ids(len(valid))
         # Claim each idempotency key once (its first use in the batch leads).
         leaders: dict[tuple[str, str], int] = {}
         for i, f in enumerate(valid):
