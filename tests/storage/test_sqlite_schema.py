@@ -143,7 +143,7 @@ async def test_a_version_6_file_trades_its_due_index_and_wakes_what_is_scheduled
         assert await store.get_meta("schema_version") == str(SCHEMA_VERSION)
         [now] = await store.fire("ten_a", [new_fire(cue.id)], T0)
         [later] = await store.fire("ten_a", [new_fire(cue.id, at=T0 + 60)], T0)
-        db = store.db  # type: ignore[attr-defined]
+        db = store.db
         held = db.execute(
             "SELECT id FROM executions INDEXED BY ix_exec_scheduled "
             "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > created_at"
