@@ -12,7 +12,7 @@ from cuemsg import StorageOpenError
 from cuemsg.server.storage.base import CueRow
 from cuemsg.server.storage.sqlite import SQLiteStorage
 from cuemsg.server.storage.sqlite_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
-from tests.storage.helpers import T0, keyed
+from tests.storage.helpers import T0, keyed, make_cue, new_fire
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +45,8 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -
         await store.close()
     names = _indexes(path)
     assert not names & {"ix_exec_claim_task", "ix_exec_claim", "ix_exec_due", "ix_exec_lease"}
-    assert {"ix_exec_ready_task", "ix_exec_due_ready", "ix_exec_leased"} <= names
+    assert {"ix_exec_ready_task", "ix_exec_scheduled", "ix_exec_leased"} <= names
+    assert "ix_exec_due_ready" not in names
 
 
 async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
@@ -115,3 +116,56 @@ async def test_a_version_4_file_keeps_its_counters_and_keys(tmp_path: Path) -> N
     with sqlite3.connect(path) as db:
         [ddl] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'idempotency'").fetchone()
     assert "WITHOUT ROWID" in ddl
+
+
+async def test_a_version_6_file_trades_its_due_index_and_wakes_what_is_scheduled(
+    tmp_path: Path,
+) -> None:
+    """Version 7 drops `ix_exec_due_ready` (every ready execution by due time) for
+    `ix_exec_scheduled`, which holds only those due later than they were made: a
+    fire for now is not in it, a scheduled one is, and the sweep finds it there."""
+    path = tmp_path / "v6.db"
+    store = SQLiteStorage(str(path))
+    await store.open()
+    await store.create_tenant("ten_a", "a@example.com", "hash", T0)
+    cue = await make_cue(store, "ten_a")
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX ix_exec_scheduled")
+        db.execute(
+            "CREATE INDEX ix_exec_due_ready ON executions (scheduled_for) "
+            "WHERE status IN ('pending', 'retry_ready')"
+        )
+        db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    store = SQLiteStorage(str(path))
+    await store.open()
+    try:
+        assert await store.get_meta("schema_version") == str(SCHEMA_VERSION)
+        [now] = await store.fire("ten_a", [new_fire(cue.id)], T0)
+        [later] = await store.fire("ten_a", [new_fire(cue.id, at=T0 + 60)], T0)
+        db = store.db
+        held = db.execute(
+            "SELECT id FROM executions INDEXED BY ix_exec_scheduled "
+            "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > created_at"
+        ).fetchall()
+        assert held == [(later.id,)]
+        plan = db.execute(
+            "EXPLAIN QUERY PLAN SELECT tenant_id, task, count(*) FROM executions "
+            "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "
+            "AND scheduled_for <= ? AND scheduled_for > created_at GROUP BY tenant_id, task",
+            (T0, T0 + 61),
+        ).fetchall()
+        assert any("ix_exec_scheduled" in row[3] for row in plan), plan
+        waiter = store.notifier.subscribe("ten_a", "t", None)
+        try:
+            await store.sweep(T0 + 61, since=T0, unclaimed_timeout=0)
+            assert await waiter.wait(5)  # the scheduled one came due: a claim is woken
+        finally:
+            waiter.close()
+        claimed = await store.claim_next(
+            "ten_a", "w", task="t", agent=None, now=T0 + 61, lease_seconds=30, limit=5
+        )
+        assert [e.id for e in claimed] == [now.id, later.id]
+    finally:
+        await store.close()
+    assert "ix_exec_due_ready" not in _indexes(path)

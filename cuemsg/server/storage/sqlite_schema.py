@@ -5,7 +5,8 @@ the steps of `MIGRATIONS` from the file's version up to `SCHEMA_VERSION`,
 then `INDEXES`, in one transaction. Version 3's step and indexes belong to
 the timed work and live beside it in `sqlite_timed.py`; version 4 adds the
 event feed's stamps (`feed.py`); version 5 the cue's fire counters as columns;
-version 6 the lost claim's stamp and attempt.
+version 6 the lost claim's stamp and attempt; version 7 trades the index of every
+ready execution by due time for one of those scheduled later (`ix_exec_scheduled`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from __future__ import annotations
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BASE_VERSION = 2  # what SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
 # claim order (the rowid `seq` ends every index): a claim reads one entry and
 # sorts nothing, and a settled execution leaves them for good. Each index costs
 # about 30 us per write here, so there are few: a claim without a task (rare:
-# mailboxes always claim by task) walks `ix_exec_due_ready` across tenants.
+# mailboxes always claim by task) reads `ix_exec_status` and sorts.
+# `ix_exec_scheduled` holds only executions due later than they were made (a
+# `send_at`, a retry's backoff), for the sweep's wake-ups: a message sent for
+# now, the one-way cycle's, is never written to it.
 INDEXES = """
 CREATE INDEX IF NOT EXISTS ix_exec_ready_task ON executions (tenant_id, task, scheduled_for)
     WHERE status IN ('pending', 'retry_ready');
-CREATE INDEX IF NOT EXISTS ix_exec_due_ready ON executions (scheduled_for)
-    WHERE status IN ('pending', 'retry_ready');
+CREATE INDEX IF NOT EXISTS ix_exec_scheduled ON executions (scheduled_for)
+    WHERE status IN ('pending', 'retry_ready') AND scheduled_for > created_at;
 CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
 CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
@@ -79,6 +83,9 @@ ALTER TABLE idempotency_v5 RENAME TO idempotency;
     # The feed keeps the claim a lost lease was, when it is claimed again.
     6: "ALTER TABLE executions ADD COLUMN lost_claim_seq INTEGER;\n"
     "ALTER TABLE executions ADD COLUMN lost_attempt INTEGER;\n",
+    # Every fire and claim wrote `ix_exec_due_ready` (all ready executions by due
+    # time); only the sweep read it. `ix_exec_scheduled` (in `INDEXES`) replaces it.
+    7: "DROP INDEX IF EXISTS ix_exec_due_ready;\n",
 }
 
 SCHEMA = """

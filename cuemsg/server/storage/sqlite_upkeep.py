@@ -63,7 +63,7 @@ class SQLiteUpkeep:
             ).fetchall()
             wake.update(requeued)
             self.swept["lease_expired"] += capped + len(requeued)
-            if unclaimed_timeout > 0:
+            if unclaimed_timeout > 0:  # walks `ix_exec_ready_task`: every ready execution
                 self.swept["missed"] += db.execute(
                     "UPDATE executions SET status = 'missed', updated_at = ?, "
                     "done_seq = cuemsg_next_event() "
@@ -71,6 +71,7 @@ class SQLiteUpkeep:
                     "AND scheduled_for < ?",
                     (now, now - unclaimed_timeout),
                 ).rowcount
+            # Scheduled executions now due (the terms of `ix_exec_scheduled`, which holds them).
             for tenant_id, task, count in db.execute(
                 "SELECT tenant_id, task, count(*) FROM executions "
                 "WHERE status IN ('pending', 'retry_ready') AND scheduled_for > ? "
