@@ -213,7 +213,8 @@ class ContractMachine(RuleBasedStateMachine):
         """What a worker does most: claim the next one and close it at once."""
         claimed = self.claim_next(worker, task)
         if isinstance(claimed, tuple):
-            self._outcome(*claimed, success)
+            execution, holder = claimed
+            self._outcome(execution, holder, success)
 
     @rule(target=claims, worker=WORKERS, task=TASKS, limit=st.integers(1, 4))
     def claim_many(self, worker: str, task: str | None, limit: int) -> Any:
