@@ -155,6 +155,11 @@ class ServeFlows(ThreadFlows):
             )
         carry = "claim.settle" in (yield Extensions())
         self.presence.start()
+        # The first beat goes before the first claim, not from the heartbeat
+        # timer mid-conversation: the server lists this worker before it takes
+        # anything, and no request of its own lands between a caller's first
+        # request and its answer.
+        yield from self._beat(self.monotonic())
         last = self.monotonic()
         error: Exception | None = None
         self.carry_acks = carry
@@ -211,6 +216,10 @@ class ServeFlows(ThreadFlows):
                 self._lease_lost(eid, None, exc)
             except CuemsgError as exc:
                 log.debug("heartbeat of %s failed (%s); next time", eid, exc)
+        yield from self._beat(now)
+
+    def _beat(self, now: float) -> Flow[None]:
+        """Tell the server this worker is alive, when a presence beat is due."""
         if self.presence.due(now):
             try:
                 yield AnnounceWorker(self.info.worker_id, [self.info.task])

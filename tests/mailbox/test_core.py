@@ -71,6 +71,7 @@ from cuemsg.mailbox._ops import (
     RenewLease,
     StartReplies,
     UpdateCue,
+    WaitSlots,
     advance,
 )
 from cuemsg.mailbox._records import Delivery, Settled
@@ -943,6 +944,28 @@ def test_tick_heartbeats_leases_and_presence() -> None:
     _, ops = run(c.tick(), answer)
     assert ops == []
     assert 0 <= c.next_tick_in(cap=100) <= c.config.presence_interval
+
+
+def test_serve_beats_presence_before_its_first_claim() -> None:
+    """The first beat is serve's own, so none lands mid-call from the timer later."""
+    c = make_core()
+
+    def answer(op: Any) -> Any:
+        if isinstance(op, Extensions):
+            return frozenset({"workers.list"})
+        if isinstance(op, Claim):
+            c.stopping = True  # one turn of the loop is enough
+            return ClaimResult(claimed=False)
+        if isinstance(op, WaitSlots):
+            return 1  # one free handler slot
+        return None
+
+    _, ops = run(c.serve(lambda m: None, concurrency=1), answer)
+    kinds = [type(o) for o in ops]
+    assert kinds.index(AnnounceWorker) < kinds.index(Claim), kinds
+    assert kinds.count(AnnounceWorker) == 1
+    # The timer has nothing to send now: the beat was taken.
+    assert not c.presence.due(c.monotonic())
 
 
 # -- dedupe stores ------------------------------------------------------------------------------
