@@ -35,13 +35,15 @@ import anyio
 import httpx
 
 from cuemsg.cueapi._async_conns import Answer, Conn, connect
-from cuemsg.cueapi._http11 import encode_request, whole_response
-from cuemsg.cueapi._transport import DEFAULT_KEEPALIVE_EXPIRY, DEFAULT_MAX_IDLE
+from cuemsg.cueapi._http11 import Head, encode_request, whole_response
+from cuemsg.cueapi._transport import (
+    DEFAULT_KEEPALIVE_EXPIRY,
+    DEFAULT_MAX_IDLE,
+    DEFAULT_PORTS,
+    Origin,
+)
 
 __all__ = ["AsyncKeepAliveTransport"]
-
-_Origin = tuple[str, str, int]
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _describe(exc: BaseException) -> str:
@@ -72,7 +74,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
         self._max_idle = max_idle
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
-        self._idle: dict[_Origin, list[tuple[Conn, float]]] = {}
+        self._idle: dict[Origin, list[tuple[Conn, float]]] = {}
         self._closed = False
         self.connections_opened = 0
 
@@ -87,22 +89,43 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(
                 f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
             )
         if not url.host:
             raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
-        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         try:
             body = request.content
         except httpx.RequestNotRead:  # a streamed body
             body = await request.aread()
         data = encode_request(request, body)
+        head, content = await self.exchange(origin, data, request.method, timeouts, request)
+        # The body is in hand: it is read here (decoding gzip, say, on httpx's sync
+        # path, cheaper than the async iterators `aread()` would go through).
+        return whole_response(request, head, content)
+
+    async def exchange(
+        self,
+        origin: Origin,
+        data: bytes,
+        method: str,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None = None,
+    ) -> tuple[Head, bytes]:
+        """Send `data`, a whole request's bytes, to `origin`; read the whole answer.
+
+        As `KeepAliveTransport.exchange`: what `AsyncCueClient` calls for the
+        requests it encodes itself (`request` only goes into the exceptions).
+
+        Raises:
+            httpx.TransportError: the subclasses in the module's docstring.
+        """
         conn = await self._checkout(origin, timeouts.get("connect"), request)
         try:
-            answer = await self._exchange(conn, request, data, timeouts)
+            answer = await self._exchange(conn, method, data, timeouts, request)
         except BaseException:  # a failure or a cancellation: the connection is in no known state
             await conn.close()
             raise
@@ -110,10 +133,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
             await self._checkin(origin, conn)
         else:
             await conn.close()
-        # The body is in hand: it is read here (decoding gzip, say, on httpx's sync
-        # path, cheaper than the async iterators `aread()` would go through).
-        head = (answer.version, answer.status, answer.reason, answer.headers)
-        return whole_response(request, head, answer.content)
+        return (answer.version, answer.status, answer.reason, answer.headers), answer.content
 
     async def aclose(self) -> None:
         """Close every idle connection (connections in use close when their request ends)."""
@@ -126,7 +146,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
     # -- the pool -----------------------------------------------------------------------------
 
     async def _checkout(
-        self, origin: _Origin, connect_timeout: float | None, request: httpx.Request
+        self, origin: Origin, connect_timeout: float | None, request: httpx.Request | None
     ) -> Conn:
         """A usable idle connection to `origin`, or a new one."""
         idle = self._idle.get(origin)
@@ -139,7 +159,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
             return conn
         return await self._connect(origin, connect_timeout, request)
 
-    async def _checkin(self, origin: _Origin, conn: Conn) -> None:
+    async def _checkin(self, origin: Origin, conn: Conn) -> None:
         idle = self._idle.setdefault(origin, [])
         if not self._closed and len(idle) < self._max_idle:
             idle.append((conn, time.monotonic()))
@@ -147,7 +167,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
             await conn.close()
 
     async def _connect(
-        self, origin: _Origin, timeout: float | None, request: httpx.Request
+        self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> Conn:
         scheme, host, port = origin
         tls = self._get_ssl_context() if scheme == "https" else None
@@ -171,7 +191,11 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     async def _exchange(
-        conn: Conn, request: httpx.Request, data: bytes, timeouts: dict[str, float | None]
+        conn: Conn,
+        method: str,
+        data: bytes,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None,
     ) -> Answer:
         """Send `data` on `conn` and read the whole answer."""
         try:
@@ -181,7 +205,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise httpx.WriteError(_describe(exc), request=request) from exc
         try:
-            return await conn.answer(request.method, timeouts.get("read"))
+            return await conn.answer(method, timeouts.get("read"))
         except TimeoutError as exc:
             raise httpx.ReadTimeout(_describe(exc), request=request) from exc
         except (anyio.IncompleteRead, anyio.EndOfStream, anyio.DelimiterNotFound) as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import urllib.request
 from collections.abc import Generator
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from cuemsg._exceptions import MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi._retry import RetryPolicy
 from cuemsg.cueapi._routes import Call, Step
-from cuemsg.cueapi._transport import KeepAliveTransport
+from cuemsg.cueapi._transport import DEFAULT_PORTS, KeepAliveTransport, Origin
 
 __all__ = [
     "API_KEY_ENV",
@@ -48,6 +49,15 @@ USER_AGENT = f"cuemsg/{_VERSION}"
 _URL_CACHE_SIZE = 256
 _HEADERS_CACHE_SIZE = 64  # distinct header sets kept normalised
 _OWN_HEADERS = frozenset({b"accept", b"user-agent"})  # set on every request by `_request_args`
+# Header names a call may not set for `encode_call` to build its bytes (httpx would merge them).
+_MERGED = frozenset(
+    {"accept", "accept-encoding", "authorization", "connection", "content-length"}
+    | {"content-type", "host", "transfer-encoding", "user-agent"}
+)
+# Path characters that httpx sends as they are (anything else: httpx quotes the path).
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~-]*")
+_BODYLESS_LENGTH = frozenset({"POST", "PUT", "PATCH"})  # httpx sends Content-Length: 0
+_JSON_TYPE = b"Content-Type: application/json\r\n"
 
 
 def _default_transport() -> httpx.BaseTransport | None:
@@ -204,6 +214,77 @@ class _BaseClient:
             headers=headers,  # copied by the request: the cached set stays as it is
             extensions={"timeout": timeout.as_dict()},
         )
+
+    def _init_direct(self, enabled: bool) -> None:
+        """What `encode_call` needs, worked out once (`enabled`: the client sends through
+        its own keep-alive transport, which takes request bytes)."""
+        url = httpx.URL(self.base_url)
+        plain = enabled and not (url.userinfo or url.query or url.fragment)
+        self.origin: Origin | None = None
+        if plain:
+            self.origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme])
+        self._host_line = b"Host: " + url.netloc + b"\r\n"
+        self._path_prefix = url.raw_path.decode("ascii").rstrip("/")
+        self._blocks: dict[tuple[Any, ...], bytes | None] = {}
+        self._plain_timeouts = httpx.Timeout(self.timeout).as_dict()
+
+    def encode_call(self, call: Call) -> tuple[bytes, dict[str, float | None]] | None:
+        """`call`'s request bytes and timeouts, built here; None when httpx must build it.
+
+        The bytes are the ones `encode_request` makes of `_build_request`'s
+        request (`tests/cueapi/test_transport.py` compares them), without an
+        `httpx.Request` on the way: per request only the request line, the
+        body and its length are new; the header lines are one cached block per
+        header set. Left to httpx (None): a client on another transport or with
+        user:pass@ in its URL, a query string, a path httpx would quote, a
+        header the call sets that httpx merges, or a header value that is not
+        plain ASCII or holds a line break (httpx raises the error).
+
+        Raises:
+            MissingAPIKey: the call needs the API key and the client has none.
+        """
+        if self.origin is None or call.params:
+            return None
+        path = self._path_prefix + call.path
+        if _PLAIN_PATH.fullmatch(path) is None:
+            return None
+        if call.auth and not self._api_key:
+            raise MissingAPIKey()
+        key = (call.auth, self._api_key, *call.headers.items())
+        try:
+            block = self._blocks[key]
+        except KeyError:
+            if len(self._blocks) >= _HEADERS_CACHE_SIZE:
+                self._blocks.clear()
+            block = self._blocks[key] = self._header_block(call)
+        if block is None:
+            return None
+        line = f"{call.method} {path} HTTP/1.1\r\n".encode("ascii")
+        content = call.content()
+        if content is None:
+            length = b"Content-Length: 0\r\n" if call.method in _BODYLESS_LENGTH else b""
+            data = b"".join((line, self._host_line, length, block, b"\r\n"))
+        else:
+            length = b"Content-Length: %d\r\n\r\n" % len(content)
+            data = b"".join((line, self._host_line, block, _JSON_TYPE, length, content))
+        timeouts = self._plain_timeouts
+        if call.wait:  # as `_request_args`: a long-poll reads `wait` seconds longer
+            timeouts = {**timeouts, "read": self.timeout + call.wait}
+        return data, timeouts
+
+    def _header_block(self, call: Call) -> bytes | None:
+        """The header lines every request with `call`'s headers and auth sends (after Host,
+        before Content-Type), or None if httpx must build them."""
+        if any(name.lower() in _MERGED for name in call.headers):
+            return None
+        lines = [*self._default_headers, ("Accept", "application/json"), ("User-Agent", USER_AGENT)]
+        lines += call.headers.items()
+        if call.auth and self._api_key:
+            lines.append(("Authorization", f"Bearer {self._api_key}"))
+        text = "".join(f"{name}: {value}\r\n" for name, value in lines)
+        if not text.isascii() or text.count("\r") != len(lines) or text.count("\n") != len(lines):
+            return None
+        return text.encode("ascii")
 
 
 class _Resource:

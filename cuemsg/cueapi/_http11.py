@@ -184,6 +184,51 @@ def read_answer(fp: BinaryIO, method: str) -> tuple[Head, bytes, bool]:
     return head, body, keep
 
 
+class RawHeaders:
+    """An answer's header list with the one lookup the flows make: `get`, case-insensitive,
+    repeated headers joined with ", " (as `httpx.Headers.get` joins them)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        values = [value.decode("latin-1") for n, value in self.raw if n.lower() == key]
+        return ", ".join(values) if values else default
+
+
+class Reply:
+    """An answer read whole, as the flows read it: `status_code`, `headers.get`, `content`.
+
+    What the clients hand their flows for a request they sent directly (see
+    `_BaseClient.encode_call`): making an `httpx.Response` costs more than
+    reading the answer did, and the flows only read these three.
+    """
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        self.status_code = status
+        self.headers = RawHeaders(headers)
+        self.content = content
+
+    def __repr__(self) -> str:
+        return f"<Reply [{self.status_code}]>"
+
+
+def reply(head: Head, content: bytes) -> Reply | httpx.Response:
+    """The `Reply` of an answer read whole; an `httpx.Response` when its body is encoded
+    (gzip, say), which httpx decodes as it would have."""
+    _version, status, _reason, headers = head
+    if any(name.lower() == b"content-encoding" for name, _ in headers):
+        response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+        response.read()
+        return response
+    return Reply(status, headers, content)
+
+
 def whole_response(
     request: httpx.Request,
     head: Head,

@@ -31,7 +31,7 @@ from cuemsg._exceptions import (
     TransportError,
     TransportTimeout,
 )
-from cuemsg.cueapi._routes import Call, Send, Sleep, Step, parse_answer
+from cuemsg.cueapi._routes import Answered, Call, Send, Sleep, Step, parse_answer
 
 __all__ = ["DEFAULT_MAX_RETRIES", "RetryPolicy", "send_with_retries", "transport_error"]
 
@@ -105,7 +105,7 @@ def transport_error(call: Call, exc: httpx.TransportError) -> TransportError:
 def send_with_retries(call: Call, policy: RetryPolicy) -> Generator[Step, Any, Any]:
     """Flow: send `call`, repeating it as `policy` allows; return the decoded JSON answer.
 
-    Yields `Send` (answered with an `httpx.Response`, or an `httpx.TransportError`
+    Yields `Send` (answered with an `Answered`, or an `httpx.TransportError`
     thrown in) and `Sleep` steps.
 
     Raises:
@@ -116,7 +116,7 @@ def send_with_retries(call: Call, policy: RetryPolicy) -> Generator[Step, Any, A
     ambiguous = False  # an earlier try may have been processed
     while True:
         try:
-            response: httpx.Response = yield Send(call)
+            response: Answered = yield Send(call)
         except httpx.TransportError as exc:
             delay = policy.after_transport_error(call, exc, retries)
             if delay is None:

@@ -21,13 +21,14 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from cuemsg._exceptions import CueAPIError
 
 __all__ = [
+    "Answered",
     "Call",
     "Send",
     "Sleep",
@@ -65,9 +66,22 @@ class Call:
         return None if self.json is None else _encode(self.json)
 
 
+class Answered(Protocol):
+    """What a `Send` step is answered with: an `httpx.Response`, or the clients' lighter
+    `_http11.Reply` for the requests they encode themselves."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Any: ...  # with a case-insensitive `.get`
+    @property
+    def content(self) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class Send:
-    """Flow step: send `call` and hand back the `httpx.Response` (or throw its transport error)."""
+    """Flow step: send `call` and hand back the answer (`Answered`), or throw its
+    transport error (an `httpx.TransportError`)."""
 
     call: Call
 

@@ -46,15 +46,27 @@ import time
 
 import httpx
 
-from cuemsg.cueapi._http11 import IncompleteAnswer, encode_request, read_answer, whole_response
+from cuemsg.cueapi._http11 import (
+    Head,
+    IncompleteAnswer,
+    encode_request,
+    read_answer,
+    whole_response,
+)
 
-__all__ = ["DEFAULT_KEEPALIVE_EXPIRY", "DEFAULT_MAX_IDLE", "KeepAliveTransport"]
+__all__ = [
+    "DEFAULT_KEEPALIVE_EXPIRY",
+    "DEFAULT_MAX_IDLE",
+    "DEFAULT_PORTS",
+    "KeepAliveTransport",
+    "Origin",
+]
 
 DEFAULT_MAX_IDLE = 20  # idle connections kept per (scheme, host, port)
 DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is reused for (httpx's default)
 
-_Origin = tuple[str, str, int]
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int]  # (scheme, host, port)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _readable(sock: socket.socket | None) -> bool:
@@ -101,7 +113,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._ssl_context = ssl_context
         self._lock = threading.Lock()
-        self._idle: dict[_Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
+        self._idle: dict[Origin, list[tuple[http.client.HTTPConnection, float]]] = {}
         self._closed = False
         self.connections_opened = 0
 
@@ -119,18 +131,41 @@ class KeepAliveTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(
                 f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
             )
         if not url.host:
             raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
-        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         data = encode_request(request, request.read())  # a bad header fails before connecting
+        head, content = self.exchange(origin, data, request.method, timeouts, request)
+        return whole_response(request, head, content)
+
+    def exchange(
+        self,
+        origin: Origin,
+        data: bytes,
+        method: str,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None = None,
+    ) -> tuple[Head, bytes]:
+        """Send `data`, a whole request's bytes, to `origin`; read the whole answer.
+
+        What `handle_request` does once it has the bytes, and what `CueClient`
+        calls directly for the requests it encodes itself (no `httpx.Request`
+        then: `request` only goes into the exceptions, as httpx's own do).
+
+        Returns:
+            (head, body): the head as `_http11.parse_head` gives it.
+
+        Raises:
+            httpx.TransportError: the subclasses in the module's docstring.
+        """
         conn = self._checkout(origin, timeouts.get("connect"), request)
         try:
-            response, keep = self._exchange(conn, request, data, timeouts)
+            head, content, keep = self._exchange(conn, method, data, timeouts, request)
         except BaseException:
             conn.close()
             raise
@@ -138,7 +173,7 @@ class KeepAliveTransport(httpx.BaseTransport):
             self._checkin(origin, conn)
         else:  # the answer said the connection closes, or ended with it
             conn.close()
-        return response
+        return head, content
 
     def close(self) -> None:
         """Close every idle connection (connections in use close when their request ends)."""
@@ -152,7 +187,7 @@ class KeepAliveTransport(httpx.BaseTransport):
     # -- the pool -----------------------------------------------------------------------------
 
     def _checkout(
-        self, origin: _Origin, connect_timeout: float | None, request: httpx.Request
+        self, origin: Origin, connect_timeout: float | None, request: httpx.Request | None
     ) -> http.client.HTTPConnection:
         """A usable idle connection to `origin`, or a new one."""
         while True:
@@ -168,7 +203,7 @@ class KeepAliveTransport(httpx.BaseTransport):
             return conn
         return self._connect(origin, connect_timeout, request)
 
-    def _checkin(self, origin: _Origin, conn: http.client.HTTPConnection) -> None:
+    def _checkin(self, origin: Origin, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             idle = self._idle.setdefault(origin, [])
             if not self._closed and len(idle) < self._max_idle:
@@ -177,7 +212,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         conn.close()
 
     def _connect(
-        self, origin: _Origin, timeout: float | None, request: httpx.Request
+        self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> http.client.HTTPConnection:
         scheme, host, port = origin
         conn: http.client.HTTPConnection
@@ -210,11 +245,12 @@ class KeepAliveTransport(httpx.BaseTransport):
     @staticmethod
     def _exchange(
         conn: http.client.HTTPConnection,
-        request: httpx.Request,
+        method: str,
         data: bytes,
         timeouts: dict[str, float | None],
-    ) -> tuple[httpx.Response, bool]:
-        """Send `data` (the request's bytes) on `conn`, read the whole answer: (response,
+        request: httpx.Request | None,
+    ) -> tuple[Head, bytes, bool]:
+        """Send `data` (the request's bytes) on `conn`, read the whole answer: (head, body,
         connection reusable).
 
         `http.client` only opens the connection (TCP and TLS); the request
@@ -234,7 +270,7 @@ class KeepAliveTransport(httpx.BaseTransport):
         try:
             sock.settimeout(timeouts.get("read"))
             with sock.makefile("rb") as fp:
-                head, content, keep = read_answer(fp, request.method)
+                head, content, keep = read_answer(fp, method)
         except TimeoutError as exc:
             raise httpx.ReadTimeout(_describe(exc), request=request) from exc
         except (IncompleteAnswer, ValueError) as exc:
@@ -243,4 +279,4 @@ class KeepAliveTransport(httpx.BaseTransport):
         except OSError as exc:  # reset by peer, and the like
             raise httpx.ReadError(_describe(exc), request=request) from exc
 
-        return whole_response(request, head, content), keep
+        return head, content, keep

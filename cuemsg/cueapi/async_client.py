@@ -19,10 +19,11 @@ import httpx
 from cuemsg._exceptions import CueAPIError
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
-from cuemsg.cueapi._async_transport import default_async_transport
+from cuemsg.cueapi._async_transport import AsyncKeepAliveTransport, default_async_transport
 from cuemsg.cueapi._base import DEFAULT_LIMITS, DEFAULT_TIMEOUT, _BaseClient, _Resource
+from cuemsg.cueapi._http11 import reply
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES
-from cuemsg.cueapi._routes import Call, Send, Step
+from cuemsg.cueapi._routes import Answered, Call, Send, Step
 from cuemsg.cueapi.models import (
     Claimable,
     Claimed,
@@ -91,6 +92,7 @@ class AsyncCueClient(_BaseClient):
                 self._http = httpx.AsyncClient(transport=transport, timeout=timeout)
                 self._transport = transport
         self._init_building(self._http)
+        self._init_direct(isinstance(self._transport, AsyncKeepAliveTransport))
         self.cues = AsyncCues(self)
         self.executions = AsyncExecutions(self)
         self.workers = AsyncWorkers(self)
@@ -111,20 +113,26 @@ class AsyncCueClient(_BaseClient):
         if self._owns_http:
             await self._http.aclose()
 
-    async def _send(self, call: Call) -> httpx.Response:
+    async def _send(self, call: Call) -> Answered:
         transport = self._transport
         if transport is None:
             request = self._http.build_request(**self._request_args(call))
             self.request_count += 1
             return await self._http.send(request)
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        direct = self.encode_call(call)
+        if direct is not None:  # the bytes straight to our transport (see `encode_call`)
+            assert isinstance(transport, AsyncKeepAliveTransport) and self.origin is not None
+            self.request_count += 1
+            head, content = await transport.exchange(self.origin, direct[0], call.method, direct[1])
+            return reply(head, content)
         request = self._build_request(call)
         self.request_count += 1
         if request.url.userinfo:  # user:pass@ in the URL: httpx's auth
             return await self._http.send(request)
         # What `httpx.AsyncClient.send` would do for a client made here, without its
         # layers (see `CueClient._send`).
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
         response = await transport.handle_async_request(request)
         try:
             response.request = request

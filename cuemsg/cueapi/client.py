@@ -45,8 +45,10 @@ from cuemsg.cueapi._base import (
     _default_transport,
     _Resource,
 )
+from cuemsg.cueapi._http11 import reply
 from cuemsg.cueapi._retry import DEFAULT_MAX_RETRIES
-from cuemsg.cueapi._routes import Call, Send, Step
+from cuemsg.cueapi._routes import Answered, Call, Send, Step
+from cuemsg.cueapi._transport import KeepAliveTransport
 from cuemsg.cueapi.async_client import AsyncCueClient, AsyncCues, AsyncExecutions, AsyncWorkers
 from cuemsg.cueapi.models import (
     Claimable,
@@ -146,6 +148,7 @@ class CueClient(_BaseClient):
                 self._http = httpx.Client(transport=transport, timeout=timeout)
                 self._transport = transport
         self._init_building(self._http)
+        self._init_direct(isinstance(self._transport, KeepAliveTransport))
         self.cues = Cues(self)
         self.executions = Executions(self)
         self.workers = Workers(self)
@@ -166,12 +169,20 @@ class CueClient(_BaseClient):
         if self._owns_http:
             self._http.close()
 
-    def _send(self, call: Call) -> httpx.Response:
+    def _send(self, call: Call) -> Answered:
         transport = self._transport
         if transport is None:
             request = self._http.build_request(**self._request_args(call))
             self.request_count += 1
             return self._http.send(request)
+        if self._http.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        direct = self.encode_call(call)
+        if direct is not None:  # the bytes straight to our transport (see `encode_call`)
+            assert isinstance(transport, KeepAliveTransport) and self.origin is not None
+            self.request_count += 1
+            head, content = transport.exchange(self.origin, direct[0], call.method, direct[1])
+            return reply(head, content)
         request = self._build_request(call)
         self.request_count += 1
         if request.url.userinfo:  # user:pass@ in the URL: httpx's auth
@@ -179,8 +190,6 @@ class CueClient(_BaseClient):
         # What `httpx.Client.send` would do for a client made here, without its
         # layers: no auth, hooks or redirects are configured, and the cookie jar
         # (which CueAPI never fills) is left out.
-        if self._http.is_closed:
-            raise RuntimeError("Cannot send a request, as the client has been closed.")
         response = transport.handle_request(request)
         try:
             response.request = request

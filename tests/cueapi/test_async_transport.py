@@ -19,11 +19,12 @@ import anyio
 import httpx
 import pytest
 
-from cuemsg.cueapi import AsyncCueClient, TransportError, TransportTimeout
+from cuemsg._exceptions import RateLimited
+from cuemsg.cueapi import AsyncCueClient, CueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
 from cuemsg.cueapi._async_transport import AsyncKeepAliveTransport
-from cuemsg.cueapi._http11 import parse_head
+from cuemsg.cueapi._http11 import Reply, parse_head
 from cuemsg.testing import RunningServer, free_port, run_server
 from tests.cueapi.test_transport import PEER_BODY, PROXY_VARS, Peer, _wait_until
 
@@ -83,6 +84,29 @@ async def test_default_transport_unless_a_proxy_is_set(monkeypatch: pytest.Monke
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
     async with AsyncCueClient("cue_sk_x", "http://127.0.0.1:1") as c:
         assert c._transport is None  # httpx's own transport, which honours the proxy
+
+
+async def test_a_direct_request_gets_the_light_reply(srv: RunningServer) -> None:
+    # The async client encodes a call as the sync one does (the code is shared)
+    # and reads the answer into the light reply.
+    call = routes.claim_next(worker_id="w1", task="t", wait=0.1)
+    async with AsyncCueClient(srv.api_key, srv.base_url, timeout=3.0) as c:
+        with CueClient(srv.api_key, srv.base_url, timeout=3.0) as sync:
+            assert c.encode_call(call) == sync.encode_call(call) is not None
+        answer = await c._send(routes.info())
+        assert isinstance(answer, Reply) and answer.status_code == 200
+        assert (await c.info()).version
+    async with AsyncCueClient(srv.api_key, srv.base_url, transport=httpx.AsyncHTTPTransport()) as c:
+        assert c.encode_call(call) is None  # not our transport: httpx builds every request
+
+
+@pytest.mark.parametrize("peer", ["limited"], indirect=True)
+async def test_a_429_read_directly_keeps_its_retry_after(peer: Peer) -> None:
+    async with AsyncCueClient(base_url=peer.url, max_retries=0) as c:
+        with pytest.raises(RateLimited) as info:
+            await c.info()
+        assert info.value.retry_after == 0.2
+        assert (await c.info()).version == "peer"
 
 
 async def test_keepalive_reuses_one_connection(srv: RunningServer, anyio_backend: str) -> None:

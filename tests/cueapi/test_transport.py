@@ -20,11 +20,15 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cuemsg._exceptions import MissingAPIKey, RateLimited
 from cuemsg.cueapi import CueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
 from cuemsg.cueapi._base import _default_transport
+from cuemsg.cueapi._http11 import RawHeaders, Reply, encode_request
 from cuemsg.cueapi._transport import KeepAliveTransport
 from cuemsg.testing import RunningServer, free_port, run_server
 
@@ -63,7 +67,8 @@ class Peer(socketserver.ThreadingTCPServer):
     - "stray": answer, then send bytes no request asked for, keep the connection;
     - "conn-close": answer with `Connection: close` and close;
     - "drop": close without answering;
-    - "chunked" / "gzip": answer keep-alive with a chunked / gzip-encoded body.
+    - "chunked" / "gzip": answer keep-alive with a chunked / gzip-encoded body;
+    - "limited": the first request a 429 with `Retry-After: 0.2`, the rest as "keep".
     """
 
     daemon_threads = False  # server_close() joins the handlers
@@ -139,6 +144,10 @@ class _PeerHandler(socketserver.StreamRequestHandler):
             return False
         payload = json.dumps(PEER_BODY).encode()
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Peer: caf\xe9\r\n"
+        if mode == "limited" and len(self.server.seen) == 1:
+            error = {"error": {"code": "rate_limited", "message": "slow down", "status": 429}}
+            payload = json.dumps(error).encode()
+            head = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 0.2\r\n"
         if mode == "chunked":
             half = len(payload) // 2
             chunks = b"".join(
@@ -163,7 +172,7 @@ class _PeerHandler(socketserver.StreamRequestHandler):
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
             with self.server._lock:
                 self.server.strays += 1
-        return mode in ("keep", "stray", "gzip")
+        return mode in ("keep", "stray", "gzip", "limited")
 
 
 @pytest.fixture
@@ -221,6 +230,118 @@ def test_requests_are_built_as_httpx_builds_them(call: routes.Call) -> None:
     assert fast.headers.raw == slow.headers.raw
     assert fast.content == slow.content
     assert fast.extensions == slow.extensions
+
+
+def _httpx_bytes(c: CueClient, call: routes.Call) -> tuple[bytes, dict[str, float | None]]:
+    """What the httpx path writes for `call`: `encode_request` of the built request."""
+    request = c._http.build_request(**c._request_args(call))
+    return encode_request(request, request.content), request.extensions["timeout"]
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://cueapi.test:8080/", "http://127.0.0.1:80", "https://api.x.test/base/"]
+)
+@pytest.mark.parametrize(
+    "call",
+    [
+        routes.info(),
+        routes.register("a@x.test"),
+        routes.get_cue("cue_abcdefabcdef"),
+        routes.fire("cue_abcdefabcdef", {"payload_override": {"a": "\u00e9\n"}}),
+        routes.heartbeat("e-1", worker_id="w1"),
+        routes.claim_next(worker_id="w1", task="t", wait=5.0, limit=3),
+        routes.redrive("e-1"),  # a POST without a body: httpx sends Content-Length: 0
+        routes.delete_cue("cue_abcdefabcdef"),
+    ],
+    ids=lambda call: f"{call.method} {call.path}",
+)
+def test_calls_are_encoded_as_httpx_would_write_them(base_url: str, call: routes.Call) -> None:
+    # The bytes `encode_call` builds without an httpx.Request are the ones the
+    # httpx path writes, byte for byte, with the same timeouts.
+    with CueClient("cue_sk_x", base_url, timeout=3.0) as c:
+        assert c.encode_call(call) == _httpx_bytes(c, call)
+
+
+@pytest.mark.parametrize(
+    ("call", "client_args"),
+    [
+        (routes.list_cues(status="active", limit=10, offset=None), {}),  # a query string
+        (routes.get_cue("a b/\u00e9?"), {}),  # a path httpx quotes
+        (routes.heartbeat("e-1", worker_id="w\u00e9"), {}),  # not ASCII
+        (routes.info(), {"base_url": "http://u:p@cueapi.test"}),  # httpx's auth
+        (routes.info(), {"transport": httpx.HTTPTransport()}),  # not our transport
+        (dataclasses.replace(routes.info(), headers={"accept": "text/html"}), {}),  # merged
+    ],
+    ids=["query", "quoted-path", "non-ascii-header", "userinfo", "transport", "merged-header"],
+)
+def test_what_httpx_must_build_is_left_to_it(
+    call: routes.Call, client_args: dict[str, Any]
+) -> None:
+    args = {"base_url": "http://cueapi.test:8080", **client_args}
+    with CueClient("cue_sk_x", **args) as c:
+        assert c.encode_call(call) is None
+
+
+def test_a_call_without_the_key_it_needs_is_refused_before_encoding() -> None:
+    with CueClient(base_url="http://cueapi.test:8080") as c:
+        assert c.encode_call(routes.info()) is not None  # no key needed
+        with pytest.raises(MissingAPIKey):
+            c.encode_call(routes.get_cue("cue_abcdefabcdef"))
+
+
+@given(
+    worker=st.text(st.characters(codec="latin-1"), max_size=12),
+    path=st.text(st.characters(codec="utf-8"), max_size=12),
+    key=st.text(st.characters(codec="ascii"), min_size=1, max_size=12),
+)
+@settings(max_examples=150)
+def test_encoded_calls_match_httpx_or_are_left_to_it(worker: str, path: str, key: str) -> None:
+    # Whatever a worker id, a cue id or an API key holds, `encode_call` either
+    # writes what httpx writes or leaves the call to httpx, which builds it or
+    # raises its error (a line break in a header).
+    with CueClient(key, "http://cueapi.test:8080", timeout=3.0) as c:
+        for call in (routes.heartbeat("e-1", worker_id=worker), routes.get_cue(path)):
+            direct = c.encode_call(call)
+            if direct is None:
+                continue
+            assert direct == _httpx_bytes(c, call)
+
+
+def test_a_direct_request_gets_the_light_reply_and_uses_one_connection(srv: RunningServer) -> None:
+    with CueClient(srv.api_key, srv.base_url) as c:
+        answer = c._send(routes.info())
+        assert isinstance(answer, Reply) and answer.status_code == 200
+        assert answer.headers.get("Content-Type") == "application/json"
+        assert answer.headers.get("x-none") is None
+        cue = c.cues.create("direct", payload={"task": "direct"})
+        assert c.cues.get(cue.id).name == "direct"
+        assert c.request_count == 3
+    assert _transport(c).connections_opened == 1
+
+
+@pytest.mark.parametrize("peer", ["limited"], indirect=True)
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_429_read_directly_keeps_its_retry_after(peer: Peer, retries: int) -> None:
+    # The light reply's headers give Retry-After as httpx's would: the call waits
+    # it out and is repeated, or the caller gets it on the error.
+    with CueClient(base_url=peer.url, max_retries=retries) as c:
+        started = time.monotonic()
+        if retries:
+            assert c.info().version == "peer"
+            assert time.monotonic() - started >= 0.2
+        else:
+            with pytest.raises(RateLimited) as info:
+                c.info()
+            assert info.value.retry_after == 0.2
+    assert len(peer.seen) == 1 + retries
+
+
+def test_raw_headers_get_as_httpx_headers_do() -> None:
+    raw = [(b"Retry-After", b"0.2"), (b"X-A", b"caf\xe9"), (b"retry-after", b"0.3")]
+    ours, theirs = RawHeaders(raw), httpx.Headers(raw)
+    for name in ("retry-after", "RETRY-AFTER", "x-a", "missing"):
+        assert ours.get(name) == theirs.get(name)
+    assert ours.get("missing", "d") == "d"
 
 
 def test_header_sets_built_once_stay_apart_and_unchanged() -> None:
