@@ -2,8 +2,8 @@
 
 On asyncio a connection is an `asyncio.Protocol` of its own (`AsyncioConn`):
 the request is one `transport.write`, the answer's bytes collect in a buffer
-as the loop reads them, and a waiting read sleeps on one future with one
-timer for its deadline. On any other anyio backend (trio) it is an anyio
+as the loop reads them, and a waiting read sleeps on one future, timed by
+the connection's one read timer. On any other anyio backend (trio) it is an anyio
 byte stream (`AnyioConn`). Profiles of the one-message cycle showed why
 asyncio gets its own: anyio's stream adds, per request, a pass through the
 event loop after the write, a pause and a resume of reading (two epoll
@@ -139,7 +139,14 @@ class _AnswerProtocol(asyncio.Protocol):
 
     Reading is never paused: between requests the buffer stays empty unless
     the server sent what nobody asked for, which makes the connection stale.
+
+    The read deadline has one timer per connection that stays armed across
+    waits and requests (`_on_timer`): arming and cancelling one per wait
+    showed in profiles, and each request's deadline is usually later than
+    the one the timer is already set for, so it fires about once a timeout.
     """
+
+    loop: asyncio.AbstractEventLoop  # set in connection_made: no get_running_loop per call
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -148,6 +155,10 @@ class _AnswerProtocol(asyncio.Protocol):
         self.deadline: float | None = None  # loop time the current wait ends at
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the read timer, if armed
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -161,47 +172,70 @@ class _AnswerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof = True
         self.error = exc
+        self.disarm()
         self._wake()
         self.resume_writing()
 
     def pause_writing(self) -> None:
         if self._drained is None:
-            self._drained = asyncio.get_running_loop().create_future()
+            self._drained = self.loop.create_future()
 
     def resume_writing(self) -> None:
         drained, self._drained = self._drained, None
         if drained is not None and not drained.done():
             drained.set_result(None)
 
+    def disarm(self) -> None:
+        """Cancel the read timer (the connection is done with)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self, future: asyncio.Future[None], deadline: float | None) -> None:
-        timer = None
-        if deadline is not None:
-            timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
-        try:
-            await future
-        finally:
-            if timer is not None:
-                timer.cancel()
+    def _on_timer(self, armed_for: float) -> None:
+        """The read timer fired: time the waiter out if its deadline passed, else re-arm."""
+        self._timer = None
+        deadline, waiter = self.deadline, self._waiter
+        if deadline is None or waiter is None:
+            return  # idle, or a wait without a deadline: the next wait with one arms it
+        if deadline > armed_for:  # the deadline of a later request: not yet
+            self._timer = self.loop.call_at(deadline, self._on_timer, deadline)
+        else:
+            _expire(waiter)
 
     async def _more(self) -> None:
         """Wait for more bytes, or the end (raises `TimeoutError` past the deadline)."""
         if self.eof:
             return
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        deadline, timer = self.deadline, self._timer
+        if deadline is not None and (timer is None or timer.when() > deadline):
+            if timer is not None:  # set for a later deadline than this one: too late
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer, deadline)
+        waiter = self._waiter = self.loop.create_future()
         try:
-            await self._wait(waiter, self.deadline)
+            await waiter
         finally:
             self._waiter = None
 
-    async def drain(self, deadline: float | None) -> None:
-        """Wait until the transport's write buffer went down (or the connection was lost)."""
-        if self._drained is not None:
-            await self._wait(self._drained, deadline)
+    async def drain(self, timeout: float | None) -> None:
+        """Wait until the transport's write buffer went down (or the connection was lost).
+
+        Rare (a request larger than the socket takes at once): a timer of its own.
+        """
+        drained = self._drained
+        if drained is None:
+            return
+        timer = None if timeout is None else self.loop.call_later(timeout, _expire, drained)
+        try:
+            await drained
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _ended(self, incomplete: bool) -> BaseException:
         """What reading past the end raises: the reset, or an incomplete read (`incomplete`)
@@ -254,31 +288,38 @@ class AsyncioConn:
     def __init__(self, transport: asyncio.Transport, protocol: _AnswerProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
+        # One poller for the connection's life, asked before each reuse. The socket is
+        # closed only after the transport is closing, which `stale` checks first.
+        self._poller: select.poll | None = None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
 
     def stale(self) -> bool:
         protocol = self._protocol
         if protocol.buffer or protocol.eof or self._transport.is_closing():
             return True
         # What the loop has not read yet: an EOF or bytes that came while we were idle.
-        return _readable(self._transport.get_extra_info("socket"))
+        return self._poller is None or bool(self._poller.poll(0))
 
     async def send(self, data: bytes, timeout: float | None) -> None:
         protocol = self._protocol
         self._transport.write(data)  # what the socket does not take now waits in the transport
-        loop = asyncio.get_running_loop()
-        await protocol.drain(None if timeout is None else loop.time() + timeout)
+        await protocol.drain(timeout)
         if protocol.error is not None:  # reset while the request went out
             raise anyio.BrokenResourceError() from protocol.error
 
     async def answer(self, method: str, timeout: float | None) -> Answer:
         protocol = self._protocol
-        protocol.deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        protocol.deadline = None if timeout is None else protocol.loop.time() + timeout
         try:
             return await read_answer(protocol, method)
         finally:
             protocol.deadline = None
 
     async def close(self) -> None:
+        self._protocol.disarm()
         self._transport.abort()
 
 

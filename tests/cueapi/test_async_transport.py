@@ -402,3 +402,45 @@ def test_parse_head() -> None:
     )
     with pytest.raises(ValueError, match="status line"):
         parse_head(b"HTTP/2 200 OK")
+
+
+def _answers(release: threading.Event, *holds: float) -> Callable[[socket.socket], None]:
+    """Answer the requests on one connection in turn, each after holding it `holds[i]`
+    seconds (or until `release`)."""
+
+    def act(conn: socket.socket) -> None:
+        data = b""
+        for hold in holds:
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\r\n\r\n", 1)[1]
+            release.wait(hold)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    return act
+
+
+async def test_read_timeouts_longer_and_shorter_than_the_last_on_one_connection() -> None:
+    # On asyncio one timer per connection stays armed across requests (re-armed when it
+    # fires before a later request's deadline): each read timeout must still hold.
+    release = threading.Event()
+    listener, thread = _peer_that(_answers(release, 0, 0, 0.6, 60))
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+        transport = AsyncKeepAliveTransport()
+        async with httpx.AsyncClient(transport=transport) as http:
+            short, long = httpx.Timeout(5.0, read=0.2), httpx.Timeout(5.0, read=5.0)
+            assert (await http.get(url, timeout=short)).content == b"ok"
+            await anyio.sleep(0.4)  # its deadline passes while the connection is idle
+            assert (await http.get(url, timeout=short)).content == b"ok"
+            # Answered after that short deadline, well within its own long one.
+            assert (await http.get(url, timeout=long)).content == b"ok"
+            with anyio.fail_after(3):  # not left waiting until the long deadline
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.get(url, timeout=short)
+        assert transport.connections_opened == 1
+        release.set()
+        thread.join(5)
