@@ -319,3 +319,4 @@ class Health(msgspec.Struct, kw_only=True):
     requests: int
     claim_attempts: int
     waiting_claims: int
+    handed_claims: int  # executions a fire claimed for a parked claim in its transaction

@@ -120,6 +120,7 @@ class Metrics:
             registry=r,
         )
         self._swept: dict[str, int] = {}
+        self._handed = 0
 
     def instrument(
         self, route: str, method: str, endpoint: Callable[[Request], Awaitable[Response]]
@@ -142,6 +143,9 @@ class Metrics:
     async def scrape(self, request: Request, server: Server) -> Response:
         """The scrape: refresh the gauges, then the text format."""
         self.parked.set(server.storage.notifier.waiting())
+        handed = server.storage.notifier.handed  # claims made by fires for parked claims
+        self.claims.inc(handed - self._handed)
+        self._handed = handed
         self.streams.set(server.feed.streams)
         swept = server.storage.swept
         for what, total in swept.items():

@@ -11,14 +11,22 @@ waiter that leaves without claiming hands its wake on (`Waiter.pass_on`), so
 no wake is lost. Waiters with an `agent` filter cannot tell from here whether
 the work is theirs, so they are all woken.
 
+A waiter may also take work handed to it (`handoff`: its worker id and
+lease): a fire on SQLite claims a new execution for the oldest such waiter
+inside the fire's own transaction (`taker`, then `Waiter.hand` after the
+commit), so the woken claim answers at once instead of running a claim
+transaction of its own. The claim handler delivers what it was handed, or
+releases it if its client is gone.
+
 This is in-process only; the PostgreSQL backend feeds it from LISTEN/NOTIFY
-so other replicas' fires wake local waiters too.
+so other replicas' fires wake local waiters too (it hands nothing over).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 _Key = tuple[str, "str | None"]
 
@@ -26,12 +34,22 @@ _Key = tuple[str, "str | None"]
 class Waiter:
     """One subscription; `wait()` returns True when woken, False on timeout."""
 
-    __slots__ = ("_fut", "_key", "_notifier", "agent")
+    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff")
 
-    def __init__(self, notifier: Notifier, key: _Key, agent: str | None) -> None:
+    def __init__(
+        self,
+        notifier: Notifier,
+        key: _Key,
+        agent: str | None,
+        handoff: tuple[str, float] | None = None,
+    ) -> None:
         self._notifier = notifier
         self._key = key
         self.agent = agent
+        #: (worker id, lease seconds): a fire may claim work for this waiter (see `hand`).
+        self.handoff = handoff
+        #: What a fire claimed for this waiter, once handed (the handler owns it then).
+        self.handed: list[Any] | None = None
         self._fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     async def wait(self, timeout: float) -> bool:
@@ -46,9 +64,16 @@ class Waiter:
         return self._fut.done() and not self._fut.cancelled()
 
     def pass_on(self) -> None:
-        """This waiter was woken but will not claim: wake the next one instead."""
-        if self.woken:
+        """This waiter was woken but will not claim: wake the next one instead.
+        (Work handed to it is not passed on: its handler delivers or releases it.)"""
+        if self.woken and self.handed is None:
             self._notifier.notify(self._key[0], self._fut.result())
+
+    def hand(self, claimed: list[Any]) -> None:
+        """Wake this waiter with executions claimed for it (taken by `Notifier.taker`)."""
+        self.handed = claimed or None  # nothing: woken to claim as usual
+        self._notifier.handed += len(claimed)
+        self._wake(self._key[1])
 
     def close(self) -> None:
         waiters = self._notifier._waiters.get(self._key)
@@ -72,12 +97,37 @@ class Notifier:
         self._waiters: dict[_Key, dict[Waiter, None]] = {}
         #: Called on every notify (the server wakes its event streams with it).
         self.on_notify: Callable[[], None] | None = None
+        #: Executions fires claimed for waiters so far (counted as claims by /metrics).
+        self.handed = 0
 
-    def subscribe(self, tenant_id: str, task: str | None, agent: str | None = None) -> Waiter:
+    def subscribe(
+        self,
+        tenant_id: str,
+        task: str | None,
+        agent: str | None = None,
+        handoff: tuple[str, float] | None = None,
+    ) -> Waiter:
         key = (tenant_id, task)
-        waiter = Waiter(self, key, agent)
+        waiter = Waiter(self, key, agent, handoff if agent is None else None)
         self._waiters.setdefault(key, {})[waiter] = None
         return waiter
+
+    def taker(self, tenant_id: str, task: str | None) -> Waiter | None:
+        """The waiter a new execution of `task` would wake first, if it takes handed work;
+        removed from the waiting (the caller hands it work, or wakes it if that fails)."""
+        keys = [(tenant_id, task)] if task is None else [(tenant_id, task), (tenant_id, None)]
+        for key in keys:
+            waiters = self._waiters.get(key)
+            for waiter in waiters or ():
+                if waiter.agent is not None:
+                    continue  # woken by every notify anyway: it cannot be handed work
+                if waiter.handoff is None or waiter._fut.done():
+                    return None  # the oldest waiter is woken the usual way
+                del waiters[waiter]  # type: ignore[union-attr]
+                if not waiters:
+                    del self._waiters[key]
+                return waiter
+        return None
 
     def notify(self, tenant_id: str, task: str | None, count: int = 1) -> None:
         """`count` executions of `task` became claimable for this tenant."""

@@ -42,6 +42,31 @@ def until(base_url: str, name: str, **labels: str) -> None:
         time.sleep(0.05)
 
 
+def test_a_claim_a_fire_made_for_a_parked_claim_is_counted() -> None:
+    # SQLite: the fire claims for the parked claim in its own transaction; the
+    # claim is counted all the same.
+    with run_server() as srv:
+        api = Api(srv.base_url, srv.new_key())
+        try:
+            cue = api.cue(name="inbox", payload={"task": "inbox"})
+            got: list[httpx.Response] = []
+            parked = threading.Thread(
+                target=lambda: got.append(api.claim("w", task="inbox", wait=5))
+            )
+            parked.start()
+            deadline = time.monotonic() + 5
+            while value(samples(srv.base_url), "cuemsg_long_polls_parked") < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            eid = api.fire(cue["id"])["id"]
+            parked.join(10)
+            assert got[0].json()["execution_id"] == eid
+            assert value(samples(srv.base_url), "cuemsg_claims_total") == 1
+            assert httpx.get(f"{srv.base_url}/health").json()["handed_claims"] == 1
+        finally:
+            api.close()
+
+
 def test_metrics_count_the_hand_offs() -> None:
     # A server of its own: the counters are this test's alone.
     # The unclaimed timeout is long enough for the first checks on a loaded machine.

@@ -66,3 +66,25 @@ async def test_wake_all_wakes_everyone() -> None:
     waiters = [n.subscribe(f"t{i}", None) for i in range(3)]
     n.wake_all()
     assert all(w.woken for w in waiters) and n.waiting() == 0
+
+
+async def test_the_taker_is_the_waiter_a_notify_would_wake_first() -> None:
+    n = Notifier()
+    agent = n.subscribe("t1", "a", agent="x", handoff=("w0", 9.0))
+    assert agent.handoff is None  # an agent filter takes no handed work
+    plain = n.subscribe("t1", "a")
+    taker = n.subscribe("t1", "a", handoff=("w1", 9.0))
+    assert n.taker("t1", "a") is None  # the oldest (agent aside) takes none: woken as usual
+    n.notify("t1", "a")
+    assert plain.woken and agent.woken and not taker.woken
+    assert n.taker("t1", "a") is taker and n.waiting() == 0  # taken out of the waiting
+    taker.hand([])  # nothing claimed after all (a failed fire): woken to claim as usual
+    assert taker.woken and taker.handed is None and n.handed == 0
+    anything = n.subscribe("t1", None, handoff=("w2", 9.0))
+    assert n.taker("t2", "a") is None  # another tenant
+    assert n.taker("t1", "b") is anything  # tenant-wide: any task
+    anything.hand(["row"])
+    assert anything.handed == ["row"] and n.handed == 1
+    bystander = n.subscribe("t1", None)
+    anything.pass_on()  # handed work is delivered or released by its handler, never passed on
+    assert not bystander.woken

@@ -48,9 +48,16 @@ async def claim_next(ctx: Ctx) -> Response:
     settled: list[answers.OutcomeResult] | None = None
     wait = min(body.wait or 0.0, MAX_CLAIM_WAIT)
     deadline = time.monotonic() + wait
+    # A fire may claim its new execution for this waiting claim in its own transaction.
+    handoff = (body.worker_id, lease)
+    handed = False
     while True:
         # Subscribe before trying, so a fire between the try and the wait still wakes us.
-        waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent) if wait else None
+        waiter = (
+            storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent, handoff)
+            if wait
+            else None
+        )
         woke = False
         try:
             server.stats.claim_attempts += 1
@@ -75,9 +82,12 @@ async def claim_next(ctx: Ctx) -> Response:
                 and remaining > 0
                 and not server.draining
                 and await waiter.wait(remaining)
-                # A client that hung up must not be handed a message it will never see.
-                and not await ctx.request.is_disconnected()
             )
+            if waiter is not None and waiter.handed is not None:
+                claimed, handed = waiter.handed, True  # even if the wait timed out meanwhile
+                break
+            # A client that hung up must not be handed a message it will never see.
+            woke = woke and not await ctx.request.is_disconnected()
             if not woke:
                 if settled is not None:  # the outcomes were recorded: say so, not 409
                     return ok(answers.ClaimedMany(claimed=False, executions=[], settled=settled))
@@ -89,6 +99,11 @@ async def claim_next(ctx: Ctx) -> Response:
                     # A wake that arrived after our try is not ours to keep: hand it on.
                     waiter.pass_on()
                 waiter.close()
+                if waiter.handed is not None and not handed:  # handed on the way out
+                    await _give_back(ctx, body.worker_id, waiter.handed)
+    if handed and await ctx.request.is_disconnected():  # nobody will read it: pending again
+        await _give_back(ctx, body.worker_id, claimed)
+        raise ApiProblem(409, "claim_failed", "the client went away")
     with_payload = "claim.payload" in server.extensions
     if body.limit is None and settled is None:
         return ok(wire.claim_answer(claimed[0], lease, with_payload))
@@ -99,6 +114,12 @@ async def claim_next(ctx: Ctx) -> Response:
             settled=settled,
         )
     )
+
+
+async def _give_back(ctx: Ctx, worker_id: str, claimed: list[ExecutionRow]) -> None:
+    """Release executions a fire claimed for this request that it will not deliver."""
+    ids = [e.id for e in claimed]
+    await ctx.server.storage.release(ctx.tenant_id, ids, worker_id, ctx.server.clock())
 
 
 async def settle_and_claim(

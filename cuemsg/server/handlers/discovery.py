@@ -28,6 +28,7 @@ async def health(request: Request, server: Server) -> Response:
             requests=server.stats.requests,
             claim_attempts=server.stats.claim_attempts,
             waiting_claims=server.storage.notifier.waiting(),
+            handed_claims=server.storage.notifier.handed,
         )
     )
 

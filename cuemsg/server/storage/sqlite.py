@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import cue_not_found
-from cuemsg.server.notify import Notifier
+from cuemsg.server.notify import Notifier, Waiter
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
@@ -68,6 +68,7 @@ from cuemsg.server.storage.sqlite_upkeep import SQLiteUpkeep
 _EXEC_COLS = EXECUTION_COLUMNS
 
 _encode = msgspec.json.Encoder().encode
+T = TypeVar("T")
 # The cue's document and its fire counters (columns of their own: `cue_from_doc`).
 _CUE_COLS = "doc, fired_count, last_run"
 
@@ -287,10 +288,30 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
     # -- fire ------------------------------------------------------------------
 
     async def fire(self, tenant_id: str, fires: list[NewFire], now: float) -> list[ExecutionRow]:
-        with self._tx() as db:
-            out, created = self._fire_in(db, tenant_id, fires, now)
-        self._wake(tenant_id, created, now)
-        return out
+        return self._firing(tenant_id, now, lambda db: self._fire_in(db, tenant_id, fires, now))
+
+    def _firing(
+        self,
+        tenant_id: str,
+        now: float,
+        work: Callable[[sqlite3.Connection], tuple[T, list[ExecutionRow]]],
+    ) -> T:
+        """Run `work` (which makes executions: its result and those it created) in one
+        transaction with the hand-over of new executions to parked claims; after the
+        commit, wake those claims and the rest."""
+        handed: list[tuple[Waiter, ExecutionRow]] = []
+        try:
+            with self._tx() as db:
+                result, created = work(db)
+                self._hand_over(db, tenant_id, created, now, handed)
+        except BaseException:
+            for waiter, _ in handed:  # nothing was claimed for them: they claim as usual
+                waiter.hand([])
+            raise
+        for waiter, row in handed:
+            waiter.hand([row])
+        self._wake(tenant_id, created, now, handed)
+        return result
 
     def _fire_in(
         self, db: sqlite3.Connection, tenant_id: str, fires: list[NewFire], now: float
@@ -358,9 +379,21 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
                 )
         return out, list(created.values())
 
-    def _wake(self, tenant_id: str, created: list[ExecutionRow], now: float) -> None:
-        """After the commit: wake the claims waiting for what is claimable now."""
-        due = Counter(e.task for e in created if e.scheduled_for <= now and e.transport == "worker")
+    def _wake(
+        self,
+        tenant_id: str,
+        created: list[ExecutionRow],
+        now: float,
+        handed: Sequence[tuple[Waiter, ExecutionRow]] = (),
+    ) -> None:
+        """After the commit: wake the claims waiting for what is claimable now (not for
+        what was handed to a waiter already: for those only the agent-filtered waiters
+        and the event streams hear of it)."""
+        taken = {row.id for _, row in handed}
+        due: Counter[str | None] = Counter()
+        for e in created:
+            if e.scheduled_for <= now and e.transport == "worker":
+                due[e.task] += e.id not in taken
         for task, count in due.items():
             self.notifier.notify(tenant_id, task, count)
 
@@ -439,15 +472,18 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         reply: NewFire,
         now: float,
     ) -> tuple[ExecutionRow, ExecutionRow]:
-        with self._tx() as db:
+        Pair = tuple[ExecutionRow, ExecutionRow]
+
+        def work(db: sqlite3.Connection) -> tuple[Pair, list[ExecutionRow]]:
             # The lease is checked before firing, so a refused outcome fires nothing.
             self._check_open(db, tenant_id, execution_id, worker_id)
             [fired], created = self._fire_in(db, tenant_id, [reply], now)
             settled = self._record(
                 db, tenant_id, execution_id, worker_id, name_reply(outcome, fired.id)
             )
-        self._wake(tenant_id, created, now)
-        return settled, fired
+            return (settled, fired), created
+
+        return self._firing(tenant_id, now, work)
 
     # -- workers ---------------------------------------------------------------
 

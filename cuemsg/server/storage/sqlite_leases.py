@@ -1,5 +1,6 @@
-"""The SQLite statements of leases: claims (by id, the next ones), heartbeats,
-outcomes (one, a batch, and a batch carried by a claim, `settle_and_claim`).
+"""The SQLite statements of leases: claims (by id, the next ones, and the ones a
+fire makes for parked claims, `_hand_over`), heartbeats, outcomes (one, a
+batch, and a batch carried by a claim, `settle_and_claim`).
 Mixed into `SQLiteStorage` (see `Storage` for each method).
 
 An outcome is one guarded `UPDATE` on the happy path (a batch: one `UPDATE ...
@@ -17,6 +18,7 @@ from typing import Any
 import msgspec
 
 from cuemsg.server.errors import ApiProblem, execution_not_found, not_claimable
+from cuemsg.server.notify import Notifier, Waiter
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     ExecutionRow,
@@ -55,6 +57,7 @@ class SQLiteLeases:
     """Claims, heartbeats and outcomes on SQLite."""
 
     # Defined by SQLiteStorage.
+    notifier: Notifier
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
     async def claim(
@@ -110,6 +113,30 @@ class SQLiteLeases:
                 db, tenant_id, worker_id, task, agent, now, lease_seconds, limit
             )
         return settled, claimed
+
+    def _hand_over(
+        self,
+        db: sqlite3.Connection,
+        tenant_id: str,
+        created: list[ExecutionRow],
+        now: float,
+        handed: list[tuple[Waiter, ExecutionRow]],
+    ) -> None:
+        """Claim new executions for parked claims that take handed work, in the fire's
+        transaction: one claim transaction less on the way to a waiting worker."""
+        for execution in created:
+            if execution.scheduled_for > now or execution.transport != "worker":
+                continue
+            waiter = self.notifier.taker(tenant_id, execution.task)
+            if waiter is None or waiter.handoff is None:
+                continue
+            worker_id, lease_seconds = waiter.handoff
+            handed.append((waiter, execution))  # before the claim: woken if anything fails
+            row = db.execute(
+                f"UPDATE executions SET {_CLAIM_SET} WHERE id = ? RETURNING {_EXEC_COLS}",
+                (worker_id, now, now + lease_seconds, now, execution.id),
+            ).fetchone()
+            handed[-1] = (waiter, execution_from_row(row))
 
     @staticmethod
     def _claim_next_in(
