@@ -4,7 +4,7 @@ windows, counters, draining) and the `Ctx` an authenticated handler gets."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import msgspec
@@ -41,6 +41,24 @@ class Ctx:
 
     def param(self, name: str) -> str:
         return str(self.request.path_params[name])
+
+    async def client_gone(self) -> bool:
+        """Whether the client hung up, without waiting (its body already read).
+
+        One step of the ASGI `receive`: a server that knows of the hang-up answers
+        `http.disconnect` at once; one that would wait has not seen it, and the
+        step is dropped. Starlette's `is_disconnected` takes the same step under
+        an anyio cancel scope, which cost ~45 us a check in profiles of the RPC path.
+        """
+        step = self.request.receive()
+        if not isinstance(step, Coroutine):  # pragma: no cover - every ASGI server we run
+            return await self.request.is_disconnected()
+        try:
+            step.send(None)
+        except StopIteration as done:
+            return bool(done.value.get("type") == "http.disconnect")
+        step.close()
+        return False
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]

@@ -87,7 +87,7 @@ async def claim_next(ctx: Ctx) -> Response:
                 claimed, handed = waiter.handed, True  # even if the wait timed out meanwhile
                 break
             # A client that hung up must not be handed a message it will never see.
-            woke = woke and not await ctx.request.is_disconnected()
+            woke = woke and not await ctx.client_gone()
             if not woke:
                 if settled is not None:  # the outcomes were recorded: say so, not 409
                     return ok(answers.ClaimedMany(claimed=False, executions=[], settled=settled))
@@ -101,7 +101,7 @@ async def claim_next(ctx: Ctx) -> Response:
                 waiter.close()
                 if waiter.handed is not None and not handed:  # handed on the way out
                     await _give_back(ctx, body.worker_id, waiter.handed)
-    if handed and await ctx.request.is_disconnected():  # nobody will read it: pending again
+    if handed and await ctx.client_gone():  # nobody will read it: pending again
         await _give_back(ctx, body.worker_id, claimed)
         raise ApiProblem(409, "claim_failed", "the client went away")
     with_payload = "claim.payload" in server.extensions
