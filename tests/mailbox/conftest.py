@@ -36,6 +36,17 @@ def short_lease_server(request: pytest.FixtureRequest) -> Iterator[RunningServer
         yield srv
 
 
+@pytest.fixture(scope="module", params=[True, False], ids=["ext", "plain"])
+def three_second_lease_server(request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """Leases of three seconds, swept every 50 ms: for a test that needs one lease to
+    run out while others are renewed (renewals every second leave a loaded machine
+    two seconds of slack, where one-second leases left it two thirds of one)."""
+    with run_server(
+        extensions=request.param, db=":memory:", lease_seconds=3.0, sweep_interval=0.05
+    ) as srv:
+        yield srv
+
+
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[CueClient]:
     with CueClient(server.new_key(), server.base_url) as c:

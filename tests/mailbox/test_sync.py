@@ -630,12 +630,12 @@ def test_serve_batches_outcomes_under_load(
 
 
 def test_a_lost_lease_inside_a_batch_of_acks_is_redelivered_not_acked(
-    short_lease_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+    three_second_lease_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from cuemsg.mailbox import _serve
 
     monkeypatch.setattr(_serve, "SERVE_ACK_DELAY", 10.0)  # only "no handler runs" flushes
-    srv = short_lease_server
+    srv = three_second_lease_server
     key = srv.new_key()
     with CueClient(key, srv.base_url) as client, CueClient(key, srv.base_url) as b1_client:
         reports: list[list[str]] = []
