@@ -9,13 +9,16 @@ package, which cost more than the rest of an answer's reading.
 
 from __future__ import annotations
 
-from typing import BinaryIO, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import httpx
 
 #: Bytes of status line and headers accepted; of a chunk-size line or a trailer.
 MAX_HEAD = 64 * 1024
 MAX_LINE = 8 * 1024
+#: Bytes asked of each recv (an answer to a small call comes whole in one).
+RECV_SIZE = 64 * 1024
 
 Head = tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]
 Framing = tuple[Literal["none", "chunked", "length", "eof"], int]
@@ -71,15 +74,20 @@ def parse_head(head: bytes) -> Head:
     headers = []
     for line in lines:
         name, colon, value = line.partition(b":")
-        if not colon or not name.strip():
+        name = name.strip()
+        if not colon or not name:
             raise ValueError(f"malformed header line: {line[:80]!r}")
-        headers.append((name.strip(), value.strip()))
+        headers.append((name, value.strip()))
     return version, int(code), reason, headers
 
 
 def tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
     """The lower-cased comma-separated values of every header called `name`."""
-    return {t.strip().lower() for n, v in headers if n.lower() == name for t in v.split(b",") if t}
+    found: set[bytes] = set()
+    for n, v in headers:  # a plain loop: most answers have no such header
+        if n.lower() == name:
+            found.update(t.strip().lower() for t in v.split(b",") if t)
+    return found
 
 
 def is_final(status: int) -> bool:
@@ -103,7 +111,10 @@ def framing(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> Fra
         return "none", 0
     if b"chunked" in tokens(headers, b"transfer-encoding"):
         return "chunked", 0
-    lengths = {v for n, v in headers if n.lower() == b"content-length"}
+    lengths = set()
+    for n, v in headers:
+        if n.lower() == b"content-length":
+            lengths.add(v)
     if len(lengths) > 1:
         raise ValueError(f"conflicting Content-Length headers: {sorted(lengths)}")
     if lengths:
@@ -127,7 +138,103 @@ class IncompleteAnswer(Exception):
     """The connection ended before a whole answer (sync reader)."""
 
 
-def _line(fp: BinaryIO, limit: int) -> bytes:
+class SocketReader:
+    """What the sync transport reads one answer through: a buffer over `sock.recv`.
+
+    One per answer, in place of `sock.makefile("rb")`: a buffered file per
+    request, and a Python call per header line into it, were a tenth of a
+    small exchange's client CPU. `readline` and `read` behave as the
+    buffered file's do; `head` takes a whole, plain head from the buffer in
+    one step. `leftover` says whether bytes came after the answer (the
+    connection is then not reused: nothing should follow an answer).
+    """
+
+    __slots__ = ("_buf", "_eof", "_pos", "_recv")
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self._recv = recv
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+
+    def _more(self) -> bytes:
+        """What one recv gives; b"" at the connection's end (not read past)."""
+        if self._eof:
+            return b""
+        data = self._recv(RECV_SIZE)
+        self._eof = not data
+        return data
+
+    def _fill(self) -> bool:
+        """Append what one recv gives to the (short) rest of the buffer; False at the end."""
+        data = self._more()
+        if not data:
+            return False
+        self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
+        self._pos = 0
+        return True
+
+    @property
+    def leftover(self) -> bool:
+        return self._pos < len(self._buf)
+
+    def head(self) -> bytes | None:
+        """A head (without its blank line) the buffer holds or the next reads bring, if it
+        is plain: not empty, CRLF line ends only (no bare LF, no CR before a CRLF), at
+        most `MAX_LINE` bytes. None otherwise, or at the connection's end, with nothing
+        taken: `_head_lines` then reads it as the buffered file was read, line by line."""
+        while True:
+            buf, pos = self._buf, self._pos
+            end = buf.find(b"\r\n\r\n", pos)
+            last = end + 2 if end >= 0 else len(buf)  # the head so far, with its last CRLF
+            if buf.count(b"\n", pos, last) != buf.count(b"\r\n", pos, last):
+                return None
+            if buf.find(b"\r\r\n", pos, last) >= 0:
+                return None
+            if end >= 0:
+                if end - pos > MAX_LINE or buf.startswith(b"\r\n", pos):
+                    return None  # long (the line reader enforces the limits), or empty
+                self._pos = end + 4
+                return buf[pos:end]
+            if len(buf) - pos > MAX_LINE or not self._fill():
+                return None
+
+    def readline(self, limit: int) -> bytes:
+        """As `BufferedReader.readline(limit)`: up to and with a LF, at most `limit` bytes,
+        less at the connection's end."""
+        while True:
+            buf, pos = self._buf, self._pos
+            end = buf.find(b"\n", pos, pos + limit)
+            if end >= 0:
+                self._pos = end + 1
+                return buf[pos : end + 1]
+            if len(buf) - pos >= limit or not self._fill():
+                line = self._buf[self._pos : self._pos + limit]
+                self._pos += len(line)
+                return line
+
+    def read(self, n: int = -1) -> bytes:
+        """As `BufferedReader.read(n)`: `n` bytes, less at the connection's end; all of it
+        to the end with -1."""
+        buf, pos = self._buf, self._pos
+        if 0 <= n <= len(buf) - pos:
+            self._pos = pos + n
+            return buf[pos : pos + n]
+        # A long body: its pieces are joined once (never the buffer grown per recv).
+        parts = [buf[pos:]]
+        have = len(parts[0])
+        while n < 0 or have < n:
+            data = self._more()
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        data = b"".join(parts)
+        self._buf, self._pos = data, min(have, n) if n >= 0 else have
+        return data[: self._pos]
+
+
+def _line(fp: SocketReader, limit: int) -> bytes:
     line = fp.readline(limit + 1)
     if not line.endswith(b"\n"):
         if len(line) > limit:
@@ -136,31 +243,43 @@ def _line(fp: BinaryIO, limit: int) -> bytes:
     return line.rstrip(b"\r\n")
 
 
-def _exactly(fp: BinaryIO, n: int) -> bytes:
+def _exactly(fp: SocketReader, n: int) -> bytes:
     data = fp.read(n)
     if len(data) < n:
         raise IncompleteAnswer(f"the connection closed {n - len(data)} bytes short of the body")
     return data
 
 
-def read_answer(fp: BinaryIO, method: str) -> tuple[Head, bytes, bool]:
-    """Read one whole answer from a buffered file: (head, body, connection reusable).
+def _head_lines(fp: SocketReader) -> bytes:
+    """An answer's head (without its blank line), read line by line: lines end at a LF,
+    CRs before it dropped, as `http.client` reads them."""
+    lines = []
+    size = 0
+    while line := _line(fp, MAX_LINE):
+        size += len(line)
+        if size > MAX_HEAD:
+            raise ValueError(f"an answer head longer than {MAX_HEAD} bytes")
+        lines.append(line)
+    if not lines:
+        raise ValueError("an empty answer head")
+    return b"\r\n".join(lines)
+
+
+def read_answer(fp: SocketReader, method: str) -> tuple[Head, bytes, bool]:
+    """Read one whole answer: (head, body, connection reusable).
+
+    Not reusable if bytes came after the answer.
 
     Raises:
         IncompleteAnswer: the connection ended before the whole answer.
         ValueError: a malformed answer.
     """
     while True:
-        lines = []
-        size = 0
-        while line := _line(fp, MAX_LINE):
-            size += len(line)
-            if size > MAX_HEAD:
-                raise ValueError(f"an answer head longer than {MAX_HEAD} bytes")
-            lines.append(line)
-        if not lines:
-            raise ValueError("an empty answer head")
-        head = parse_head(b"\r\n".join(lines))
+        # A plain head (the server's) in one step; anything else line by line.
+        raw = fp.head()
+        if raw is None:
+            raw = _head_lines(fp)
+        head = parse_head(raw)
         if is_final(head[1]):
             break
     version, status, _reason, headers = head
@@ -181,7 +300,7 @@ def read_answer(fp: BinaryIO, method: str) -> tuple[Head, bytes, bool]:
         body = b"".join(parts)
     else:
         body, keep = fp.read(), False
-    return head, body, keep
+    return head, body, keep and not fp.leftover
 
 
 class RawHeaders:
@@ -222,10 +341,11 @@ def reply(head: Head, content: bytes) -> Reply | httpx.Response:
     """The `Reply` of an answer read whole; an `httpx.Response` when its body is encoded
     (gzip, say), which httpx decodes as it would have."""
     _version, status, _reason, headers = head
-    if any(name.lower() == b"content-encoding" for name, _ in headers):
-        response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
-        response.read()
-        return response
+    for name, _ in headers:
+        if name.lower() == b"content-encoding":
+            response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(content))
+            response.read()
+            return response
     return Reply(status, headers, content)
 
 

@@ -49,6 +49,7 @@ import httpx
 from cuemsg.cueapi._http11 import (
     Head,
     IncompleteAnswer,
+    SocketReader,
     encode_request,
     read_answer,
     whole_response,
@@ -255,7 +256,8 @@ class KeepAliveTransport(httpx.BaseTransport):
 
         `http.client` only opens the connection (TCP and TLS); the request
         goes in one write and the answer is read with `_http11` (its headers
-        not parsed by the `email` package, as `http.client` would).
+        not parsed by the `email` package, as `http.client` would). Bytes after
+        the answer leave the connection not reusable.
         """
         sock = conn.sock
         assert sock is not None
@@ -269,8 +271,7 @@ class KeepAliveTransport(httpx.BaseTransport):
 
         try:
             sock.settimeout(timeouts.get("read"))
-            with sock.makefile("rb") as fp:
-                head, content, keep = read_answer(fp, method)
+            head, content, keep = read_answer(SocketReader(sock.recv), method)
         except TimeoutError as exc:
             raise httpx.ReadTimeout(_describe(exc), request=request) from exc
         except (IncompleteAnswer, ValueError) as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
+import itertools
 import json
 import socket
 import socketserver
@@ -28,7 +30,7 @@ from cuemsg.cueapi import CueClient, TransportError, TransportTimeout
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi import _routes as routes
 from cuemsg.cueapi._base import _default_transport
-from cuemsg.cueapi._http11 import RawHeaders, Reply, encode_request
+from cuemsg.cueapi._http11 import RawHeaders, Reply, SocketReader, encode_request, read_answer
 from cuemsg.cueapi._transport import KeepAliveTransport
 from cuemsg.testing import RunningServer, free_port, run_server
 
@@ -717,3 +719,104 @@ def test_a_whole_answer_is_left_as_httpx_leaves_one_it_read(encoding: str | None
     assert ours.num_bytes_downloaded == theirs.num_bytes_downloaded == len(wire)
     assert ours.headers.raw == theirs.headers.raw
     assert ours.extensions == theirs.extensions and ours.http_version == "HTTP/1.1"
+
+
+class _LineByLine(SocketReader):
+    """A reader that never takes a head in one step: every head read line by line."""
+
+    __slots__ = ()
+
+    def head(self) -> bytes | None:
+        return None
+
+
+def _chunked_recv(data: bytes, step: int) -> Any:
+    """A `recv` that hands out `data` `step` bytes at a time, then b"" (the end)."""
+    parts = [data[i : i + step] for i in range(0, len(data), step)]
+    return lambda _size: parts.pop(0) if parts else b""
+
+
+def _read(reader: type[SocketReader], data: bytes, step: int) -> Any:
+    fp = reader(_chunked_recv(data, step))
+    try:
+        return read_answer(fp, "GET"), fp.leftover
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+_ANSWERS = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nA: b\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\nA: b\n\nhi",  # bare LFs
+    b"HTTP/1.1 200 OK\r\nA: b\nC: d\r\nContent-Length: 2\r\n\r\nhi",  # a bare LF inside
+    b"HTTP/1.1 200 OK\r\r\nA: b\r\r\nContent-Length: 2\r\n\r\nhi",  # CR before CRLF
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\r\nhi",  # a blank line with two CRs
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\n\r\n\r\nhi",  # a bare-LF blank line
+    b"\r\nHTTP/1.1 200 OK\r\n\r\n",  # an empty head
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 8170 + b"\r\nContent-Length: 0\r\n\r\n",  # fits
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 8200 + b"\r\nContent-Length: 0\r\n\r\n",  # too long
+    b"HTTP/1.1 200 OK\r\n" + b"X-Many: " + b"a" * 8000 + b"\r\n" + b"X: y\r\n" * 9000 + b"\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\nT: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi plus stray bytes",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhi",  # closed short of the body
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # closed mid-head
+    b"HTTP/1.0 200 OK\r\n\r\nto the end",
+]
+
+
+@pytest.mark.parametrize("answer", _ANSWERS)
+@pytest.mark.parametrize("step", [1, 3, 100, 1 << 20])
+def test_a_head_taken_in_one_step_reads_as_line_by_line(answer: bytes, step: int) -> None:
+    # The one-step head is a shortcut: what it reads, and every error, must be what the
+    # line-by-line reader (the buffered file's rules) gives, however the bytes arrive.
+    assert _read(SocketReader, answer, step) == _read(_LineByLine, answer, step)
+
+
+def test_an_answer_with_bytes_after_it_is_not_pooled() -> None:
+    body = b'{"version": "raw", "extensions": []}'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%bjunk" % (len(body), body)
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)  # one write: the junk comes in the answer's read
+            done.wait(5)  # the connection stays open: only the junk says not to reuse it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with listener:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with CueClient("cue_sk_x", url, max_retries=0) as c:
+            assert c.info().version == "raw"
+            assert _transport(c).idle_count == 0
+        done.set()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("answer", _ANSWERS)
+@pytest.mark.parametrize("step", [1, 7, 1 << 20])
+def test_the_socket_reader_reads_lines_as_a_buffered_file_does(answer: bytes, step: int) -> None:
+    ours, theirs = SocketReader(_chunked_recv(answer, step)), io.BufferedReader(io.BytesIO(answer))
+    for limit in itertools.cycle([8193, 5, 1, 40]):
+        line = ours.readline(limit)
+        assert line == theirs.readline(limit)
+        assert ours.read(3) == theirs.read(3)
+        if not line:
+            break
+    assert ours.read() == theirs.read() == b""
+
+
+@pytest.mark.parametrize("step", [1000, 65536, 1 << 22])
+def test_a_long_body_read_in_pieces(step: int) -> None:
+    body = bytes(range(256)) * 12_000  # 3 MB
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    (_, content, keep), leftover = _read(SocketReader, head + body + b"more", step)
+    assert content == body and leftover and not keep
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%b\r\n0\r\n\r\n"
+    (_, content, keep), leftover = _read(SocketReader, chunked % (len(body), body), step)
+    assert content == body and keep and not leftover
+    (_, content, keep), _ = _read(SocketReader, b"HTTP/1.0 200 OK\r\n\r\n" + body, step)
+    assert content == body and not keep
