@@ -236,9 +236,10 @@ class _BaseClient:
         `httpx.Request` on the way: per request only the request line, the
         body and its length are new; the header lines are one cached block per
         header set. Left to httpx (None): a client on another transport or with
-        user:pass@ in its URL, a query string, a path httpx would quote, a
-        header the call sets that httpx merges, or a header value that is not
-        plain ASCII or holds a line break (httpx raises the error).
+        user:pass@ in its URL, a query string, a path httpx would quote or
+        normalise (a segment starting with a dot), a header the call sets that
+        httpx merges, or a header value that is not plain ASCII or holds a
+        line break (httpx raises the error).
 
         Raises:
             MissingAPIKey: the call needs the API key and the client has none.
@@ -246,7 +247,7 @@ class _BaseClient:
         if self.origin is None or call.params:
             return None
         path = self._path_prefix + call.path
-        if _PLAIN_PATH.fullmatch(path) is None:
+        if _PLAIN_PATH.fullmatch(path) is None or "/." in path:  # httpx drops dot segments
             return None
         if call.auth and not self._api_key:
             raise MissingAPIKey()

@@ -269,12 +269,23 @@ def test_calls_are_encoded_as_httpx_would_write_them(base_url: str, call: routes
     [
         (routes.list_cues(status="active", limit=10, offset=None), {}),  # a query string
         (routes.get_cue("a b/\u00e9?"), {}),  # a path httpx quotes
+        (routes.get_cue("."), {}),  # a dot segment httpx drops
+        (routes.get_cue("x/../y"), {}),
         (routes.heartbeat("e-1", worker_id="w\u00e9"), {}),  # not ASCII
         (routes.info(), {"base_url": "http://u:p@cueapi.test"}),  # httpx's auth
         (routes.info(), {"transport": httpx.HTTPTransport()}),  # not our transport
         (dataclasses.replace(routes.info(), headers={"accept": "text/html"}), {}),  # merged
     ],
-    ids=["query", "quoted-path", "non-ascii-header", "userinfo", "transport", "merged-header"],
+    ids=[
+        "query",
+        "quoted-path",
+        "dot-segment",
+        "dot-dot-segment",
+        "non-ascii-header",
+        "userinfo",
+        "transport",
+        "merged-header",
+    ],
 )
 def test_what_httpx_must_build_is_left_to_it(
     call: routes.Call, client_args: dict[str, Any]
