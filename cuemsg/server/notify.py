@@ -11,8 +11,8 @@ waiter that leaves without claiming hands its wake on (`Waiter.pass_on`), so
 no wake is lost. Waiters with an `agent` filter cannot tell from here whether
 the work is theirs, so they are all woken.
 
-A waiter may also take work handed to it (`handoff`: its worker id and
-lease): a fire on SQLite claims a new execution for the oldest such waiter
+A waiter may also take work handed to it (`Handoff`: its worker id, lease
+and how many it takes): a fire on SQLite claims a new execution for the oldest such waiter
 inside the fire's own transaction (`taker`, then `Waiter.hand` after the
 commit), so the woken claim answers at once instead of running a claim
 transaction of its own. The claim handler delivers what it was handed, or
@@ -26,9 +26,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _Key = tuple[str, "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What a fire needs to claim work for a waiting claim: for whom, how long, how many."""
+
+    worker_id: str
+    lease_seconds: float
+    limit: int = 1
 
 
 class Waiter:
@@ -41,12 +51,12 @@ class Waiter:
         notifier: Notifier,
         key: _Key,
         agent: str | None,
-        handoff: tuple[str, float] | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self._notifier = notifier
         self._key = key
         self.agent = agent
-        #: (worker id, lease seconds): a fire may claim work for this waiter (see `hand`).
+        #: A fire may claim work for this waiter as this says (see `hand`).
         self.handoff = handoff
         #: What a fire claimed for this waiter, once handed (the handler owns it then).
         self.handed: list[Any] | None = None
@@ -105,7 +115,7 @@ class Notifier:
         tenant_id: str,
         task: str | None,
         agent: str | None = None,
-        handoff: tuple[str, float] | None = None,
+        handoff: Handoff | None = None,
     ) -> Waiter:
         key = (tenant_id, task)
         waiter = Waiter(self, key, agent, handoff if agent is None else None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cuemsg.server.notify import Notifier
+from cuemsg.server.notify import Handoff, Notifier
 
 pytestmark = pytest.mark.anyio
 
@@ -70,17 +70,17 @@ async def test_wake_all_wakes_everyone() -> None:
 
 async def test_the_taker_is_the_waiter_a_notify_would_wake_first() -> None:
     n = Notifier()
-    agent = n.subscribe("t1", "a", agent="x", handoff=("w0", 9.0))
+    agent = n.subscribe("t1", "a", agent="x", handoff=Handoff("w0", 9.0))
     assert agent.handoff is None  # an agent filter takes no handed work
     plain = n.subscribe("t1", "a")
-    taker = n.subscribe("t1", "a", handoff=("w1", 9.0))
+    taker = n.subscribe("t1", "a", handoff=Handoff("w1", 9.0))
     assert n.taker("t1", "a") is None  # the oldest (agent aside) takes none: woken as usual
     n.notify("t1", "a")
     assert plain.woken and agent.woken and not taker.woken
     assert n.taker("t1", "a") is taker and n.waiting() == 0  # taken out of the waiting
     taker.hand([])  # nothing claimed after all (a failed fire): woken to claim as usual
     assert taker.woken and taker.handed is None and n.handed == 0
-    anything = n.subscribe("t1", None, handoff=("w2", 9.0))
+    anything = n.subscribe("t1", None, handoff=Handoff("w2", 9.0))
     assert n.taker("t2", "a") is None  # another tenant
     assert n.taker("t1", "b") is anything  # tenant-wide: any task
     anything.hand(["row"])

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cuemsg.server.notify import Handoff
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 from cuemsg.server.storage.sqlite import SQLiteStorage
 from tests.storage.helpers import T0, make_cue, new_fire, opened, tenant
@@ -21,8 +22,8 @@ async def test_a_fire_claims_for_the_oldest_waiter_that_takes_handed_work(
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        first = s.notifier.subscribe(t, "t", handoff=("w1", 30.0))
-        second = s.notifier.subscribe(t, "t", handoff=("w2", 30.0))
+        first = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        second = s.notifier.subscribe(t, "t", handoff=Handoff("w2", 30.0))
         [fired] = await s.fire(t, [new_fire(cue.id)], T0)
         assert fired.status == "pending"  # the fire's answer: as it was made
         assert first.woken and not second.woken
@@ -50,7 +51,7 @@ async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        takers = [s.notifier.subscribe(t, "t", handoff=(f"w{i}", 30.0)) for i in range(2)]
+        takers = [s.notifier.subscribe(t, "t", handoff=Handoff(f"w{i}", 30.0)) for i in range(2)]
         plain = s.notifier.subscribe(t, "t")  # takes no handed work: woken as usual
         fired = await s.fire(t, [new_fire(cue.id) for _ in range(4)], T0)
         assert all(w.woken for w in [*takers, plain])
@@ -62,17 +63,37 @@ async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(
         assert [e.id for e in left] == [fired[2].id, fired[3].id]
 
 
+async def test_a_waiter_taking_many_is_handed_up_to_its_limit_in_the_order_fired(
+    db_url: str, backend: str
+) -> None:
+    async with opened(db_url) as s:
+        t = await tenant(s)
+        cue = await make_cue(s, t)
+        many = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, limit=3))
+        one = s.notifier.subscribe(t, "t", handoff=Handoff("w2", 30.0))
+        fired = await s.fire(t, [new_fire(cue.id) for _ in range(5)], T0)
+        if backend != "sqlite":
+            return
+        assert many.handed is not None and one.handed is not None
+        assert [e.id for e in many.handed] == [e.id for e in fired[:3]]
+        assert [e.id for e in one.handed] == [fired[3].id]
+        assert {e.claimed_by_worker for e in many.handed} == {"w1"}
+        assert s.notifier.handed == 4
+        left = await s.claim_next(t, "w9", task="t", agent=None, now=T0, lease_seconds=9, limit=9)
+        assert [e.id for e in left] == [fired[4].id]
+
+
 async def test_what_is_not_claimable_now_and_agent_waiters_are_not_handed(
     db_url: str,
 ) -> None:
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        later = s.notifier.subscribe(t, "t", handoff=("w1", 30.0))
+        later = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
         await s.fire(t, [new_fire(cue.id, at=T0 + 60)], T0)  # due in a minute
         assert not later.woken and later.handed is None
         later.close()
-        agent = s.notifier.subscribe(t, "t", agent="a1", handoff=("w2", 30.0))
+        agent = s.notifier.subscribe(t, "t", agent="a1", handoff=Handoff("w2", 30.0))
         [fired] = await s.fire(t, [new_fire(cue.id)], T0)
         assert agent.woken and agent.handed is None  # it claims for itself, filtered
         stored = await s.get_execution(t, fired.id)
@@ -89,12 +110,12 @@ async def test_a_fire_that_fails_after_the_hand_over_claims_nothing(
         assert isinstance(s, SQLiteStorage)
         t = await tenant(s)
         cue = await make_cue(s, t)
-        waiter = s.notifier.subscribe(t, "t", handoff=("w1", 30.0))
+        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
         hand_over = s._hand_over
 
         def failing(*args: Any) -> None:
             hand_over(*args)
-            handed: list[tuple[Any, ExecutionRow]] = args[-1]
+            handed: list[tuple[Any, list[ExecutionRow]]] = args[-1]
             assert len(handed) == 1  # it did claim, in the transaction
             raise sqlite3.OperationalError("disk I/O error")
 
@@ -118,7 +139,7 @@ async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(
         requests, replies = await make_cue(s, t), await make_cue(s, t, task="replies")
         [request] = await s.fire(t, [new_fire(requests.id)], T0)
         await s.claim_next(t, "responder", task="t", agent=None, now=T0, lease_seconds=9, limit=1)
-        requester = s.notifier.subscribe(t, "replies", handoff=("requester", 30.0))
+        requester = s.notifier.subscribe(t, "replies", handoff=Handoff("requester", 30.0))
         outcome = OutcomeRecord(success=True, recorded_at=T0 + 1)
         settled, reply = await s.record_outcome_and_fire(
             t, request.id, "responder", outcome, new_fire(replies.id), T0 + 1

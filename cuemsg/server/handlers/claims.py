@@ -11,6 +11,7 @@ from starlette.responses import Response
 from cuemsg.server import answers, wire
 from cuemsg.server.errors import ApiProblem
 from cuemsg.server.handlers.outcomes import outcome_record, outcome_result
+from cuemsg.server.notify import Handoff
 from cuemsg.server.responses import ok
 from cuemsg.server.schedules import complete_once
 from cuemsg.server.settings import MAX_CLAIM_WAIT
@@ -49,7 +50,7 @@ async def claim_next(ctx: Ctx) -> Response:
     wait = min(body.wait or 0.0, MAX_CLAIM_WAIT)
     deadline = time.monotonic() + wait
     # A fire may claim its new execution for this waiting claim in its own transaction.
-    handoff = (body.worker_id, lease)
+    handoff = Handoff(body.worker_id, lease, limit)
     handed = False
     while True:
         # Subscribe before trying, so a fire between the try and the wait still wakes us.

@@ -299,7 +299,7 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         """Run `work` (which makes executions: its result and those it created) in one
         transaction with the hand-over of new executions to parked claims; after the
         commit, wake those claims and the rest."""
-        handed: list[tuple[Waiter, ExecutionRow]] = []
+        handed: list[tuple[Waiter, list[ExecutionRow]]] = []
         try:
             with self._tx() as db:
                 result, created = work(db)
@@ -308,8 +308,8 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
             for waiter, _ in handed:  # nothing was claimed for them: they claim as usual
                 waiter.hand([])
             raise
-        for waiter, row in handed:
-            waiter.hand([row])
+        for waiter, rows in handed:
+            waiter.hand(rows)
         self._wake(tenant_id, created, now, handed)
         return result
 
@@ -384,12 +384,12 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         tenant_id: str,
         created: list[ExecutionRow],
         now: float,
-        handed: Sequence[tuple[Waiter, ExecutionRow]] = (),
+        handed: Sequence[tuple[Waiter, list[ExecutionRow]]] = (),
     ) -> None:
         """After the commit: wake the claims waiting for what is claimable now (not for
         what was handed to a waiter already: for those only the agent-filtered waiters
         and the event streams hear of it)."""
-        taken = {row.id for _, row in handed}
+        taken = {row.id for _, rows in handed for row in rows}
         due: Counter[str | None] = Counter()
         for e in created:
             if e.scheduled_for <= now and e.transport == "worker":

@@ -120,23 +120,37 @@ class SQLiteLeases:
         tenant_id: str,
         created: list[ExecutionRow],
         now: float,
-        handed: list[tuple[Waiter, ExecutionRow]],
+        handed: list[tuple[Waiter, list[ExecutionRow]]],
     ) -> None:
         """Claim new executions for parked claims that take handed work, in the fire's
-        transaction: one claim transaction less on the way to a waiting worker."""
+        transaction (each waiter up to its limit, oldest waiter first, executions in
+        the order fired): one claim transaction less on the way to a waiting worker."""
+        due: dict[str | None, list[ExecutionRow]] = {}
         for execution in created:
-            if execution.scheduled_for > now or execution.transport != "worker":
-                continue
-            waiter = self.notifier.taker(tenant_id, execution.task)
-            if waiter is None or waiter.handoff is None:
-                continue
-            worker_id, lease_seconds = waiter.handoff
-            handed.append((waiter, execution))  # before the claim: woken if anything fails
-            row = db.execute(
-                f"UPDATE executions SET {_CLAIM_SET} WHERE id = ? RETURNING {_EXEC_COLS}",
-                (worker_id, now, now + lease_seconds, now, execution.id),
-            ).fetchone()
-            handed[-1] = (waiter, execution_from_row(row))
+            if execution.scheduled_for <= now and execution.transport == "worker":
+                due.setdefault(execution.task, []).append(execution)
+        for task, executions in due.items():
+            while executions:
+                waiter = self.notifier.taker(tenant_id, task)
+                if waiter is None or waiter.handoff is None:
+                    break
+                taking = waiter.handoff
+                batch, executions = executions[: taking.limit], executions[taking.limit :]
+                handed.append((waiter, []))  # before the claim: woken if anything fails
+                marks = ", ".join("?" * len(batch))
+                rows = db.execute(
+                    f"UPDATE executions SET {_CLAIM_SET} WHERE id IN ({marks}) "
+                    f"RETURNING {_EXEC_COLS}, seq",
+                    [
+                        taking.worker_id,
+                        now,
+                        now + taking.lease_seconds,
+                        now,
+                        *(e.id for e in batch),
+                    ],
+                ).fetchall()
+                rows.sort(key=lambda r: r[-1])  # RETURNING gives no order: as fired
+                handed[-1] = (waiter, [execution_from_row(r) for r in rows])
 
     @staticmethod
     def _claim_next_in(
