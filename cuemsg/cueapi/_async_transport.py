@@ -39,8 +39,8 @@ from cuemsg.cueapi._http11 import Head, encode_request, whole_response
 from cuemsg.cueapi._transport import (
     DEFAULT_KEEPALIVE_EXPIRY,
     DEFAULT_MAX_IDLE,
-    DEFAULT_PORTS,
     Origin,
+    origin_of,
 )
 
 __all__ = ["AsyncKeepAliveTransport"]
@@ -87,15 +87,7 @@ class AsyncKeepAliveTransport(httpx.AsyncBaseTransport):
         return sum(len(idle) for idle in self._idle.values())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.scheme
-        if scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(
-                f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
-            )
-        if not url.host:
-            raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
-        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
+        origin = origin_of(request.url, request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         try:
             body = request.content

@@ -8,6 +8,7 @@ namespaces (`cues`, `executions`, `workers`). Nothing here does I/O.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -21,7 +22,7 @@ from cuemsg._exceptions import MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi._retry import RetryPolicy
 from cuemsg.cueapi._routes import Call, Step
-from cuemsg.cueapi._transport import DEFAULT_PORTS, KeepAliveTransport, Origin
+from cuemsg.cueapi._transport import KeepAliveTransport, Origin, origin_of
 
 __all__ = [
     "API_KEY_ENV",
@@ -219,10 +220,11 @@ class _BaseClient:
         """What `encode_call` needs, worked out once (`enabled`: the client sends through
         its own keep-alive transport, which takes request bytes)."""
         url = httpx.URL(self.base_url)
-        plain = enabled and not (url.userinfo or url.query or url.fragment)
         self.origin: Origin | None = None
-        if plain:
-            self.origin = (url.scheme, url.host, url.port or DEFAULT_PORTS[url.scheme])
+        if enabled and not (url.userinfo or url.query or url.fragment):
+            # No host: left to the httpx path, which raises UnsupportedProtocol at the call.
+            with contextlib.suppress(httpx.UnsupportedProtocol):
+                self.origin = origin_of(url)
         self._host_line = b"Host: " + url.netloc + b"\r\n"
         self._path_prefix = url.raw_path.decode("ascii").rstrip("/")
         self._blocks: dict[tuple[Any, ...], bytes | None] = {}

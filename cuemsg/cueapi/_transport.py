@@ -61,6 +61,7 @@ __all__ = [
     "DEFAULT_PORTS",
     "KeepAliveTransport",
     "Origin",
+    "origin_of",
 ]
 
 DEFAULT_MAX_IDLE = 20  # idle connections kept per (scheme, host, port)
@@ -68,6 +69,22 @@ DEFAULT_KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is reused for (http
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: httpx.URL, request: httpx.Request | None = None) -> Origin:
+    """(scheme, host, port) of `url`, the key of a connection pool.
+
+    Raises:
+        httpx.UnsupportedProtocol: not http or https, or no host.
+    """
+    scheme = url.scheme
+    if scheme not in DEFAULT_PORTS:
+        raise httpx.UnsupportedProtocol(
+            f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
+        )
+    if not url.host:
+        raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
+    return scheme, url.host, url.port or DEFAULT_PORTS[scheme]
 
 
 def _readable(sock: socket.socket | None) -> bool:
@@ -130,15 +147,7 @@ class KeepAliveTransport(httpx.BaseTransport):
     # -- httpx.BaseTransport ----------------------------------------------------------------
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.scheme
-        if scheme not in DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(
-                f"request URL has an unsupported protocol {scheme + '://'!r}", request=request
-            )
-        if not url.host:
-            raise httpx.UnsupportedProtocol("request URL is missing a host", request=request)
-        origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
+        origin = origin_of(request.url, request)
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         data = encode_request(request, request.read())  # a bad header fails before connecting
         head, content = self.exchange(origin, data, request.method, timeouts, request)
