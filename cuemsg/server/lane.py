@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 from cuemsg.server.guard import ErrorGuard, answer_exception
 from cuemsg.server.hosts import HostCheck
 
-__all__ = ["HOT", "App", "Lane"]
+__all__ = ["HOT", "App", "Lane", "whole"]
 
 #: The routes the lane answers (method, template): the message path.
 HOT = frozenset(
@@ -150,21 +150,28 @@ class Lane:
                 return hot, params
         return None
 
-    async def serve(
-        self, hot: _Hot, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Answer as the middleware stack would have: the Host check, the endpoint, the
-        guard's answer to an exception."""
+    async def answer(
+        self, hot: _Hot, params: dict[str, Any], scope: Scope, receive: Receive
+    ) -> Response:
+        """The answer the middleware stack would have given: the Host check, the
+        endpoint, the guard's answer to an exception (shared with `protocol.py`)."""
         scope["route"] = hot.route
         scope["endpoint"] = hot.endpoint
         scope["path_params"] = params
         response = self.hosts.refusal(scope) if self.hosts is not None else None
         if response is None:
             try:
-                response = await hot.endpoint(Request(scope, receive, send))
+                response = await hot.endpoint(Request(scope, receive))
             except Exception as exc:
                 response = answer_exception(exc, scope)
-        if type(response) is Response and response.background is None:
+        return response
+
+    async def serve(
+        self, hot: _Hot, params: dict[str, Any], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Answer through ASGI, in the two sends it requires."""
+        response = await self.answer(hot, params, scope, receive)
+        if whole(response):
             await send(
                 {
                     "type": "http.response.start",
@@ -175,6 +182,11 @@ class Lane:
             await send({"type": "http.response.body", "body": response.body})
         else:  # a streamed answer: the guard watches it, as on Starlette's path
             await ErrorGuard(response)(scope, receive, send)
+
+
+def whole(response: Response) -> bool:
+    """Whether an answer is one body with nothing to run after it (every hot handler's)."""
+    return type(response) is Response and response.background is None
 
 
 class App(Starlette):

@@ -14,6 +14,8 @@ from starlette.applications import Starlette
 
 from cuemsg.server import redact
 from cuemsg.server.app import Server
+from cuemsg.server.lane import App
+from cuemsg.server.protocol import hot_protocol, hot_protocol_fits
 
 T = TypeVar("T")
 
@@ -48,6 +50,8 @@ class Uvicorn(uvicorn.Server):
         # uvicorn's proxy-headers layer stays (its default; ~1 % of a hot request's CPU):
         # behind a reverse proxy on this host, `X-Forwarded-For` is the only client
         # address that registration's per-address limit and the access log can see.
+        if isinstance(app, App) and app.lane is not None and hot_protocol_fits():
+            options.setdefault("http", hot_protocol(app))  # the hot lane past uvicorn's layers
         super().__init__(uvicorn.Config(app, **options))  # type: ignore[arg-type]
         redact.install()  # after uvicorn set up its log handlers: no key reaches a log
         self.app_server: Server = app.state.server
