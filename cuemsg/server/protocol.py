@@ -77,24 +77,26 @@ class _HotCycle:
         self.keep_alive = keep
         self.disconnected = False
         self.response_complete = False
-        self.gone: asyncio.Future[None] | None = None  # made when a receive has to wait
+        self.gone: asyncio.Event | None = None  # made when a receive has to wait
         self.message_event = self
 
     def set(self) -> None:
         """uvicorn's signal that the connection was lost (or the body grew)."""
-        if self.disconnected and self.gone is not None and not self.gone.done():
-            self.gone.set_result(None)
+        if self.disconnected and self.gone is not None:
+            self.gone.set()
 
     async def receive(self) -> Message:
         """ASGI `receive`: the whole body once, then `http.disconnect` when the client
-        hangs up (a step that would wait means it has not)."""
+        hangs up (a step that would wait means it has not: `Ctx.client_gone`)."""
         if not self.taken:
             self.taken = True
             return {"type": "http.request", "body": self.body, "more_body": False}
         if not (self.disconnected or self.response_complete):
+            # An Event: each wait its own future, so a wait abandoned after one step
+            # (`client_gone`, at every wake of a parked claim) leaves nothing behind.
             if self.gone is None:
-                self.gone = asyncio.get_running_loop().create_future()
-            await self.gone
+                self.gone = asyncio.Event()
+            await self.gone.wait()
         return {"type": "http.disconnect"}
 
 

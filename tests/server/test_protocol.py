@@ -256,6 +256,43 @@ def test_the_access_log_has_the_same_line_for_a_hot_request() -> None:
     assert srv.api_key not in "\n".join(lines.lines)  # the redaction filter applies
 
 
+def test_a_parked_claim_woken_again_and_again_still_answers(srv: RunningServer) -> None:
+    """An agent-filtered claim is woken by every fire of its task and checks each time
+    whether its client hung up (one step of `receive`): the checks must not leave the
+    request unable to check again (PostgreSQL wakes every parked claim this way)."""
+    wire = Wire(srv.port)
+    wire.send(
+        request(
+            "POST",
+            "/v1/cues",
+            srv.api_key,
+            {"name": "t", "transport": "worker", "payload": {"task": "t"}},
+        )
+    )
+    status, _, body = wire.answer()
+    assert status == 201, body
+    cue = json.loads(body)["id"]
+    parked = Wire(srv.port)
+    claim = {"worker_id": "w", "task": "t", "agent": "a1", "wait": 10}
+    parked.send(request("POST", "/v1/executions/claim", srv.api_key, claim))
+    time.sleep(0.2)
+    for agent in ("a2", "a3", "a1"):  # two wake it for nothing, the third is its
+        wire.send(
+            request(
+                "POST", f"/v1/cues/{cue}/fire", srv.api_key, {"payload_override": {"agent": agent}}
+            )
+        )
+        status, _, body = wire.answer()
+        assert status == 200, body
+        time.sleep(0.05)
+    status, _, body = parked.answer()
+    assert status == 200, body
+    wire.send(request("GET", f"/v1/executions/{json.loads(body)['execution_id']}", srv.api_key))
+    assert json.loads(wire.answer()[2])["payload"]["agent"] == "a1"
+    parked.close()
+    wire.close()
+
+
 @contextlib.contextmanager
 def _serve(app: App) -> Iterator[tuple[int, type[HotProtocol]]]:
     """`app` under `Uvicorn` in a thread, as `run_server` runs the real one."""

@@ -152,3 +152,28 @@ async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(
             ]
         else:
             assert requester.handed is None
+
+
+async def test_a_claim_that_finds_nothing_takes_no_write_lock(tmp_path: Any) -> None:
+    """SQLite: a claim reads before it takes the write lock, so one that finds nothing
+    (a long-poll about to park) neither waits for another writer nor commits; one that
+    finds work still claims it in its transaction."""
+    path = str(tmp_path / "probe.db")
+    async with opened(path) as s:
+        assert isinstance(s, SQLiteStorage)
+        t = await tenant(s)
+        cue = await make_cue(s, t)
+        [fired] = await s.fire(t, [new_fire(cue.id)], T0)
+        s.db.execute("PRAGMA busy_timeout=0")  # waiting for the lock would fail at once
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        try:
+            claim = dict(agent=None, now=T0, lease_seconds=30.0, limit=1)
+            assert await s.claim_next(t, "w", task="nothing-here", **claim) == []
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await s.claim_next(t, "w", task="t", **claim)  # work: the lock is needed
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        [claimed] = await s.claim_next(t, "w", task="t", **claim)
+        assert claimed.id == fired.id and claimed.status == "delivering"

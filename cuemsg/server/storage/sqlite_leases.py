@@ -60,6 +60,10 @@ class SQLiteLeases:
     notifier: Notifier
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
+    @property
+    def db(self) -> sqlite3.Connection:  # pragma: no cover - SQLiteStorage's
+        raise NotImplementedError
+
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
     ) -> ExecutionRow:
@@ -90,6 +94,14 @@ class SQLiteLeases:
         lease_seconds: float,
         limit: int,
     ) -> list[ExecutionRow]:
+        db = self.db
+        where, args = claimable_where("?", tenant_id, task, agent, now)
+        # A read first: a claim that finds nothing (a parking long-poll, an RPC's reply
+        # claim) takes no write lock and commits nothing, ~5 x cheaper here. Nothing
+        # runs between this read and the claim's transaction: the storage is this
+        # thread's, and the server is the file's only writer of executions.
+        if not db.execute(f"SELECT 1 FROM executions WHERE {where} LIMIT 1", args).fetchall():
+            return []
         with self._tx() as db:
             return self._claim_next_in(
                 db, tenant_id, worker_id, task, agent, now, lease_seconds, limit
