@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -294,10 +296,11 @@ def test_a_parked_claim_woken_again_and_again_still_answers(srv: RunningServer) 
 
 
 @contextlib.contextmanager
-def _serve(app: App) -> Iterator[tuple[int, type[HotProtocol]]]:
+def _serve(app: App, **options: Any) -> Iterator[tuple[int, type[HotProtocol]]]:
     """`app` under `Uvicorn` in a thread, as `run_server` runs the real one."""
     port = free_port()
-    server = Uvicorn(app, host="127.0.0.1", port=port, loop="asyncio", lifespan="off")
+    options = {"lifespan": "off", **options}
+    server = Uvicorn(app, host="127.0.0.1", port=port, loop="asyncio", **options)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -378,3 +381,95 @@ def test_other_uvicorn_releases_keep_uvicorns_protocol(monkeypatch: pytest.Monke
     monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
     assert not protocol.hot_protocol_fits()
     assert Uvicorn(app).config.http == "auto"
+
+
+# Requests on the hot routes whose answers depend only on the request (errors, and
+# reads of what does not exist): the same bytes from either protocol.
+_HOT_PATHS = [
+    ("POST", "/v1/cues/{cue}/fire"),
+    ("POST", "/v1/cues/cue_missing/fire"),
+    ("POST", "/v1/fire"),
+    ("POST", "/v1/executions/claim"),
+    ("POST", "/v1/executions/exec_missing/claim"),
+    ("POST", "/v1/executions/exec_missing/outcome"),
+    ("POST", "/v1/executions/outcomes"),
+    ("POST", "/v1/executions/exec_missing/heartbeat"),
+    ("GET", "/v1/cues/cue_missing"),
+    ("GET", "/v1/executions/exec_missing"),
+]
+_BODIES = st.one_of(
+    st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"[]",
+            b"null",
+            b'{"worker_id": ""}',
+            b'{"worker_id": "w", "wait": 99}',
+            b'{"worker_id": "w", "limit": 0}',
+            b'{"success": "yes"}',
+            b'{"payload_override": 5}',
+            b'{"fires": []}',
+            b'{"outcomes": [{"execution_id": "x"}]}',
+            b'{"unknown": 1}',
+            b'{"a": ' * 40 + b"1" + b"}" * 40,
+        ]
+    ),
+    st.binary(max_size=40),
+)
+
+
+@pytest.fixture(scope="module")
+def twin_servers() -> Iterator[list[tuple[Wire, str, str, int]]]:
+    """The same app twice, one served by `HotProtocol`, one by uvicorn's own
+    httptools protocol; for each, a connection, its key and a cue id to fire at."""
+    with contextlib.ExitStack() as stack:
+        twins = []
+        for http in (None, "httptools"):
+            app = create_app(ServerSettings(db=":memory:", host="127.0.0.1", max_body_bytes=200))
+            options = {} if http is None else {"http": http}
+            port, cls = stack.enter_context(_serve(app, lifespan="on", **options))
+            assert issubclass(cls, HotProtocol) is (http is None)
+            wire = Wire(port)
+            wire.send(request("POST", "/v1/auth/register", "", {"email": "t@example.com"}))
+            key = json.loads(wire.answer()[2])["api_key"]
+            twins.append((wire, key, _cue(wire, key), port))
+        yield twins
+        for twin in twins:
+            twin[0].close()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    route=st.sampled_from(_HOT_PATHS),
+    body=_BODIES,
+    auth=st.sampled_from(["key", "wrong", "none"]),
+    close=st.booleans(),
+)
+def test_the_protocol_answers_as_uvicorns_own_does(
+    twin_servers: list[tuple[Wire, str, str, int]],
+    route: tuple[str, str],
+    body: bytes,
+    auth: str,
+    close: bool,
+) -> None:
+    answers = []
+    for i, (wire, key, cue, port) in enumerate(twin_servers):
+        method, template = route
+        head = f"{method} {template.format(cue=cue)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        if auth != "none":
+            head += f"Authorization: Bearer {key if auth == 'key' else 'nope'}\r\n"
+        head += f"Content-Length: {len(body)}\r\n"
+        if close:
+            head += "Connection: close\r\n"
+        wire.send(head.encode() + b"\r\n" + body)
+        status, headers, answer = wire.answer()
+        if close:
+            assert wire.closed()
+            wire.close()
+            twin_servers[i] = (Wire(port), key, cue, port)
+        headers.pop("date")
+        if status == 200:  # a fire made an execution: its id and times are the server's
+            answer = b"<made>"
+        answers.append((status, headers, answer.replace(cue.encode(), b"<cue>")))
+    assert answers[0] == answers[1]
