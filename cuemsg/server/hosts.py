@@ -13,6 +13,8 @@ from cuemsg.server.errors import ApiProblem
 from cuemsg.server.responses import problem
 from cuemsg.server.settings import LOOPBACK_NAMES
 
+_PASSED_KEPT = 256
+
 
 def host_name(header: str) -> str:
     """The name part of a `Host` header: `[::1]:80` -> `::1`, `a.b:8` -> `a.b`."""
@@ -28,12 +30,23 @@ class HostCheck:
 
     def __init__(self, bound: str) -> None:
         self.allowed = frozenset(LOOPBACK_NAMES | {host_name(bound)})
+        # `Host` values already found allowed, as sent (a client sends the same one
+        # every request): most checks are one set lookup. Bounded: values vary by port.
+        self._passed: set[bytes] = set()
 
     def refusal(self, scope: Scope) -> Response | None:
         """The 421 answer when the request's `Host` is not ours, else None."""
-        header = next((v for k, v in scope["headers"] if k == b"host"), b"")
+        header = b""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                header = value
+                break
+        if header in self._passed:
+            return None
         name = host_name(header.decode("latin-1"))
         if name in self.allowed:
+            if len(self._passed) < _PASSED_KEPT:
+                self._passed.add(header)
             return None
         return problem(
             ApiProblem(

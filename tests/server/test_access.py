@@ -229,6 +229,28 @@ def test_a_loopback_server_refuses_other_host_names() -> None:
             assert httpx.get(f"{srv.base_url}/v1/info", headers={"Host": host}).status_code == 200
 
 
+def test_the_host_check_remembers_only_allowed_values_and_only_so_many() -> None:
+    from cuemsg.server.hosts import _PASSED_KEPT, HostCheck
+
+    check = HostCheck("127.0.0.1")
+
+    def scope(host: bytes | None) -> dict[str, object]:
+        headers = [(b"accept", b"*/*")] + ([(b"host", host)] if host is not None else [])
+        return {"type": "http", "headers": headers}
+
+    for _ in range(2):  # the second time from what it remembered: the same verdicts
+        assert check.refusal(scope(b"127.0.0.1:8787")) is None
+        assert check.refusal(scope(b"LOCALHOST")) is None
+        refused = check.refusal(scope(b"evil.example"))
+        assert refused is not None and refused.status_code == 421
+        missing = check.refusal(scope(None))
+        assert missing is not None and b"(none)" in bytes(missing.body)
+    for port in range(_PASSED_KEPT * 2):  # a client per port: what it keeps stays bounded
+        assert check.refusal(scope(b"localhost:%d" % port)) is None
+    assert len(check._passed) == _PASSED_KEPT
+    assert check.refusal(scope(b"localhost:%d" % (_PASSED_KEPT * 2 - 1))) is None  # not kept
+
+
 def test_the_host_name_of_a_header() -> None:
     from cuemsg.server.hosts import host_name
 
