@@ -271,12 +271,11 @@ def _claimed_items(call: Call, data: Any) -> list[dict[str, Any]]:
 
 def _claimed_from(answer: dict[str, Any]) -> Claimed:
     """A Claimed from a claim answer, normalising `attempts` (claims including this one)."""
-    fields = dict(answer)
+    fields = answer  # copied only when a field is filled in (`.raw` is what was read)
     if fields.get("attempts") is None and isinstance(fields.get("attempt"), int):
-        fields["attempts"] = fields["attempt"]
-    task = fields.get("task")
-    if task is None and isinstance(fields.get("payload"), dict):
-        fields["task"] = _str_or_none(fields["payload"].get("task"))
+        fields = {**fields, "attempts": fields["attempt"]}
+    if fields.get("task") is None and isinstance(fields.get("payload"), dict):
+        fields = {**fields, "task": _str_or_none(fields["payload"].get("task"))}
     return decode_model(fields, Claimed)
 
 

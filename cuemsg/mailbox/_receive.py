@@ -101,8 +101,10 @@ class ReceiveFlows(SettleFlows):
             return None
         meta = env.meta
         message_id = meta.id if meta is not None else f"exec:{eid}"
+        unsigned = None
         try:
-            unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
+            if self.config.require_signed:  # else no flow to make: nothing to check
+                unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
         except TRANSIENT as exc:  # the sender's key could not be read: it comes back later
             log.warning("cannot check who sent %s (%s); it will be delivered again", eid, exc)
             self.leases.release(eid)
