@@ -31,7 +31,7 @@ envelope whose `v` is newer than `FORMAT_VERSION`.
 
 from __future__ import annotations
 
-import secrets
+import os
 import sys
 import threading
 import time
@@ -167,10 +167,23 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # An id's 130 bits are written two digits (10 bits) at a time: 13 steps, not 26.
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
-_PAIR_SHIFTS = range(120, -10, -10)
+_LOW_70 = (1 << 70) - 1
+_RANDOM_CHUNK = 10 * 64  # random bytes read at once: 64 ids' worth (one getrandom call)
 _id_lock = threading.Lock()
 _last_ms = 0
 _last_rand = 0
+_random = b""
+_random_at = 0
+
+
+def _forget_random() -> None:
+    # A forked child must not reuse its parent's unread random bytes (the same ids).
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_id() -> str:
@@ -180,7 +193,7 @@ def new_id() -> str:
     millisecond (the random part is incremented), so sorting by id gives
     the order of `new_id()` calls.
     """
-    global _last_ms, _last_rand
+    global _last_ms, _last_rand, _random, _random_at
     with _id_lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
@@ -189,10 +202,22 @@ def new_id() -> str:
             if rand >= 1 << 80:  # pragma: no cover - 2**80 ids in one millisecond
                 ms, rand = ms + 1, 0
         else:
-            rand = secrets.randbits(80)
+            if _random_at >= len(_random):
+                _random, _random_at = os.urandom(_RANDOM_CHUNK), 0
+            rand = int.from_bytes(_random[_random_at : _random_at + 10], "big")
+            _random_at += 10
         _last_ms, _last_rand = ms, rand
     n = (ms << 80) | rand
-    return "".join([_PAIRS[(n >> shift) & 1023] for shift in _PAIR_SHIFTS])
+    # Unrolled, on two halves of machine-sized ints: a third less than a loop over 13 shifts.
+    hi, lo, p = n >> 70, n & _LOW_70, _PAIRS
+    return "".join(
+        (
+            p[hi >> 50], p[(hi >> 40) & 1023], p[(hi >> 30) & 1023], p[(hi >> 20) & 1023],
+            p[(hi >> 10) & 1023], p[hi & 1023], p[lo >> 60], p[(lo >> 50) & 1023],
+            p[(lo >> 40) & 1023], p[(lo >> 30) & 1023], p[(lo >> 20) & 1023],
+            p[(lo >> 10) & 1023], p[lo & 1023],
+        )
+    )  # fmt: skip
 
 
 # -- bodies -------------------------------------------------------------------------------
@@ -490,8 +515,9 @@ def payload_from_bytes(data: bytes) -> dict[str, Any]:
 
 def utcnow() -> datetime:
     """The current time, UTC, to the millisecond (what `sent_at` holds)."""
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    # From whole milliseconds: a third of the cost of now() then replace(); the float
+    # (ms / 1000) is within 0.3 us of the exact value, which rounds to the whole millisecond.
+    return datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, timezone.utc)
 
 
 def from_timestamp(ts: float) -> datetime:

@@ -13,7 +13,6 @@ import importlib.metadata
 import os
 import re
 import urllib.request
-from collections.abc import Generator
 from typing import Any, TypeVar
 
 import httpx
@@ -21,7 +20,7 @@ import httpx
 from cuemsg._exceptions import MissingAPIKey
 from cuemsg.cueapi import _flows as flows
 from cuemsg.cueapi._retry import RetryPolicy
-from cuemsg.cueapi._routes import Call, Step
+from cuemsg.cueapi._routes import Call
 from cuemsg.cueapi._transport import KeepAliveTransport, Origin, origin_of
 
 __all__ = [
@@ -154,17 +153,6 @@ class _BaseClient:
             "timeout": timeout,
         }
 
-    @staticmethod
-    def _advance(
-        flow: Generator[Step, Any, _T], value: Any, exc: BaseException | None
-    ) -> tuple[bool, Any]:
-        """Resume `flow`; (True, result) when it finished, else (False, next step)."""
-        try:
-            step = flow.throw(exc) if exc is not None else flow.send(value)
-        except StopIteration as stop:
-            return True, stop.value
-        return False, step
-
     def _init_building(self, http: httpx.Client | httpx.AsyncClient) -> None:
         """What `_build_request` needs from the httpx client, worked out once."""
         # httpx's default headers that every request of ours keeps (Accept-Encoding,
@@ -228,6 +216,7 @@ class _BaseClient:
         self._host_line = b"Host: " + url.netloc + b"\r\n"
         self._path_prefix = url.raw_path.decode("ascii").rstrip("/")
         self._blocks: dict[tuple[Any, ...], bytes | None] = {}
+        self._lines: dict[tuple[str, str], bytes | None] = {}  # (method, path): request line
         self._plain_timeouts = httpx.Timeout(self.timeout).as_dict()
 
     def encode_call(self, call: Call) -> tuple[bytes, dict[str, float | None]] | None:
@@ -248,8 +237,13 @@ class _BaseClient:
         """
         if self.origin is None or call.params:
             return None
-        path = self._path_prefix + call.path
-        if _PLAIN_PATH.fullmatch(path) is None or "/." in path:  # httpx drops dot segments
+        try:
+            line = self._lines[call.method, call.path]
+        except KeyError:
+            if len(self._lines) >= _URL_CACHE_SIZE:  # ids in paths: few repeat, keep it small
+                self._lines.clear()
+            line = self._lines[call.method, call.path] = self._request_line(call)
+        if line is None:
             return None
         if call.auth and not self._api_key:
             raise MissingAPIKey()
@@ -262,7 +256,6 @@ class _BaseClient:
             block = self._blocks[key] = self._header_block(call)
         if block is None:
             return None
-        line = f"{call.method} {path} HTTP/1.1\r\n".encode("ascii")
         content = call.content()
         if content is None:
             length = b"Content-Length: 0\r\n" if call.method in _BODYLESS_LENGTH else b""
@@ -274,6 +267,13 @@ class _BaseClient:
         if call.wait:  # as `_request_args`: a long-poll reads `wait` seconds longer
             timeouts = {**timeouts, "read": self.timeout + call.wait}
         return data, timeouts
+
+    def _request_line(self, call: Call) -> bytes | None:
+        """`call`'s request line, or None if httpx must build the request (its path)."""
+        path = self._path_prefix + call.path
+        if _PLAIN_PATH.fullmatch(path) is None or "/." in path:  # httpx drops dot segments
+            return None
+        return f"{call.method} {path} HTTP/1.1\r\n".encode("ascii")
 
     def _header_block(self, call: Call) -> bytes | None:
         """The header lines every request with `call`'s headers and auth sends (after Host,

@@ -271,12 +271,11 @@ def _claimed_items(call: Call, data: Any) -> list[dict[str, Any]]:
 
 def _claimed_from(answer: dict[str, Any]) -> Claimed:
     """A Claimed from a claim answer, normalising `attempts` (claims including this one)."""
-    fields = dict(answer)
+    fields = answer  # copied only when a field is filled in (`.raw` is what was read)
     if fields.get("attempts") is None and isinstance(fields.get("attempt"), int):
-        fields["attempts"] = fields["attempt"]
-    task = fields.get("task")
-    if task is None and isinstance(fields.get("payload"), dict):
-        fields["task"] = _str_or_none(fields["payload"].get("task"))
+        fields = {**fields, "attempts": fields["attempt"]}
+    if fields.get("task") is None and isinstance(fields.get("payload"), dict):
+        fields = {**fields, "task": _str_or_none(fields["payload"].get("task"))}
     return decode_model(fields, Claimed)
 
 
@@ -387,7 +386,9 @@ def claim_next(
     the filter, claim by id, try the next on 409, and poll with a growing
     pause (50 ms to 1 s) until the wait ends. Both give the same result.
     """
-    exts = yield from _authed_extensions(st)
+    exts = st.extensions
+    if exts is None or not st.has_key:  # probed once per client: no flow for it after that
+        exts = yield from _authed_extensions(st)
     if settle and "claim.settle" not in exts:
         raise ExtensionNotAvailable("claim.settle")
     carried = [{"execution_id": o.execution_id, **_outcome_body(o)} for o in settle] or None
@@ -414,7 +415,11 @@ def claim_next(
                 data = yield from request(st, call)
                 if carried is not None:  # recorded: the next repeat carries none
                     settled, carried = _settled(call, data, len(carried)), None
-                claimed = yield from _complete(st, _claimed_items(call, data))
+                answers = _claimed_items(call, data)
+                if all("payload" in answer for answer in answers):  # claim.payload: no GETs
+                    claimed = [_claimed_from(answer) for answer in answers]
+                else:
+                    claimed = yield from _complete(st, answers)
             except ClaimFailed:
                 claimed = []
         else:

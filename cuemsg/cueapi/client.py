@@ -204,9 +204,10 @@ class CueClient(_BaseClient):
         exc: BaseException | None = None
         try:
             while True:
-                done, step = self._advance(flow, value, exc)
-                if done:
-                    result: _T = step
+                try:  # `_ops.advance`, written in: once per step of every request
+                    step = flow.throw(exc) if exc is not None else flow.send(value)
+                except StopIteration as stop:
+                    result: _T = stop.value
                     return result
                 value, exc = None, None
                 if isinstance(step, Send):

@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cuemsg.cueapi.async_client import AsyncCueClient
-from cuemsg.mailbox._ops import Flow, Op, advance
+from cuemsg.mailbox._ops import Flow, Op
 
 if TYPE_CHECKING:
     from cuemsg.mailbox.aio import AsyncMailbox
@@ -49,9 +49,10 @@ async def adrive(flow: Flow[R], perform: Callable[[Op], Awaitable[Any]]) -> R:
     exc: BaseException | None = None
     try:
         while True:
-            done, op = advance(flow, value, exc)
-            if done:
-                result: R = op
+            try:  # `advance`, written in (as `drive`)
+                op = flow.throw(exc) if exc is not None else flow.send(value)
+            except StopIteration as stop:
+                result: R = stop.value
                 return result
             value, exc = None, None
             try:

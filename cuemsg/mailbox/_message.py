@@ -29,11 +29,14 @@ class Message(Delivery[T]):
     loop moves on (by `serve()` as the handler's result says).
     """
 
-    cancelled: threading.Event
-
     def __init__(self, mailbox: Mailbox, **fields: Any) -> None:
-        super().__init__(cancelled=threading.Event(), **fields)
+        super().__init__(**fields)
         self._mailbox = mailbox
+
+    if TYPE_CHECKING:  # `Delivery.cancelled` makes it, with `_new_cancel_event`
+
+        @property
+        def cancelled(self) -> threading.Event: ...
 
     def ack(self, result: str | None = None) -> None:
         """Record success (the outcome's `result` text may be given).
@@ -72,11 +75,17 @@ class Message(Delivery[T]):
 class AsyncMessage(Delivery[T]):
     """A message received by an `AsyncMailbox`; the async twin of `Message`."""
 
-    cancelled: anyio.Event
-
     def __init__(self, mailbox: AsyncMailbox, **fields: Any) -> None:
-        super().__init__(cancelled=anyio.Event(), **fields)
+        super().__init__(**fields)
         self._mailbox = mailbox
+
+    def _new_cancel_event(self) -> anyio.Event:
+        return anyio.Event()
+
+    if TYPE_CHECKING:  # as `Message.cancelled`
+
+        @property
+        def cancelled(self) -> anyio.Event: ...
 
     async def ack(self, result: str | None = None) -> None:
         """Record success (the outcome's `result` text may be given).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -44,10 +43,11 @@ class ReceiveFlows(SettleFlows):
         pause and an empty list, so loops keep going; other errors raise.
         """
         send = self.take_acks() if settle else []
-        # Acks beyond what one claim may carry wait, first in line, for the next one.
-        self.acks.put_back(send[ACK_CARRY:], self.monotonic())
-        send = send[:ACK_CARRY]
-        outcomes = tuple(item.outcome for item in send)
+        if len(send) > ACK_CARRY:
+            # Acks beyond what one claim may carry wait, first in line, for the next one.
+            self.acks.put_back(send[ACK_CARRY:], self.monotonic())
+            send = send[:ACK_CARRY]
+        outcomes = tuple([item.outcome for item in send])
         # Recorded as the claim starts, answered when it ends (maybe a long poll later):
         # renewing them meanwhile would be refused (409) and read as a lost lease.
         carried = [o.execution_id for o in outcomes]
@@ -101,8 +101,10 @@ class ReceiveFlows(SettleFlows):
             return None
         meta = env.meta
         message_id = meta.id if meta is not None else f"exec:{eid}"
+        unsigned = None
         try:
-            unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
+            if self.config.require_signed:  # else no flow to make: nothing to check
+                unsigned = yield from self.unsigned_reason(claimed.payload or {}, env)
         except TRANSIENT as exc:  # the sender's key could not be read: it comes back later
             log.warning("cannot check who sent %s (%s); it will be delivered again", eid, exc)
             self.leases.release(eid)
@@ -289,8 +291,10 @@ class ReceiveFlows(SettleFlows):
                         if (prefetch == 1 and not carry) or msg.is_request:
                             yield from self._quiet(self.ack(msg))
                             continue
-                        with contextlib.suppress(LeaseLost):  # logged and counted where raised
+                        try:  # noqa: SIM105 - suppress() would make an object per message
                             self.queue_ack(msg, RECEIVE_ACK_DELAY)
+                        except LeaseLost:
+                            pass  # logged and counted where raised
             except GeneratorExit:
                 # No op can be yielded now: the driver gives them back (`release_prefetched`).
                 self.prefetched.update(dict.fromkeys(ahead))

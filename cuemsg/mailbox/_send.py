@@ -13,6 +13,7 @@ from cuemsg.mailbox._helpers import as_datetime
 from cuemsg.mailbox._ops import Fire, FireMany, Flow
 from cuemsg.mailbox._records import Sent
 from cuemsg.mailbox._signed import SignatureFlows
+from cuemsg.mailbox.names import is_address
 from cuemsg.mailbox.tracing import with_trace
 
 
@@ -92,7 +93,8 @@ class SendFlows(SignatureFlows):
             body, task=task, send_at=send_at, ttl=ttl, thread=thread, headers=headers
         )
         when = as_datetime(send_at)
-        to_cue = yield from self.addresses.resolve(to_cue)
+        if not is_address(to_cue):  # an address is kept as is: no flow to make for it
+            to_cue = yield from self.addresses.resolve(to_cue)
         self.remember_peer(thread, to_cue)
         fired = yield from self.fire_to(
             to_cue, Fire(to_cue, payload, idempotency_key=meta.id, send_at=when)

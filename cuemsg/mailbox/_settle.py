@@ -17,7 +17,14 @@ from cuemsg._exceptions import (
     NotFound,
 )
 from cuemsg.cueapi.models import REPLY_TOKEN, FireRequest, OutcomeRequest
-from cuemsg.envelope import ErrorBody, Kind, from_timestamp, payload_bytes, with_attempt
+from cuemsg.envelope import (
+    NAMESPACE,
+    ErrorBody,
+    Kind,
+    from_timestamp,
+    payload_bytes,
+    with_attempt,
+)
 from cuemsg.mailbox._config import ACK_TRIES, MAX_CACHED_REPLY
 from cuemsg.mailbox._helpers import TRANSIENT, cut, pause_after
 from cuemsg.mailbox._leases import PendingAck
@@ -74,6 +81,14 @@ class SettleFlows(SendFlows):
         """An outcome's metadata for `msg`, with what the busy policy did to it."""
         return self._meta_state(state, **extra, **msg.notes)
 
+    def _acked_state(self, msg: Delivery[Any]) -> dict[str, Any]:
+        """`_msg_state(msg, "acked", id=msg.id, kind=msg.kind)`: every message's ack has
+        one, so the common case (no busy-policy notes; id and kind are always set) is
+        written out."""
+        if msg.notes:
+            return self._msg_state(msg, "acked", id=msg.id, kind=msg.kind)
+        return {NAMESPACE: {"state": "acked", "id": msg.id, "kind": msg.kind}}
+
     # -- settling --------------------------------------------------------------------------
 
     def _begin(self, msg: Delivery[Any], how: Settled) -> None:
@@ -89,7 +104,7 @@ class SettleFlows(SendFlows):
             msg.id,
             success=True,
             result=result or f"handled message {msg.id}",
-            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
+            metadata=self._acked_state(msg),
         )
         self.stats.count("acked")
         yield from self._tell_no_reply(msg, "acked", None)
@@ -342,7 +357,7 @@ class SettleFlows(SendFlows):
             execution_id=eid,
             success=True,
             result=cut(f"handled message {msg.id}"),
-            metadata=self._msg_state(msg, "acked", id=msg.id, kind=msg.kind),
+            metadata=self._acked_state(msg),
         )
         return self.acks.add(PendingAck(outcome, msg.id, self.monotonic() + delay))
 

@@ -70,7 +70,6 @@ from cuemsg.mailbox._ops import (
     Spawn,
     StartReplies,
     WaitSlots,
-    advance,
 )
 from cuemsg.mailbox._receive import pick_prefetch
 from cuemsg.mailbox._sending import AsyncSendMethods
@@ -387,8 +386,9 @@ class AsyncMailbox(
         exc: BaseException | None = None
         try:
             while True:
-                done, op = advance(flow, value, exc)
-                if done:
+                try:  # `advance`, written in (as `drive`)
+                    op = flow.throw(exc) if exc is not None else flow.send(value)
+                except StopIteration:
                     return
                 value, exc = None, None
                 if isinstance(op, Deliver):

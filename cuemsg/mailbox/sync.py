@@ -66,7 +66,6 @@ from cuemsg.mailbox._ops import (
     Spawn,
     StartReplies,
     WaitSlots,
-    advance,
     drive,
 )
 from cuemsg.mailbox._receive import pick_prefetch
@@ -369,8 +368,9 @@ class Mailbox(
         exc: BaseException | None = None
         try:
             while True:
-                done, op = advance(flow, value, exc)
-                if done:
+                try:  # `advance`, written in (as `drive`)
+                    op = flow.throw(exc) if exc is not None else flow.send(value)
+                except StopIteration:
                     return
                 value, exc = None, None
                 if isinstance(op, Deliver):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -101,6 +102,40 @@ def test_claim_next_sends_extension_fields_only_when_given() -> None:
     assert ext.wait == 5
 
 
+def test_bodies_keep_their_field_order_and_drop_none() -> None:
+    # Written out field by field: the same keys, in the same order, as `_drop_none` gives.
+    settle = [{"execution_id": "e1", "success": True}]
+    full = routes.claim_next(worker_id="w", task="t", agent="a", wait=1.5, limit=2, settle=settle)
+    assert list(full.json) == ["worker_id", "task", "agent", "wait", "limit", "settle"]
+    assert full.json["settle"] is settle
+    assert routes.claim_next(worker_id="w", limit=2).json == {"worker_id": "w", "limit": 2}
+    fire = routes.fire_body(
+        payload_override={"a": 1}, merge_strategy="replace", send_at=0, idempotency_key="k"
+    )
+    assert list(fire) == ["payload_override", "merge_strategy", "send_at", "idempotency_key"]
+    assert fire["send_at"] == "1970-01-01T00:00:00+00:00"
+    empty = routes.fire_body(
+        payload_override=None, merge_strategy=None, send_at=None, idempotency_key=None
+    )
+    assert empty == {}
+    outcome = routes.outcome_body(success=False, result="r", error="e", metadata={"m": 1})
+    assert list(outcome) == ["success", "result", "error", "metadata"]
+    assert routes.outcome_body(success=True, result=None, error=None, metadata=None) == {
+        "success": True
+    }
+
+
+def test_calls_are_frozen_values_with_fresh_defaults() -> None:
+    # `Call` writes its own __init__ (speed): it must still act as the dataclass it is.
+    a, b = routes.Call("GET", "/v1/x"), routes.Call("GET", "/v1/x")
+    assert a == b and a.params == {} and a.headers == {} and a.params is not b.params
+    assert a.auth and not a.retry_safe and a.wait == 0.0 and a.done_on_repeat == frozenset()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.path = "/v1/y"  # type: ignore[misc]
+    assert dataclasses.replace(a, path="/v1/y").path == "/v1/y"
+    assert routes.Send(a) == routes.Send(b) and routes.Send(a).call is a
+
+
 def test_queries_drop_none() -> None:
     assert routes.list_cues(status=None, limit=10, offset=None).params == {"limit": 10}
     call = routes.list_executions(cue_id="c", status="pending", limit=None, offset=0)
@@ -176,6 +211,7 @@ def test_error_without_json_body() -> None:
 def test_success_answers() -> None:
     assert routes.parse_answer(200, httpx.Headers(), b'{"a": 1}') == {"a": 1}
     assert routes.parse_answer(204, httpx.Headers(), b"") is None
+    assert routes.parse_answer(200, httpx.Headers(), b" \r\n\t") is None  # blank: no body
     with pytest.raises(CueAPIError) as info:
         routes.parse_answer(200, httpx.Headers(), b"not json")
     assert info.value.code == "invalid_response"

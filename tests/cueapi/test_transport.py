@@ -295,6 +295,18 @@ def test_what_httpx_must_build_is_left_to_it(
         assert c.encode_call(call) is None
 
 
+def test_request_lines_kept_per_path_stay_right_past_the_cache_size() -> None:
+    # The request line is kept per (method, path); past the cache's size it starts over,
+    # and a path left to httpx stays left to it when asked again.
+    with CueClient("cue_sk_x", "http://cueapi.test:8080/base", timeout=3.0) as c:
+        for round_ in range(2):
+            for i in range(300):
+                call = routes.heartbeat(f"e-{i}", worker_id="w1")
+                assert c.encode_call(call) == _httpx_bytes(c, call), (round_, i)
+            assert c.encode_call(routes.get_cue(".")) is None
+        assert len(c._lines) <= 256
+
+
 def test_a_call_without_the_key_it_needs_is_refused_before_encoding() -> None:
     with CueClient(base_url="http://cueapi.test:8080") as c:
         assert c.encode_call(routes.info()) is not None  # no key needed

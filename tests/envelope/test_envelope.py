@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import time
 from typing import Any
 
@@ -32,6 +33,7 @@ from cuemsg.envelope import (
     outside_fields,
     payload_bytes,
     payload_from_bytes,
+    utcnow,
     with_attempt,
 )
 
@@ -173,6 +175,55 @@ def test_ids_are_sortable_and_unique() -> None:
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 26 for i in ids)
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def _id_time(message_id: str) -> int:
+    """The milliseconds an id's first 10 characters hold (Crockford base32)."""
+    return sum(_CROCKFORD.index(ch) << (5 * (9 - i)) for i, ch in enumerate(message_id[:10]))
+
+
+def test_ids_hold_their_time_and_stay_unique_across_milliseconds() -> None:
+    # Ids made over more milliseconds than one read of random bytes serves (64) stay
+    # unique and ordered, each holding the millisecond it was made in.
+    ids = []
+    for _ in range(150):
+        before = time.time_ns() // 1_000_000
+        ids.append(new_id())
+        assert before <= _id_time(ids[-1]) <= time.time_ns() // 1_000_000
+        time.sleep(0.0011)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(set(i) <= set(_CROCKFORD) for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_other_ids_than_its_parent() -> None:
+    # Random bytes read ahead by the parent are dropped in the child: two processes
+    # making an id in the same millisecond must not make the same one.
+    new_id()  # the parent has random bytes in hand now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, ",".join(new_id() for _ in range(20)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    ours = [new_id() for _ in range(20)]
+    with os.fdopen(read, "rb") as pipe:
+        theirs = pipe.read().decode().split(",")
+    os.waitpid(pid, 0)
+    assert len(theirs) == 20
+    assert {i[10:] for i in ours}.isdisjoint(i[10:] for i in theirs)
+
+
+def test_utcnow_is_utc_to_the_millisecond() -> None:
+    before = time.time()
+    now = utcnow()
+    assert now.tzinfo is dt.timezone.utc and now.microsecond % 1000 == 0
+    assert before - 0.001 <= now.timestamp() <= time.time()
 
 
 def test_stored_payload_round_trip() -> None:

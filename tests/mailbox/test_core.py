@@ -1057,3 +1057,28 @@ def test_a_failed_release_leaves_the_leases_to_run_out() -> None:
 
     released, _ = run(c.release_prefetched(["e-1"]), answer)
     assert released == 0 and len(c.leases) == 0
+
+
+def test_a_claim_carries_at_most_ack_carry_acks_and_the_rest_wait_first_in_line() -> None:
+    from cuemsg.mailbox._config import ACK_CARRY
+
+    c = make_core()
+    total = ACK_CARRY + 7
+    for i in range(total):
+        msg, _ = run(c.admit(claimed(message(Meta(id=f"m-{i}"), i), eid=f"e-{i}")), ok)
+        c.leases.hold(f"e-{i}", 30, 0.0)
+        c.queue_ack(msg, 10.0)
+    carried: list[list[str]] = []
+
+    def answer(op: Any) -> Any:
+        assert isinstance(op, Claim)
+        carried.append([o.execution_id for o in op.settle])
+        settled = [OutcomeResult(execution_id=o.execution_id) for o in op.settle]
+        return ClaimResult(claimed=False, settled=settled)
+
+    got, _ = run(c.claim("me", 0.0, None, settle=True), answer)
+    assert got == [] and carried == [[f"e-{i}" for i in range(ACK_CARRY)]]
+    assert len(c.acks) == total - ACK_CARRY and c.stats.acked == ACK_CARRY
+    got, _ = run(c.claim("me", 0.0, None, settle=True), answer)  # the rest: on the next claim
+    assert carried[1] == [f"e-{i}" for i in range(ACK_CARRY, total)]
+    assert not c.acks and c.stats.acked == total and len(c.leases) == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import anyio
 import pytest
 
 from cuemsg.cueapi.models import Claimed
@@ -87,3 +89,42 @@ def test_an_interrupt_of_an_idle_thread_does_nothing() -> None:
     gate = ThreadGate()
     gate.interrupt("t", in_thread("m1"))
     assert gate.enter("t", in_thread("m1"), wait=True)
+
+
+def test_the_cancelled_event_is_made_once_on_first_use() -> None:
+    # Made on first use, not per message: every ask gets the same event, from any thread.
+    msg = delivery(in_thread("m1"))
+    assert "_cancelled" not in vars(msg)
+    seen: list[Any] = []
+    threads = [threading.Thread(target=lambda: seen.append(msg.cancelled)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(msg.cancelled, threading.Event) and not msg.cancelled.is_set()
+    assert all(event is msg.cancelled for event in seen)
+    given = threading.Event()
+    env = decode_payload(in_thread("m2").payload)
+    made = Delivery(
+        body=None, envelope=env, claimed=in_thread("m2"), mailbox_address=ME, cancelled=given
+    )
+    assert made.cancelled is given
+
+
+@pytest.mark.anyio
+async def test_an_async_message_gets_an_anyio_event() -> None:
+    from cuemsg.mailbox._message import AsyncMessage
+
+    c = in_thread("m1")
+    env = decode_payload(c.payload)
+    msg: AsyncMessage[Any] = AsyncMessage(
+        None,  # type: ignore[arg-type]  # no verb is called: only the event is read
+        body=env.message,
+        envelope=env,
+        claimed=c,
+        mailbox_address=ME,
+    )
+    event = msg.cancelled
+    assert isinstance(event, anyio.Event) and msg.cancelled is event
+    event.set()
+    await event.wait()
