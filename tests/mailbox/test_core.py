@@ -13,6 +13,7 @@ import pytest
 from cuemsg._exceptions import (
     AlreadySettled,
     Conflict,
+    CueAPIError,
     ExtensionNotAvailable,
     Forbidden,
     LeaseLost,
@@ -1073,7 +1074,9 @@ def test_a_claim_carries_at_most_ack_carry_acks_and_the_rest_wait_first_in_line(
     def answer(op: Any) -> Any:
         assert isinstance(op, Claim)
         carried.append([o.execution_id for o in op.settle])
-        settled = [OutcomeResult(execution_id=o.execution_id) for o in op.settle]
+        settled: list[OutcomeResult | CueAPIError] = [
+            OutcomeResult(execution_id=o.execution_id) for o in op.settle
+        ]
         return ClaimResult(claimed=False, settled=settled)
 
     got, _ = run(c.claim("me", 0.0, None, settle=True), answer)

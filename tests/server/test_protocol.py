@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
@@ -184,11 +185,11 @@ def test_requests_the_protocol_leaves_to_uvicorn_are_answered_the_same(
         extra = "X-Forwarded-For: 10.1.2.3\r\n"
     before = answered(srv)
     if how == "chunked":
-        head = (
+        text = (
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {srv.api_key}\r\n"
             "Transfer-Encoding: chunked\r\n\r\n"
         )
-        wire.send(head.encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        wire.send(text.encode() + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
     else:
         head = request("POST", path, srv.api_key, extra=extra, version=version)
         wire.send(head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body)) + body)
@@ -296,7 +297,7 @@ def test_a_parked_claim_woken_again_and_again_still_answers(srv: RunningServer) 
 
 
 @contextlib.contextmanager
-def _serve(app: App, **options: Any) -> Iterator[tuple[int, type[HotProtocol]]]:
+def _serve(app: Starlette, **options: Any) -> Iterator[tuple[int, type[asyncio.Protocol]]]:
     """`app` under `Uvicorn` in a thread, as `run_server` runs the real one."""
     port = free_port()
     options = {"lifespan": "off", **options}
@@ -358,6 +359,7 @@ def test_a_request_body_reaches_the_endpoint_whole() -> None:
         return Response(b"ok", media_type="text/plain")
 
     with _serve(_app_answering(endpoint)) as (port, cls):
+        assert issubclass(cls, HotProtocol)
         wire = Wire(port)
         body = b'{"x": "' + b"y" * 900 + b'"}'
         head = b"POST /v1/fire HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % len(body)

@@ -168,12 +168,17 @@ async def test_a_claim_that_finds_nothing_takes_no_write_lock(tmp_path: Any) -> 
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
         try:
-            claim = dict(agent=None, now=T0, lease_seconds=30.0, limit=1)
-            assert await s.claim_next(t, "w", task="nothing-here", **claim) == []
+            assert await _claim(s, t, "nothing-here") == []
             with pytest.raises(sqlite3.OperationalError, match="locked"):
-                await s.claim_next(t, "w", task="t", **claim)  # work: the lock is needed
+                await _claim(s, t, "t")  # work: the lock is needed
         finally:
             other.execute("ROLLBACK")
             other.close()
-        [claimed] = await s.claim_next(t, "w", task="t", **claim)
+        [claimed] = await _claim(s, t, "t")
         assert claimed.id == fired.id and claimed.status == "delivering"
+
+
+async def _claim(s: SQLiteStorage, tenant_id: str, task: str) -> list[ExecutionRow]:
+    return await s.claim_next(
+        tenant_id, "w", task=task, agent=None, now=T0, lease_seconds=30.0, limit=1
+    )
