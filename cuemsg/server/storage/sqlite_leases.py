@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -60,9 +60,10 @@ class SQLiteLeases:
     notifier: Notifier
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
-    @property
-    def db(self) -> sqlite3.Connection:  # pragma: no cover - SQLiteStorage's
-        raise NotImplementedError
+    if TYPE_CHECKING:  # SQLiteStorage's property
+
+        @property
+        def db(self) -> sqlite3.Connection: ...
 
     async def claim(
         self, tenant_id: str, execution_id: str, worker_id: str, now: float, lease_seconds: float
