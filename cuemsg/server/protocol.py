@@ -1,14 +1,14 @@
 """uvicorn's HTTP protocol, with the hot lane's requests answered in the protocol itself.
 
-A profile of the one-way cycle put about a quarter of the server's CPU in
-uvicorn's layers around each hot request: the per-request cycle object and its
-`asyncio.Event`, the proxy-headers middleware, the ASGI message dicts, the
-checks on every response header, and two socket writes per answer. For a
-request the lane takes (`lane.py`), `HotProtocol` instead collects the body in
-the parser's callbacks, runs the lane's `answer` (the same Host check,
-endpoint and error answer) in a task, and writes the answer in one
-`transport.write`, with uvicorn's default headers (`date`, `server`) and its
-access-log line.
+Around each hot request uvicorn runs Python the lane does not need: a
+per-request cycle object and its `asyncio.Event`, the proxy-headers
+middleware, the ASGI message dicts, the checks on every response header, and
+two socket writes per answer. For a request the lane takes (`lane.py`),
+`HotProtocol` instead collects the body in the parser's callbacks, runs the
+lane's `answer` (the same Host check, endpoint and error answer) in a task,
+and writes the answer in one `transport.write`, with uvicorn's default
+headers (`date`, `server`) and its access-log line. On the one-way cycle
+that is 8-16 % of the server's CPU (docs/benchmarks.md).
 
 The lane takes only plain requests; anything else goes to uvicorn's own path
 unchanged: a query string, a percent-encoded path, HTTP/1.0, an upgrade,
@@ -81,7 +81,7 @@ class _HotCycle:
         self.message_event = self
 
     def set(self) -> None:
-        """uvicorn's signal that the connection was lost (or the body grew)."""
+        """uvicorn's signal, from `connection_lost`, that the client is gone."""
         if self.disconnected and self.gone is not None:
             self.gone.set()
 
