@@ -214,17 +214,12 @@ def fire_body(
     idempotency_key: str | None,
 ) -> dict[str, Any]:
     """The body of one fire: only the fields the caller chose (no default strategy)."""
-    # Written out (as `_drop_none` would, in that order): one of each per message.
-    body: dict[str, Any] = {}
-    if payload_override is not None:
-        body["payload_override"] = payload_override
-    if merge_strategy is not None:
-        body["merge_strategy"] = merge_strategy
-    if send_at is not None:
-        body["send_at"] = to_timestamp(send_at)
-    if idempotency_key is not None:
-        body["idempotency_key"] = idempotency_key
-    return body
+    return _drop_none(
+        payload_override=payload_override,
+        merge_strategy=merge_strategy,
+        send_at=None if send_at is None else to_timestamp(send_at),
+        idempotency_key=idempotency_key,
+    )
 
 
 def fire(cue_id: str, body: dict[str, Any]) -> Call:
@@ -287,19 +282,9 @@ def claim_next(
 ) -> Call:
     """`POST /v1/executions/claim`; task/agent/wait/limit/settle are extensions, sent only
     when given."""
-    body: dict[str, Any] = {}  # as `fire_body`: `_drop_none` written out, in its order
-    if worker_id is not None:
-        body["worker_id"] = worker_id
-    if task is not None:
-        body["task"] = task
-    if agent is not None:
-        body["agent"] = agent
-    if wait is not None:
-        body["wait"] = wait
-    if limit is not None:
-        body["limit"] = limit
-    if settle is not None:
-        body["settle"] = settle
+    body = _drop_none(
+        worker_id=worker_id, task=task, agent=agent, wait=wait, limit=limit, settle=settle
+    )
     return Call("POST", "/v1/executions/claim", json=body, wait=wait or 0.0)
 
 
@@ -320,16 +305,7 @@ def outcome_body(
     error: str | None,
     metadata: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {}  # as `fire_body`: `_drop_none` written out, in its order
-    if success is not None:
-        body["success"] = success
-    if result is not None:
-        body["result"] = result
-    if error is not None:
-        body["error"] = error
-    if metadata is not None:
-        body["metadata"] = metadata
-    return body
+    return _drop_none(success=success, result=result, error=error, metadata=metadata)
 
 
 def report_outcome(execution_id: str, body: dict[str, Any], *, worker_id: str) -> Call:
