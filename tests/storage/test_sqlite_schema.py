@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from cuemsg import StorageOpenError
-from cuemsg.server.storage.base import CueRow
-from cuemsg.server.storage.sqlite import SQLiteStorage
+from cuemsg.server.storage.base import CueRow, ExecutionRow, OutcomeRecord
+from cuemsg.server.storage.sqlite import SQLiteStorage, by_status
 from cuemsg.server.storage.sqlite_schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from tests.storage.helpers import T0, keyed, make_cue, new_fire
 
@@ -47,6 +47,7 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -
     assert not names & {"ix_exec_claim_task", "ix_exec_claim", "ix_exec_due", "ix_exec_lease"}
     assert {"ix_exec_ready_task", "ix_exec_scheduled", "ix_exec_leased"} <= names
     assert "ix_exec_due_ready" not in names
+    assert "ix_exec_status" not in names and "ix_exec_settled" in names
 
 
 async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
@@ -169,3 +170,66 @@ async def test_a_version_6_file_trades_its_due_index_and_wakes_what_is_scheduled
     finally:
         await store.close()
     assert "ix_exec_due_ready" not in _indexes(path)
+
+
+async def test_a_version_7_file_keeps_only_settled_executions_in_its_status_index(
+    tmp_path: Path,
+) -> None:
+    """Version 8 drops `ix_exec_status` (every execution by status: each fire, claim
+    and outcome moved its entry) for `ix_exec_settled`, which holds the settled
+    only; a listing by any status still reads an index that holds that status,
+    never the tenant's whole history, and finds the same rows."""
+    path = tmp_path / "v7.db"
+    store = SQLiteStorage(str(path))
+    await store.open()
+    await store.create_tenant("ten_a", "a@example.com", "hash", T0)
+    cue = await make_cue(store, "ten_a")
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX ix_exec_settled")
+        db.execute("CREATE INDEX ix_exec_status ON executions (tenant_id, status, seq)")
+        db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    store = SQLiteStorage(str(path))
+    await store.open()
+    try:
+        assert await store.get_meta("schema_version") == str(SCHEMA_VERSION)
+        fired = [(await store.fire("ten_a", [new_fire(cue.id)], T0))[0] for _ in range(4)]
+        claimed = await store.claim_next(
+            "ten_a", "w", task="t", agent=None, now=T0, lease_seconds=30, limit=3
+        )
+        done = OutcomeRecord(success=True, recorded_at=T0)
+        failed = OutcomeRecord(success=False, error="no", recorded_at=T0)
+        await store.record_outcomes("ten_a", [(claimed[0].id, done)], "w")
+        await store.record_outcomes("ten_a", [(claimed[1].id, failed)], "w")
+        db = store.db
+        settled = db.execute(
+            "SELECT id, status FROM executions INDEXED BY ix_exec_settled "
+            "WHERE status NOT IN ('pending', 'retry_ready', 'delivering')"
+        ).fetchall()
+        statuses = {e.id: e.status for e in [*await _all(store)]}
+        assert sorted(settled) == sorted(
+            (i, s) for i, s in statuses.items() if s not in ("pending", "retry_ready", "delivering")
+        )
+        assert len(settled) == 2  # the pending and the delivering ones are not in it
+        for status in ("pending", "retry_ready", "delivering", "success", "failed", "missed"):
+            listed, total = await store.list_executions(
+                "ten_a", cue_id=None, status=status, limit=10, offset=0
+            )
+            want = [e.id for e in reversed(fired) if statuses[e.id] == status]
+            assert [e.id for e in listed] == want and total == len(want), status
+            table, term = by_status(status)
+            plan = db.execute(
+                f"EXPLAIN QUERY PLAN SELECT id FROM {table} "
+                f"WHERE tenant_id = ? AND status = ?{term} ORDER BY seq DESC",
+                ("ten_a", status),
+            ).fetchall()
+            assert not any("ix_exec_events" in row[3] for row in plan), plan
+        assert await store.count_unsettled("ten_a") == 2  # one pending, one delivering
+    finally:
+        await store.close()
+    assert "ix_exec_status" not in _indexes(path)
+
+
+async def _all(store: SQLiteStorage) -> list[ExecutionRow]:
+    rows, _ = await store.list_executions("ten_a", cue_id=None, status=None, limit=50, offset=0)
+    return rows

@@ -21,6 +21,7 @@ lease, a scheduled execution coming due) a backend calls
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -259,18 +260,26 @@ def new_execution_id() -> str:
     return new_execution_ids(1)[0]
 
 
-# A random UUID's version (4) and variant (RFC 4122) bits, set over 128 random ones.
-_UUID4_KEEP = ((1 << 128) - 1) ^ (0xF000 << 64) ^ (0xC000 << 48)
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+# A version 7 UUID (RFC 9562): the Unix time in milliseconds in the top 48 bits, then the
+# version (7), 12 random bits, the variant (0b10) and 62 random bits.
+_UUID7_KEEP = ((1 << 128) - 1) ^ (0xF << 76) ^ (0x3 << 62)
+_UUID7_SET = (0x7 << 76) | (0x2 << 62)
 
 
 def new_execution_ids(n: int) -> list[str]:
-    """`n` random (version 4) UUIDs as text, from one read of the OS's randomness:
-    what `str(uuid.uuid4())` gives, for a batch at a fifth of its cost."""
-    raw = os.urandom(16 * n)
+    """`n` version 7 UUIDs as text, from one read of the OS's randomness.
+
+    Time-ordered ids put each new execution at the end of the id index instead
+    of on a random page of it: on SQLite, ~10 % less storage CPU a message once
+    the history outgrows the page cache (docs/benchmarks.md). Ids made in the
+    same millisecond are unique (74 random bits) but not ordered among themselves.
+    """
+    top = (time.time_ns() // 1_000_000) << 80
+    raw = os.urandom(10 * n)
     ids = []
-    for i in range(0, 16 * n, 16):
-        h = "%032x" % (int.from_bytes(raw[i : i + 16], "big") & _UUID4_KEEP | _UUID4_SET)
+    for i in range(0, 10 * n, 10):
+        v = (top | int.from_bytes(raw[i : i + 10], "big")) & _UUID7_KEEP | _UUID7_SET
+        h = f"{v:032x}"
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
 

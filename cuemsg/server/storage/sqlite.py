@@ -59,6 +59,7 @@ from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
     INDEXES,
     MIGRATIONS,
+    READY,
     SCHEMA,
     SCHEMA_VERSION,
 )
@@ -71,6 +72,21 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 # The cue's document and its fire counters (columns of their own: `cue_from_doc`).
 _CUE_COLS = "doc, fired_count, last_run"
+
+
+def by_status(status: str) -> tuple[str, str]:
+    """What a listing by `status` reads (the partial index holding that status) and
+    the term that lets it (SQLite uses a partial index only when the query repeats
+    its condition, written out: a bound `status = ?` does not count; the index is
+    named, so a tenant's whole-history index is never taken instead)."""
+    if status in ("pending", "retry_ready"):
+        return READY, " AND status IN ('pending', 'retry_ready')"
+    if status == "delivering":
+        return "executions INDEXED BY ix_exec_leased", " AND status = 'delivering'"
+    return (
+        "executions INDEXED BY ix_exec_settled",
+        " AND status NOT IN ('pending', 'retry_ready', 'delivering')",
+    )
 
 
 class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteRelease):
@@ -202,9 +218,11 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
             )
 
     async def count_unsettled(self, tenant_id: str) -> int:
+        # Two counts, each from the partial index that holds those rows.
         row = self.db.execute(
-            "SELECT count(*) FROM executions WHERE tenant_id = ? "
-            "AND status IN ('pending', 'retry_ready', 'delivering')",
+            f"SELECT (SELECT count(*) FROM {READY} WHERE tenant_id = ?1 "
+            "AND status IN ('pending', 'retry_ready')) + (SELECT count(*) FROM executions "
+            "INDEXED BY ix_exec_leased WHERE tenant_id = ?1 AND status = 'delivering')",
             (tenant_id,),
         ).fetchone()
         return int(row[0])
@@ -421,6 +439,10 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         max_bytes: int = 0,
     ) -> tuple[list[ExecutionRow], int]:
         clause, args = where_equal("?", tenant_id=tenant_id, cue_id=cue_id, status=status)
+        table = "executions"  # by cue: ix_exec_cue
+        if status is not None and cue_id is None:
+            table, term = by_status(status)
+            clause += term
         if before is not None:
             # The cursor is an id; its rowid `seq` keeps the page an index range.
             cursor = self.db.execute(
@@ -429,10 +451,10 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
             if cursor is None:
                 raise unknown_cursor(before)
             clause, args = f"{clause} AND seq < ?", [*args, cursor[0]]
-        total = self.db.execute(f"SELECT count(*) FROM executions WHERE {clause}", args).fetchone()
+        total = self.db.execute(f"SELECT count(*) FROM {table} WHERE {clause}", args).fetchone()
         rows = within_bytes(
             self.db.execute(
-                f"SELECT {_EXEC_COLS} FROM executions WHERE {clause} "
+                f"SELECT {_EXEC_COLS} FROM {table} WHERE {clause} "
                 "ORDER BY seq DESC LIMIT ? OFFSET ?",
                 [*args, limit, offset],
             ),
@@ -453,7 +475,7 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         where, args = claimable_where("?", tenant_id, task, agent, now)
         rows = within_bytes(
             self.db.execute(
-                f"SELECT {_EXEC_COLS} FROM executions WHERE {where} "
+                f"SELECT {_EXEC_COLS} FROM {READY} WHERE {where} "
                 "ORDER BY scheduled_for, seq LIMIT ?",
                 [*args, limit],
             ),

@@ -29,6 +29,7 @@ from cuemsg.server.storage.base import (
     execution_from_row,
     outcome_already_recorded,
 )
+from cuemsg.server.storage.sqlite_schema import READY
 
 _EXEC_COLS = EXECUTION_COLUMNS
 _CLAIMABLE = claimable_condition("?")
@@ -101,7 +102,7 @@ class SQLiteLeases:
         # claim) takes no write lock and commits nothing, ~5 x cheaper here. Nothing
         # runs between this read and the claim's transaction: the storage is this
         # thread's, and the server is the file's only writer of executions.
-        if not db.execute(f"SELECT 1 FROM executions WHERE {where} LIMIT 1", args).fetchall():
+        if not db.execute(f"SELECT 1 FROM {READY} WHERE {where} LIMIT 1", args).fetchall():
             return []
         with self._tx() as db:
             return self._claim_next_in(
@@ -179,7 +180,7 @@ class SQLiteLeases:
         where, args = claimable_where("?", tenant_id, task, agent, now)
         rows = db.execute(
             f"UPDATE executions SET {_CLAIM_SET} "
-            f"WHERE seq IN (SELECT seq FROM executions WHERE {where} "
+            f"WHERE seq IN (SELECT seq FROM {READY} WHERE {where} "
             f"ORDER BY scheduled_for, seq LIMIT ?) RETURNING {_EXEC_COLS}, seq",
             [worker_id, now, now + lease_seconds, now, *args, limit],
         ).fetchall()

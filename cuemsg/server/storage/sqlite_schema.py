@@ -6,7 +6,9 @@ then `INDEXES`, in one transaction. Version 3's step and indexes belong to
 the timed work and live beside it in `sqlite_timed.py`; version 4 adds the
 event feed's stamps (`feed.py`); version 5 the cue's fire counters as columns;
 version 6 the lost claim's stamp and attempt; version 7 trades the index of every
-ready execution by due time for one of those scheduled later (`ix_exec_scheduled`).
+ready execution by due time for one of those scheduled later (`ix_exec_scheduled`);
+version 8 trades the index of every execution by status for one of the settled
+ones (`ix_exec_settled`).
 """
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from __future__ import annotations
 from cuemsg.server.storage.feed import SEQ_NAMES, STAMP_COLUMNS
 from cuemsg.server.storage.sqlite_timed import MIGRATION_3, TIMED_INDEXES
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BASE_VERSION = 2  # what SCHEMA creates
 
 # Partial indexes hold only the rows a claim or the sweep looks for, already in
 # claim order (the rowid `seq` ends every index): a claim reads one entry and
 # sorts nothing, and a settled execution leaves them for good. Each index costs
 # about 30 us per write here, so there are few: a claim without a task (rare:
-# mailboxes always claim by task) reads `ix_exec_status` and sorts.
+# mailboxes always claim by task) reads `ix_exec_ready_task` and sorts.
 # `ix_exec_scheduled` holds only executions due later than they were made (a
 # `send_at`, a retry's backoff), for the sweep's wake-ups: a message sent for
-# now, the one-way cycle's, is never written to it.
+# now, the one-way cycle's, is never written to it. `ix_exec_settled` lists the
+# settled by status; an unsettled status is listed from `ix_exec_ready_task` or
+# `ix_exec_leased` (`status_where` in `sqlite.py`), so a message on its way
+# (pending, then delivering) writes no status index until it settles.
 INDEXES = """
 CREATE INDEX IF NOT EXISTS ix_exec_ready_task ON executions (tenant_id, task, scheduled_for)
     WHERE status IN ('pending', 'retry_ready');
@@ -32,10 +37,15 @@ CREATE INDEX IF NOT EXISTS ix_exec_scheduled ON executions (scheduled_for)
     WHERE status IN ('pending', 'retry_ready') AND scheduled_for > created_at;
 CREATE INDEX IF NOT EXISTS ix_exec_leased ON executions (lease_expires_at)
     WHERE status = 'delivering';
-CREATE INDEX IF NOT EXISTS ix_exec_status ON executions (tenant_id, status, seq);
+CREATE INDEX IF NOT EXISTS ix_exec_settled ON executions (tenant_id, status, seq)
+    WHERE status NOT IN ('pending', 'retry_ready', 'delivering');
 CREATE INDEX IF NOT EXISTS ix_exec_events ON executions (tenant_id, event_seq);
 """
 INDEXES += TIMED_INDEXES
+
+#: Where claimable executions are read from: the index that holds only them (named:
+#: without statistics SQLite may take a tenant's whole-history index instead).
+READY = "executions INDEXED BY ix_exec_ready_task"
 
 # The feed's position: the newest stamp of an execution (a virtual column, indexed).
 _EVENT_SEQ = (
@@ -86,6 +96,9 @@ ALTER TABLE idempotency_v5 RENAME TO idempotency;
     # Every fire and claim wrote `ix_exec_due_ready` (all ready executions by due
     # time); only the sweep read it. `ix_exec_scheduled` (in `INDEXES`) replaces it.
     7: "DROP INDEX IF EXISTS ix_exec_due_ready;\n",
+    # Every fire, claim and outcome wrote `ix_exec_status` (each status change
+    # moves the entry); `ix_exec_settled` (in `INDEXES`) holds the settled only.
+    8: "DROP INDEX IF EXISTS ix_exec_status;\n",
 }
 
 SCHEMA = """
