@@ -121,6 +121,7 @@ class Metrics:
         )
         self._swept: dict[str, int] = {}
         self._handed = 0
+        self._settled = [0, 0]
 
     def instrument(
         self, route: str, method: str, endpoint: Callable[[Request], Awaitable[Response]]
@@ -146,6 +147,10 @@ class Metrics:
         handed = server.storage.notifier.handed  # claims made by fires for parked claims
         self.claims.inc(handed - self._handed)
         self._handed = handed
+        failed, succeeded = server.storage.notifier.settled  # recorded with hand-overs
+        self.failed.inc(failed - self._settled[0])
+        self.succeeded.inc(succeeded - self._settled[1])
+        self._settled = [failed, succeeded]
         self.streams.set(server.feed.streams)
         swept = server.storage.swept
         for what, total in swept.items():

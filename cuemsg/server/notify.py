@@ -34,17 +34,20 @@ _Key = tuple[str, "str | None"]
 
 @dataclass(frozen=True, slots=True)
 class Handoff:
-    """What a fire needs to claim work for a waiting claim: for whom, how long, how many."""
+    """What a fire needs to claim work for a waiting claim: for whom, how long, how
+    many, and the outcomes the claim carries (`claim.settle`) to record in the same
+    transaction, if they ride on the hand-over (see `handlers/claims.py`)."""
 
     worker_id: str
     lease_seconds: float
     limit: int = 1
+    settle: tuple[tuple[str, Any], ...] = ()
 
 
 class Waiter:
     """One subscription; `wait()` returns True when woken, False on timeout."""
 
-    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff")
+    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff", "settled")
 
     def __init__(
         self,
@@ -60,6 +63,8 @@ class Waiter:
         self.handoff = handoff
         #: What a fire claimed for this waiter, once handed (the handler owns it then).
         self.handed: list[Any] | None = None
+        #: The outcomes of `handoff.settle` as recorded with the hand-over, in order.
+        self.settled: list[Any] | None = None
         self._fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     async def wait(self, timeout: float) -> bool:
@@ -79,10 +84,17 @@ class Waiter:
         if self.woken and self.handed is None:
             self._notifier.notify(self._key[0], self._fut.result())
 
-    def hand(self, claimed: list[Any]) -> None:
-        """Wake this waiter with executions claimed for it (taken by `Notifier.taker`)."""
+    def hand(self, claimed: list[Any], settled: list[Any] | None = None) -> None:
+        """Wake this waiter with executions claimed for it (taken by `Notifier.taker`)
+        and its carried outcomes as recorded (None: not recorded, the claim records them)."""
         self.handed = claimed or None  # nothing: woken to claim as usual
-        self._notifier.handed += len(claimed)
+        self.settled = settled
+        notifier = self._notifier
+        notifier.handed += len(claimed)
+        for row in settled or ():
+            outcome = getattr(row, "outcome", None)  # an ApiProblem (refused) has none
+            if outcome is not None:
+                notifier.settled[outcome.success] += 1
         self._wake(self._key[1])
 
     def close(self) -> None:
@@ -109,6 +121,9 @@ class Notifier:
         self.on_notify: Callable[[], None] | None = None
         #: Executions fires claimed for waiters so far (counted as claims by /metrics).
         self.handed = 0
+        #: Outcomes recorded with those hand-overs so far, failed and succeeded
+        #: (indexed by `success`; counted as outcomes by /metrics).
+        self.settled = [0, 0]
 
     def subscribe(
         self,

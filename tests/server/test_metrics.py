@@ -67,6 +67,34 @@ def test_a_claim_a_fire_made_for_a_parked_claim_is_counted() -> None:
             api.close()
 
 
+def test_outcomes_recorded_with_a_hand_over_are_counted() -> None:
+    # SQLite: a parked claim's outcome rides on the fire that hands it work; it is
+    # counted as an outcome all the same (once: the scrape adds what is new).
+    with run_server() as srv:
+        api = Api(srv.base_url, srv.new_key())
+        try:
+            cue = api.cue(name="inbox", payload={"task": "inbox"})
+            first = api.fire(cue["id"])["id"]
+            assert api.claim("w", task="inbox").json()["execution_id"] == first
+            got: list[httpx.Response] = []
+            settle = [{"execution_id": first, "success": True}]
+            parked = threading.Thread(
+                target=lambda: got.append(api.claim("w", task="inbox", wait=5, settle=settle))
+            )
+            parked.start()
+            deadline = time.monotonic() + 5
+            while value(samples(srv.base_url), "cuemsg_long_polls_parked") < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
+            api.fire(cue["id"])
+            parked.join(10)
+            assert got[0].json()["settled"][0]["outcome_state"] == "success"
+            assert value(samples(srv.base_url), "cuemsg_outcomes_total", kind="success") == 1
+            assert value(samples(srv.base_url), "cuemsg_outcomes_total", kind="success") == 1
+        finally:
+            api.close()
+
+
 def test_metrics_count_the_hand_offs() -> None:
     # A server of its own: the counters are this test's alone.
     # The unclaimed timeout is long enough for the first checks on a loaded machine.

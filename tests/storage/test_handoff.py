@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cuemsg.server.errors import ApiProblem
 from cuemsg.server.notify import Handoff
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 from cuemsg.server.storage.sqlite import SQLiteStorage
@@ -100,7 +101,7 @@ async def test_what_is_not_claimable_now_and_agent_waiters_are_not_handed(
         assert stored is not None and stored.status == "pending"
 
 
-async def test_a_fire_that_fails_after_the_hand_over_claims_nothing(
+async def test_a_fire_that_fails_after_the_hand_over_claims_and_records_nothing(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Fault: a transaction that fails after the hand-over (a full disk at COMMIT,
@@ -110,25 +111,70 @@ async def test_a_fire_that_fails_after_the_hand_over_claims_nothing(
         assert isinstance(s, SQLiteStorage)
         t = await tenant(s)
         cue = await make_cue(s, t)
-        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        [held] = await s.fire(t, [new_fire(cue.id)], T0)
+        await s.claim_next(t, "w1", task="t", agent=None, now=T0, lease_seconds=30, limit=1)
+        carried = ((held.id, OutcomeRecord(success=True, recorded_at=T0)),)
+        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, settle=carried))
         hand_over = s._hand_over
 
         def failing(*args: Any) -> None:
             hand_over(*args)
-            handed: list[tuple[Any, list[ExecutionRow]]] = args[-1]
-            assert len(handed) == 1  # it did claim, in the transaction
+            handed: list[tuple[Any, list[ExecutionRow], Any]] = args[-1]
+            assert len(handed) == 1 and handed[0][2] is not None  # it did, in the transaction
             raise sqlite3.OperationalError("disk I/O error")
 
         monkeypatch.setattr(s, "_hand_over", failing)
         with pytest.raises(sqlite3.OperationalError):
             await s.fire(t, [new_fire(cue.id)], T0)
-        # The claim rolled back with the fire; the waiter was woken to claim as usual.
-        assert waiter.woken and waiter.handed is None and s.notifier.handed == 0
+        # The claim and the outcome rolled back with the fire; the waiter was woken to
+        # claim (and record its outcomes) as usual.
+        assert waiter.woken and waiter.handed is None and waiter.settled is None
+        assert s.notifier.handed == 0 and s.notifier.settled == [0, 0]
+        stored = await s.get_execution(t, held.id)
+        assert stored is not None and stored.status == "delivering" and stored.outcome is None
         monkeypatch.undo()
         assert (
             await s.claim_next(t, "w1", task="t", agent=None, now=T0, lease_seconds=9, limit=9)
             == []
         )
+
+
+async def test_the_outcomes_a_waiter_carries_are_recorded_with_its_hand_over(
+    tmp_path: Any,
+) -> None:
+    """A parked claim's outcomes ride on the hand-over: the fire records them, claims
+    for the claim and inserts its execution in one transaction (one BEGIN, one COMMIT)."""
+    async with opened(str(tmp_path / "cuemsg.db")) as s:
+        assert isinstance(s, SQLiteStorage)
+        t = await tenant(s)
+        cue = await make_cue(s, t)
+        done, other = await s.fire(t, [new_fire(cue.id), new_fire(cue.id)], T0)
+        await s.claim_next(t, "w1", task="t", agent=None, now=T0, lease_seconds=30, limit=1)
+        await s.claim_next(t, "w2", task="t", agent=None, now=T0, lease_seconds=30, limit=1)
+        carried = (
+            (done.id, OutcomeRecord(success=True, result="ok", recorded_at=T0 + 1)),
+            (other.id, OutcomeRecord(success=True, recorded_at=T0 + 1)),  # w2's lease: 403
+        )
+        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, settle=carried))
+        statements: list[str] = []
+        s.db.set_trace_callback(statements.append)
+        try:
+            [fired] = await s.fire(t, [new_fire(cue.id)], T0 + 2)
+        finally:
+            s.db.set_trace_callback(None)
+        assert [q for q in statements if q in ("BEGIN IMMEDIATE", "COMMIT")] == [
+            "BEGIN IMMEDIATE",
+            "COMMIT",
+        ]
+        assert waiter.handed is not None and [e.id for e in waiter.handed] == [fired.id]
+        assert waiter.settled is not None
+        recorded, refused = waiter.settled
+        assert isinstance(recorded, ExecutionRow) and recorded.status == "success"
+        assert isinstance(refused, ApiProblem) and refused.code == "not_execution_owner"
+        assert s.notifier.settled == [0, 1]  # counted for /metrics: one succeeded
+        stored = await s.get_execution(t, done.id)
+        assert stored is not None and stored.outcome is not None
+        assert stored.outcome.result == "ok"
 
 
 async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(

@@ -16,7 +16,7 @@ from cuemsg.server.responses import ok
 from cuemsg.server.schedules import complete_once
 from cuemsg.server.settings import MAX_CLAIM_WAIT
 from cuemsg.server.state import Ctx
-from cuemsg.server.storage.base import ExecutionRow
+from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
 
 
 async def claim(ctx: Ctx) -> Response:
@@ -52,7 +52,12 @@ async def claim_next(ctx: Ctx) -> Response:
     # A fire may claim its new execution for this waiting claim in its own transaction.
     handoff = Handoff(body.worker_id, lease, limit)
     handed = False
-    while True:
+    claimed: list[ExecutionRow] = []
+    if carried and wait and body.agent is None and storage.hands_over and not server.draining:
+        ridden = await _ride(ctx, body, carried, lease, limit, deadline)
+        if ridden is not None:
+            (settled, claimed), carried, handed = ridden, None, True
+    while not handed:
         # Subscribe before trying, so a fire between the try and the wait still wakes us.
         waiter = (
             storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent, handoff)
@@ -117,6 +122,65 @@ async def claim_next(ctx: Ctx) -> Response:
     )
 
 
+#: Seconds a parking claim's carried outcomes wait for a fire to record them in its
+#: own transaction, with the hand-over, before they are recorded on their own.
+SETTLE_RIDE = 0.05
+
+
+async def _ride(
+    ctx: Ctx,
+    body: wire.ClaimNextExtBody,
+    items: list[wire.BatchOutcomeItem],
+    lease: float,
+    limit: int,
+    deadline: float,
+) -> tuple[list[answers.OutcomeResult], list[ExecutionRow]] | None:
+    """Park a claim that finds nothing with its outcomes riding on the hand-over: a
+    fire within `SETTLE_RIDE` records them, claims its new work for this claim and
+    commits both with itself, one transaction where there were two (a receiver that
+    keeps up with its sender parks after every message). The claim answers only
+    after that commit, so what it says was recorded was. Returns (the outcomes'
+    results, what was claimed), or None when nothing rode: work is claimable now,
+    no fire came in time, or the fire could not hand over; the caller then records
+    them itself (`settle_and_claim`) as before."""
+    server = ctx.server
+    storage = server.storage
+    now = server.clock()
+    # A claim that finds work records and claims in one transaction, as usual. A
+    # storage that hands over answers without yielding to the event loop, so no fire
+    # can come between this read and the subscription below.
+    if await storage.has_claimable(ctx.tenant_id, task=body.task, agent=None, now=now):
+        return None
+    outcomes = [(item.execution_id, outcome_record(item, body.worker_id, now)) for item in items]
+    riding = Handoff(body.worker_id, lease, limit, tuple(outcomes))
+    waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, None, riding)
+    try:
+        await waiter.wait(min(SETTLE_RIDE, deadline - time.monotonic()))
+    except BaseException:
+        waiter.close()
+        if waiter.handed is not None:  # handed on the way out: pending again
+            await _give_back(ctx, body.worker_id, waiter.handed)
+        raise
+    waiter.close()  # woken without work: the caller claims at once, nothing to pass on
+    claimed, results = waiter.handed, waiter.settled
+    if claimed is None or results is None:
+        return None
+    return await _settled(ctx, outcomes, results, now), claimed
+
+
+async def _settled(
+    ctx: Ctx,
+    outcomes: list[tuple[str, OutcomeRecord]],
+    results: list[ExecutionRow | ApiProblem],
+    now: float,
+) -> list[answers.OutcomeResult]:
+    """The answer for recorded outcomes; a one-shot cue completes with its execution."""
+    for result in results:
+        if isinstance(result, ExecutionRow):
+            await complete_once(ctx.server.storage, result, now)
+    return [outcome_result(eid, r) for (eid, _), r in zip(outcomes, results, strict=True)]
+
+
 async def _give_back(ctx: Ctx, worker_id: str, claimed: list[ExecutionRow]) -> None:
     """Release executions a fire claimed for this request that it will not deliver."""
     ids = [e.id for e in claimed]
@@ -147,11 +211,7 @@ async def settle_and_claim(
         lease_seconds=lease,
         limit=limit,
     )
-    for result in results:
-        if isinstance(result, ExecutionRow):
-            await complete_once(server.storage, result, now)
-    answered = [outcome_result(eid, r) for (eid, _), r in zip(outcomes, results, strict=True)]
-    return answered, claimed
+    return await _settled(ctx, outcomes, results, now), claimed
 
 
 async def heartbeat(ctx: Ctx) -> Response:

@@ -359,6 +359,10 @@ class Storage(Protocol):
     """What the server needs from a backend. All methods are scoped by tenant."""
 
     notifier: Notifier
+    #: Whether a fire claims new work for a parked claim in its own transaction, with
+    #: the outcomes that claim carries (`Handoff`), and every call completes without
+    #: yielding to the event loop: the claim handler then lets the outcomes ride.
+    hands_over: bool
     #: What the sweeps of this process did (`lease_expired`, `missed`), for /metrics.
     swept: Counter[str]
 
@@ -459,6 +463,11 @@ class Storage(Protocol):
         limit: int,
     ) -> list[ExecutionRow]:
         """Claim up to `limit` oldest claimable executions atomically; [] when none."""
+
+    async def has_claimable(
+        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
+    ) -> bool:
+        """Whether `claim_next` with these filters would claim something now (a read)."""
 
     async def settle_and_claim(
         self,

@@ -29,7 +29,7 @@ import msgspec
 
 from cuemsg._exceptions import StorageOpenError
 from cuemsg.server.errors import cue_not_found
-from cuemsg.server.notify import Notifier, Waiter
+from cuemsg.server.notify import Notifier
 from cuemsg.server.storage.base import (
     EXECUTION_COLUMNS,
     IDEMPOTENCY_TTL,
@@ -53,7 +53,7 @@ from cuemsg.server.storage.base import (
 from cuemsg.server.storage.feed import SEQ_NAMES
 from cuemsg.server.storage.sqlite_feed import SQLiteFeed
 from cuemsg.server.storage.sqlite_files import connect, full_error, is_full, reason
-from cuemsg.server.storage.sqlite_leases import SQLiteLeases
+from cuemsg.server.storage.sqlite_leases import Handed, SQLiteLeases
 from cuemsg.server.storage.sqlite_release import SQLiteRelease
 from cuemsg.server.storage.sqlite_schema import (
     BASE_VERSION,
@@ -317,17 +317,17 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         """Run `work` (which makes executions: its result and those it created) in one
         transaction with the hand-over of new executions to parked claims; after the
         commit, wake those claims and the rest."""
-        handed: list[tuple[Waiter, list[ExecutionRow]]] = []
+        handed: list[Handed] = []
         try:
             with self._tx() as db:
                 result, created = work(db)
                 self._hand_over(db, tenant_id, created, now, handed)
         except BaseException:
-            for waiter, _ in handed:  # nothing was claimed for them: they claim as usual
+            for waiter, _, _ in handed:  # nothing was claimed for them: they claim as usual
                 waiter.hand([])
             raise
-        for waiter, rows in handed:
-            waiter.hand(rows)
+        for waiter, rows, settled in handed:
+            waiter.hand(rows, settled)
         self._wake(tenant_id, created, now, handed)
         return result
 
@@ -405,12 +405,12 @@ class SQLiteStorage(SQLiteLeases, SQLiteTimed, SQLiteUpkeep, SQLiteFeed, SQLiteR
         tenant_id: str,
         created: list[ExecutionRow],
         now: float,
-        handed: Sequence[tuple[Waiter, list[ExecutionRow]]] = (),
+        handed: Sequence[Handed] = (),
     ) -> None:
         """After the commit: wake the claims waiting for what is claimable now (not for
         what was handed to a waiter already: for those only the agent-filtered waiters
         and the event streams hear of it)."""
-        taken = {row.id for _, rows in handed for row in rows}
+        taken = {row.id for _, rows, _ in handed for row in rows}
         due: Counter[str | None] = Counter()
         for e in created:
             if e.scheduled_for <= now and e.transport == "worker":

@@ -50,6 +50,10 @@ _DONE_MANY = _DONE_SET.format("v.vstatus", "v.voutcome", "v.vat")
 _encode = msgspec.json.Encoder().encode
 
 
+#: A waiter a fire handed work to: what it claimed, and the carried outcomes as recorded.
+Handed = tuple[Waiter, list[ExecutionRow], "list[ExecutionRow | ApiProblem] | None"]
+
+
 def _state(outcome: OutcomeRecord) -> str:
     return "success" if outcome.success else "failed"
 
@@ -57,6 +61,8 @@ def _state(outcome: OutcomeRecord) -> str:
 class SQLiteLeases:
     """Claims, heartbeats and outcomes on SQLite."""
 
+    #: A fire claims work for a parked claim in its own transaction (`_hand_over`).
+    hands_over = True
     # Defined by SQLiteStorage.
     notifier: Notifier
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]
@@ -96,18 +102,26 @@ class SQLiteLeases:
         lease_seconds: float,
         limit: int,
     ) -> list[ExecutionRow]:
-        db = self.db
         where, args = claimable_where("?", tenant_id, task, agent, now)
         # A read first: a claim that finds nothing (a parking long-poll, an RPC's reply
         # claim) takes no write lock and commits nothing, ~5 x cheaper here. Nothing
         # runs between this read and the claim's transaction: the storage is this
         # thread's, and the server is the file's only writer of executions.
-        if not db.execute(f"SELECT 1 FROM {READY} WHERE {where} LIMIT 1", args).fetchall():
+        if not self._claimable(where, args):
             return []
         with self._tx() as db:
             return self._claim_next_in(
                 db, tenant_id, worker_id, task, agent, now, lease_seconds, limit
             )
+
+    def _claimable(self, where: str, args: list[Any]) -> bool:
+        query = f"SELECT 1 FROM {READY} WHERE {where} LIMIT 1"
+        return bool(self.db.execute(query, args).fetchall())
+
+    async def has_claimable(
+        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
+    ) -> bool:
+        return self._claimable(*claimable_where("?", tenant_id, task, agent, now))
 
     async def settle_and_claim(
         self,
@@ -134,11 +148,12 @@ class SQLiteLeases:
         tenant_id: str,
         created: list[ExecutionRow],
         now: float,
-        handed: list[tuple[Waiter, list[ExecutionRow]]],
+        handed: list[Handed],
     ) -> None:
         """Claim new executions for parked claims that take handed work, in the fire's
         transaction (each waiter up to its limit, oldest waiter first, executions in
-        the order fired): one claim transaction less on the way to a waiting worker."""
+        the order fired), recording first the outcomes a waiter carries: one claim
+        transaction less on the way to a waiting worker, and one settle less."""
         due: dict[str | None, list[ExecutionRow]] = {}
         for execution in created:
             if execution.scheduled_for <= now and execution.transport == "worker":
@@ -150,7 +165,12 @@ class SQLiteLeases:
                     break
                 taking = waiter.handoff
                 batch, executions = executions[: taking.limit], executions[taking.limit :]
-                handed.append((waiter, []))  # before the claim: woken if anything fails
+                handed.append((waiter, [], None))  # before the claim: woken if anything fails
+                settled = (
+                    self._record_many(db, tenant_id, list(taking.settle), taking.worker_id)
+                    if taking.settle
+                    else None
+                )
                 marks = ", ".join("?" * len(batch))
                 rows = db.execute(
                     f"UPDATE executions SET {_CLAIM_SET} WHERE id IN ({marks}) "
@@ -164,7 +184,7 @@ class SQLiteLeases:
                     ],
                 ).fetchall()
                 rows.sort(key=lambda r: r[-1])  # RETURNING gives no order: as fired
-                handed[-1] = (waiter, [execution_from_row(r) for r in rows])
+                handed[-1] = (waiter, [execution_from_row(r) for r in rows], settled)
 
     @staticmethod
     def _claim_next_in(

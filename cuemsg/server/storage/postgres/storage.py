@@ -56,6 +56,8 @@ class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
         open_timeout: seconds `open()` waits for the database before giving up.
     """
 
+    hands_over = False  # fires wake parked claims (across replicas too); they claim themselves
+
     # -- meta ------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
@@ -301,6 +303,13 @@ class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
         # RETURNING gives no order guarantee: restore oldest-first.
         rows.sort(key=lambda r: (r[9], r[-1]))
         return [execution_from_row(r) for r in rows]
+
+    async def has_claimable(
+        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
+    ) -> bool:
+        where, args = claimable_where("%s", tenant_id, task, agent, now)
+        query = f"SELECT 1 FROM cuemsg_executions WHERE {where} LIMIT 1"
+        return await self._one(query, args) is not None
 
     async def heartbeat(
         self,
