@@ -119,6 +119,20 @@ async def test_a_version_4_file_keeps_its_counters_and_keys(tmp_path: Path) -> N
     assert "WITHOUT ROWID" in ddl
 
 
+async def _older_file(path: Path, version: int, *statements: str) -> CueRow:
+    """A file with tenant `ten_a` and a cue, turned back to `version` by `statements`."""
+    store = SQLiteStorage(str(path))
+    await store.open()
+    await store.create_tenant("ten_a", "a@example.com", "hash", T0)
+    cue = await make_cue(store, "ten_a")
+    await store.close()
+    with sqlite3.connect(path) as db:
+        for statement in statements:
+            db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    return cue
+
+
 async def test_a_version_6_file_trades_its_due_index_and_wakes_what_is_scheduled(
     tmp_path: Path,
 ) -> None:
@@ -126,18 +140,13 @@ async def test_a_version_6_file_trades_its_due_index_and_wakes_what_is_scheduled
     `ix_exec_scheduled`, which holds only those due later than they were made: a
     fire for now is not in it, a scheduled one is, and the sweep finds it there."""
     path = tmp_path / "v6.db"
-    store = SQLiteStorage(str(path))
-    await store.open()
-    await store.create_tenant("ten_a", "a@example.com", "hash", T0)
-    cue = await make_cue(store, "ten_a")
-    await store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("DROP INDEX ix_exec_scheduled")
-        db.execute(
-            "CREATE INDEX ix_exec_due_ready ON executions (scheduled_for) "
-            "WHERE status IN ('pending', 'retry_ready')"
-        )
-        db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    cue = await _older_file(
+        path,
+        6,
+        "DROP INDEX ix_exec_scheduled",
+        "CREATE INDEX ix_exec_due_ready ON executions (scheduled_for) "
+        "WHERE status IN ('pending', 'retry_ready')",
+    )
     store = SQLiteStorage(str(path))
     await store.open()
     try:
@@ -180,15 +189,12 @@ async def test_a_version_7_file_keeps_only_settled_executions_in_its_status_inde
     only; a listing by any status still reads an index that holds that status,
     never the tenant's whole history, and finds the same rows."""
     path = tmp_path / "v7.db"
-    store = SQLiteStorage(str(path))
-    await store.open()
-    await store.create_tenant("ten_a", "a@example.com", "hash", T0)
-    cue = await make_cue(store, "ten_a")
-    await store.close()
-    with sqlite3.connect(path) as db:
-        db.execute("DROP INDEX ix_exec_settled")
-        db.execute("CREATE INDEX ix_exec_status ON executions (tenant_id, status, seq)")
-        db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    cue = await _older_file(
+        path,
+        7,
+        "DROP INDEX ix_exec_settled",
+        "CREATE INDEX ix_exec_status ON executions (tenant_id, status, seq)",
+    )
     store = SQLiteStorage(str(path))
     await store.open()
     try:
