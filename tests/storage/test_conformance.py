@@ -219,6 +219,23 @@ async def test_claim_filters_by_task_and_agent(db_url: str) -> None:
         assert got[0].cue_id == cue.id
 
 
+async def test_has_claimable_says_what_claim_next_would_find(db_url: str) -> None:
+    async with opened(db_url) as s:
+        t = await tenant(s)
+        cue = await make_cue(s, t, task="a")
+
+        async def claimable(task: str | None, now: float = T0) -> bool:
+            return await s.has_claimable(t, task=task, agent=None, now=now)
+
+        assert not await claimable("a")
+        await s.fire(t, [new_fire(cue.id, at=T0 + 60)], T0)  # due later
+        assert not await claimable("a") and await claimable("a", now=T0 + 60)
+        await s.fire(t, [new_fire(cue.id)], T0)
+        assert await claimable("a") and await claimable(None) and not await claimable("b")
+        await s.claim_next(t, "w", task="a", agent=None, now=T0, lease_seconds=30, limit=1)
+        assert not await claimable("a")
+
+
 async def test_claims_are_atomic_across_two_stores(db_url: str) -> None:
     async with opened(db_url) as a, opened(db_url) as b:
         t = await tenant(a)
