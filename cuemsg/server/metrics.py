@@ -179,6 +179,8 @@ def _count_outcome(m: Metrics, result: Any) -> None:
 
 
 def _count_settle_and_claim(m: Metrics, result: Any) -> None:
+    if result is None:  # nothing claimable, nothing recorded (`..._if_claimable`)
+        return
     _count_outcome(m, result[0])
     _count_claims(m, result[1])
 
@@ -190,6 +192,7 @@ _COUNTED: dict[str, Callable[[Metrics, Any], None]] = {
     "record_outcome": _count_outcome,
     "record_outcomes": _count_outcome,
     "settle_and_claim": _count_settle_and_claim,
+    "settle_and_claim_if_claimable": _count_settle_and_claim,
 }
 
 

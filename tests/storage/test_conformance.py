@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import pytest
 
-from cuemsg.server.storage.base import IDEMPOTENCY_TTL, OutcomeRecord
+from cuemsg.server.storage.base import IDEMPOTENCY_TTL, ExecutionRow, OutcomeRecord
 from tests.storage.helpers import T0, keyed, make_cue, new_fire, opened, problem_of, tenant
 
 pytestmark = pytest.mark.anyio
@@ -219,21 +220,30 @@ async def test_claim_filters_by_task_and_agent(db_url: str) -> None:
         assert got[0].cue_id == cue.id
 
 
-async def test_has_claimable_says_what_claim_next_would_find(db_url: str) -> None:
+async def test_settle_and_claim_if_claimable(db_url: str) -> None:
+    """Nothing claimable: nothing recorded (None); work waiting: the outcomes and
+    the claim as `settle_and_claim` does them."""
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t, task="a")
-
-        async def claimable(task: str | None, now: float = T0) -> bool:
-            return await s.has_claimable(t, task=task, agent=None, now=now)
-
-        assert not await claimable("a")
-        await s.fire(t, [new_fire(cue.id, at=T0 + 60)], T0)  # due later
-        assert not await claimable("a") and await claimable("a", now=T0 + 60)
-        await s.fire(t, [new_fire(cue.id)], T0)
-        assert await claimable("a") and await claimable(None) and not await claimable("b")
+        [held] = await s.fire(t, [new_fire(cue.id)], T0)
         await s.claim_next(t, "w", task="a", agent=None, now=T0, lease_seconds=30, limit=1)
-        assert not await claimable("a")
+        done = [(held.id, OutcomeRecord(success=True, recorded_at=T0))]
+
+        async def settle(task: str | None, now: float = T0) -> Any:
+            return await s.settle_and_claim_if_claimable(
+                t, "w", done, task=task, agent=None, now=now, lease_seconds=30, limit=1
+            )
+
+        await s.fire(t, [new_fire(cue.id, at=T0 + 60)], T0)  # due later
+        assert await settle("a") is None and await settle("b") is None
+        stored = await s.get_execution(t, held.id)
+        assert stored is not None and stored.status == "delivering"  # nothing recorded
+        result = await settle("a", now=T0 + 60)  # now it is due
+        assert result is not None
+        [recorded], [claimed] = result
+        assert isinstance(recorded, ExecutionRow) and recorded.status == "success"
+        assert claimed.status == "delivering" and claimed.claimed_by_worker == "w"
 
 
 async def test_claims_are_atomic_across_two_stores(db_url: str) -> None:

@@ -56,7 +56,8 @@ async def claim_next(ctx: Ctx) -> Response:
     if carried and wait and body.agent is None and storage.hands_over and not server.draining:
         ridden = await _ride(ctx, body, carried, lease, limit, deadline)
         if ridden is not None:
-            (settled, claimed), carried, handed = ridden, None, True
+            (settled, claimed), carried = ridden, None
+            handed = bool(claimed)  # else: recorded, nothing claimed yet; the loop waits on
     while not handed:
         # Subscribe before trying, so a fire between the try and the wait still wakes us.
         waiter = (
@@ -135,23 +136,33 @@ async def _ride(
     limit: int,
     deadline: float,
 ) -> tuple[list[answers.OutcomeResult], list[ExecutionRow]] | None:
-    """Park a claim that finds nothing with its outcomes riding on the hand-over: a
-    fire within `SETTLE_RIDE` records them, claims its new work for this claim and
+    """Record the outcomes a claim carries and claim, in one transaction, when work
+    is waiting; else park the claim with them riding on the hand-over: a fire
+    within `SETTLE_RIDE` records them, claims its new work for this claim and
     commits both with itself, one transaction where there were two (a receiver that
     keeps up with its sender parks after every message). The claim answers only
-    after that commit, so what it says was recorded was. Returns (the outcomes'
-    results, what was claimed), or None when nothing rode: work is claimable now,
-    no fire came in time, or the fire could not hand over; the caller then records
-    them itself (`settle_and_claim`) as before."""
+    after the commit that recorded them. Returns (the outcomes' results, what was
+    claimed), or None when nothing rode: no fire came in time, or the fire could not
+    hand over; the caller then records them itself (`settle_and_claim`) as before."""
     server = ctx.server
     storage = server.storage
     now = server.clock()
-    # A claim that finds work records and claims in one transaction, as usual. A
-    # storage that hands over answers without yielding to the event loop, so no fire
-    # can come between this read and the subscription below.
-    if await storage.has_claimable(ctx.tenant_id, task=body.task, agent=None, now=now):
-        return None
     outcomes = [(item.execution_id, outcome_record(item, body.worker_id, now)) for item in items]
+    server.stats.claim_attempts += 1
+    done = await storage.settle_and_claim_if_claimable(
+        ctx.tenant_id,
+        body.worker_id,
+        outcomes,
+        task=body.task,
+        agent=None,
+        now=now,
+        lease_seconds=lease,
+        limit=limit,
+    )
+    if done is not None:
+        return await _settled(ctx, outcomes, done[0], now), done[1]
+    # A storage that hands over answers without yielding to the event loop, so no
+    # fire came between that read and this subscription.
     riding = Handoff(body.worker_id, lease, limit, tuple(outcomes))
     waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, None, riding)
     try:

@@ -464,11 +464,6 @@ class Storage(Protocol):
     ) -> list[ExecutionRow]:
         """Claim up to `limit` oldest claimable executions atomically; [] when none."""
 
-    async def has_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
-    ) -> bool:
-        """Whether `claim_next` with these filters would claim something now (a read)."""
-
     async def settle_and_claim(
         self,
         tenant_id: str,
@@ -484,6 +479,21 @@ class Storage(Protocol):
         """`record_outcomes` (by `worker_id`) then `claim_next`, in one transaction:
         (each outcome or its `ApiProblem`, in order; the executions claimed, maybe
         none). A refused outcome does not stop the claim."""
+
+    async def settle_and_claim_if_claimable(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
+        """`settle_and_claim` when something is claimable; else records nothing and
+        returns None (the claim handler then lets the outcomes ride on a hand-over)."""
 
     async def heartbeat(
         self,

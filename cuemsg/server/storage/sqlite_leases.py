@@ -118,11 +118,6 @@ class SQLiteLeases:
         query = f"SELECT 1 FROM {READY} WHERE {where} LIMIT 1"
         return bool(self.db.execute(query, args).fetchall())
 
-    async def has_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
-    ) -> bool:
-        return self._claimable(*claimable_where("?", tenant_id, task, agent, now))
-
     async def settle_and_claim(
         self,
         tenant_id: str,
@@ -136,6 +131,28 @@ class SQLiteLeases:
         limit: int,
     ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]]:
         with self._tx() as db:  # one commit for the outcomes and the claim
+            settled = self._record_many(db, tenant_id, outcomes, worker_id)
+            claimed = self._claim_next_in(
+                db, tenant_id, worker_id, task, agent, now, lease_seconds, limit
+            )
+        return settled, claimed
+
+    async def settle_and_claim_if_claimable(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
+        with self._tx() as db:
+            # Read inside the write transaction: no lock of its own when work waits.
+            if not self._claimable(*claimable_where("?", tenant_id, task, agent, now)):
+                return None  # commits nothing
             settled = self._record_many(db, tenant_id, outcomes, worker_id)
             claimed = self._claim_next_in(
                 db, tenant_id, worker_id, task, agent, now, lease_seconds, limit

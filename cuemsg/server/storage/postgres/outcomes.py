@@ -158,8 +158,48 @@ class PostgresOutcomes(PostgresTimed):
         lease_seconds: float,
         limit: int,
     ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]]:
+        done = await self._settle_and_claim(
+            tenant_id, worker_id, outcomes, task, agent, now, lease_seconds, limit, False
+        )
+        assert done is not None  # None only when only claimable work is asked for
+        return done
+
+    async def settle_and_claim_if_claimable(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        *,
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
+        return await self._settle_and_claim(
+            tenant_id, worker_id, outcomes, task, agent, now, lease_seconds, limit, True
+        )
+
+    async def _settle_and_claim(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only_if_claimable: bool,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
         where, args = claimable_where("%s", tenant_id, task, agent, now)
         async with self._tx() as conn:  # one commit (flushed: it holds outcomes)
+            if only_if_claimable:
+                cur = await conn.execute(
+                    f"SELECT 1 FROM cuemsg_executions WHERE {where} LIMIT 1", args
+                )
+                if await cur.fetchone() is None:
+                    return None
             settled = await self._record_many(conn, tenant_id, outcomes, worker_id)
             cur = await conn.execute(
                 claim_next_statement(where, relaxed=False),

@@ -304,13 +304,6 @@ class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
         rows.sort(key=lambda r: (r[9], r[-1]))
         return [execution_from_row(r) for r in rows]
 
-    async def has_claimable(
-        self, tenant_id: str, *, task: str | None, agent: str | None, now: float
-    ) -> bool:
-        where, args = claimable_where("%s", tenant_id, task, agent, now)
-        query = f"SELECT 1 FROM cuemsg_executions WHERE {where} LIMIT 1"
-        return await self._one(query, args) is not None
-
     async def heartbeat(
         self,
         tenant_id: str,
