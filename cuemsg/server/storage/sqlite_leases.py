@@ -130,12 +130,11 @@ class SQLiteLeases:
         lease_seconds: float,
         limit: int,
     ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]]:
-        with self._tx() as db:  # one commit for the outcomes and the claim
-            settled = self._record_many(db, tenant_id, outcomes, worker_id)
-            claimed = self._claim_next_in(
-                db, tenant_id, worker_id, task, agent, now, lease_seconds, limit
-            )
-        return settled, claimed
+        done = self._settle_and_claim(
+            tenant_id, worker_id, outcomes, task, agent, now, lease_seconds, limit, False
+        )
+        assert done is not None  # None only when only claimable work is asked for
+        return done
 
     async def settle_and_claim_if_claimable(
         self,
@@ -149,9 +148,27 @@ class SQLiteLeases:
         lease_seconds: float,
         limit: int,
     ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
-        with self._tx() as db:
+        return self._settle_and_claim(
+            tenant_id, worker_id, outcomes, task, agent, now, lease_seconds, limit, True
+        )
+
+    def _settle_and_claim(
+        self,
+        tenant_id: str,
+        worker_id: str,
+        outcomes: list[tuple[str, OutcomeRecord]],
+        task: str | None,
+        agent: str | None,
+        now: float,
+        lease_seconds: float,
+        limit: int,
+        only_if_claimable: bool,
+    ) -> tuple[list[ExecutionRow | ApiProblem], list[ExecutionRow]] | None:
+        with self._tx() as db:  # one commit for the outcomes and the claim
             # Read inside the write transaction: no lock of its own when work waits.
-            if not self._claimable(*claimable_where("?", tenant_id, task, agent, now)):
+            if only_if_claimable and not self._claimable(
+                *claimable_where("?", tenant_id, task, agent, now)
+            ):
                 return None  # commits nothing
             settled = self._record_many(db, tenant_id, outcomes, worker_id)
             claimed = self._claim_next_in(
