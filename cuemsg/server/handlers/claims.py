@@ -55,10 +55,9 @@ async def claim_next(ctx: Ctx) -> Response:
     claimed: list[ExecutionRow] = []
     if carried and wait and body.agent is None and storage.hands_over and not server.draining:
         ridden = await _ride(ctx, body, carried, lease, limit, deadline)
-        if ridden is not None:
-            (settled, claimed), carried = ridden, None
-            handed = bool(claimed)  # else: recorded, nothing claimed yet; the loop waits on
-    while not handed:
+        if ridden is not None:  # recorded; maybe claimed too, else the loop waits on
+            (settled, claimed, handed), carried = ridden, None
+    while not claimed:  # (an iteration that claims nothing returns or goes round)
         # Subscribe before trying, so a fire between the try and the wait still wakes us.
         waiter = (
             storage.notifier.subscribe(ctx.tenant_id, body.task, body.agent, handoff)
@@ -135,15 +134,16 @@ async def _ride(
     lease: float,
     limit: int,
     deadline: float,
-) -> tuple[list[answers.OutcomeResult], list[ExecutionRow]] | None:
+) -> tuple[list[answers.OutcomeResult], list[ExecutionRow], bool] | None:
     """Record the outcomes a claim carries and claim, in one transaction, when work
     is waiting; else park the claim with them riding on the hand-over: a fire
     within `SETTLE_RIDE` records them, claims its new work for this claim and
     commits both with itself, one transaction where there were two (a receiver that
     keeps up with its sender parks after every message). The claim answers only
     after the commit that recorded them. Returns (the outcomes' results, what was
-    claimed), or None when nothing rode: no fire came in time, or the fire could not
-    hand over; the caller then records them itself (`settle_and_claim`) as before."""
+    claimed, whether a fire handed it), or None when nothing rode: no fire came in
+    time, or the fire could not hand over; the caller then records them itself
+    (`settle_and_claim`) as before."""
     server = ctx.server
     storage = server.storage
     now = server.clock()
@@ -160,7 +160,7 @@ async def _ride(
         limit=limit,
     )
     if done is not None:
-        return await _settled(ctx, outcomes, done[0], now), done[1]
+        return await _settled(ctx, outcomes, done[0], now), done[1], False
     # A storage that hands over answers without yielding to the event loop, so no
     # fire came between that read and this subscription.
     riding = Handoff(body.worker_id, lease, limit, tuple(outcomes))
@@ -176,7 +176,7 @@ async def _ride(
     claimed, results = waiter.handed, waiter.settled
     if claimed is None or results is None:
         return None
-    return await _settled(ctx, outcomes, results, now), claimed
+    return await _settled(ctx, outcomes, results, now), claimed, True
 
 
 async def _settled(
