@@ -401,7 +401,7 @@ def run_roles(
 
 
 def machine() -> dict[str, str]:
-    """CPU model, cores, memory, Python and OS, for the report's header."""
+    """CPU model, cores, memory, Python, OS and the server's HTTP path, for the report's header."""
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -417,4 +417,16 @@ def machine() -> dict[str, str]:
         "memory": f"{mem:.1f} GiB",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "os": f"{platform.system()} {platform.release()}",
+        "http": http_path(),
     }
+
+
+def http_path() -> str:
+    """Which HTTP protocol `cuemsg serve` runs with the installed uvicorn: `HotProtocol`
+    only with a release it was tested with, else uvicorn's own (slower) one."""
+    import uvicorn
+
+    from cuemsg.server.protocol import hot_protocol_fits
+
+    fast = "HotProtocol" if hot_protocol_fits() else "uvicorn's own protocol (HotProtocol off)"
+    return f"uvicorn {uvicorn.__version__}, {fast}"

@@ -178,7 +178,7 @@ class Report:
         text = (
             f"Measured {self.date} by `python -m bench{' --quick' if self.mode == 'quick' else ''}`"
             f" ({self.mode} run, {self.duration:.0f} s) on {m['cpu']}, {m['cores']} cores,"
-            f" {m['memory']} RAM, {m['python']}, {m['os']}."
+            f" {m['memory']} RAM, {m['python']}, {m['os']}; server: {m.get('http', 'unknown')}."
         )
         if self.load:
             # The first sample is taken before anything starts: it is other people's work.

@@ -225,7 +225,7 @@ _INTERNAL_ERROR = Response(b"Internal Server Error", 500, media_type="text/plain
 
 
 #: uvicorn releases whose `HttpToolsProtocol` internals `HotProtocol` was tested with.
-TESTED_UVICORN = ("0.54.",)
+TESTED_UVICORN = ("0.54.", "0.55.")
 
 
 def hot_protocol_fits() -> bool:

@@ -4,6 +4,7 @@ quick shutdown; for `cuemsg serve` and `cuemsg.testing`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 from collections.abc import Coroutine
@@ -15,9 +16,11 @@ from starlette.applications import Starlette
 from cuemsg.server import redact
 from cuemsg.server.app import Server
 from cuemsg.server.lane import App
-from cuemsg.server.protocol import hot_protocol, hot_protocol_fits
+from cuemsg.server.protocol import TESTED_UVICORN, hot_protocol, hot_protocol_fits
 
 T = TypeVar("T")
+
+log = logging.getLogger("cuemsg.server")
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -50,8 +53,16 @@ class Uvicorn(uvicorn.Server):
         # uvicorn's proxy-headers layer stays (its default; ~1 % of a hot request's CPU):
         # behind a reverse proxy on this host, `X-Forwarded-For` is the only client
         # address that registration's per-address limit and the access log can see.
-        if isinstance(app, App) and app.lane is not None and hot_protocol_fits():
-            options.setdefault("http", hot_protocol(app))  # the hot lane past uvicorn's layers
+        if isinstance(app, App) and app.lane is not None:
+            if hot_protocol_fits():
+                options.setdefault("http", hot_protocol(app))  # the hot lane past uvicorn's layers
+            else:
+                log.warning(
+                    "uvicorn %s is not a release cuemsg's fast HTTP path was tested with (%s);"
+                    " serving with uvicorn's own protocol, which is slower",
+                    uvicorn.__version__,
+                    ", ".join(v + "x" for v in TESTED_UVICORN),
+                )
         super().__init__(uvicorn.Config(app, **options))  # type: ignore[arg-type]
         redact.install()  # after uvicorn set up its log handlers: no key reaches a log
         self.app_server: Server = app.state.server

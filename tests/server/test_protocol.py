@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.utils import get_path_with_query_string
 
 from cuemsg.server import protocol
 from cuemsg.server.app import create_app
@@ -254,7 +255,11 @@ def test_the_access_log_has_the_same_line_for_a_hot_request() -> None:
     hot = [line for line in lines.lines if '"GET /v1/cues/' in line]
     assert len(hot) == 2, lines.lines
     assert hot[0].endswith(f'- "GET /v1/cues/{cue} HTTP/1.1" 200'), hot
-    assert hot[1].endswith('- "GET /v1/cues/a%21b HTTP/1.1" 404'), hot  # quoted as uvicorn does
+    # written as the installed uvicorn writes it (0.54 quotes the path, 0.55 logs it raw)
+    odd = get_path_with_query_string(
+        {"path": "/v1/cues/a!b", "raw_path": b"/v1/cues/a!b", "query_string": b""}  # type: ignore[typeddict-item]
+    )
+    assert hot[1].endswith(f'- "GET {odd} HTTP/1.1" 404'), hot
     assert all(line.startswith("127.0.0.1:") for line in hot)
     assert srv.api_key not in "\n".join(lines.lines)  # the redaction filter applies
 
@@ -373,16 +378,24 @@ def test_a_request_body_reaches_the_endpoint_whole() -> None:
         assert seen == [body] and cls.answered == 1
 
 
-def test_other_uvicorn_releases_keep_uvicorns_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_uvicorn_releases_keep_uvicorns_protocol(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """The protocol reaches into uvicorn's internals, so only releases it was tested
     with get it (the version is patched: the condition cannot be made otherwise)."""
-    assert hot_protocol_fits()  # the uvicorn installed here is one of them
+    # the uvicorn installed here is one of them; when a new release fails this, check
+    # its HttpToolsProtocol against HotProtocol's overrides and add it to TESTED_UVICORN
+    assert hot_protocol_fits(), uvicorn.__version__
     app = create_app(ServerSettings(db=":memory:"))
-    chosen = Uvicorn(app).config.http
+    with caplog.at_level(logging.WARNING, "cuemsg.server"):
+        chosen = Uvicorn(app).config.http
     assert isinstance(chosen, type) and issubclass(chosen, HotProtocol)
+    assert not caplog.records
     monkeypatch.setattr(uvicorn, "__version__", "0.99.0")
     assert not protocol.hot_protocol_fits()
-    assert Uvicorn(app).config.http == "auto"
+    with caplog.at_level(logging.WARNING, "cuemsg.server"):
+        assert Uvicorn(app).config.http == "auto"
+    assert "uvicorn 0.99.0 is not a release" in caplog.text  # the operator learns why
 
 
 # Requests on the hot routes whose answers depend only on the request (errors, and
