@@ -12,14 +12,17 @@ no wake is lost. Waiters with an `agent` filter cannot tell from here whether
 the work is theirs, so they are all woken.
 
 A waiter may also take work handed to it (`Handoff`: its worker id, lease
-and how many it takes): a fire on SQLite claims a new execution for the oldest such waiter
-inside the fire's own transaction (`taker`, then `Waiter.hand` after the
+and how many it takes): a fire claims a new execution for the oldest such waiter
+inside the fire's own transaction or statement (`taker`, then `Waiter.hand` after the
 commit), so the woken claim answers at once instead of running a claim
 transaction of its own. The claim handler delivers what it was handed, or
-releases it if its client is gone.
+releases it if its client is gone. A taken waiter's `wait` lasts until it is
+handed its work (or nothing), even past its timeout: on PostgreSQL the fire
+awaits its statement between the two.
 
 This is in-process only; the PostgreSQL backend feeds it from LISTEN/NOTIFY
-so other replicas' fires wake local waiters too (it hands nothing over).
+so other replicas' fires wake local waiters too (a fire hands work only to this
+replica's waiters).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class Handoff:
 class Waiter:
     """One subscription; `wait()` returns True when woken, False on timeout."""
 
-    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff", "settled")
+    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff", "settled", "taken")
 
     def __init__(
         self,
@@ -65,14 +68,21 @@ class Waiter:
         self.handed: list[Any] | None = None
         #: The outcomes of `handoff.settle` as recorded with the hand-over, in order.
         self.settled: list[Any] | None = None
+        #: A fire took this waiter (`Notifier.taker`): `hand` follows, once its write ends.
+        self.taken = False
         self._fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     async def wait(self, timeout: float) -> bool:
+        """Whether woken within `timeout` seconds; once taken by a fire, until handed."""
         try:
             await asyncio.wait_for(asyncio.shield(self._fut), timeout)
             return True
         except asyncio.TimeoutError:
-            return False
+            if not self.taken:
+                return False
+        # Work is being claimed for us: leaving now would strand it under our lease.
+        await asyncio.shield(self._fut)
+        return True
 
     @property
     def woken(self) -> bool:
@@ -151,6 +161,7 @@ class Notifier:
                 del waiters[waiter]  # type: ignore[union-attr]
                 if not waiters:
                     del self._waiters[key]
+                waiter.taken = True
                 return waiter
         return None
 

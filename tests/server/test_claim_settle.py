@@ -125,8 +125,8 @@ def test_a_parked_claims_outcomes_ride_on_the_fire_that_hands_it_work(
     api: Api, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On SQLite a claim that parks holds its outcomes for the next fire, which records
-    them in its own transaction; the claim's answer says they were recorded. PostgreSQL
-    hands nothing over: it records them at once, as before."""
+    them in its own transaction; the claim's answer says they were recorded. On PostgreSQL
+    the claim records them at once (`settle_rides` is False), then is handed the work."""
     monkeypatch.setattr(claims, "SETTLE_RIDE", 30.0)  # the fire, not the window, decides
     cue = api.cue(payload={"task": "t"})
     first = api.fire(cue["id"])["id"]

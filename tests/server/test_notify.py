@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cuemsg.server.notify import Handoff, Notifier
@@ -88,3 +90,22 @@ async def test_the_taker_is_the_waiter_a_notify_would_wake_first() -> None:
     bystander = n.subscribe("t1", None)
     anything.pass_on()  # handed work is delivered or released by its handler, never passed on
     assert not bystander.woken
+
+
+async def test_a_taken_waiter_waits_past_its_timeout_for_its_hand_over() -> None:
+    """On PostgreSQL a fire awaits its statement between taking a waiter and handing
+    it the work: a timeout in between must not strand that work under its lease."""
+    n = Notifier()
+    waiter = n.subscribe("t1", "a", handoff=Handoff("w1", 9.0))
+    assert n.taker("t1", "a") is waiter and waiter.taken
+    waiting = asyncio.ensure_future(waiter.wait(0.01))
+    await asyncio.sleep(0.05)  # well past the timeout
+    assert not waiting.done()
+    waiter.hand(["row"])
+    assert await waiting is True and waiter.handed == ["row"]
+    # an untaken waiter still times out; a taken one waits even with no time left
+    other = n.subscribe("t1", "a", handoff=Handoff("w2", 9.0))
+    assert await other.wait(0.01) is False and not other.taken
+    assert n.taker("t1", "a") is other
+    asyncio.get_running_loop().call_later(0.02, other.hand, [])
+    assert await other.wait(0.0) is True and other.handed is None  # nothing: claims as usual

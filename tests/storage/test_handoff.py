@@ -1,5 +1,5 @@
-"""A fire claims its new execution for a parked claim in its own transaction
-(SQLite), called directly on every backend: PostgreSQL wakes the claim instead."""
+"""A fire claims its new execution for a parked claim in its own transaction (or,
+for one fire on PostgreSQL, its one statement), called directly on every backend."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from typing import Any
 import pytest
 
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.feed import events_of
 from cuemsg.server.notify import Handoff
-from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord
+from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord, Storage
 from cuemsg.server.storage.sqlite import SQLiteStorage
-from tests.storage.helpers import T0, make_cue, new_fire, opened, tenant
+from tests.storage.helpers import T0, make_cue, new_fire, opened, problem_of, tenant
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_fire_claims_for_the_oldest_waiter_that_takes_handed_work(
-    db_url: str, backend: str
-) -> None:
+async def test_a_fire_claims_for_the_oldest_waiter_that_takes_handed_work(db_url: str) -> None:
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
@@ -30,25 +29,47 @@ async def test_a_fire_claims_for_the_oldest_waiter_that_takes_handed_work(
         assert first.woken and not second.woken
         stored = await s.get_execution(t, fired.id)
         assert stored is not None
-        if backend == "sqlite":
-            assert first.handed is not None
-            [handed] = first.handed
-            assert (handed.id, handed.status, handed.claimed_by_worker) == (
-                fired.id,
-                "delivering",
-                "w1",
-            )
-            assert handed.attempts == 1 and handed.lease_expires_at == T0 + 30
-            assert (stored.status, stored.claimed_by_worker) == ("delivering", "w1")
-            assert s.notifier.handed == 1 and s.notifier.waiting() == 1
-        else:  # woken to claim as before
-            assert first.handed is None and stored.status == "pending"
+        assert first.handed is not None
+        [handed] = first.handed
+        assert (handed.id, handed.status, handed.claimed_by_worker) == (
+            fired.id,
+            "delivering",
+            "w1",
+        )
+        assert handed.attempts == 1 and handed.lease_expires_at == T0 + 30
+        assert handed.claimed_at == T0 and handed.payload == stored.payload
+        # what the claim was handed is what is stored
+        assert (stored.status, stored.claimed_by_worker, stored.attempts) == ("delivering", "w1", 1)
+        assert (stored.claimed_at, stored.lease_expires_at) == (T0, T0 + 30)
+        assert s.notifier.handed == 1 and s.notifier.waiting() == 1
+        # nothing is left to claim, and its outcome goes in on the handed lease
+        assert await _claim(s, t, "t") == []
+        done = await s.record_outcome(
+            t, fired.id, "w1", OutcomeRecord(success=True, recorded_at=T0)
+        )
+        assert done.status == "success"
         second.close()
 
 
-async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(
-    db_url: str, backend: str
-) -> None:
+async def test_a_handed_execution_is_fired_then_claimed_in_the_feed(db_url: str) -> None:
+    """The feed stamps a handed execution twice, fired before claimed, as if it were
+    claimed after its fire (on PostgreSQL one statement makes both stamps)."""
+    async with opened(db_url) as s:
+        t = await tenant(s)
+        cue = await make_cue(s, t)
+        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        [fired] = await s.fire(t, [new_fire(cue.id)], T0)
+        assert waiter.handed is not None
+        batch = await s.read_events(t, 0, cue_id=None, limit=10)
+        events = events_of(batch.rows, after=0, upto=batch.upto, thread=None)
+        assert [(ev.type, ev.execution_id) for ev in events] == [
+            ("fired", fired.id),
+            ("claimed", fired.id),
+        ]
+        assert events[0].seq < events[1].seq <= batch.upto
+
+
+async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(db_url: str) -> None:
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
@@ -56,8 +77,6 @@ async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(
         plain = s.notifier.subscribe(t, "t")  # takes no handed work: woken as usual
         fired = await s.fire(t, [new_fire(cue.id) for _ in range(4)], T0)
         assert all(w.woken for w in [*takers, plain])
-        if backend != "sqlite":
-            return
         handed = [w.handed[0].id for w in takers if w.handed is not None]
         assert handed == [fired[0].id, fired[1].id] and plain.handed is None
         left = await s.claim_next(t, "w9", task="t", agent=None, now=T0, lease_seconds=9, limit=9)
@@ -65,7 +84,7 @@ async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(
 
 
 async def test_a_waiter_taking_many_is_handed_up_to_its_limit_in_the_order_fired(
-    db_url: str, backend: str
+    db_url: str,
 ) -> None:
     async with opened(db_url) as s:
         t = await tenant(s)
@@ -73,8 +92,6 @@ async def test_a_waiter_taking_many_is_handed_up_to_its_limit_in_the_order_fired
         many = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, limit=3))
         one = s.notifier.subscribe(t, "t", handoff=Handoff("w2", 30.0))
         fired = await s.fire(t, [new_fire(cue.id) for _ in range(5)], T0)
-        if backend != "sqlite":
-            return
         assert many.handed is not None and one.handed is not None
         assert [e.id for e in many.handed] == [e.id for e in fired[:3]]
         assert [e.id for e in one.handed] == [fired[3].id]
@@ -139,6 +156,27 @@ async def test_a_fire_that_fails_after_the_hand_over_claims_and_records_nothing(
         )
 
 
+async def test_a_fire_the_database_refuses_hands_nothing_over(db_url: str) -> None:
+    """A fire that fails after it took a parked claim (here a NUL character, which
+    PostgreSQL cannot store and SQLite can) wakes the claim to claim as usual."""
+    async with opened(db_url) as s:
+        t = await tenant(s)
+        cue = await make_cue(s, t)
+        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        bad = new_fire(cue.id, payload_override={"message": "a\x00b"})
+        if not db_url.startswith("postgresql"):
+            await s.fire(t, [bad], T0)
+            assert waiter.handed is not None  # SQLite stores it: handed as usual
+            return
+        problem = await problem_of(s.fire(t, [bad], T0))
+        assert problem.status == 422
+        assert waiter.woken and waiter.handed is None and s.notifier.handed == 0
+        assert s.notifier.waiting() == 0  # taken, then woken: its handler claims itself
+        assert await _claim(s, t, "t") == []  # nothing was stored, claimed or not
+        [good] = await s.fire(t, [new_fire(cue.id)], T0)
+        assert (await _claim(s, t, "t"))[0].id == good.id
+
+
 async def test_the_outcomes_a_waiter_carries_are_recorded_with_its_hand_over(
     tmp_path: Any,
 ) -> None:
@@ -178,7 +216,7 @@ async def test_the_outcomes_a_waiter_carries_are_recorded_with_its_hand_over(
 
 
 async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(
-    db_url: str, backend: str
+    db_url: str,
 ) -> None:
     async with opened(db_url) as s:
         t = await tenant(s)
@@ -191,13 +229,8 @@ async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(
             t, request.id, "responder", outcome, new_fire(replies.id), T0 + 1
         )
         assert settled.status == "success" and requester.woken
-        if backend == "sqlite":
-            assert requester.handed is not None
-            assert [(e.id, e.claimed_by_worker) for e in requester.handed] == [
-                (reply.id, "requester")
-            ]
-        else:
-            assert requester.handed is None
+        assert requester.handed is not None
+        assert [(e.id, e.claimed_by_worker) for e in requester.handed] == [(reply.id, "requester")]
 
 
 async def test_a_claim_that_finds_nothing_takes_no_write_lock(tmp_path: Any) -> None:
@@ -224,7 +257,7 @@ async def test_a_claim_that_finds_nothing_takes_no_write_lock(tmp_path: Any) -> 
         assert claimed.id == fired.id and claimed.status == "delivering"
 
 
-async def _claim(s: SQLiteStorage, tenant_id: str, task: str) -> list[ExecutionRow]:
+async def _claim(s: Storage, tenant_id: str, task: str) -> list[ExecutionRow]:
     return await s.claim_next(
         tenant_id, "w", task=task, agent=None, now=T0, lease_seconds=30.0, limit=1
     )

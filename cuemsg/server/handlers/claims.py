@@ -53,7 +53,7 @@ async def claim_next(ctx: Ctx) -> Response:
     handoff = Handoff(body.worker_id, lease, limit)
     handed = False
     claimed: list[ExecutionRow] = []
-    if carried and wait and body.agent is None and storage.hands_over and not server.draining:
+    if carried and wait and body.agent is None and storage.settle_rides and not server.draining:
         ridden = await _ride(ctx, body, carried, lease, limit, deadline)
         if ridden is not None:  # recorded; maybe claimed too, else the loop waits on
             (settled, claimed, handed), carried = ridden, None
@@ -85,9 +85,9 @@ async def claim_next(ctx: Ctx) -> Response:
             remaining = deadline - time.monotonic()
             woke = (
                 waiter is not None
-                and remaining > 0
-                and not server.draining
-                and await waiter.wait(remaining)
+                # a fire that took this waiter is claiming for it: wait for that even now
+                and (waiter.taken or (remaining > 0 and not server.draining))
+                and await waiter.wait(max(remaining, 0.0))
             )
             if waiter is not None and waiter.handed is not None:
                 claimed, handed = waiter.handed, True  # even if the wait timed out meanwhile

@@ -359,10 +359,13 @@ class Storage(Protocol):
     """What the server needs from a backend. All methods are scoped by tenant."""
 
     notifier: Notifier
-    #: Whether a fire claims new work for a parked claim in its own transaction, with
-    #: the outcomes that claim carries (`Handoff`), and every call completes without
-    #: yielding to the event loop: the claim handler then lets the outcomes ride.
+    #: Whether a fire claims new work for a parked claim of this process in its own
+    #: transaction (`Notifier.taker`, `Waiter.hand`).
     hands_over: bool
+    #: Whether that hand-over also records the outcomes the claim carries
+    #: (`Handoff.settle`), and every call completes without yielding to the event
+    #: loop: the claim handler then lets the outcomes ride.
+    settle_rides: bool
     #: What the sweeps of this process did (`lease_expired`, `missed`), for /metrics.
     swept: Counter[str]
 

@@ -63,6 +63,8 @@ class SQLiteLeases:
 
     #: A fire claims work for a parked claim in its own transaction (`_hand_over`).
     hands_over = True
+    #: ... with the outcomes the claim carries (`claim.settle`) recorded in it too.
+    settle_rides = True
     # Defined by SQLiteStorage.
     notifier: Notifier
     _tx: Callable[[], AbstractContextManager[sqlite3.Connection]]

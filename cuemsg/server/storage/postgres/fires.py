@@ -1,16 +1,23 @@
 """Firing on PostgreSQL: one fire in two statements (the common case), and the
 general path (batches, repeats, races) in one transaction, with the
 idempotency keys that make a repeated fire return its first execution.
+
+A fire hands its new work to a claim parked on this replica (`Notifier.taker`):
+the one-fire statement inserts the execution already claimed for it, the
+general path claims it in its transaction. The claim then answers without a
+claim statement of its own. Other replicas hear of the fire by NOTIFY.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import msgspec
 from psycopg import AsyncConnection
 
 from cuemsg.server.errors import cue_not_found
+from cuemsg.server.notify import Handoff, Waiter
 from cuemsg.server.storage.base import (
     IDEMPOTENCY_TTL,
     ExecutionRow,
@@ -22,7 +29,31 @@ from cuemsg.server.storage.base import (
     new_execution_ids,
 )
 from cuemsg.server.storage.postgres.connection import PostgresConnection
-from cuemsg.server.storage.postgres.statements import EXEC_COLS, cue_from_doc, encode_json
+from cuemsg.server.storage.postgres.statements import (
+    CLAIM_SET,
+    EXEC_COLS,
+    cue_from_doc,
+    encode_json,
+)
+
+#: A waiter a fire took, and what it claimed for it (handed after the commit).
+Handed = tuple[Waiter, list[ExecutionRow]]
+#: (tenant, task, how many executions are claimable) to wake, here and on other replicas.
+Wake = list[tuple[str, str | None, int]]
+T = TypeVar("T")
+
+
+def claimed_for(execution: ExecutionRow, taking: Handoff, now: float, size: int) -> ExecutionRow:
+    """`execution` as inserted already claimed for the parked claim `taking`."""
+    return msgspec.structs.replace(
+        execution,
+        status="delivering",
+        attempts=1,
+        claimed_by_worker=taking.worker_id,
+        claimed_at=now,
+        lease_expires_at=now + taking.lease_seconds,
+        size=size,
+    )
 
 
 class PostgresFires(PostgresConnection):
@@ -66,76 +97,146 @@ class PostgresFires(PostgresConnection):
             cue = cue_from_doc(row[0], row[1], row[2])
             execution = new_execution(tenant_id, cue, fire, new_execution_id(), now)
             wake = execution.scheduled_for <= now and execution.transport == "worker"
-            # One statement is one transaction: the key, the execution, the cue's
-            # counters and the NOTIFY (sent at commit) all happen, or none does.
-            # If another fire took the key since our SELECT, nothing is inserted.
-            cur = await conn.execute(
-                "WITH idem AS ("
-                "INSERT INTO cuemsg_idempotency AS i "
-                "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
-                "SELECT %(t)s, %(cue)s, %(key)s::text, %(hash)s, %(id)s, %(now)s "
-                "WHERE %(key)s::text IS NOT NULL "
-                "ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
-                "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
-                "created_at = excluded.created_at WHERE i.created_at <= %(expired)s "
-                "RETURNING 1), "
-                "ins AS ("
-                "INSERT INTO cuemsg_executions (id, tenant_id, cue_id, status, task, agent, "
-                "payload, transport, triggered_by, scheduled_for, created_at, updated_at, "
-                "attempts, max_attempts) "
-                "SELECT %(id)s, %(t)s, %(cue)s, 'pending', %(task)s, %(agent)s, "
-                "%(payload)s::jsonb, %(transport)s, 'manual_fire', %(at)s, %(now)s, %(now)s, "
-                "0, %(max)s WHERE %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM idem) "
-                "RETURNING cue_id), "
-                "upd AS (UPDATE cuemsg_cues SET fired_count = fired_count + 1, "
-                "last_run = %(now)s WHERE id IN (SELECT cue_id FROM ins) RETURNING 1) "
-                "SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), "
-                "(SELECT count(*) FROM (SELECT pg_notify(%(channel)s, %(note)s) FROM ins "
-                "WHERE %(wake)s) AS n)",
-                {
-                    "t": tenant_id,
-                    "cue": cue.id,
-                    "key": key,
-                    "hash": fire.body_hash or "",
-                    "id": execution.id,
-                    "now": now,
-                    "expired": now - IDEMPOTENCY_TTL,
-                    "task": execution.task,
-                    "agent": execution.agent,
-                    "payload": encode_json(execution.payload).decode(),
-                    "transport": execution.transport,
-                    "at": execution.scheduled_for,
-                    "max": execution.max_attempts,
-                    "channel": self.channel,
-                    "note": self._payloads([(tenant_id, execution.task, 1)])[0],
-                    "wake": wake,
-                },
-            )
-            counts = await cur.fetchone()
+            payload = encode_json(execution.payload).decode()
+            # A claim parked here for this task takes the execution as it is inserted.
+            waiter = self.notifier.taker(tenant_id, execution.task) if wake else None
+            taking = waiter.handoff if waiter is not None else None
+            try:
+                counts = await self._insert_one(
+                    conn, tenant_id, cue.id, fire, execution, payload, now, wake, taking
+                )
+            except BaseException:
+                if waiter is not None:
+                    waiter.hand([])  # nothing was claimed for it: it claims as usual
+                raise
         if counts is None or counts[0] == 0:
+            if waiter is not None:
+                waiter.hand([])
             return None  # lost a race for the key: the general path sorts it out
-        if wake:
+        if waiter is not None and taking is not None:
+            waiter.hand([claimed_for(execution, taking, now, len(payload))])
+            self.notifier.notify(tenant_id, execution.task, 0)  # agent waiters, streams
+        elif wake:
             self.notifier.notify(tenant_id, execution.task)
         return execution
+
+    async def _insert_one(
+        self,
+        conn: AsyncConnection[Any],
+        tenant_id: str,
+        cue_id: str,
+        fire: NewFire,
+        execution: ExecutionRow,
+        payload: str,
+        now: float,
+        wake: bool,
+        taking: Handoff | None,
+    ) -> tuple[Any, ...] | None:
+        """The key, the execution (claimed for `taking`, if given), the cue's counters
+        and the NOTIFY in one statement; (executions inserted, cues updated, notes)."""
+        key = fire.idempotency_key
+        worker = taking.worker_id if taking is not None else None
+        # One statement is one transaction: the key, the execution, the cue's
+        # counters and the NOTIFY (sent at commit) all happen, or none does.
+        # If another fire took the key since our SELECT, nothing is inserted.
+        # A handed execution is fired, then claimed: two stamps, in that order.
+        cur = await conn.execute(
+            "WITH idem AS ("
+            "INSERT INTO cuemsg_idempotency AS i "
+            "(tenant_id, cue_id, key, body_hash, execution_id, created_at) "
+            "SELECT %(t)s, %(cue)s, %(key)s::text, %(hash)s, %(id)s, %(now)s "
+            "WHERE %(key)s::text IS NOT NULL "
+            "ON CONFLICT (tenant_id, cue_id, key) DO UPDATE SET "
+            "body_hash = excluded.body_hash, execution_id = excluded.execution_id, "
+            "created_at = excluded.created_at WHERE i.created_at <= %(expired)s "
+            "RETURNING 1), "
+            "ins AS ("
+            "INSERT INTO cuemsg_executions (id, tenant_id, cue_id, status, task, agent, "
+            "payload, transport, triggered_by, scheduled_for, created_at, updated_at, "
+            "attempts, max_attempts, claimed_by_worker, claimed_at, lease_expires_at, "
+            "fired_seq, claimed_seq) "
+            "SELECT %(id)s, %(t)s, %(cue)s, %(status)s, %(task)s, %(agent)s, "
+            "%(payload)s::jsonb, %(transport)s, 'manual_fire', %(at)s, %(now)s, %(now)s, "
+            "%(attempts)s, %(max)s, %(worker)s, %(claimed_at)s, %(lease)s, "
+            "f.seq, CASE WHEN %(worker)s::text IS NULL THEN NULL "
+            "ELSE cuemsg_next_event() END "
+            "FROM (SELECT cuemsg_next_event() AS seq) f "
+            "WHERE %(key)s::text IS NULL OR EXISTS (SELECT 1 FROM idem) "
+            "RETURNING cue_id), "
+            "upd AS (UPDATE cuemsg_cues SET fired_count = fired_count + 1, "
+            "last_run = %(now)s WHERE id IN (SELECT cue_id FROM ins) RETURNING 1) "
+            "SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd), "
+            "(SELECT count(*) FROM (SELECT pg_notify(%(channel)s, %(note)s) FROM ins "
+            "WHERE %(wake)s) AS n)",
+            {
+                "t": tenant_id,
+                "cue": cue_id,
+                "key": key,
+                "hash": fire.body_hash or "",
+                "id": execution.id,
+                "now": now,
+                "expired": now - IDEMPOTENCY_TTL,
+                "task": execution.task,
+                "agent": execution.agent,
+                "payload": payload,
+                "transport": execution.transport,
+                "at": execution.scheduled_for,
+                "max": execution.max_attempts,
+                "channel": self.channel,
+                # a handed execution is not claimable: the note still wakes other
+                # replicas' event streams and agent-filtered claims
+                "note": self._payloads([(tenant_id, execution.task, int(worker is None))])[0],
+                "wake": wake,
+                "status": "pending" if worker is None else "delivering",
+                "attempts": int(worker is not None),
+                "worker": worker,
+                "claimed_at": now if worker is not None else None,
+                "lease": now + taking.lease_seconds if taking is not None else None,
+            },
+        )
+        return await cur.fetchone()
 
     async def _fire_many(
         self, tenant_id: str, fires: list[NewFire], now: float
     ) -> list[ExecutionRow]:
         """Any number of fires in one transaction (all or none)."""
-        async with self._conn() as conn, conn.transaction():
-            out, wake = await self._fire_in(conn, tenant_id, fires, now)
-        self._wake(wake)
-        return out
+        return await self._firing(
+            lambda conn, handed: self._fire_in(conn, tenant_id, fires, now, handed)
+        )
 
-    def _wake(self, wake: list[tuple[str, str | None, int]]) -> None:
+    async def _firing(
+        self, work: Callable[[AsyncConnection[Any], list[Handed]], Awaitable[tuple[T, Wake]]]
+    ) -> T:
+        """Run `work` (fires, with their hand-overs) in one transaction; after the
+        commit, hand the taken claims their work and wake the rest."""
+        handed: list[Handed] = []
+        try:
+            async with self._tx() as conn:
+                result, wake = await work(conn, handed)
+        except BaseException:
+            for waiter, _ in handed:  # nothing was claimed for them: they claim as usual
+                waiter.hand([])
+            raise
+        for waiter, rows in handed:
+            waiter.hand(rows)
+        self._wake(wake)
+        return result
+
+    def _wake(self, wake: Wake) -> None:
         """After the commit: wake this replica's claims waiting for these tasks."""
         for tenant, task, count in wake:
             self.notifier.notify(tenant, task, count)
 
     async def _fire_in(
-        self, conn: AsyncConnection[Any], tenant_id: str, fires: list[NewFire], now: float
-    ) -> tuple[list[ExecutionRow], list[tuple[str, str | None, int]]]:
-        """The fires inside the caller's transaction: (answers in order, the tasks to wake)."""
+        self,
+        conn: AsyncConnection[Any],
+        tenant_id: str,
+        fires: list[NewFire],
+        now: float,
+        handed: list[Handed],
+    ) -> tuple[list[ExecutionRow], Wake]:
+        """The fires inside the caller's transaction, with their hand-overs (added to
+        `handed`): (answers in order, the tasks to wake, as notified to other replicas)."""
         cue_ids = list(dict.fromkeys(f.cue_id for f in fires))
         cur = await conn.execute(
             "SELECT doc, fired_count, last_run FROM cuemsg_cues "
@@ -250,15 +351,51 @@ class PostgresFires(PostgresConnection):
                 )
                 cues[cue_id].fired_count += counts[cue_id]
                 cues[cue_id].last_run = now
-        wake = [
-            (tenant_id, task, count)
-            for task, count in Counter(
-                e.task for e in created if e.scheduled_for <= now and e.transport == "worker"
-            ).items()
-        ]
+        wake = await self._hand_over(conn, tenant_id, created, now, handed)
         if wake:
             await self._publish(conn, wake)
         return out, wake
+
+    async def _hand_over(
+        self,
+        conn: AsyncConnection[Any],
+        tenant_id: str,
+        created: list[ExecutionRow],
+        now: float,
+        handed: list[Handed],
+    ) -> Wake:
+        """Claim new executions for this replica's parked claims in the fire's
+        transaction (each up to its limit, oldest claim first, in the order fired).
+        Returns the tasks to wake with how many are left claimable (0 where all
+        were handed: agent-filtered claims and event streams still hear of them)."""
+        due: dict[str | None, list[ExecutionRow]] = {}
+        for execution in created:
+            if execution.scheduled_for <= now and execution.transport == "worker":
+                due.setdefault(execution.task, []).append(execution)
+        wake: Wake = []
+        for task, executions in due.items():
+            while executions:
+                waiter = self.notifier.taker(tenant_id, task)
+                if waiter is None or waiter.handoff is None:
+                    break
+                taking = waiter.handoff
+                batch, executions = executions[: taking.limit], executions[taking.limit :]
+                handed.append((waiter, []))  # before the claim: woken if anything fails
+                cur = await conn.execute(
+                    f"UPDATE cuemsg_executions e SET {CLAIM_SET} WHERE e.id = ANY(%s) "
+                    f"RETURNING {EXEC_COLS}, e.seq",
+                    (
+                        taking.worker_id,
+                        now,
+                        now + taking.lease_seconds,
+                        now,
+                        [e.id for e in batch],
+                    ),
+                )
+                rows = sorted(await cur.fetchall(), key=lambda r: r[-1])  # as fired
+                handed[-1] = (waiter, [execution_from_row(r) for r in rows])
+            wake.append((tenant_id, task, len(executions)))
+        return wake
 
     @staticmethod
     async def _insert(

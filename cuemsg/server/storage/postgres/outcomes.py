@@ -24,6 +24,7 @@ from cuemsg.server.storage.base import (
     name_reply,
     outcome_already_recorded,
 )
+from cuemsg.server.storage.postgres.fires import Handed, Wake
 from cuemsg.server.storage.postgres.statements import EXEC_COLS, claim_next_statement, encode_json
 from cuemsg.server.storage.postgres.timed import PostgresTimed
 
@@ -119,11 +120,14 @@ class PostgresOutcomes(PostgresTimed):
         reply: NewFire,
         now: float,
     ) -> tuple[ExecutionRow, ExecutionRow]:
-        async with self._tx() as conn:
+
+        async def work(
+            conn: AsyncConnection[Any], handed: list[Handed]
+        ) -> tuple[tuple[ExecutionRow, ExecutionRow], Wake]:
             # The row lock first: a refused outcome fires nothing, and a racing
             # outcome on the same execution waits for this commit.
             await self._refusal(conn, tenant_id, execution_id, worker_id)
-            [fired], wake = await self._fire_in(conn, tenant_id, [reply], now)
+            [fired], wake = await self._fire_in(conn, tenant_id, [reply], now, handed)
             named = name_reply(outcome, fired.id)
             cur = await conn.execute(
                 _RECORD.format(""),
@@ -136,9 +140,11 @@ class PostgresOutcomes(PostgresTimed):
                 ),
             )
             row = await cur.fetchone()
-        assert row is not None
-        self._wake(wake)
-        return execution_from_row(row), fired
+            assert row is not None
+            return (execution_from_row(row), fired), wake
+
+        # A requester parked on this replica is handed the reply in this transaction.
+        return await self._firing(work)
 
     async def record_outcomes(
         self, tenant_id: str, items: list[tuple[str, OutcomeRecord]], worker_id: str | None

@@ -56,7 +56,11 @@ class PostgresStorage(PostgresFeed, PostgresOutcomes, PostgresRelease):
         open_timeout: seconds `open()` waits for the database before giving up.
     """
 
-    hands_over = False  # fires wake parked claims (across replicas too); they claim themselves
+    # A fire claims its new work for a parked claim of this replica (`fires.py`); other
+    # replicas' claims are woken by NOTIFY and claim themselves. Carried outcomes are
+    # recorded by the claim itself (its statements yield to the event loop).
+    hands_over = True
+    settle_rides = False
 
     # -- meta ------------------------------------------------------------------
 
