@@ -161,8 +161,8 @@ async def _ride(
     )
     if done is not None:
         return await _settled(ctx, outcomes, done[0], now), done[1], False
-    # A storage that hands over answers without yielding to the event loop, so no
-    # fire came between that read and this subscription.
+    # A storage that lets outcomes ride (`settle_rides`) answers without yielding to the
+    # event loop, so no fire came between that read and this subscription.
     riding = Handoff(body.worker_id, lease, limit, tuple(outcomes))
     waiter = storage.notifier.subscribe(ctx.tenant_id, body.task, None, riding)
     try:
