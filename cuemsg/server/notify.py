@@ -50,7 +50,17 @@ class Handoff:
 class Waiter:
     """One subscription; `wait()` returns True when woken, False on timeout."""
 
-    __slots__ = ("_fut", "_key", "_notifier", "agent", "handed", "handoff", "settled", "taken")
+    __slots__ = (
+        "_fut",
+        "_key",
+        "_notifier",
+        "agent",
+        "handed",
+        "handoff",
+        "parked",
+        "settled",
+        "taken",
+    )
 
     def __init__(
         self,
@@ -70,19 +80,26 @@ class Waiter:
         self.settled: list[Any] | None = None
         #: A fire took this waiter (`Notifier.taker`): `hand` follows, once its write ends.
         self.taken = False
+        #: In `wait` now: only a parked claim is handed work. One still running its
+        #: own claim statement (PostgreSQL awaits it) is woken instead, so it never
+        #: ends up with two lots of work, or leaves with work it was not told of.
+        self.parked = False
         self._fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
 
     async def wait(self, timeout: float) -> bool:
         """Whether woken within `timeout` seconds; once taken by a fire, until handed."""
+        self.parked = True
         try:
             await asyncio.wait_for(asyncio.shield(self._fut), timeout)
             return True
         except asyncio.TimeoutError:
             if not self.taken:
                 return False
-        # Work is being claimed for us: leaving now would strand it under our lease.
-        await asyncio.shield(self._fut)
-        return True
+            # Work is being claimed for us: leaving now would strand it under our lease.
+            await asyncio.shield(self._fut)
+            return True
+        finally:
+            self.parked = False
 
     @property
     def woken(self) -> bool:
@@ -156,7 +173,7 @@ class Notifier:
             for waiter in waiters or ():
                 if waiter.agent is not None:
                     continue  # woken by every notify anyway: it cannot be handed work
-                if waiter.handoff is None or waiter._fut.done():
+                if waiter.handoff is None or waiter._fut.done() or not waiter.parked:
                     return None  # the oldest waiter is woken the usual way
                 del waiters[waiter]  # type: ignore[union-attr]
                 if not waiters:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from cuemsg.server.notify import Handoff, Notifier
+from tests.storage.helpers import parked
 
 pytestmark = pytest.mark.anyio
 
@@ -72,17 +73,17 @@ async def test_wake_all_wakes_everyone() -> None:
 
 async def test_the_taker_is_the_waiter_a_notify_would_wake_first() -> None:
     n = Notifier()
-    agent = n.subscribe("t1", "a", agent="x", handoff=Handoff("w0", 9.0))
+    agent = await parked(n, "t1", "a", agent="x", handoff=Handoff("w0", 9.0))
     assert agent.handoff is None  # an agent filter takes no handed work
-    plain = n.subscribe("t1", "a")
-    taker = n.subscribe("t1", "a", handoff=Handoff("w1", 9.0))
+    plain = await parked(n, "t1", "a")
+    taker = await parked(n, "t1", "a", handoff=Handoff("w1", 9.0))
     assert n.taker("t1", "a") is None  # the oldest (agent aside) takes none: woken as usual
     n.notify("t1", "a")
     assert plain.woken and agent.woken and not taker.woken
     assert n.taker("t1", "a") is taker and n.waiting() == 0  # taken out of the waiting
     taker.hand([])  # nothing claimed after all (a failed fire): woken to claim as usual
     assert taker.woken and taker.handed is None and n.handed == 0
-    anything = n.subscribe("t1", None, handoff=Handoff("w2", 9.0))
+    anything = await parked(n, "t1", None, handoff=Handoff("w2", 9.0))
     assert n.taker("t2", "a") is None  # another tenant
     assert n.taker("t1", "b") is anything  # tenant-wide: any task
     anything.hand(["row"])
@@ -97,15 +98,28 @@ async def test_a_taken_waiter_waits_past_its_timeout_for_its_hand_over() -> None
     it the work: a timeout in between must not strand that work under its lease."""
     n = Notifier()
     waiter = n.subscribe("t1", "a", handoff=Handoff("w1", 9.0))
-    assert n.taker("t1", "a") is waiter and waiter.taken
     waiting = asyncio.ensure_future(waiter.wait(0.01))
+    await asyncio.sleep(0)
+    assert n.taker("t1", "a") is waiter and waiter.taken
     await asyncio.sleep(0.05)  # well past the timeout
     assert not waiting.done()
     waiter.hand(["row"])
-    assert await waiting is True and waiter.handed == ["row"]
-    # an untaken waiter still times out; a taken one waits even with no time left
+    assert await waiting is True and waiter.handed == ["row"] and not waiter.parked
+    # an untaken waiter still times out
     other = n.subscribe("t1", "a", handoff=Handoff("w2", 9.0))
     assert await other.wait(0.01) is False and not other.taken
-    assert n.taker("t1", "a") is other
-    asyncio.get_running_loop().call_later(0.02, other.hand, [])
-    assert await other.wait(0.0) is True and other.handed is None  # nothing: claims as usual
+
+
+async def test_only_a_waiting_claim_is_handed_work() -> None:
+    """A claim subscribes before it runs its own claim statement (on PostgreSQL an
+    await); until it waits, a fire wakes it instead of handing it work, so it never
+    leaves with work it was not told of."""
+    n = Notifier()
+    claiming = n.subscribe("t1", "a", handoff=Handoff("w1", 9.0))
+    assert not claiming.parked and n.taker("t1", "a") is None
+    n.notify("t1", "a")  # what the fire does instead
+    assert claiming.woken and await claiming.wait(5) is True  # it claims again at once
+    claiming.close()
+    waiting = await parked(n, "t1", "a", handoff=Handoff("w2", 9.0))
+    assert n.taker("t1", "a") is waiting
+    waiting.hand([])

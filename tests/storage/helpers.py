@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from typing import Any
 
 from cuemsg.server.app import open_storage
 from cuemsg.server.errors import ApiProblem
+from cuemsg.server.notify import Handoff, Notifier, Waiter
 from cuemsg.server.settings import ServerSettings
 from cuemsg.server.storage.base import CueRow, NewFire, Storage
 
@@ -65,3 +67,24 @@ async def problem_of(call: Any) -> ApiProblem:
     except ApiProblem as p:
         return p
     raise AssertionError("expected an ApiProblem")
+
+
+_parked: set[asyncio.Task[bool]] = set()  # the waits in progress (kept from the collector)
+
+
+async def parked(
+    notifier: Notifier,
+    tenant_id: str,
+    task: str | None,
+    agent: str | None = None,
+    handoff: Handoff | None = None,
+) -> Waiter:
+    """A claim parked as the claim handler parks one: subscribed, and waiting in
+    `Waiter.wait` (a fire hands work only to a claim that is waiting)."""
+    waiter = notifier.subscribe(tenant_id, task, agent, handoff)
+    wait = asyncio.ensure_future(waiter.wait(60))
+    _parked.add(wait)
+    wait.add_done_callback(_parked.discard)
+    await asyncio.sleep(0)  # into the wait
+    assert waiter.parked
+    return waiter

@@ -13,7 +13,7 @@ from cuemsg.server.feed import events_of
 from cuemsg.server.notify import Handoff
 from cuemsg.server.storage.base import ExecutionRow, OutcomeRecord, Storage
 from cuemsg.server.storage.sqlite import SQLiteStorage
-from tests.storage.helpers import T0, make_cue, new_fire, opened, problem_of, tenant
+from tests.storage.helpers import T0, make_cue, new_fire, opened, parked, problem_of, tenant
 
 pytestmark = pytest.mark.anyio
 
@@ -22,8 +22,8 @@ async def test_a_fire_claims_for_the_oldest_waiter_that_takes_handed_work(db_url
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        first = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
-        second = s.notifier.subscribe(t, "t", handoff=Handoff("w2", 30.0))
+        first = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0))
+        second = await parked(s.notifier, t, "t", handoff=Handoff("w2", 30.0))
         [fired] = await s.fire(t, [new_fire(cue.id)], T0)
         assert fired.status == "pending"  # the fire's answer: as it was made
         assert first.woken and not second.woken
@@ -57,7 +57,7 @@ async def test_a_handed_execution_is_fired_then_claimed_in_the_feed(db_url: str)
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        waiter = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0))
         [fired] = await s.fire(t, [new_fire(cue.id)], T0)
         assert waiter.handed is not None
         batch = await s.read_events(t, 0, cue_id=None, limit=10)
@@ -73,8 +73,10 @@ async def test_a_batch_hands_one_execution_to_each_waiter_then_wakes_the_rest(db
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        takers = [s.notifier.subscribe(t, "t", handoff=Handoff(f"w{i}", 30.0)) for i in range(2)]
-        plain = s.notifier.subscribe(t, "t")  # takes no handed work: woken as usual
+        takers = [
+            await parked(s.notifier, t, "t", handoff=Handoff(f"w{i}", 30.0)) for i in range(2)
+        ]
+        plain = await parked(s.notifier, t, "t")  # takes no handed work: woken as usual
         fired = await s.fire(t, [new_fire(cue.id) for _ in range(4)], T0)
         assert all(w.woken for w in [*takers, plain])
         handed = [w.handed[0].id for w in takers if w.handed is not None]
@@ -89,8 +91,8 @@ async def test_a_waiter_taking_many_is_handed_up_to_its_limit_in_the_order_fired
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        many = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, limit=3))
-        one = s.notifier.subscribe(t, "t", handoff=Handoff("w2", 30.0))
+        many = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0, limit=3))
+        one = await parked(s.notifier, t, "t", handoff=Handoff("w2", 30.0))
         fired = await s.fire(t, [new_fire(cue.id) for _ in range(5)], T0)
         assert many.handed is not None and one.handed is not None
         assert [e.id for e in many.handed] == [e.id for e in fired[:3]]
@@ -107,11 +109,11 @@ async def test_what_is_not_claimable_now_and_agent_waiters_are_not_handed(
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        later = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        later = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0))
         await s.fire(t, [new_fire(cue.id, at=T0 + 60)], T0)  # due in a minute
         assert not later.woken and later.handed is None
         later.close()
-        agent = s.notifier.subscribe(t, "t", agent="a1", handoff=Handoff("w2", 30.0))
+        agent = await parked(s.notifier, t, "t", agent="a1", handoff=Handoff("w2", 30.0))
         [fired] = await s.fire(t, [new_fire(cue.id)], T0)
         assert agent.woken and agent.handed is None  # it claims for itself, filtered
         stored = await s.get_execution(t, fired.id)
@@ -131,7 +133,7 @@ async def test_a_fire_that_fails_after_the_hand_over_claims_and_records_nothing(
         [held] = await s.fire(t, [new_fire(cue.id)], T0)
         await s.claim_next(t, "w1", task="t", agent=None, now=T0, lease_seconds=30, limit=1)
         carried = ((held.id, OutcomeRecord(success=True, recorded_at=T0)),)
-        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, settle=carried))
+        waiter = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0, settle=carried))
         hand_over = s._hand_over
 
         def failing(*args: Any) -> None:
@@ -162,7 +164,7 @@ async def test_a_fire_the_database_refuses_hands_nothing_over(db_url: str) -> No
     async with opened(db_url) as s:
         t = await tenant(s)
         cue = await make_cue(s, t)
-        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0))
+        waiter = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0))
         bad = new_fire(cue.id, payload_override={"message": "a\x00b"})
         if not db_url.startswith("postgresql"):
             await s.fire(t, [bad], T0)
@@ -193,7 +195,7 @@ async def test_the_outcomes_a_waiter_carries_are_recorded_with_its_hand_over(
             (done.id, OutcomeRecord(success=True, result="ok", recorded_at=T0 + 1)),
             (other.id, OutcomeRecord(success=True, recorded_at=T0 + 1)),  # w2's lease: 403
         )
-        waiter = s.notifier.subscribe(t, "t", handoff=Handoff("w1", 30.0, settle=carried))
+        waiter = await parked(s.notifier, t, "t", handoff=Handoff("w1", 30.0, settle=carried))
         statements: list[str] = []
         s.db.set_trace_callback(statements.append)
         try:
@@ -223,7 +225,7 @@ async def test_a_reply_fired_with_an_outcome_is_handed_to_the_parked_requester(
         requests, replies = await make_cue(s, t), await make_cue(s, t, task="replies")
         [request] = await s.fire(t, [new_fire(requests.id)], T0)
         await s.claim_next(t, "responder", task="t", agent=None, now=T0, lease_seconds=9, limit=1)
-        requester = s.notifier.subscribe(t, "replies", handoff=Handoff("requester", 30.0))
+        requester = await parked(s.notifier, t, "replies", handoff=Handoff("requester", 30.0))
         outcome = OutcomeRecord(success=True, recorded_at=T0 + 1)
         settled, reply = await s.record_outcome_and_fire(
             t, request.id, "responder", outcome, new_fire(replies.id), T0 + 1
