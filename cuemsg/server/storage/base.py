@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from cuemsg.server.errors import ApiProblem
-from cuemsg.server.notify import Notifier
+from cuemsg.server.notify import Handoff, Notifier, Waiter
 from cuemsg.server.storage.feed import FeedBatch
 
 CLAIMABLE = ("pending", "retry_ready")
@@ -353,6 +353,27 @@ def idempotency_conflict(key: str, index: int, count: int) -> ApiProblem:
         f"idempotency_key {key!r} was used with a different body",
         field=f"fires[{index}].idempotency_key" if count > 1 else "idempotency_key",
     )
+
+
+def hand_outs(
+    notifier: Notifier, tenant_id: str, created: Iterable[ExecutionRow], now: float
+) -> Iterator[tuple[Waiter, Handoff, list[ExecutionRow]]]:
+    """New executions a worker can claim now, shared out among the parked claims that
+    take handed work (`Notifier.taker`): (claim, its `Handoff`, its batch), oldest
+    claim first, each up to its limit, in the order fired. Lazy: a claim is taken
+    only when its turn comes, so a caller whose claim statement fails takes no more."""
+    due: dict[str | None, list[ExecutionRow]] = {}
+    for execution in created:
+        if execution.scheduled_for <= now and execution.transport == "worker":
+            due.setdefault(execution.task, []).append(execution)
+    for task, executions in due.items():
+        while executions:
+            waiter = notifier.taker(tenant_id, task)
+            if waiter is None or waiter.handoff is None:
+                break
+            taking = waiter.handoff
+            batch, executions = executions[: taking.limit], executions[taking.limit :]
+            yield waiter, taking, batch
 
 
 class Storage(Protocol):

@@ -27,6 +27,7 @@ from cuemsg.server.storage.base import (
     claimable_condition,
     claimable_where,
     execution_from_row,
+    hand_outs,
     outcome_already_recorded,
 )
 from cuemsg.server.storage.sqlite_schema import READY
@@ -190,37 +191,21 @@ class SQLiteLeases:
         transaction (each waiter up to its limit, oldest waiter first, executions in
         the order fired), recording first the outcomes a waiter carries: one claim
         transaction less on the way to a waiting worker, and one settle less."""
-        due: dict[str | None, list[ExecutionRow]] = {}
-        for execution in created:
-            if execution.scheduled_for <= now and execution.transport == "worker":
-                due.setdefault(execution.task, []).append(execution)
-        for task, executions in due.items():
-            while executions:
-                waiter = self.notifier.taker(tenant_id, task)
-                if waiter is None or waiter.handoff is None:
-                    break
-                taking = waiter.handoff
-                batch, executions = executions[: taking.limit], executions[taking.limit :]
-                handed.append((waiter, [], None))  # before the claim: woken if anything fails
-                settled = (
-                    self._record_many(db, tenant_id, list(taking.settle), taking.worker_id)
-                    if taking.settle
-                    else None
-                )
-                marks = ", ".join("?" * len(batch))
-                rows = db.execute(
-                    f"UPDATE executions SET {_CLAIM_SET} WHERE id IN ({marks}) "
-                    f"RETURNING {_EXEC_COLS}, seq",
-                    [
-                        taking.worker_id,
-                        now,
-                        now + taking.lease_seconds,
-                        now,
-                        *(e.id for e in batch),
-                    ],
-                ).fetchall()
-                rows.sort(key=lambda r: r[-1])  # RETURNING gives no order: as fired
-                handed[-1] = (waiter, [execution_from_row(r) for r in rows], settled)
+        for waiter, taking, batch in hand_outs(self.notifier, tenant_id, created, now):
+            handed.append((waiter, [], None))  # before the claim: woken if anything fails
+            settled = (
+                self._record_many(db, tenant_id, list(taking.settle), taking.worker_id)
+                if taking.settle
+                else None
+            )
+            marks = ", ".join("?" * len(batch))
+            rows = db.execute(
+                f"UPDATE executions SET {_CLAIM_SET} WHERE id IN ({marks}) "
+                f"RETURNING {_EXEC_COLS}, seq",
+                [taking.worker_id, now, now + taking.lease_seconds, now, *(e.id for e in batch)],
+            ).fetchall()
+            rows.sort(key=lambda r: r[-1])  # RETURNING gives no order: as fired
+            handed[-1] = (waiter, [execution_from_row(r) for r in rows], settled)
 
     @staticmethod
     def _claim_next_in(

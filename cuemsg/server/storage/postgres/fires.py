@@ -23,6 +23,7 @@ from cuemsg.server.storage.base import (
     ExecutionRow,
     NewFire,
     execution_from_row,
+    hand_outs,
     idempotency_conflict,
     new_execution,
     new_execution_id,
@@ -368,34 +369,21 @@ class PostgresFires(PostgresConnection):
         transaction (each up to its limit, oldest claim first, in the order fired).
         Returns the tasks to wake with how many are left claimable (0 where all
         were handed: agent-filtered claims and event streams still hear of them)."""
-        due: dict[str | None, list[ExecutionRow]] = {}
-        for execution in created:
-            if execution.scheduled_for <= now and execution.transport == "worker":
-                due.setdefault(execution.task, []).append(execution)
-        wake: Wake = []
-        for task, executions in due.items():
-            while executions:
-                waiter = self.notifier.taker(tenant_id, task)
-                if waiter is None or waiter.handoff is None:
-                    break
-                taking = waiter.handoff
-                batch, executions = executions[: taking.limit], executions[taking.limit :]
-                handed.append((waiter, []))  # before the claim: woken if anything fails
-                cur = await conn.execute(
-                    f"UPDATE cuemsg_executions e SET {CLAIM_SET} WHERE e.id = ANY(%s) "
-                    f"RETURNING {EXEC_COLS}, e.seq",
-                    (
-                        taking.worker_id,
-                        now,
-                        now + taking.lease_seconds,
-                        now,
-                        [e.id for e in batch],
-                    ),
-                )
-                rows = sorted(await cur.fetchall(), key=lambda r: r[-1])  # as fired
-                handed[-1] = (waiter, [execution_from_row(r) for r in rows])
-            wake.append((tenant_id, task, len(executions)))
-        return wake
+        left: dict[str | None, int] = {}  # claimable now, by task, until handed
+        for e in created:
+            if e.scheduled_for <= now and e.transport == "worker":
+                left[e.task] = left.get(e.task, 0) + 1
+        for waiter, taking, batch in hand_outs(self.notifier, tenant_id, created, now):
+            handed.append((waiter, []))  # before the claim: woken if anything fails
+            cur = await conn.execute(
+                f"UPDATE cuemsg_executions e SET {CLAIM_SET} WHERE e.id = ANY(%s) "
+                f"RETURNING {EXEC_COLS}, e.seq",
+                (taking.worker_id, now, now + taking.lease_seconds, now, [e.id for e in batch]),
+            )
+            rows = sorted(await cur.fetchall(), key=lambda r: r[-1])  # as fired
+            handed[-1] = (waiter, [execution_from_row(r) for r in rows])
+            left[batch[0].task] -= len(batch)
+        return [(tenant_id, task, count) for task, count in left.items()]
 
     @staticmethod
     async def _insert(
