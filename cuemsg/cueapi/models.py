@@ -107,11 +107,10 @@ def _model_fields(cls: type[Model]) -> tuple[tuple[str, str], ...]:
 
 
 def _holds_model(hint: Any) -> bool:
-    if isinstance(hint, type):
-        return issubclass(hint, Model)
+    # The origin first: on Python 3.10 `isinstance(list[Cue], type)` is True.
     if get_origin(hint) in (list, Union, UnionType):
         return any(_holds_model(arg) for arg in get_args(hint))
-    return False
+    return isinstance(hint, type) and issubclass(hint, Model)
 
 
 # -- cues ---------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ class Guard:
         host = parts.hostname
         if not host:
             raise UrlRefused(f"{url!r} has no host")
+        if "[" in parts.netloc and not _ipv6(host):  # urlsplit checks this from 3.11 only
+            raise UrlRefused(f"{url!r} is not a valid URL")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -100,3 +102,12 @@ class Guard:
                     "allow a range with --webhook-allow CIDR"
                 )
         return addresses
+
+
+def _ipv6(host: str) -> bool:
+    """Whether a bracketed URL host is an IPv6 address (a `%zone` allowed)."""
+    try:
+        ipaddress.IPv6Address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True

@@ -383,9 +383,12 @@ def test_patterns_read_alike_in_json_schema_and_python(srv: RunningServer, api: 
     assert answer.status_code == 201, answer.text
 
 
-def test_a_bracketed_host_that_is_no_ipv6_address_is_refused(api: Api) -> None:
-    # It fits the pattern; the URL parser refuses it, and that is a 422, not a 500.
-    answer = api.http.post("/v1/cues", json={"name": "h", "callback": {"url": "http://[:::]/x"}})
+@pytest.mark.parametrize("url", ["http://[:::]/x", "https://[1::2::3]:8443/"])
+def test_a_bracketed_host_that_is_no_ipv6_address_is_refused(api: Api, url: str) -> None:
+    # It fits the pattern, and is a 422: not a 500, nor a cue that fails every delivery.
+    # Python 3.11's URL parser refuses it; 3.10's does not, so the server checks
+    # the brackets itself (`make compat` runs this on 3.10).
+    answer = api.http.post("/v1/cues", json={"name": "h", "callback": {"url": url}})
     error = error_of(answer, 422, "validation_error")
     assert error["field"] == "callback.url"
     assert "not a valid URL" in error["message"]
