@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test quick lint bench serve clean
+.PHONY: demo test quick compat lint bench serve clean
 
 CODE := cuemsg tests bench examples
 
@@ -22,6 +22,9 @@ test: $(BIN)/.installed  ## the whole test suite (PostgreSQL tests skip if it is
 quick: $(BIN)/.installed  ## the edit loop: no slow, fuzz, model-checking or fault tests; stops at a failure
 	$(BIN)/pytest -x -m "not slow" --ignore=tests/fuzz --ignore=tests/model --ignore=tests/faults
 
+compat:  ## `make quick`'s tests on Python 3.10 and 3.13 (each where found), in .venv-3.10, .venv-3.13
+	bash .ci/compat
+
 lint: $(BIN)/.installed  ## ruff (check, format) on everything; mypy strict on cuemsg/, lighter on the rest
 	$(BIN)/ruff check $(CODE)
 	$(BIN)/ruff format --check $(CODE)
@@ -35,4 +38,4 @@ serve: $(BIN)/.installed
 	$(BIN)/cuemsg serve
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-* build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -112,7 +112,7 @@ class SQLiteDedupe:
         self._lock = threading.Lock()
         self._writes = 0
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0)
-        with self._lock:
+        try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(
@@ -121,6 +121,9 @@ class SQLiteDedupe:
             )
             self._db.execute("CREATE INDEX IF NOT EXISTS cuemsg_dedupe_at ON cuemsg_dedupe (at)")
             self._db.commit()
+        except BaseException:  # e.g. the file is no database: the caller gets no object to close
+            self._db.close()
+            raise
 
     def seen(self, key: str) -> Seen | None:
         """See `DedupeStore.seen`."""

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -131,7 +132,7 @@ def test_a_plain_text_dev_key_of_an_older_version_is_erased(tmp_path: Path) -> N
 
     shown, again, tenant = asyncio.run(main())
     assert (shown, again, tenant) == (old_key, None, "ten_old")
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     assert old_key not in meta.values() and meta["dev_tenant_id"] == "ten_old"
 

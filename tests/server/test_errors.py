@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ def _drop_workers_table(db_url: str) -> None:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("DROP TABLE cuemsg_workers")
         return
-    with sqlite3.connect(db_url, timeout=10) as db:
+    with closing(sqlite3.connect(db_url, timeout=10)) as db, db:
         db.execute("DROP TABLE workers")
 
 

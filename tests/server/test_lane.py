@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -253,7 +254,7 @@ def test_errors_on_the_lane_keep_the_connection(tmp_path: Path) -> None:
         full = http.post(f"/v1/cues/{cue['id']}/fire", json=big)
         db.execute("PRAGMA max_page_count = 1073741823")
         # 500: the executions table is gone (a real fault the storage does not map).
-        with sqlite3.connect(path, timeout=10) as other:
+        with closing(sqlite3.connect(path, timeout=10)) as other, other:
             other.execute("DROP TABLE executions")
         broken = http.get(f"/v1/executions/{fired['id']}")
         after = http.get(f"/v1/cues/{cue['id']}")

@@ -86,6 +86,11 @@ def test_strings_with_escapes_around_a_deep_value(text: str) -> None:
             check_depth(body)
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="from Python 3.12 C code's recursion has its own limit, which "
+    "sys.setrecursionlimit does not lower: the fault cannot be provoked this way",
+)
 def test_a_recursion_error_in_the_decoder_is_still_a_422() -> None:
     # Fault injection: a recursion limit just above this frame makes msgspec
     # give up within the allowed depth, as a deep call stack would.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -99,7 +100,7 @@ def _corrupt(db_url: str, cue_id: str, execution_id: str) -> None:
                 (execution_id,),
             )
         return
-    with sqlite3.connect(db_url, timeout=10) as db:
+    with closing(sqlite3.connect(db_url, timeout=10)) as db, db:
         db.execute(
             "UPDATE cues SET doc = json_set(doc, '$.next_run', 1e15, '$.created_at', -1e15) "
             "WHERE id = ?",

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.anyio
 
 def _real_db(path: Path) -> Path:
     """A database of a few hundred pages, as a server would leave it."""
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("CREATE TABLE filler (x TEXT)")
         db.executemany("INSERT INTO filler VALUES (?)", [("y" * 500,)] * 2000)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import msgspec
@@ -25,14 +26,14 @@ CREATE INDEX ix_exec_lease ON executions (status, lease_expires_at);
 
 
 def _indexes(path: Path) -> set[str]:
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()
     return {r[0] for r in rows if not r[0].startswith("sqlite_")}
 
 
 async def test_a_version_1_file_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.executescript(SCHEMA + _V1_INDEXES)
         db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
         db.execute("INSERT INTO meta (key, value) VALUES ('dev_api_key', 'cue_sk_kept')")
@@ -59,7 +60,7 @@ async def test_a_newer_file_is_refused_untouched(tmp_path: Path) -> None:
     again = SQLiteStorage(str(path))
     with pytest.raises(StorageOpenError, match="newer than this cuemsg"):
         await again.open()
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == (str(SCHEMA_VERSION + 1),)
 
@@ -78,7 +79,7 @@ async def test_a_version_4_file_keeps_its_counters_and_keys(tmp_path: Path) -> N
         fired_count=3,
         last_run=T0 + 5,
     )
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.executescript(SCHEMA + MIGRATIONS[3] + MIGRATIONS[4])
         db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '4')")
         db.execute(
@@ -114,7 +115,7 @@ async def test_a_version_4_file_keeps_its_counters_and_keys(tmp_path: Path) -> N
         assert (listed.fired_count, listed.last_run) == (4, T0 + 7)
     finally:
         await store.close()
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         [ddl] = db.execute("SELECT sql FROM sqlite_master WHERE name = 'idempotency'").fetchone()
     assert "WITHOUT ROWID" in ddl
 
@@ -126,7 +127,7 @@ async def _older_file(path: Path, version: int, *statements: str) -> CueRow:
     await store.create_tenant("ten_a", "a@example.com", "hash", T0)
     cue = await make_cue(store, "ten_a")
     await store.close()
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         for statement in statements:
             db.execute(statement)
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
