@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -124,6 +125,10 @@ class SQLiteDedupe:
         except BaseException:  # e.g. the file is no database: the caller gets no object to close
             self._db.close()
             raise
+        # A mailbox does not close the store it was given (it may be shared), and one
+        # made inline (`dedupe=SQLiteDedupe(path)`) is closed by no one: close the
+        # connection when the store is collected, not leave it open to the collector.
+        weakref.finalize(self, self._db.close)
 
     def seen(self, key: str) -> Seen | None:
         """See `DedupeStore.seen`."""
@@ -147,6 +152,6 @@ class SQLiteDedupe:
             self._db.commit()
 
     def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (also done when the store is collected)."""
         with self._lock:
             self._db.close()

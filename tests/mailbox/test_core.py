@@ -1009,6 +1009,16 @@ def test_sqlite_dedupe_on_a_file_that_is_no_database_raises_and_leaves_it(tmp_pa
     gc.collect()
 
 
+def test_sqlite_dedupe_never_closed_closes_its_file_when_collected(tmp_path: Any) -> None:
+    store = SQLiteDedupe(tmp_path / "dedupe.db")  # as `dedupe=SQLiteDedupe(path)` is made
+    store.remember("a")
+    db = store._db
+    del store
+    gc.collect()
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        db.execute("SELECT 1")
+
+
 def test_config_is_checked() -> None:
     for bad in (
         {"poll_wait": 0},
